@@ -1,0 +1,5 @@
+"""``python -m geounet`` runs the command-line interface."""
+
+from geounet.cli.main import cli
+
+cli()

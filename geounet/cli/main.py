@@ -1,0 +1,126 @@
+"""The ``geounet`` command group: lazy command loading, logging flags and error translation."""
+
+from __future__ import annotations
+
+import importlib
+import logging
+import sys
+from typing import Any
+
+import click
+
+from geounet._version import __version__
+from geounet.errors import GeounetError
+
+# command name -> "module:attribute"; modules are imported only when the command runs,
+# so `geounet --help` never imports torch, dask or GDAL.
+COMMANDS: dict[str, str] = {
+    "info": "geounet.cli.info:info",
+    "synth": "geounet.cli.synth:synth",
+    "predict": "geounet.cli.predict:predict",
+    "segment": "geounet.cli.segment:segment",
+    "vectorize": "geounet.cli.vectorize:vectorize",
+    "chips": "geounet.cli.chips:chips",
+    "train": "geounet.cli.train:train",
+    "evaluate": "geounet.cli.evaluate:evaluate",
+}
+
+SHORT_HELP: dict[str, str] = {
+    "info": "Show versions of geounet and its stack, and CUDA devices.",
+    "synth": "Write a synthetic georeferenced scene with ground truth.",
+    "predict": "Run the U-Net over a scene into Zarr or a Cloud-Optimized GeoTIFF.",
+    "segment": "Segment a scene end to end into GeoPackage polygons.",
+    "vectorize": "Turn a prediction raster into seam-free polygons and centerlines.",
+    "chips": "Cut a scene and vector labels into labelled training chips.",
+    "train": "Train the U-Net on labelled chips.",
+    "evaluate": "Score a prediction against ground truth (IoU, F1, object F1).",
+}
+
+
+class GeounetCommandError(click.ClickException):
+    """A library error shown to the user as one clean line."""
+
+    exit_code = 1
+
+    def show(self, file: Any = None) -> None:
+        click.echo(f"Error: {self.format_message()}", err=True)
+
+
+def _is_user_error(exc: BaseException) -> bool:
+    return isinstance(exc, GeounetError)
+
+
+class LazyGroup(click.Group):
+    """A group whose subcommands are imported on first use."""
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return [name for name in COMMANDS if _module_exists(COMMANDS[name])]
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        target = COMMANDS.get(cmd_name)
+        if target is None or not _module_exists(target):
+            return None
+        module_name, attr = target.split(":")
+        command = getattr(importlib.import_module(module_name), attr)
+        command.short_help = SHORT_HELP.get(cmd_name, command.short_help)
+        return _translating(command)
+
+    def format_commands(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        rows = [(name, SHORT_HELP.get(name, "")) for name in self.list_commands(ctx)]
+        if rows:
+            with formatter.section("Commands"):
+                formatter.write_dl(rows)
+
+
+def _module_exists(target: str) -> bool:
+    from importlib.util import find_spec
+
+    return find_spec(target.split(":")[0]) is not None
+
+
+def _translating(command: click.Command) -> click.Command:
+    """Wrap a command's callback so GeounetError becomes a clean message and exit code 1."""
+    callback = command.callback
+    if callback is None or getattr(callback, "_geounet_wrapped", False):
+        return command
+
+    def wrapped(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return callback(*args, **kwargs)
+        except GeounetError as exc:
+            logging.getLogger("geounet").debug("error details", exc_info=True)
+            raise GeounetCommandError(str(exc)) from exc
+
+    wrapped._geounet_wrapped = True  # type: ignore[attr-defined]
+    wrapped.__doc__ = callback.__doc__
+    command.callback = wrapped
+    return command
+
+
+def configure_logging(verbosity: int) -> None:
+    """Send geounet's log records to stderr at a level set by -v/-q."""
+    level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[max(-1, min(1, verbosity))]
+    logger = logging.getLogger("geounet")
+    logger.setLevel(level)
+    if not any(getattr(h, "_geounet", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
+        handler._geounet = True  # type: ignore[attr-defined]
+        logger.addHandler(handler)
+    logging.captureWarnings(True)
+
+
+@click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, "--version", prog_name="geounet")
+@click.option("-v", "--verbose", "verbose", count=True, help="More log output (debug).")
+@click.option("-q", "--quiet", "quiet", count=True, help="Only warnings and errors; no progress bar.")
+@click.pass_context
+def cli(ctx: click.Context, verbose: int, quiet: int) -> None:
+    """geounet: find roads and buildings in satellite scenes.
+
+    Seamless, exact tiled U-Net inference in bounded memory, from a GeoTIFF of any size to
+    GeoPackage polygons. Run `geounet COMMAND --help` for each command.
+    """
+    verbosity = verbose - quiet
+    ctx.obj = {"verbosity": verbosity, "quiet": verbosity < 0}
+    configure_logging(verbosity)

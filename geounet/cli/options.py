@@ -1,0 +1,113 @@
+"""Options shared by several commands, defined once, with validating callbacks.
+
+Option names match the library keywords (``--tile-size`` is ``tile_size``). Add new shared
+options at the end of this file.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from geounet.config import Precision, ProbabilityDtype, choices
+
+
+def _positive(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and value <= 0:
+        raise click.BadParameter(f"{value} is not positive; give a whole number > 0.", param=param)
+    return value
+
+
+def _bands(ctx: click.Context, param: click.Parameter, value: str | None) -> tuple[int, ...] | None:
+    if value is None:
+        return None
+    try:
+        bands = tuple(int(part) for part in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of band numbers; use e.g. 1,2,3.",
+            param=param,
+        ) from None
+    if any(band < 1 for band in bands):
+        raise click.BadParameter(
+            f"{value!r} has a band below 1; bands are 1-based (the first band is 1).", param=param
+        )
+    return bands
+
+
+def _device(ctx: click.Context, param: click.Parameter, value: str) -> str:
+    value = value.strip().lower()
+    if value in ("auto", "cpu", "cuda") or (value.startswith("cuda:") and value[5:].isdigit()):
+        return value
+    raise click.BadParameter(
+        f"{value!r} is not a device; use auto, cpu, cuda or cuda:N (e.g. cuda:0).", param=param
+    )
+
+
+overwrite = click.option(
+    "--overwrite", is_flag=True, default=False, help="Replace an existing output."
+)
+seed = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+model = click.option(
+    "--model",
+    "model",
+    type=click.Path(dir_okay=False),
+    default=None,
+    help="Checkpoint (.pt) with model card. Default: the built-in demo model.",
+)
+bands = click.option(
+    "--bands",
+    callback=_bands,
+    default=None,
+    help="1-based band indices to feed the model, e.g. 1,2,3. Default: the model card's bands.",
+)
+chunk_size = click.option(
+    "--chunk-size",
+    type=int,
+    default=2048,
+    show_default=True,
+    callback=_positive,
+    help="Chunk side in pixels: the unit of scheduling, I/O and output writing.",
+)
+tile_size = click.option(
+    "--tile-size",
+    type=int,
+    default=None,
+    callback=_positive,
+    help="Model input tile side in pixels. Default: chosen for the model.",
+)
+batch_size = click.option(
+    "--batch-size",
+    type=int,
+    default=None,
+    callback=_positive,
+    help="Tiles per model call. Default: 1 on CPU, more on CUDA.",
+)
+device = click.option(
+    "--device",
+    default="auto",
+    show_default=True,
+    callback=_device,
+    help="auto, cpu, cuda or cuda:N.",
+)
+precision = click.option(
+    "--precision",
+    type=click.Choice(choices(Precision)),
+    default="auto",
+    show_default=True,
+    help="Model compute precision; auto uses bf16 where the CPU or GPU supports it.",
+)
+probability_dtype = click.option(
+    "--probability-dtype",
+    type=click.Choice(choices(ProbabilityDtype)),
+    default="uint8",
+    show_default=True,
+    help="Storage of class probabilities: uint8 (0-255) or float32.",
+)
+threshold = click.option(
+    "--threshold",
+    type=click.FloatRange(0.0, 1.0),
+    default=None,
+    help="Probability a class needs to win a pixel (0-1). Default: argmax.",
+)

@@ -1,0 +1,31 @@
+"""Closed sets of choices (``Literal`` aliases) and small frozen configs shared by library and CLI.
+
+Each closed set is written once here; the CLI derives its ``click.Choice`` from it with
+:func:`choices`.
+"""
+
+from __future__ import annotations
+
+from typing import Literal, get_args
+
+Padding = Literal["valid", "same"]
+"""U-Net convolution padding: ``valid`` (exact overlap-tile, the seed design) or ``same``."""
+
+Precision = Literal["auto", "fp32", "bf16", "fp16"]
+"""Compute precision of the model forward pass; ``auto`` picks the fastest correct one."""
+
+ProbabilityDtype = Literal["uint8", "float32"]
+"""How class probabilities are stored: uint8 (0-255, default) or float32."""
+
+DType = Literal["uint8", "uint16"]
+"""Pixel data types geounet scenes use."""
+
+BlendWindow = Literal["hann", "spline", "uniform"]
+"""Tapered weight windows for blending overlapping same-padding tiles."""
+
+LogLevel = Literal["quiet", "normal", "verbose"]
+
+
+def choices(alias: object) -> tuple[str, ...]:
+    """Return the values of a ``Literal`` alias, e.g. ``choices(Padding) == ("valid", "same")``."""
+    return tuple(str(value) for value in get_args(alias))

@@ -1,0 +1,86 @@
+"""Test helpers shipped with the package: tiny georeferenced scenes written through rasterio.
+
+Used by geounet's own tests and usable in downstream tests. For realistic imagery with ground
+truth use :mod:`geounet.synth`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CRS = "EPSG:32633"  # WGS 84 / UTM zone 33N
+
+
+def write_scene(
+    path: str | Path,
+    height: int,
+    width: int,
+    *,
+    count: int = 3,
+    dtype: str = "uint8",
+    crs: str | None = DEFAULT_CRS,
+    pixel_size: float = 0.5,
+    origin: tuple[float, float] = (500_000.0, 5_000_000.0),
+    nodata: float | None = None,
+    nodata_border: int = 0,
+    seed: int = 0,
+    blocksize: int = 256,
+    compress: str = "deflate",
+) -> Path:
+    """Write a smooth random multi-band GeoTIFF and return its path.
+
+    Parameters
+    ----------
+    path : output file (.tif).
+    height, width : scene size in pixels (odd sizes exercise edge tiles).
+    count : number of bands.
+    dtype : ``uint8`` or ``uint16`` (12-bit range).
+    crs : CRS string, or None for a scene without georeferencing.
+    pixel_size : metres (or CRS units) per pixel.
+    origin : (x, y) of the upper-left corner.
+    nodata : declared nodata value; with ``nodata_border`` the outer ring of that width is nodata.
+    seed : random seed; the same seed gives the same bytes.
+
+    Examples
+    --------
+    >>> p = write_scene(tmp_path / "s.tif", 257, 300)  # doctest: +SKIP
+    """
+    import rasterio
+    from rasterio.transform import from_origin
+    from scipy.ndimage import gaussian_filter
+
+    rng = np.random.default_rng(seed)
+    top = 255 if dtype == "uint8" else 4095
+    data = np.empty((count, height, width), dtype=dtype)
+    for band in range(count):
+        noise = gaussian_filter(rng.standard_normal((height, width)).astype(np.float32), 3.0)
+        noise = (noise - noise.min()) / max(float(np.ptp(noise)), 1e-6)
+        data[band] = np.clip(noise * (top - 2) + 1, 1, top).astype(dtype)
+    if nodata is not None and nodata_border > 0:
+        b = nodata_border
+        data[:, :b, :] = nodata
+        data[:, -b:, :] = nodata
+        data[:, :, :b] = nodata
+        data[:, :, -b:] = nodata
+    profile = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": count,
+        "dtype": dtype,
+        "tiled": True,
+        "blockxsize": blocksize,
+        "blockysize": blocksize,
+        "compress": compress,
+    }
+    if crs is not None:
+        profile["crs"] = crs
+        profile["transform"] = from_origin(origin[0], origin[1], pixel_size, pixel_size)
+    if nodata is not None:
+        profile["nodata"] = nodata
+    path = Path(path)
+    with rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+    return path

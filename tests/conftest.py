@@ -1,0 +1,33 @@
+"""Shared fixtures: a factory of synthetic georeferenced scenes, and thread limits for torch."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _limit_torch_threads() -> None:
+    """Keep each test process to the machine's cores so parallel work does not oversubscribe."""
+    import os
+
+    import torch
+
+    torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+
+@pytest.fixture
+def make_scene(tmp_path: Path) -> Callable[..., Path]:
+    """Factory: ``make_scene(257, 300, count=3, dtype="uint8", ...)`` writes a GeoTIFF."""
+    from geounet.testing import write_scene
+
+    counter = {"n": 0}
+
+    def factory(height: int = 257, width: int = 300, **kwargs: Any) -> Path:
+        counter["n"] += 1
+        name = kwargs.pop("name", f"scene{counter['n']}.tif")
+        return write_scene(tmp_path / name, height, width, **kwargs)
+
+    return factory
