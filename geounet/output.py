@@ -1,0 +1,480 @@
+"""Prediction outputs: the georeferenced Zarr v3 store written chunk by chunk, and the COG made from it.
+
+The store is the one place chunk results land: each task writes whole Zarr chunks of its own
+region (Zarr chunks equal the Dask chunks, so concurrent writers never share a chunk) and then
+leaves a small completion marker, which is what resume reads. Outputs are built under a
+temporary name in the same directory and renamed into place only when complete.
+
+Layout (see docs/CONTRACTS.md, "Prediction store"):
+
+- ``probabilities`` (class, y, x): uint8 0-255 (``p * 255`` rounded) or float32; 0 at nodata
+- ``mask`` (y, x): uint8 class index, 255 = nodata
+- ``x``, ``y``: pixel-centre coordinates; ``spatial_ref``: CF grid mapping
+- group attribute ``geounet``: classes, model card, chunk size, version
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import numpy as np
+
+from geounet.config import ProbabilityDtype, choices
+from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
+
+log = logging.getLogger(__name__)
+
+OutputFormat = Literal["zarr", "tif"]
+"""Prediction output formats, chosen by the output path's suffix."""
+
+SUFFIXES: dict[str, OutputFormat] = {".zarr": "zarr", ".tif": "tif", ".tiff": "tif"}
+NODATA_CLASS = 255
+"""Value of the class mask (Zarr ``mask``, COG band 1) where the scene has no valid data."""
+COG_BLOCK_SIZE = 512
+_DONE_DIR = "_geounet_done"
+_TMP_TAG = ".geounet-partial"
+
+
+@dataclass(frozen=True)
+class StoreSpec:
+    """What a task needs to write its region of a prediction store: cheap to pickle.
+
+    Attributes
+    ----------
+    path : directory of the (temporary) Zarr store.
+    probability_dtype : ``uint8`` or ``float32``.
+    """
+
+    path: str
+    probability_dtype: ProbabilityDtype = "uint8"
+
+    def __post_init__(self) -> None:
+        if self.probability_dtype not in choices(ProbabilityDtype):
+            raise InputError(
+                f"probability dtype {self.probability_dtype!r} is not supported; "
+                f"use one of {', '.join(choices(ProbabilityDtype))}."
+            )
+
+
+def output_format(path: str | os.PathLike[str]) -> OutputFormat:
+    """Return the output format for a path from its suffix.
+
+    Raises
+    ------
+    UnsupportedFormatError
+        For any suffix other than ``.zarr``, ``.tif`` or ``.tiff``.
+
+    Examples
+    --------
+    >>> output_format("pred.zarr"), output_format("pred.tif")
+    ('zarr', 'tif')
+    """
+    suffix = Path(path).suffix.lower()
+    if suffix not in SUFFIXES:
+        raise UnsupportedFormatError(
+            f"output {str(path)!r} has suffix {suffix or '(none)'!r}, which geounet cannot write; "
+            f"name the output with one of {', '.join(SUFFIXES)} "
+            "(.zarr for a Zarr v3 store, .tif for a Cloud-Optimized GeoTIFF)."
+        )
+    return SUFFIXES[suffix]
+
+
+def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> OutputFormat:
+    """Validate an output path before any work: known suffix, parent exists, not existing.
+
+    Raises
+    ------
+    UnsupportedFormatError, OutputExistsError, InputError
+    """
+    fmt = output_format(path)
+    path = Path(path)
+    if not path.parent.is_dir():
+        raise InputError(
+            f"output folder {str(path.parent)!r} does not exist; create it first or choose "
+            "another output path."
+        )
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output {str(path)!r} already exists; pass overwrite=True (--overwrite) to "
+            "replace it, or choose another path."
+        )
+    return fmt
+
+
+def temporary_path(path: str | os.PathLike[str], suffix: str = "") -> Path:
+    """Return the temporary name an output is built under: hidden, in the same directory.
+
+    Examples
+    --------
+    >>> temporary_path("out/pred.zarr").name
+    '.pred.zarr.geounet-partial'
+    """
+    path = Path(path)
+    return path.with_name(f".{path.name}{_TMP_TAG}{suffix}")
+
+
+def remove_path(path: str | os.PathLike[str]) -> None:
+    """Delete a file or directory tree if it exists."""
+    path = Path(path)
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    elif path.exists() or path.is_symlink():
+        path.unlink()
+
+
+def replace_path(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
+    """Move a finished temporary output onto its final name, replacing what was there.
+
+    A file is replaced atomically (``os.replace``); a directory (Zarr store) replacing an
+    existing one is swapped through a second temporary name so the old output is removed only
+    after the new one is complete.
+    """
+    source, target = Path(source), Path(target)
+    if target.is_dir() and not target.is_symlink():
+        trash = target.with_name(f".{target.name}.geounet-old")
+        remove_path(trash)
+        os.replace(target, trash)
+        os.replace(source, target)
+        remove_path(trash)
+    else:
+        if source.is_dir() and (target.exists() or target.is_symlink()):
+            target.unlink()
+        os.replace(source, target)
+    return target
+
+
+def _pixel_transform(transform: tuple[float, ...] | None) -> tuple[float, ...]:
+    return tuple(transform[:6]) if transform is not None else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
+
+
+def create_store(
+    path: str | os.PathLike[str],
+    *,
+    height: int,
+    width: int,
+    classes: tuple[str, ...],
+    chunk_size: int,
+    crs_wkt: str | None,
+    transform: tuple[float, ...] | None,
+    probability_dtype: ProbabilityDtype = "uint8",
+    attrs: dict[str, Any] | None = None,
+    run: dict[str, Any] | None = None,
+) -> StoreSpec:
+    """Create an empty prediction store (Zarr v3 group) laid out as in docs/CONTRACTS.md.
+
+    Parameters
+    ----------
+    path : directory to create (must not exist).
+    height, width : scene size in pixels.
+    classes : class names; ``len(classes)`` probability layers.
+    chunk_size : Zarr chunk side; equal to the Dask chunk side so each task writes whole chunks.
+    crs_wkt, transform : georeferencing of the scene (affine ``a, b, c, d, e, f``); with
+        ``crs_wkt=None`` and ``transform=None`` the store is in pixel space.
+    probability_dtype : ``uint8`` (0-255) or ``float32``.
+    attrs : extra entries of the ``geounet`` group attribute (e.g. ``model_card``).
+    run : fingerprint of the run, compared on resume (see :func:`check_resumable`).
+
+    Examples
+    --------
+    >>> spec = create_store(tmp / "p.zarr", height=300, width=257, classes=("a", "b"),
+    ...                     chunk_size=128, crs_wkt=None, transform=None)  # doctest: +SKIP
+    """
+    import zarr
+
+    spec = StoreSpec(str(path), probability_dtype)
+    a, b, c, d, e, f = _pixel_transform(transform)
+    num_classes = len(classes)
+    group = zarr.open_group(str(path), mode="w-", zarr_format=3)
+    group.attrs["geounet"] = {
+        "classes": list(classes),
+        "chunk_size": int(chunk_size),
+        "probability_dtype": probability_dtype,
+        "nodata_class": NODATA_CLASS,
+        **(attrs or {}),
+    }
+    if run is not None:
+        group.attrs["geounet_run"] = run
+    geo_attrs = {"grid_mapping": "spatial_ref", "coordinates": "spatial_ref"}
+    group.create_array(
+        "probabilities",
+        shape=(num_classes, height, width),
+        chunks=(num_classes, chunk_size, chunk_size),
+        dtype=probability_dtype,
+        fill_value=0,
+        dimension_names=("class", "y", "x"),
+        attributes={**geo_attrs, "classes": list(classes), "long_name": "class probabilities",
+                    "scale": 1 / 255 if probability_dtype == "uint8" else 1.0},
+    )
+    group.create_array(
+        "mask",
+        shape=(height, width),
+        chunks=(chunk_size, chunk_size),
+        dtype="uint8",
+        fill_value=NODATA_CLASS,
+        dimension_names=("y", "x"),
+        attributes={**geo_attrs, "nodata": NODATA_CLASS, "classes": list(classes),
+                    "long_name": "class index"},
+    )
+    # Pixel-centre coordinates of a north-up grid (rotation terms are kept in GeoTransform).
+    xs = c + a * (np.arange(width) + 0.5)
+    ys = f + e * (np.arange(height) + 0.5)
+    unit = "metre" if crs_wkt else "pixel"
+    for name, values in (("x", xs), ("y", ys)):
+        arr = group.create_array(
+            name,
+            shape=values.shape,
+            chunks=values.shape,
+            dtype="float64",
+            dimension_names=(name,),
+            attributes={"axis": name.upper(), "units": unit,
+                        "standard_name": f"projection_{name}_coordinate" if crs_wkt else name},
+        )
+        arr[:] = values
+    ref_attrs: dict[str, Any] = {"GeoTransform": f"{c} {a} {b} {f} {d} {e}"}
+    if crs_wkt:
+        ref_attrs.update({"crs_wkt": crs_wkt, "spatial_ref": crs_wkt})
+    ref = group.create_array("spatial_ref", shape=(), dtype="int64", fill_value=0,
+                             attributes=ref_attrs)
+    ref[...] = 0
+    (Path(path) / _DONE_DIR).mkdir()
+    return spec
+
+
+def read_run(path: str | os.PathLike[str]) -> dict[str, Any] | None:
+    """Return the run fingerprint stored in a (temporary) store, or None if there is none."""
+    import zarr
+
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception:  # noqa: BLE001 - any unreadable store is "no usable run"
+        return None
+    run = group.attrs.get("geounet_run")
+    return dict(run) if isinstance(run, dict) else None
+
+
+def check_resumable(path: str | os.PathLike[str], run: dict[str, Any]) -> bool:
+    """Return True if a temporary store exists and was started by the same run.
+
+    Raises
+    ------
+    InputError
+        If a store exists but was started with other settings (scene, model, sizes, dtype).
+    """
+    if not Path(path).is_dir():
+        return False
+    stored = read_run(path)
+    if stored is None:
+        log.warning("partial store %s is unreadable; starting from scratch", path)
+        return False
+    changed = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+    if changed:
+        raise InputError(
+            f"cannot resume: the interrupted run in {str(path)!r} used other settings "
+            f"({', '.join(f'{k}: {stored.get(k)!r} -> {run.get(k)!r}' for k in changed)}); "
+            "rerun with the same settings, or without --resume to start over."
+        )
+    return True
+
+
+def done_chunks(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Return the completion records of a (temporary) store, keyed by chunk id."""
+    done: dict[str, dict[str, Any]] = {}
+    folder = Path(path) / _DONE_DIR
+    if not folder.is_dir():
+        return done
+    for marker in folder.glob("*.json"):
+        try:
+            done[marker.stem] = json.loads(marker.read_text())
+        except (OSError, ValueError):  # a marker cut short by a kill: recompute that chunk
+            continue
+    return done
+
+
+def chunk_id(y0: int, x0: int) -> str:
+    """Name of a chunk's completion marker, from its core origin."""
+    return f"{y0}_{x0}"
+
+
+def mark_done(spec: StoreSpec, y0: int, x0: int, record: dict[str, Any]) -> None:
+    """Record that a chunk is written (atomically: written aside, then renamed)."""
+    folder = Path(spec.path) / _DONE_DIR
+    final = folder / f"{chunk_id(y0, x0)}.json"
+    partial = folder / f".{final.name}.{os.getpid()}"
+    partial.write_text(json.dumps(record))
+    os.replace(partial, final)
+
+
+def quantize(probabilities: np.ndarray, dtype: ProbabilityDtype) -> np.ndarray:
+    """Convert float probabilities to the storage dtype (uint8: ``round(p * 255)``)."""
+    if dtype == "float32":
+        return probabilities.astype(np.float32, copy=False)
+    return np.rint(np.clip(probabilities, 0.0, 1.0) * 255.0).astype(np.uint8)
+
+
+def write_chunk(
+    spec: StoreSpec,
+    y0: int,
+    x0: int,
+    probabilities: np.ndarray,
+    mask: np.ndarray,
+    valid: np.ndarray,
+) -> None:
+    """Write one chunk's probabilities and class mask into its region of the store.
+
+    Parameters
+    ----------
+    spec : the store.
+    y0, x0 : origin of the chunk core in scene pixels (a multiple of the Zarr chunk side).
+    probabilities : float (class, height, width) in 0-1.
+    mask : uint8 (height, width) class index.
+    valid : bool (height, width); invalid pixels become probability 0 and class 255.
+    """
+    import zarr
+
+    height, width = mask.shape
+    probs = quantize(probabilities, spec.probability_dtype)
+    probs = np.where(valid[None], probs, np.zeros((), probs.dtype))
+    classes = np.where(valid, mask.astype(np.uint8, copy=False), np.uint8(NODATA_CLASS))
+    store = spec.path
+    zarr.open_array(f"{store}/probabilities", mode="r+")[:, y0:y0 + height, x0:x0 + width] = probs
+    zarr.open_array(f"{store}/mask", mode="r+")[y0:y0 + height, x0:x0 + width] = classes
+
+
+def finalize_store(path: str | os.PathLike[str]) -> None:
+    """Drop resume bookkeeping and consolidate metadata so ``xarray.open_zarr`` opens it quietly."""
+    import zarr
+
+    path = Path(path)
+    remove_path(path / _DONE_DIR)
+    group = zarr.open_group(str(path), mode="r+")
+    if "geounet_run" in group.attrs:
+        del group.attrs["geounet_run"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "consolidated metadata is not in the v3 spec"
+        zarr.consolidate_metadata(str(path))
+
+
+def open_prediction(path: str | os.PathLike[str]) -> Any:
+    """Open a prediction store as an ``xarray.Dataset`` (CRS via rioxarray's ``.rio``).
+
+    Examples
+    --------
+    >>> ds = open_prediction("pred.zarr")  # doctest: +SKIP
+    >>> ds.rio.crs, ds.mask.rio.nodata  # doctest: +SKIP
+    """
+    import rioxarray  # noqa: F401 - registers the .rio accessor
+    import xarray as xr
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        return xr.open_zarr(str(path))
+
+
+def write_cog(
+    store: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    overwrite: bool = False,
+    block_size: int = COG_BLOCK_SIZE,
+    compress: str = "DEFLATE",
+) -> Path:
+    """Write a Cloud-Optimized GeoTIFF from a prediction store, streaming chunk by chunk.
+
+    Band 1 is the class index (255 at nodata), bands 2..K+1 the class probabilities (band
+    descriptions are the class names); nodata is also an internal mask. Memory holds one
+    store chunk at a time: the bands are first written block by block into a tiled GeoTIFF,
+    then GDAL's COG driver copies it with overviews (nearest resampling) into place.
+
+    Parameters
+    ----------
+    store : prediction store (Zarr) written by :func:`create_store` / :func:`write_chunk`.
+    out : the ``.tif`` to write; built as a hidden temporary file, renamed when complete.
+    overwrite : replace an existing ``out``.
+
+    Examples
+    --------
+    >>> write_cog("pred.zarr", "pred.tif")  # doctest: +SKIP
+    """
+    import rasterio
+    import rasterio.shutil
+    import zarr
+    from affine import Affine
+    from rasterio.windows import Window
+
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output {str(out)!r} already exists; pass overwrite=True (--overwrite) to replace it."
+        )
+    group = zarr.open_group(str(store), mode="r")
+    probs = group["probabilities"]
+    mask = group["mask"]
+    num_classes, height, width = probs.shape
+    meta = dict(group.attrs.get("geounet", {}))
+    classes = list(meta.get("classes", [f"class_{i}" for i in range(num_classes)]))
+    chunk = int(meta.get("chunk_size", probs.chunks[1]))
+    ref = dict(group["spatial_ref"].attrs)
+    crs_wkt = ref.get("crs_wkt")
+    c, a, b, f, d, e = (float(v) for v in ref["GeoTransform"].split())
+    dtype = str(probs.dtype)
+    profile: dict[str, Any] = {
+        "driver": "GTiff",
+        "height": height,
+        "width": width,
+        "count": num_classes + 1,
+        "dtype": dtype,
+        "tiled": True,
+        "blockxsize": block_size,
+        "blockysize": block_size,
+        "compress": "ZSTD" if compress.upper() == "ZSTD" else "DEFLATE",
+        "BIGTIFF": "IF_SAFER",
+    }
+    if crs_wkt:
+        profile["crs"] = crs_wkt
+        profile["transform"] = Affine(a, b, c, d, e, f)
+    staging = temporary_path(out, ".tiled.tif")
+    partial = temporary_path(out)
+    remove_path(staging)
+    remove_path(partial)
+    try:
+        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
+            with rasterio.open(staging, "w", **profile) as dst:
+                dst.descriptions = ("class", *classes)
+                dst.update_tags(1, classes=",".join(classes), nodata_class=str(NODATA_CLASS))
+                for y0 in range(0, height, chunk):
+                    for x0 in range(0, width, chunk):
+                        window = Window(
+                            x0, y0, min(chunk, width - x0), min(chunk, height - y0)
+                        )
+                        rows = slice(y0, y0 + window.height)
+                        cols = slice(x0, x0 + window.width)
+                        classes_block = mask[rows, cols]
+                        dst.write(classes_block.astype(dtype, copy=False), 1, window=window)
+                        dst.write(probs[:, rows, cols], list(range(2, num_classes + 2)),
+                                  window=window)
+                        dst.write_mask(
+                            np.where(classes_block == NODATA_CLASS, 0, 255).astype(np.uint8),
+                            window=window,
+                        )
+            rasterio.shutil.copy(
+                staging,
+                partial,
+                driver="COG",
+                BLOCKSIZE=block_size,
+                COMPRESS=profile["compress"],
+                OVERVIEW_RESAMPLING="NEAREST",
+                BIGTIFF="IF_SAFER",
+            )
+        replace_path(partial, out)
+    finally:
+        remove_path(staging)
+        remove_path(partial)
+    log.info("wrote COG %s (%d x %d, %d bands)", out, width, height, num_classes + 1)
+    return out

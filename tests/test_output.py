@@ -1,0 +1,155 @@
+"""Tests for geounet.output: Zarr v3 prediction store layout, markers, COG validity."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import rasterio
+
+from geounet import output
+from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
+
+CLASSES = ("background", "buildings", "roads")
+TRANSFORM = (0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0)
+
+
+def _crs_wkt() -> str:
+    from rasterio.crs import CRS
+
+    return CRS.from_epsg(32633).to_wkt()
+
+
+def _fill_store(path: Path, height: int, width: int, chunk: int, dtype: str = "uint8",
+                crs: bool = True) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    spec = output.create_store(
+        path, height=height, width=width, classes=CLASSES, chunk_size=chunk,
+        crs_wkt=_crs_wkt() if crs else None, transform=TRANSFORM if crs else None,
+        probability_dtype=dtype, run={"scene": "x"},
+    )
+    rng = np.random.default_rng(1)
+    probs = rng.random((3, height, width)).astype(np.float32)
+    probs /= probs.sum(0, keepdims=True)
+    valid = np.ones((height, width), bool)
+    valid[:7, :] = False
+    valid[:, -3:] = False
+    mask = probs.argmax(0).astype(np.uint8)
+    for y0 in range(0, height, chunk):
+        for x0 in range(0, width, chunk):
+            rows, cols = slice(y0, y0 + chunk), slice(x0, x0 + chunk)
+            output.write_chunk(spec, y0, x0, probs[:, rows, cols], mask[rows, cols],
+                               valid[rows, cols])
+            output.mark_done(spec, y0, x0, {"pixels": 1})
+    return probs, mask, valid
+
+
+def test_output_format_by_suffix() -> None:
+    assert output.output_format("a/b.zarr") == "zarr"
+    assert output.output_format("b.TIF") == "tif"
+    with pytest.raises(UnsupportedFormatError, match=r"\.zarr"):
+        output.output_format("pred.png")
+
+
+def test_check_output(tmp_path: Path) -> None:
+    existing = tmp_path / "p.zarr"
+    existing.mkdir()
+    with pytest.raises(OutputExistsError, match="--overwrite"):
+        output.check_output(existing, overwrite=False)
+    assert output.check_output(existing, overwrite=True) == "zarr"
+    with pytest.raises(InputError, match="does not exist"):
+        output.check_output(tmp_path / "missing" / "p.tif", overwrite=False)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_store_layout_and_georeferencing(tmp_path: Path, dtype: str) -> None:
+    store = tmp_path / "p.zarr"
+    probs, mask, valid = _fill_store(store, 150, 131, 64, dtype)
+    assert set(output.done_chunks(store)) == {
+        output.chunk_id(y, x) for y in range(0, 150, 64) for x in range(0, 131, 64)
+    }
+    output.finalize_store(store)
+    assert not (store / "_geounet_done").exists()
+    ds = output.open_prediction(store)
+    assert ds.rio.crs.to_epsg() == 32633
+    assert tuple(ds.rio.transform())[:6] == TRANSFORM
+    assert ds.probabilities.dims == ("class", "y", "x")
+    assert ds.probabilities.shape == (3, 150, 131)
+    assert ds.probabilities.dtype == np.dtype(dtype)
+    assert ds.probabilities.encoding["chunks"] == (3, 64, 64)
+    assert ds.mask.rio.nodata == 255
+    got_mask = ds.mask.values
+    assert (got_mask[~valid] == 255).all()
+    np.testing.assert_array_equal(got_mask[valid], mask[valid])
+    got = ds.probabilities.values
+    assert (got[:, ~valid] == 0).all()
+    expected = output.quantize(probs, dtype)
+    np.testing.assert_array_equal(got[:, valid], expected[:, valid])
+    assert ds.attrs["geounet"]["classes"] == list(CLASSES)
+
+
+def test_resume_fingerprint(tmp_path: Path) -> None:
+    store = tmp_path / "p.zarr"
+    output.create_store(store, height=10, width=10, classes=CLASSES, chunk_size=16,
+                        crs_wkt=None, transform=None, run={"scene": "a", "chunk_size": 16})
+    assert output.check_resumable(store, {"scene": "a", "chunk_size": 16})
+    assert not output.check_resumable(tmp_path / "none.zarr", {"scene": "a"})
+    with pytest.raises(InputError, match="chunk_size"):
+        output.check_resumable(store, {"scene": "a", "chunk_size": 32})
+
+
+def _ghost_header(path: Path) -> bytes:
+    with open(path, "rb") as fh:
+        return fh.read(400)
+
+
+@pytest.mark.parametrize("dtype", ["uint8", "float32"])
+def test_cog_from_store_is_valid_and_georeferenced(tmp_path: Path, dtype: str) -> None:
+    store = tmp_path / "p.zarr"
+    probs, mask, valid = _fill_store(store, 300, 257, 128, dtype)
+    output.finalize_store(store)
+    cog = output.write_cog(store, tmp_path / "p.tif", block_size=64)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "p.zarr"]  # no temporaries
+    with rasterio.open(cog) as src:
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+        assert src.block_shapes[0] == (64, 64)
+        assert src.overviews(1), "a COG larger than one block needs overviews"
+        assert src.crs.to_epsg() == 32633
+        assert tuple(src.transform)[:6] == TRANSFORM
+        assert (src.height, src.width, src.count) == (300, 257, 4)
+        assert src.descriptions == ("class", *CLASSES)
+        assert src.mask_flag_enums[0] == [rasterio.enums.MaskFlags.per_dataset]
+        classes = src.read(1)
+        np.testing.assert_array_equal(classes[valid], mask[valid])
+        assert (classes[~valid] == 255).all()
+        assert (src.read_masks(1)[~valid] == 0).all() and (src.read_masks(1)[valid] == 255).all()
+        np.testing.assert_array_equal(src.read([2, 3, 4])[:, valid],
+                                      output.quantize(probs, dtype)[:, valid])
+    header = _ghost_header(cog)
+    assert b"LAYOUT=IFDS_BEFORE_DATA" in header and b"BLOCK_ORDER=ROW_MAJOR" in header
+
+
+def test_cog_pixel_space_and_overwrite(tmp_path: Path) -> None:
+    store = tmp_path / "p.zarr"
+    _fill_store(store, 40, 50, 32, crs=False)
+    output.finalize_store(store)
+    ds = output.open_prediction(store)
+    assert ds.rio.crs is None
+    cog = output.write_cog(store, tmp_path / "p.tif")
+    with pytest.raises(OutputExistsError):
+        output.write_cog(store, cog)
+    output.write_cog(store, cog, overwrite=True)
+    with rasterio.open(cog) as src:
+        assert src.crs is None
+        assert (src.height, src.width) == (40, 50)
+
+
+def test_replace_directory_keeps_new(tmp_path: Path) -> None:
+    old, new = tmp_path / "p.zarr", tmp_path / ".p.zarr.geounet-partial"
+    old.mkdir()
+    (old / "old").write_text("x")
+    new.mkdir()
+    (new / "new").write_text("y")
+    output.replace_path(new, old)
+    assert (old / "new").exists() and not (old / "old").exists() and not new.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]
