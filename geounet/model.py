@@ -1,4 +1,4 @@
-"""The U-Net (Ronneberger et al. 2015), its size rules and receptive field, and the checkpoint + model card.
+"""The U-Net (Ronneberger et al. 2015), its size rules, receptive field, checkpoint and model card.
 
 Size rules live on :class:`UNetConfig` as properties computed from ``depth`` and
 ``padding`` (nothing derived is stored): the tiling engine asks the config for the
@@ -16,8 +16,10 @@ import dataclasses
 import functools
 import logging
 import os
+import pickle
 import tempfile
 import warnings
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -281,7 +283,7 @@ class UNetConfig:
         return (below, below + a)
 
     def check_input_size(self, input_size: int) -> None:
-        """Raise :class:`TileSizeError` naming the nearest valid sizes if ``input_size`` is not valid."""
+        """Raise :class:`TileSizeError`, naming the nearest valid sizes, for an invalid size."""
         if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)):
             raise TileSizeError(f"tile size {input_size!r} is not an integer number of pixels")
         if self.is_valid_input_size(input_size):
@@ -310,8 +312,15 @@ class UNetConfig:
         return int(input_size) - self.shrink
 
     def input_size_for_output(self, output_size: int) -> int:
-        """Smallest valid input side whose output is at least ``output_size``."""
-        return self.valid_input_sizes(output_size + self.shrink, output_size + self.shrink + self.alignment)[0]
+        """Smallest valid input side whose output is at least ``output_size``.
+
+        Examples
+        --------
+        >>> UNetConfig(depth=4).input_size_for_output(500)
+        684
+        """
+        need = max(int(output_size) + self.shrink, self.min_input_size)
+        return self.valid_input_sizes(need, need + self.alignment)[0]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of the fields."""
@@ -498,7 +507,8 @@ class ModelCard:
     def __post_init__(self) -> None:
         if not isinstance(self.architecture, UNetConfig):
             raise InputError(
-                f"model card architecture must be a UNetConfig, got {type(self.architecture).__name__}"
+                "model card architecture must be a UNetConfig, got "
+                f"{type(self.architecture).__name__}"
             )
         arch = self.architecture
         # normalise sequences to tuples of plain numbers (from_dict gives lists)
@@ -508,7 +518,9 @@ class ModelCard:
             std = tuple(float(s) for s in self.std)
             value_range = tuple(float(v) for v in self.value_range)
         except (TypeError, ValueError) as exc:
-            raise InputError(f"model card bands/mean/std/value_range must be numbers: {exc}") from exc
+            raise InputError(
+                f"model card bands/mean/std/value_range must be numbers: {exc}"
+            ) from exc
         classes = tuple(str(c) for c in self.classes)
         object.__setattr__(self, "bands", bands)
         object.__setattr__(self, "mean", mean)
@@ -720,7 +732,9 @@ def save_checkpoint(
             f"checkpoint {path} already exists; pass overwrite=True (--overwrite) to replace it"
         )
     if not path.parent.exists():
-        raise InputError(f"directory {path.parent} for checkpoint {path.name} does not exist; create it first")
+        raise InputError(
+            f"directory {path.parent} for checkpoint {path.name} does not exist; create it first"
+        )
     payload = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_FORMAT_VERSION,
@@ -744,6 +758,58 @@ def save_checkpoint(
     return path
 
 
+def _torch_load(path: Path, map_location: Any) -> Any:
+    """``torch.load(weights_only=True)`` with a clear :class:`CheckpointError` per failure."""
+    with path.open("rb") as handle:
+        head = handle.read(4)
+    if head != b"PK\x03\x04":
+        raise CheckpointError(
+            f"checkpoint {path} is not a PyTorch checkpoint (it is not a zip archive as "
+            f"torch.save writes); give the .pt file written by geounet train"
+        )
+    if not zipfile.is_zipfile(path):
+        raise CheckpointError(
+            f"checkpoint {path} is truncated or corrupt (its zip directory is missing, "
+            f"{path.stat().st_size} bytes); re-copy the file or re-train"
+        )
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except pickle.UnpicklingError as exc:
+        raise CheckpointError(
+            f"checkpoint {path} holds Python objects other than plain data (tensors, numbers, "
+            f"strings, lists, dicts), so it was not written by geounet and is not loaded, for "
+            f"safety; save models with geounet.model.save_checkpoint"
+        ) from exc
+    except Exception as exc:  # noqa: BLE001 - torch raises many types for corrupt files
+        first_line = str(exc).splitlines()[0] if str(exc) else ""
+        raise CheckpointError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {first_line}); the file "
+            f"is corrupt: re-copy it or re-train"
+        ) from exc
+
+
+def _state_dict_mismatch(model: nn.Module, state_dict: Mapping[str, Any]) -> str:
+    """A short description of how ``state_dict`` differs from ``model``'s parameters."""
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in state_dict]
+    unexpected = [k for k in state_dict if k not in expected]
+    shapes = [
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state_dict
+        and isinstance(state_dict[k], torch.Tensor)
+        and tuple(state_dict[k].shape) != tuple(v.shape)
+    ]
+    parts = []
+    if missing:
+        parts.append(f"{len(missing)} missing (e.g. {missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected (e.g. {unexpected[0]})")
+    if shapes:
+        parts.append(f"{len(shapes)} of other shape (e.g. {shapes[0]})")
+    return "; ".join(parts) or "tensors of the wrong type"
+
+
 def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> dict[str, Any]:
     """Load and validate the raw checkpoint dict (for resuming training).
 
@@ -762,13 +828,7 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
             f"checkpoint {path} does not exist (or is not a file); give the path of a .pt "
             f"file written by geounet train"
         )
-    try:
-        payload = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types for bad files
-        raise CheckpointError(
-            f"checkpoint {path} cannot be read ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}); "
-            f"the file is truncated, corrupt or not a PyTorch file: re-copy it or re-train"
-        ) from exc
+    payload = _torch_load(path, map_location)
     if not isinstance(payload, dict) or payload.get("format") != CHECKPOINT_FORMAT:
         what = "a plain state_dict" if isinstance(payload, dict) else type(payload).__name__
         raise CheckpointError(
@@ -807,11 +867,11 @@ def load_checkpoint(
     model = UNet(card.architecture)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
-    except (RuntimeError, KeyError, TypeError) as exc:
+    except (RuntimeError, KeyError, TypeError, AttributeError) as exc:
         raise CheckpointError(
             f"checkpoint {path}: the weights do not match the card's architecture "
-            f"{card.architecture} ({str(exc).splitlines()[0]}); the file is corrupt or was "
-            f"edited by hand"
+            f"{card.architecture} ({_state_dict_mismatch(model, payload['state_dict'])}); the "
+            f"file is corrupt or its card was edited"
         ) from exc
     if isinstance(map_location, (str, torch.device)):
         model.to(map_location)
