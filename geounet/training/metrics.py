@@ -1,0 +1,146 @@
+"""Segmentation scores from accumulated confusion counts: precision, recall, IoU, F1 per class.
+
+Counts are summed over every pixel of a scene or an epoch (never averaged per tile), so a
+chunked evaluation gives exactly the whole-scene numbers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from geounet.errors import InputError
+
+NODATA = 255
+
+
+@dataclass(frozen=True)
+class ClassScores:
+    """Pixel scores of one class; ``nan`` where a ratio has a zero denominator.
+
+    Attributes
+    ----------
+    name : class name.
+    tp, fp, fn : pixel counts.
+    """
+
+    name: str
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        """tp / (tp + fp)."""
+        return _ratio(self.tp, self.tp + self.fp)
+
+    @property
+    def recall(self) -> float:
+        """tp / (tp + fn)."""
+        return _ratio(self.tp, self.tp + self.fn)
+
+    @property
+    def iou(self) -> float:
+        """tp / (tp + fp + fn) (Jaccard)."""
+        return _ratio(self.tp, self.tp + self.fp + self.fn)
+
+    @property
+    def f1(self) -> float:
+        """2 tp / (2 tp + fp + fn) (Dice)."""
+        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+
+    @property
+    def support(self) -> int:
+        """Pixels of this class in the truth."""
+        return self.tp + self.fn
+
+    def to_dict(self) -> dict[str, float | int | str | None]:
+        """Plain JSON-ready dict (``nan`` becomes ``None``)."""
+        return {
+            "name": self.name, "tp": self.tp, "fp": self.fp, "fn": self.fn,
+            "support": self.support, "precision": _json(self.precision),
+            "recall": _json(self.recall), "iou": _json(self.iou), "f1": _json(self.f1),
+        }
+
+
+def _ratio(num: float, den: float) -> float:
+    return float(num) / float(den) if den > 0 else float("nan")
+
+
+def _json(value: float) -> float | None:
+    return None if np.isnan(value) else round(float(value), 6)
+
+
+class ConfusionMatrix:
+    """Accumulates a ``(K, K)`` confusion matrix (rows truth, columns prediction).
+
+    Pixels where either side is 255 (nodata) are ignored; any other value outside
+    ``0..K-1`` raises :class:`~geounet.errors.InputError`.
+
+    Examples
+    --------
+    >>> cm = ConfusionMatrix(("background", "buildings"))
+    >>> cm.update(np.array([[0, 1]]), np.array([[0, 1]]))
+    >>> cm.scores()[1].iou
+    1.0
+    """
+
+    def __init__(self, classes: Sequence[str]) -> None:
+        self.classes = tuple(classes)
+        if not 1 <= len(self.classes) <= 255:
+            raise InputError(f"{len(self.classes)} classes; give between 1 and 255 class names.")
+        self.counts = np.zeros((len(self.classes), len(self.classes)), dtype=np.int64)
+
+    @property
+    def num_classes(self) -> int:
+        """Number of classes K."""
+        return len(self.classes)
+
+    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        """Add the pixels of one window (same shape; 255 = nodata on either side)."""
+        pred = np.asarray(pred)
+        truth = np.asarray(truth)
+        if pred.shape != truth.shape:
+            raise InputError(
+                f"prediction shape {pred.shape} differs from truth shape {truth.shape}; "
+                "compare windows of the same grid."
+            )
+        keep = (pred != NODATA) & (truth != NODATA)
+        p = pred[keep].astype(np.int64)
+        t = truth[keep].astype(np.int64)
+        k = self.num_classes
+        for side, values in (("prediction", p), ("truth", t)):
+            if values.size and (values.min() < 0 or values.max() >= k):
+                bad = int(values.max()) if values.max() >= k else int(values.min())
+                raise InputError(
+                    f"{side} holds class {bad} but only {k} classes {self.classes} are known; "
+                    "give the class names that match the masks."
+                )
+        self.counts += np.bincount(t * k + p, minlength=k * k).reshape(k, k)
+
+    def merge(self, other: ConfusionMatrix) -> None:
+        """Add another matrix's counts (same classes)."""
+        if other.classes != self.classes:
+            raise InputError(f"classes {other.classes} differ from {self.classes}; cannot merge.")
+        self.counts += other.counts
+
+    def scores(self) -> list[ClassScores]:
+        """Per-class scores, in class order."""
+        tp = np.diag(self.counts)
+        fp = self.counts.sum(axis=0) - tp
+        fn = self.counts.sum(axis=1) - tp
+        return [ClassScores(name, int(tp[i]), int(fp[i]), int(fn[i]))
+                for i, name in enumerate(self.classes)]
+
+    @property
+    def accuracy(self) -> float:
+        """Overall pixel accuracy."""
+        return _ratio(np.trace(self.counts), self.counts.sum())
+
+    def mean_iou(self, *, foreground_only: bool = True) -> float:
+        """Mean IoU over classes with any truth or prediction (skipping index 0 by default)."""
+        values = [s.iou for s in self.scores()[(1 if foreground_only else 0):]]
+        values = [v for v in values if not np.isnan(v)]
+        return float(np.mean(values)) if values else float("nan")
