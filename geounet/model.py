@@ -183,6 +183,7 @@ class UNetConfig:
             value = getattr(self, name)
             if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
                 raise InputError(f"U-Net {name} {value!r} is not an integer; give a whole number")
+            object.__setattr__(self, name, int(value))  # numpy integers -> plain int (JSON)
         if not 1 <= self.depth <= MAX_DEPTH:
             raise InputError(
                 f"U-Net depth {self.depth} is out of range (1..{MAX_DEPTH} poolings); "

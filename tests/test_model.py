@@ -64,6 +64,13 @@ def test_valid_output_shape(depth: int, steps: tuple[int, int]) -> None:
     assert height - out.shape[-2] == 2 * config.halo == 12 * 2**depth - 8
 
 
+def test_parameter_count_matches_original_unet() -> None:
+    """Ronneberger et al.'s net (1 band in, 2 classes, depth 4, 64 base) has 31,030,658 weights."""
+    with torch.device("meta"):
+        net = UNet(UNetConfig(in_channels=1, num_classes=2))
+    assert sum(p.numel() for p in net.parameters()) == 31_030_658
+
+
 def test_seed_design_572_to_388() -> None:
     config = UNetConfig(depth=4, base_channels=2)
     assert config.halo == 92
@@ -472,3 +479,22 @@ def test_check_scene_pixel_size(scene_pixel: float | None, outcome: str) -> None
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             card.check_scene(3, "uint8", scene_pixel)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_load_and_bf16(tmp_path: Path) -> None:
+    config = UNetConfig(depth=3, base_channels=8, batch_norm=True)
+    net = _trained_like(config)
+    path = save_checkpoint(tmp_path / "m.pt", net, make_card(config))
+    gpu_net, _ = load_checkpoint(path, map_location="cuda")
+    assert next(gpu_net.parameters()).is_cuda
+    x = torch.rand(2, 3, 108, 108)
+    with torch.no_grad():
+        reference = net(x)
+        out = gpu_net(x.cuda())
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            out_bf16 = gpu_net(x.cuda().to(memory_format=torch.channels_last))
+    torch.testing.assert_close(out.cpu(), reference, rtol=1e-3, atol=1e-3)
+    assert out_bf16.dtype == torch.bfloat16
+    assert (out_bf16.float().cpu() - reference).abs().max() < 0.05 * reference.abs().max() + 0.05
