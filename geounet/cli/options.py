@@ -111,3 +111,46 @@ threshold = click.option(
     default=None,
     help="Probability a class needs to win a pixel (0-1). Default: argmax.",
 )
+
+# ---- appended by the pipeline part (predict / segment) -----------------------------------
+
+
+def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    value = value.strip()
+    if value in ("threads", "synchronous") or "://" in value or ":" in value:
+        return value
+    raise click.BadParameter(
+        f"{value!r} is not a scheduler address; use e.g. tcp://host:8786 "
+        "(or 'threads' / 'synchronous' to run in this process).",
+        param=param,
+    )
+
+
+workers = click.option(
+    "--workers",
+    type=int,
+    default=None,
+    callback=_positive,
+    help="Worker processes of the local cluster. Default: about one per two cores (1 on CUDA).",
+)
+scheduler_address = click.option(
+    "--scheduler-address",
+    callback=_address,
+    default=None,
+    help="Run on a running dask.distributed scheduler (tcp://host:8786) instead of a local "
+    "cluster; 'threads' or 'synchronous' run in this process (debugging).",
+)
+resume = click.option(
+    "--resume",
+    is_flag=True,
+    default=False,
+    help="Finish an interrupted run with the same settings, computing only missing chunks.",
+)
+allow_no_crs = click.option(
+    "--allow-no-crs",
+    is_flag=True,
+    default=False,
+    help="Accept a scene without CRS; outputs are then in pixel coordinates.",
+)

@@ -1,0 +1,541 @@
+"""The one orchestrator: validate, plan chunks, run one Dask task per chunk, write Zarr/COG, vectorize.
+
+Each task carries only the scene description, its chunk window, the tile grid, the store path
+and the runner spec (model path, device, precision); it predicts its chunk on the worker,
+writes its region of the Zarr store there, leaves a completion marker and returns a few
+numbers. No pixel array passes through the scheduler, so memory is bounded by chunk size,
+batch size and worker count, never by scene size.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Callable
+
+from geounet.cluster import SchedulerLike
+from geounet.config import Precision, ProbabilityDtype, choices
+from geounet.errors import (
+    DeviceError,
+    GeoreferenceError,
+    InputError,
+    OutputExistsError,
+    TileSizeError,
+)
+from geounet.output import StoreSpec
+
+if TYPE_CHECKING:
+    from geounet.model import ModelCard
+    from geounet.raster import SceneInfo
+    from geounet.tiling import ChunkWindow, TileGrid
+
+log = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int, int], None]
+"""``progress(chunks_done, chunks_total, pixels_done)``, called as chunks finish."""
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """What a prediction run did.
+
+    Attributes
+    ----------
+    out : the output written (``.zarr`` store or ``.tif`` COG).
+    pixels : scene pixels covered (height x width).
+    chunks : chunks in the scene.
+    chunks_skipped : chunks that were entirely nodata (model not called).
+    chunks_resumed : chunks already complete in an interrupted run's store (``resume=True``).
+    seconds : wall time of the whole call.
+    extra_outputs : other files written (e.g. the raster of :func:`segment`).
+    """
+
+    out: Path
+    pixels: int
+    chunks: int
+    chunks_skipped: int
+    chunks_resumed: int
+    seconds: float
+    extra_outputs: tuple[Path, ...] = ()
+
+    @property
+    def megapixels_per_second(self) -> float:
+        """Scene megapixels per second of wall time."""
+        return self.pixels / 1e6 / self.seconds if self.seconds > 0 else float("inf")
+
+    @property
+    def outputs(self) -> tuple[Path, ...]:
+        """Every path written."""
+        return (self.out, *self.extra_outputs)
+
+    def summary(self) -> str:
+        """One line for logs and the CLI."""
+        return (
+            f"{self.pixels / 1e6:.2f} MP in {self.chunks} chunks ({self.chunks_skipped} nodata "
+            f"skipped, {self.chunks_resumed} resumed) in {self.seconds:.1f} s "
+            f"({self.megapixels_per_second:.2f} MP/s) -> {', '.join(map(str, self.outputs))}"
+        )
+
+
+@dataclass(frozen=True)
+class RunnerSpec:
+    """How a worker builds (once) its model runner: plain values, cheap to pickle."""
+
+    model: str | None
+    device: str = "auto"
+    precision: Precision = "auto"
+    bands: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class ChunkTask:
+    """Everything one chunk task needs; paths and windows only, never pixels."""
+
+    info: SceneInfo
+    chunk: ChunkWindow
+    grid: TileGrid
+    runner: RunnerSpec
+    store: StoreSpec
+    batch_size: int | None = None
+    threshold: float | None = None
+
+
+@dataclass(frozen=True)
+class Plan:
+    """A validated prediction run: scene, model card, grid and chunk tasks (nothing computed)."""
+
+    info: SceneInfo
+    card: ModelCard
+    grid: TileGrid
+    runner: RunnerSpec
+    chunk_size: int
+    tile_size: int
+    run: dict[str, Any]
+
+
+# --------------------------------------------------------------------------------------
+# the task (runs on a worker)
+# --------------------------------------------------------------------------------------
+
+
+def _get_runner(spec: RunnerSpec) -> Any:
+    from geounet.predict import get_runner
+
+    if spec.bands is None:
+        return get_runner(spec.model, spec.device, spec.precision)
+    return get_runner(spec.model, spec.device, spec.precision, bands=spec.bands)
+
+
+def run_chunk(task: ChunkTask) -> dict[str, Any]:
+    """Predict one chunk, write its region of the store and mark it done; return small stats.
+
+    Runs on a worker. The model runner is built once per worker process and reused
+    (``get_runner`` caches it).
+    """
+    from geounet import output
+    from geounet.predict import classify, predict_chunk
+
+    start = time.perf_counter()
+    chunk = task.chunk
+    runner = _get_runner(task.runner)
+    result = predict_chunk(task.info, chunk, task.grid, runner, batch_size=task.batch_size)
+    pixels = int(chunk.height * chunk.width)
+    if result is None:
+        record = {"pixels": pixels, "valid": 0, "skipped": True}
+    else:
+        probabilities, valid = result
+        mask = classify(probabilities, task.threshold)
+        output.write_chunk(task.store, chunk.y0, chunk.x0, probabilities, mask, valid)
+        record = {"pixels": pixels, "valid": int(valid.sum()), "skipped": False}
+    record["seconds"] = time.perf_counter() - start
+    output.mark_done(task.store, chunk.y0, chunk.x0, record)
+    return record
+
+
+# --------------------------------------------------------------------------------------
+# validation and planning (cheap, before any heavy work)
+# --------------------------------------------------------------------------------------
+
+
+def _builtin_model() -> Path:
+    weights = Path(__file__).parent / "weights"
+    found = sorted(weights.glob("*.pt")) if weights.is_dir() else []
+    if not found:
+        raise InputError(
+            "no model given and this geounet has no built-in model yet; pass a checkpoint "
+            "with model=PATH (--model PATH), e.g. one written by `geounet train`."
+        )
+    return found[0]
+
+
+def _check_device(device: str) -> None:
+    if not (device in ("auto", "cpu", "cuda") or
+            (device.startswith("cuda:") and device[5:].isdigit())):
+        raise InputError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N.")
+    if device.startswith("cuda"):
+        import torch
+
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        index = int(device[5:]) if ":" in device else 0
+        if index >= count:
+            raise DeviceError(
+                f"device {device!r} is not available (torch sees {count} CUDA device(s)); "
+                "use --device cpu or auto, or run on a machine with a GPU."
+            )
+
+
+def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    if path is None:
+        return {}
+    try:
+        stat = os.stat(path)
+    except OSError:
+        return {"path": str(path)}
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+
+
+def plan_prediction(
+    scene: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | None = None,
+    bands: tuple[int, ...] | None = None,
+    chunk_size: int = 2048,
+    tile_size: int | None = None,
+    device: str = "auto",
+    precision: Precision = "auto",
+    probability_dtype: ProbabilityDtype = "uint8",
+    threshold: float | None = None,
+    allow_no_crs: bool = False,
+) -> Plan:
+    """Validate a prediction run cheaply (no model forward, no pixels read) and plan its grid.
+
+    Raises
+    ------
+    SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
+    DeviceError, InputError
+    """
+    from geounet.model import load_checkpoint
+    from geounet.raster import open_scene
+    from geounet.tiling import plan_tiles
+
+    if precision not in choices(Precision):
+        raise InputError(
+            f"precision {precision!r} is not supported; use one of {', '.join(choices(Precision))}."
+        )
+    if probability_dtype not in choices(ProbabilityDtype):
+        raise InputError(
+            f"probability dtype {probability_dtype!r} is not supported; use one of "
+            f"{', '.join(choices(ProbabilityDtype))}."
+        )
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
+    _check_device(device)
+    info = open_scene(str(scene))
+    if info.crs_wkt is None:
+        if not allow_no_crs:
+            raise GeoreferenceError(
+                f"scene {str(scene)!r} has no CRS, so outputs could not be placed on the map; "
+                "georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX) or pass allow_no_crs=True "
+                "(--allow-no-crs) to write outputs in pixel coordinates."
+            )
+        warnings.warn(
+            f"scene {str(scene)!r} has no CRS; outputs are written in pixel coordinates.",
+            UserWarning,
+            stacklevel=3,
+        )
+    model_path = Path(model) if model is not None else _builtin_model()
+    _, card = load_checkpoint(model_path)
+    if bands is not None:
+        bands = tuple(int(b) for b in bands)
+        if len(bands) != card.architecture.in_channels:
+            raise InputError(
+                f"bands {list(bands)} give {len(bands)} band(s) but the model reads "
+                f"{card.architecture.in_channels}; give exactly {card.architecture.in_channels} "
+                f"1-based band indices (the card's default is {','.join(map(str, card.bands))})."
+            )
+        if any(b < 1 for b in bands):
+            raise InputError(f"bands {list(bands)} has a band below 1; bands are 1-based.")
+        card = dataclasses.replace(card, bands=bands)
+    card.check_scene(info.count, info.dtype, info.pixel_size)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
+        raise TileSizeError(f"chunk size {chunk_size!r} is not a positive whole number of pixels.")
+    grid = plan_tiles(
+        card.architecture, info.height, info.width, chunk_size=chunk_size, tile_size=tile_size
+    )
+    tile_size = grid.tile_size
+    runner = RunnerSpec(str(model_path), device, precision, bands)
+    run = {
+        "scene": _fingerprint(scene),
+        "model": _fingerprint(model_path),
+        "bands": list(card.bands),
+        "chunk_size": chunk_size,
+        "tile_size": tile_size,
+        "precision": precision,
+        "probability_dtype": probability_dtype,
+        "threshold": threshold,
+    }
+    return Plan(info, card, grid, runner, chunk_size, tile_size, run)
+
+
+# --------------------------------------------------------------------------------------
+# running
+# --------------------------------------------------------------------------------------
+
+
+def _store_attrs(plan: Plan) -> dict[str, Any]:
+    from geounet._version import __version__
+
+    return {
+        "model_card": plan.card.to_dict(),
+        "tile_size": plan.tile_size,
+        "version": __version__,
+        "scene": os.path.basename(plan.info.path),
+    }
+
+
+def _compute_store(
+    plan: Plan,
+    store_path: Path,
+    *,
+    probability_dtype: ProbabilityDtype,
+    threshold: float | None,
+    batch_size: int | None,
+    resume: bool,
+    client: SchedulerLike,
+    workers: int | None,
+    progress: ProgressCallback | None,
+) -> tuple[int, int, int]:
+    """Fill (or finish) the store at ``store_path``; return (chunks, skipped, resumed)."""
+    import dask
+
+    from geounet import output
+    from geounet.cluster import run_tasks, scheduler
+
+    info = plan.info
+    if resume and output.check_resumable(store_path, plan.run):
+        spec = StoreSpec(str(store_path), probability_dtype)
+        log.info("resuming the interrupted run in %s", store_path)
+    else:
+        if store_path.exists():
+            log.info("discarding the partial store of an earlier run: %s", store_path)
+            output.remove_path(store_path)
+        spec = output.create_store(
+            store_path,
+            height=info.height,
+            width=info.width,
+            classes=plan.card.classes,
+            chunk_size=plan.chunk_size,
+            crs_wkt=info.crs_wkt,
+            transform=tuple(info.transform) if info.crs_wkt else None,
+            probability_dtype=probability_dtype,
+            attrs=_store_attrs(plan),
+            run=plan.run,
+        )
+    chunks = list(plan.grid.chunks())
+    done = output.done_chunks(store_path)
+    todo = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in done]
+    resumed = len(chunks) - len(todo)
+    skipped = sum(1 for record in done.values() if record.get("skipped"))
+    state = {"done": resumed, "pixels": sum(int(r.get("pixels", 0)) for r in done.values())}
+    if progress is not None:
+        progress(state["done"], len(chunks), state["pixels"])
+
+    def on_result(record: dict[str, Any]) -> None:
+        state["done"] += 1
+        state["pixels"] += int(record["pixels"])
+        if progress is not None:
+            progress(state["done"], len(chunks), state["pixels"])
+
+    tasks = [
+        dask.delayed(run_chunk, pure=False)(
+            ChunkTask(info, chunk, plan.grid, plan.runner, spec, batch_size, threshold),
+            dask_key_name=f"geounet-chunk-{chunk.y0}-{chunk.x0}-{id(spec)}",
+        )
+        for chunk in todo
+    ]
+    log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
+    if tasks:
+        with scheduler(client, workers=workers, device=plan.runner.device) as on:
+            records = run_tasks(tasks, on, workers=workers, on_result=on_result)
+        skipped += sum(1 for record in records if record.get("skipped"))
+    return len(chunks), skipped, resumed
+
+
+def predict(
+    scene: str | os.PathLike[str],
+    out: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str] | None = None,
+    bands: tuple[int, ...] | None = None,
+    chunk_size: int = 2048,
+    tile_size: int | None = None,
+    batch_size: int | None = None,
+    device: str = "auto",
+    precision: Precision = "auto",
+    probability_dtype: ProbabilityDtype = "uint8",
+    threshold: float | None = None,
+    overwrite: bool = False,
+    resume: bool = False,
+    allow_no_crs: bool = False,
+    client: SchedulerLike = None,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+) -> PredictResult:
+    """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
+
+    Parameters
+    ----------
+    scene : GeoTIFF / COG / VRT / any GDAL path.
+    out : ``*.zarr`` (Zarr v3 store) or ``*.tif`` (COG, made from a temporary store).
+    model : geounet checkpoint (``.pt``); default: the built-in model.
+    bands : 1-based scene bands fed to the model; default: the model card's.
+    chunk_size : chunk core side (a multiple of ``2**depth``): the unit of scheduling, I/O and
+        output writing, and the Zarr chunk side.
+    tile_size : model input side; default about 512 px of output per tile.
+    batch_size : tiles per model call; default chosen by the engine for the device.
+    device, precision : where and how the model runs (``auto`` picks the fastest correct one).
+    probability_dtype : ``uint8`` (``round(p * 255)``) or ``float32``.
+    threshold : probability a class needs to win a pixel; default argmax.
+    overwrite : replace an existing output.
+    resume : finish an interrupted run with the same settings from its completed chunks.
+    allow_no_crs : accept a scene without CRS (outputs in pixel coordinates, with a warning).
+    client : a ``distributed.Client``, a scheduler address, ``"threads"`` or ``"synchronous"``;
+        default: a local cluster of worker processes on this machine.
+    workers : worker processes of the local cluster (threads for ``"threads"``).
+    progress : ``callback(chunks_done, chunks_total, pixels_done)``.
+
+    Returns
+    -------
+    PredictResult
+
+    Examples
+    --------
+    >>> import geounet
+    >>> result = geounet.predict("scene.tif", "pred.zarr", model="model.pt")  # doctest: +SKIP
+    >>> result.megapixels_per_second  # doctest: +SKIP
+    """
+    from geounet import output
+
+    start = time.perf_counter()
+    fmt = output.check_output(out, overwrite=overwrite)
+    plan = plan_prediction(
+        scene, model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
+        device=device, precision=precision, probability_dtype=probability_dtype,
+        threshold=threshold, allow_no_crs=allow_no_crs,
+    )
+    out = Path(out)
+    store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
+    chunks, skipped, resumed = _compute_store(
+        plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
+        batch_size=batch_size, resume=resume, client=client, workers=workers, progress=progress,
+    )
+    output.finalize_store(store_path)
+    if fmt == "zarr":
+        output.replace_path(store_path, out)
+    else:
+        output.write_cog(store_path, out, overwrite=overwrite)
+        output.remove_path(store_path)
+    result = PredictResult(
+        out=out,
+        pixels=plan.info.height * plan.info.width,
+        chunks=chunks,
+        chunks_skipped=skipped,
+        chunks_resumed=resumed,
+        seconds=time.perf_counter() - start,
+    )
+    log.info("predict: %s", result.summary())
+    return result
+
+
+def segment(
+    scene: str | os.PathLike[str],
+    out_gpkg: str | os.PathLike[str],
+    *,
+    raster_out: str | os.PathLike[str] | None = None,
+    overwrite: bool = False,
+    vectorize_options: dict[str, Any] | None = None,
+    **predict_options: Any,
+) -> PredictResult:
+    """Segment a scene end to end: predict into a Zarr store, then vectorize to a GeoPackage.
+
+    Parameters
+    ----------
+    scene : the scene.
+    out_gpkg : GeoPackage to write (one layer per class).
+    raster_out : also keep the prediction raster here (``.zarr`` or ``.tif``); default: the
+        prediction goes to a temporary store that is deleted at the end.
+    overwrite : replace existing outputs.
+    vectorize_options : keyword arguments for :func:`geounet.vectorize.vectorize`.
+    **predict_options : keyword arguments of :func:`predict` (model, chunk_size, ...).
+
+    Examples
+    --------
+    >>> geounet.segment("scene.tif", "objects.gpkg", model="model.pt")  # doctest: +SKIP
+    """
+    from geounet import output
+
+    start = time.perf_counter()
+    out_gpkg = Path(out_gpkg)
+    if out_gpkg.suffix.lower() != ".gpkg":
+        raise InputError(
+            f"output {str(out_gpkg)!r} is not a GeoPackage; name it with the .gpkg suffix."
+        )
+    if not out_gpkg.parent.is_dir():
+        raise InputError(f"output folder {str(out_gpkg.parent)!r} does not exist; create it first.")
+    if out_gpkg.exists() and not overwrite:
+        raise OutputExistsError(
+            f"output {str(out_gpkg)!r} already exists; pass overwrite=True (--overwrite) to "
+            "replace it, or choose another path."
+        )
+    fmt = output.check_output(raster_out, overwrite=overwrite) if raster_out is not None else None
+    vectorize = _vectorizer()
+    keep = {k: predict_options.pop(k) for k in ("resume", "client", "workers", "progress",
+                                                "batch_size") if k in predict_options}
+    probability_dtype = predict_options.get("probability_dtype", "uint8")
+    threshold = predict_options.get("threshold")
+    plan = plan_prediction(scene, **predict_options)
+    anchor = Path(raster_out) if raster_out is not None else out_gpkg
+    store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
+    chunks, skipped, resumed = _compute_store(
+        plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
+        batch_size=keep.get("batch_size"), resume=keep.get("resume", False),
+        client=keep.get("client"), workers=keep.get("workers"), progress=keep.get("progress"),
+    )
+    output.finalize_store(store_path)
+    vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
+    extra: tuple[Path, ...] = ()
+    if raster_out is not None:
+        raster_out = Path(raster_out)
+        if fmt == "zarr":
+            output.replace_path(store_path, raster_out)
+        else:
+            output.write_cog(store_path, raster_out, overwrite=overwrite)
+        extra = (raster_out,)
+    output.remove_path(store_path)
+    result = PredictResult(
+        out=out_gpkg,
+        pixels=plan.info.height * plan.info.width,
+        chunks=chunks,
+        chunks_skipped=skipped,
+        chunks_resumed=resumed,
+        seconds=time.perf_counter() - start,
+        extra_outputs=extra,
+    )
+    log.info("segment: %s", result.summary())
+    return result
+
+
+def _vectorizer() -> Callable[..., Any]:
+    try:
+        from geounet.vectorize import vectorize
+    except ImportError as exc:
+        raise InputError(
+            "segment needs geounet.vectorize, which this build of geounet lacks; run "
+            "`geounet predict` to get the prediction raster instead."
+        ) from exc
+    return vectorize

@@ -1,0 +1,314 @@
+"""Tests for geounet.pipeline: exactness against whole-scene inference, chunk/scheduler
+invariance, georeferencing, nodata skipping, validation before work, overwrite and resume."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import pytest
+import rasterio
+
+from geounet import pipeline
+from geounet.errors import (
+    GeoreferenceError,
+    IncompatibleSceneError,
+    InputError,
+    OutputExistsError,
+    SceneError,
+    TileSizeError,
+    UnsupportedFormatError,
+)
+
+CLASSES = ("background", "buildings", "roads")
+
+
+def make_checkpoint(path: Path, padding: str = "valid", depth: int = 2, base: int = 4,
+                    seed: int = 0) -> Path:
+    """A tiny random U-Net checkpoint with a model card for 3-band uint8 scenes at 0.5 m."""
+    import torch
+
+    from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
+
+    torch.manual_seed(seed)
+    config = UNetConfig(in_channels=3, num_classes=3, depth=depth, base_channels=base,
+                        padding=padding)
+    card = ModelCard(config, bands=(1, 2, 3), mean=(120.0, 125.0, 130.0),
+                     std=(60.0, 55.0, 50.0), classes=CLASSES, pixel_size=0.5, dtype="uint8",
+                     value_range=(0.0, 255.0))
+    return save_checkpoint(path, UNet(config), card)
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("models")
+    return {
+        "valid": make_checkpoint(folder / "valid.pt", "valid"),
+        "same": make_checkpoint(folder / "same.pt", "same"),
+    }
+
+
+def whole_scene_reference(scene: Path, checkpoint: Path) -> np.ndarray:
+    """Softmax of the valid-padding net run once on the whole mirrored scene (float64 check)."""
+    import torch
+
+    from geounet.model import load_checkpoint
+    from geounet.raster import open_scene, read_window
+
+    net, card = load_checkpoint(checkpoint)
+    config = card.architecture
+    info = open_scene(scene)
+    halo = config.halo
+    size_y = config.input_size_for_output(info.height)
+    size_x = config.input_size_for_output(info.width)
+    pixels, _ = read_window(info, 0, 0, size_y - 2 * halo, size_x - 2 * halo,
+                            bands=card.bands, halo=halo)
+    x = (pixels.astype(np.float32) - np.array(card.mean, np.float32)[:, None, None])
+    x /= np.array(card.std, np.float32)[:, None, None]
+    with torch.no_grad():
+        logits = net(torch.from_numpy(x[None]))
+    probs = torch.softmax(logits, dim=1)[0].numpy()
+    return probs[:, : info.height, : info.width]
+
+
+def run(scene: Path, out: Path, model: Path, **kwargs: Any) -> pipeline.PredictResult:
+    kwargs.setdefault("client", "threads")
+    kwargs.setdefault("precision", "fp32")
+    kwargs.setdefault("probability_dtype", "float32")
+    return pipeline.predict(scene, out, model=model, **kwargs)
+
+
+def read_zarr(path: Path) -> Any:
+    from geounet.output import open_prediction
+
+    return open_prediction(path)
+
+
+@pytest.mark.parametrize("chunk_size", [64, 128, 256])
+def test_valid_padding_equals_whole_scene(make_scene: Callable[..., Path], tmp_path: Path,
+                                          models: dict[str, Path], chunk_size: int) -> None:
+    scene = make_scene(150, 173)
+    result = run(scene, tmp_path / "p.zarr", models["valid"], chunk_size=chunk_size)
+    ds = read_zarr(tmp_path / "p.zarr")
+    got = ds.probabilities.values
+    ref = whole_scene_reference(scene, models["valid"])
+    assert got.shape == ref.shape == (3, 150, 173)
+    np.testing.assert_allclose(got, ref, atol=1e-5, rtol=0)
+    np.testing.assert_array_equal(ds.mask.values, ref.argmax(0))
+    assert result.chunks == -(-150 // chunk_size) * -(-173 // chunk_size)
+    assert result.pixels == 150 * 173 and result.chunks_skipped == 0
+
+
+def test_same_padding_invariant_to_chunks_and_scheduler(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path]
+) -> None:
+    scene = make_scene(150, 173)
+    outs = []
+    for i, (chunk, client, workers) in enumerate(
+        [(64, "threads", 2), (128, "synchronous", None), (256, "threads", 1)]
+    ):
+        out = tmp_path / f"p{i}.zarr"
+        run(scene, out, models["same"], chunk_size=chunk, tile_size=64, client=client,
+            workers=workers)
+        outs.append(read_zarr(out).probabilities.values)
+    for other in outs[1:]:
+        np.testing.assert_allclose(other, outs[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.cluster
+def test_local_cluster_equals_threads(make_scene: Callable[..., Path], tmp_path: Path,
+                                      models: dict[str, Path]) -> None:
+    scene = make_scene(150, 173)
+    run(scene, tmp_path / "t.zarr", models["same"], chunk_size=64, tile_size=64)
+    result = run(scene, tmp_path / "c.zarr", models["same"], chunk_size=64, tile_size=64,
+                 client=None, workers=2)
+    assert result.chunks == 9
+    np.testing.assert_allclose(read_zarr(tmp_path / "c.zarr").probabilities.values,
+                               read_zarr(tmp_path / "t.zarr").probabilities.values,
+                               atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_georeferencing_kept(make_scene: Callable[..., Path], tmp_path: Path,
+                             models: dict[str, Path], suffix: str) -> None:
+    scene = make_scene(130, 150, pixel_size=0.5, origin=(400_000.0, 6_000_000.0))
+    out = tmp_path / f"p{suffix}"
+    run(scene, out, models["valid"], chunk_size=64, probability_dtype="uint8")
+    with rasterio.open(scene) as src:
+        crs, transform = src.crs, src.transform
+    if suffix == ".zarr":
+        ds = read_zarr(out)
+        assert ds.rio.crs == crs
+        assert tuple(ds.rio.transform())[:6] == tuple(transform)[:6]
+        assert ds.probabilities.shape == (3, 130, 150)
+        assert ds.probabilities.dtype == np.uint8
+        assert ds.attrs["geounet"]["model_card"]["classes"] == list(CLASSES)
+    else:
+        with rasterio.open(out) as dst:
+            assert dst.crs == crs and dst.transform == transform
+            assert (dst.count, dst.height, dst.width) == (4, 130, 150)
+            assert dst.tags(ns="IMAGE_STRUCTURE")["LAYOUT"] == "COG"
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([scene.name, out.name])
+
+
+def _blank_corner(scene: Path, size: int, nodata: int) -> None:
+    with rasterio.open(scene, "r+") as dst:
+        data = dst.read()
+        data[:, :size, :size] = nodata
+        dst.write(data)
+
+
+def test_nodata_is_nodata_and_empty_chunks_skipped(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path]
+) -> None:
+    scene = make_scene(150, 173, nodata=0, nodata_border=3)
+    _blank_corner(scene, 64, 0)
+    result = run(scene, tmp_path / "p.zarr", models["valid"], chunk_size=64)
+    assert result.chunks == 9 and result.chunks_skipped == 1
+    ds = read_zarr(tmp_path / "p.zarr")
+    mask, probs = ds.mask.values, ds.probabilities.values
+    with rasterio.open(scene) as src:
+        invalid = src.read_masks(1) == 0
+    assert (mask[invalid] == 255).all() and (mask[~invalid] != 255).all()
+    assert (probs[:, invalid] == 0).all()
+    np.testing.assert_allclose(probs[:, ~invalid].sum(0), 1.0, atol=1e-5)
+
+
+def test_all_nodata_scene_never_calls_model(make_scene: Callable[..., Path], tmp_path: Path,
+                                            models: dict[str, Path],
+                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from geounet.model import UNet
+
+    scene = make_scene(100, 90, nodata=0)
+    _blank_corner(scene, 128, 0)
+    calls = []
+    original = UNet.forward
+    monkeypatch.setattr(UNet, "forward", lambda self, x: calls.append(1) or original(self, x))
+    result = run(scene, tmp_path / "p.zarr", models["valid"], chunk_size=64)
+    assert result.chunks == result.chunks_skipped == 4
+    assert calls == []
+    assert (read_zarr(tmp_path / "p.zarr").mask.values == 255).all()
+
+
+def _listing(folder: Path) -> list[str]:
+    return sorted(p.name for p in folder.iterdir())
+
+
+@pytest.mark.parametrize(
+    "case, error",
+    [
+        ("missing", SceneError),
+        ("corrupt", SceneError),
+        ("no_crs", GeoreferenceError),
+        ("two_bands", IncompatibleSceneError),
+        ("uint16", IncompatibleSceneError),
+        ("tile", TileSizeError),
+        ("chunk", TileSizeError),
+        ("suffix", UnsupportedFormatError),
+        ("exists", OutputExistsError),
+        ("bands", InputError),
+        ("no_model", InputError),
+    ],
+)
+def test_bad_inputs_fail_early_and_leave_nothing(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path], case: str,
+    error: type[Exception],
+) -> None:
+    out = tmp_path / "p.zarr"
+    kwargs: dict[str, Any] = {}
+    model: Path | None = models["valid"]
+    scene = make_scene(100, 90)
+    if case == "missing":
+        scene = tmp_path / "nope.tif"
+    elif case == "corrupt":
+        scene = tmp_path / "bad.tif"
+        scene.write_bytes(b"II*\x00garbage" * 10)
+    elif case == "no_crs":
+        scene = make_scene(100, 90, crs=None)
+    elif case == "two_bands":
+        scene = make_scene(100, 90, count=2)
+    elif case == "uint16":  # a uint8-trained model is fine on uint16 (warning), not vice versa
+        model = make_checkpoint(tmp_path / "m16.pt")
+        import torch
+
+        payload = torch.load(model, weights_only=True)
+        payload["card"]["dtype"], payload["card"]["value_range"] = "uint16", [0.0, 4095.0]
+        torch.save(payload, model)
+    elif case == "tile":
+        kwargs["tile_size"] = 65
+    elif case == "chunk":
+        kwargs["chunk_size"] = 30
+    elif case == "suffix":
+        out = tmp_path / "p.png"
+    elif case == "exists":
+        out.mkdir()
+    elif case == "bands":
+        kwargs["bands"] = (1, 2)
+    elif case == "no_model":
+        model = None
+    before = _listing(tmp_path)
+    with pytest.raises(error):
+        pipeline.predict(scene, out, model=model, client="threads", **kwargs)
+    assert _listing(tmp_path) == before
+
+
+def test_no_crs_allowed_writes_pixel_space(make_scene: Callable[..., Path], tmp_path: Path,
+                                           models: dict[str, Path]) -> None:
+    scene = make_scene(70, 80, crs=None)
+    with pytest.warns(UserWarning, match="no CRS"):
+        run(scene, tmp_path / "p.tif", models["valid"], chunk_size=64, allow_no_crs=True)
+    with rasterio.open(tmp_path / "p.tif") as dst:
+        assert dst.crs is None and (dst.height, dst.width) == (70, 80)
+
+
+def test_overwrite_replaces(make_scene: Callable[..., Path], tmp_path: Path,
+                            models: dict[str, Path]) -> None:
+    scene = make_scene(70, 80)
+    out = tmp_path / "p.zarr"
+    run(scene, out, models["valid"], chunk_size=64, bands=(1, 2, 3))
+    first = read_zarr(out).probabilities.values
+    with pytest.raises(OutputExistsError):
+        run(scene, out, models["valid"], chunk_size=64)
+    run(scene, out, models["valid"], chunk_size=64, bands=(3, 2, 1), overwrite=True)
+    second = read_zarr(out).probabilities.values
+    assert not np.allclose(first, second)
+    assert _listing(tmp_path) == sorted([scene.name, "p.zarr"])
+
+
+class Interrupt(Exception):
+    pass
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_resume_after_interruption_equals_uninterrupted(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path], suffix: str
+) -> None:
+    scene = make_scene(150, 173)
+    full = tmp_path / f"full{suffix}"
+    run(scene, full, models["valid"], chunk_size=64, probability_dtype="uint8")
+
+    def stop_after_three(done: int, total: int, pixels: int) -> None:
+        if done >= 3:
+            raise Interrupt
+
+    out = tmp_path / f"p{suffix}"
+    with pytest.raises(Interrupt):
+        run(scene, out, models["valid"], chunk_size=64, probability_dtype="uint8",
+            workers=1, progress=stop_after_three)
+    assert not out.exists()
+    with pytest.raises(InputError, match="chunk_size"):
+        run(scene, out, models["valid"], chunk_size=128, probability_dtype="uint8",
+            resume=True)
+    result = run(scene, out, models["valid"], chunk_size=64, probability_dtype="uint8",
+                 resume=True)
+    assert result.chunks == 9 and 3 <= result.chunks_resumed < 9
+    if suffix == ".zarr":
+        a, b = read_zarr(full), read_zarr(out)
+        np.testing.assert_array_equal(a.probabilities.values, b.probabilities.values)
+        np.testing.assert_array_equal(a.mask.values, b.mask.values)
+    else:
+        with rasterio.open(full) as a, rasterio.open(out) as b:
+            np.testing.assert_array_equal(a.read(), b.read())
+            np.testing.assert_array_equal(a.read_masks(1), b.read_masks(1))
+    assert _listing(tmp_path) == sorted([scene.name, full.name, out.name])
