@@ -1,0 +1,495 @@
+"""Masks to seam-free polygons and road centerlines, chunk by chunk, streamed to vector files.
+
+The public entry point is :func:`vectorize`; see ``docs/vectorize.md`` for the seam-merge
+strategy, the bounded-memory rule and the per-class defaults.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
+from geounet.vectorize._centerlines import trace_centerlines
+from geounet.vectorize._polygons import SeamMerger
+from geounet.vectorize._regularize import regularize_polygon
+from geounet.vectorize._source import DEFAULT_CLASSES, PredictionReader
+from geounet.vectorize._writer import SUFFIXES, FeatureWriter, LayerSpec, VectorFormat, layer_paths
+
+__all__ = [
+    "CENTERLINE_HALO",
+    "CENTERLINE_LAYER",
+    "DEFAULT_CHUNK_SIZE",
+    "DEFAULT_CUT_SIZE",
+    "DEFAULT_MIN_AREA",
+    "DEFAULT_SIMPLIFY",
+    "DEFAULT_SPUR_LENGTH",
+    "VectorFormat",
+    "VectorizeResult",
+    "regularize_polygon",
+    "vectorize",
+]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_CHUNK_SIZE = 2048
+"""Window side when the prediction's own chunking is not usable (GeoTIFF blocks, tiny chunks)."""
+DEFAULT_CUT_SIZE = 8192
+"""Side of the scene-anchored cut grid: no object extends across its lines (bounded memory)."""
+DEFAULT_MIN_AREA: dict[str, float] = {"buildings": 4.0, "roads": 20.0}
+"""Square metres; smaller objects are dropped (16 and 80 pixels at 0.5 m)."""
+DEFAULT_SIMPLIFY: dict[str, float] = {"buildings": 0.5, "roads": 1.0}
+"""Topology-preserving simplification tolerance in metres (1 and 2 pixels at 0.5 m)."""
+DEFAULT_SPUR_LENGTH = 10.0
+"""Metres; centerline spurs (free end to junction) shorter than this are dropped."""
+CENTERLINE_HALO = 64
+"""Pixels of road mask around each chunk that the skeleton sees (roads up to ~100 px wide)."""
+CENTERLINE_LAYER = "road_centerlines"
+ROAD_CLASS = "roads"
+BUILDING_CLASS = "buildings"
+BATCH = 4096
+
+
+@dataclass(frozen=True)
+class VectorizeResult:
+    """What :func:`vectorize` wrote.
+
+    Attributes
+    ----------
+    paths : layer name -> file (the same GeoPackage for every layer, or one file per layer).
+    counts : layer name -> number of features written.
+    seconds : wall time.
+    pixels : scene pixels read.
+    chunks : windows processed.
+    max_held : the most objects waiting at seams at any time (bounded-memory check).
+    """
+
+    paths: dict[str, Path]
+    counts: dict[str, int]
+    seconds: float
+    pixels: int
+    chunks: int
+    max_held: int = 0
+    layers: tuple[str, ...] = field(default=())
+
+    @property
+    def megapixels_per_second(self) -> float:
+        return self.pixels / 1e6 / max(self.seconds, 1e-9)
+
+    @property
+    def features_per_second(self) -> float:
+        return sum(self.counts.values()) / max(self.seconds, 1e-9)
+
+
+def _per_class(
+    value: float | Mapping[str, float] | None,
+    defaults: Mapping[str, float],
+    classes: Sequence[str],
+    name: str,
+) -> dict[str, float]:
+    if value is None:
+        return {c: float(defaults.get(c, 0.0)) for c in classes}
+    if isinstance(value, Mapping):
+        unknown = sorted(set(value) - set(classes))
+        if unknown:
+            raise InputError(
+                f"{name} names classes {unknown} that are not vectorized; use some of {list(classes)}."
+            )
+        out = {c: float(defaults.get(c, 0.0)) for c in classes}
+        out.update({c: float(v) for c, v in value.items()})
+    else:
+        out = {c: float(value) for c in classes}
+    bad = {c: v for c, v in out.items() if not math.isfinite(v) or v < 0}
+    if bad:
+        raise InputError(f"{name} {bad} is negative or not finite; give 0 (off) or a positive number.")
+    return out
+
+
+def _breaks(start: int, stop: int, step: int) -> list[int]:
+    inner = range((start // step + 1) * step, stop, step)
+    return [start, *inner, stop]
+
+
+class _Measure:
+    """Areas and lengths in metres, in any CRS (geodesic on the ellipsoid when geographic)."""
+
+    def __init__(self, crs_wkt: str) -> None:
+        from pyproj import CRS, Geod
+
+        crs = CRS.from_wkt(crs_wkt)
+        self.geographic = crs.is_geographic
+        if self.geographic:
+            ell = crs.ellipsoid
+            self.geod = Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre)
+            self.factor = 1.0
+        else:
+            self.geod = None
+            self.factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+
+    def area_perimeter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        import shapely
+
+        if self.geod is None:
+            return shapely.area(geoms) * self.factor**2, shapely.length(geoms) * self.factor
+        pairs = [self.geod.geometry_area_perimeter(g) for g in geoms]
+        area = np.array([abs(a) for a, _ in pairs], dtype=np.float64)
+        return area, np.array([p for _, p in pairs], dtype=np.float64)
+
+    def length(self, geoms: np.ndarray) -> np.ndarray:
+        import shapely
+
+        if self.geod is None:
+            return shapely.length(geoms) * self.factor
+        return np.array([self.geod.geometry_length(g) for g in geoms], dtype=np.float64)
+
+
+class _PolygonLayer:
+    """Buffers finished objects of one class and writes them cleaned, in map coordinates."""
+
+    def __init__(self, **kw: Any) -> None:
+        self.__dict__.update(kw)
+        self.geoms: list[Any] = []
+        self.pixels: list[int] = []
+        self.psums: list[float] = []
+
+    def add(self, polygon: Any, pixels: int, psum: float) -> None:
+        self.geoms.append(polygon)
+        self.pixels.append(pixels)
+        self.psums.append(psum)
+        if len(self.geoms) >= BATCH:
+            self.flush()
+
+    def flush(self) -> None:
+        import shapely
+
+        if not self.geoms:
+            return
+        geoms = np.empty(len(self.geoms), dtype=object)
+        geoms[:] = self.geoms
+        pixels = np.asarray(self.pixels, dtype=np.float64)
+        psums = np.asarray(self.psums, dtype=np.float64)
+        self.geoms, self.pixels, self.psums = [], [], []
+        geoms, index = shapely.get_parts(geoms, return_index=True)
+        keep = shapely.get_type_id(geoms) == 3  # polygons only
+        geoms, index = geoms[keep], index[keep]
+        if self.fill_holes:
+            geoms = shapely.polygons(shapely.get_exterior_ring(geoms))
+        if self.min_area > 0:
+            area, _ = self.measure.area_perimeter(self.to_map(geoms))
+            keep = area >= self.min_area
+            geoms, index = geoms[keep], index[keep]
+        if self.tolerance > 0:
+            geoms = shapely.simplify(geoms, self.tolerance, preserve_topology=True)
+        if self.regularize:
+            tol = max(self.tolerance, 1.0)
+            geoms = np.array([regularize_polygon(g, tol) for g in geoms] or [], dtype=object)
+        geoms = self.to_map(geoms)
+        invalid = ~shapely.is_valid(geoms)
+        if invalid.any():
+            geoms[invalid] = shapely.make_valid(geoms[invalid])
+            geoms, parts = shapely.get_parts(geoms, return_index=True)
+            index = index[parts]
+            keep = shapely.get_type_id(geoms) == 3
+            geoms, index = geoms[keep], index[keep]
+        area, perimeter = self.measure.area_perimeter(geoms)
+        if self.has_probabilities:
+            mean_p = psums[index] / np.maximum(pixels[index], 1)
+        else:
+            mean_p = np.full(len(geoms), np.nan)
+        self.writer.write(
+            self.layer,
+            geoms,
+            {
+                "class": np.full(len(geoms), self.name, dtype=object),
+                "area_m2": area,
+                "perimeter_m": perimeter,
+                "mean_probability": mean_p,
+            },
+        )
+
+
+def vectorize(
+    pred: str | Path,
+    out: str | Path,
+    *,
+    classes: Sequence[str] | None = None,
+    chunk_size: int | None = None,
+    min_area: float | Mapping[str, float] | None = None,
+    simplify: float | Mapping[str, float] | None = None,
+    fill_holes: bool = False,
+    regularize: bool = False,
+    centerlines: bool = True,
+    spur_length: float | None = None,
+    layer_names: Mapping[str, str] | None = None,
+    overwrite: bool = False,
+    cut_size: int | None = DEFAULT_CUT_SIZE,
+    progress: Callable[[int, int], None] | None = None,
+) -> VectorizeResult:
+    """Turn a prediction raster into seam-free polygons per class and road centerlines.
+
+    Parameters
+    ----------
+    pred : geounet prediction store (``.zarr``: ``mask`` + ``probabilities``) or GeoTIFF
+        (single-band class mask, or the geounet COG whose band 1 is ``class``).
+    out : output file; the suffix picks the format: ``.gpkg`` (one layer per class in one
+        file), ``.parquet`` (GeoParquet) or ``.fgb`` (FlatGeobuf), the last two written as one
+        file per layer, ``<stem>_<layer><suffix>``.
+    classes : class names to vectorize; default every class but ``background``.
+    chunk_size : window side in pixels; default the store's chunking, else 2048.
+    min_area : square metres below which objects are dropped; one number for every class or
+        a mapping per class. Default :data:`DEFAULT_MIN_AREA`.
+    simplify : topology-preserving simplification tolerance in metres; 0 keeps pixel edges.
+        Default :data:`DEFAULT_SIMPLIFY`.
+    fill_holes : drop interior rings.
+    regularize : make building footprints rectilinear (walls at right angles).
+    centerlines : also write the ``road_centerlines`` layer (when ``roads`` is vectorized).
+    spur_length : metres; shorter centerline spurs are dropped. Default 10.
+    layer_names : class name (or ``road_centerlines``) -> layer name.
+    overwrite : replace existing outputs instead of raising :class:`OutputExistsError`.
+    cut_size : side in pixels of the scene-anchored grid no object crosses (objects are cut
+        at its lines, deterministically), bounding memory for scene-wide road networks;
+        None never cuts.
+    progress : called as ``progress(done, total)`` after each window.
+
+    Returns
+    -------
+    VectorizeResult with per-layer paths and counts.
+
+    Examples
+    --------
+    >>> result = vectorize("pred.zarr", "pred.gpkg", regularize=True)  # doctest: +SKIP
+    >>> result.counts  # doctest: +SKIP
+    {'buildings': 812, 'roads': 14, 'road_centerlines': 97}
+    """
+    started = time.perf_counter()
+    out = Path(out)
+    fmt = SUFFIXES.get(out.suffix.lower())
+    if fmt is None:
+        raise UnsupportedFormatError(
+            f"output {str(out)!r} has suffix {out.suffix!r}; use .gpkg (GeoPackage), .parquet "
+            "(GeoParquet) or .fgb (FlatGeobuf)."
+        )
+    if chunk_size is not None and chunk_size < 2:
+        raise InputError(f"chunk size {chunk_size} is too small; give 2 or more pixels (e.g. 2048).")
+    if cut_size is not None and cut_size < 2:
+        raise InputError(f"cut size {cut_size} is too small; give 2 or more pixels or None.")
+    if spur_length is not None and spur_length < 0:
+        raise InputError(f"spur length {spur_length} is negative; give 0 (keep all) or metres.")
+
+    with PredictionReader(pred) as reader:
+        known = [c for c in reader.classes if c != "background"]
+        wanted = list(known) if classes is None else list(classes)
+        unknown = [c for c in wanted if c not in reader.classes or c == "background"]
+        if unknown or not wanted:
+            raise InputError(
+                f"classes {unknown or wanted} cannot be vectorized from {str(pred)!r}; its "
+                f"classes are {list(reader.classes)}; choose from {known}."
+            )
+        names = dict(layer_names or {})
+        bad = sorted(set(names) - set(wanted) - {CENTERLINE_LAYER})
+        if bad:
+            raise InputError(
+                f"layer_names has keys {bad}; keys are vectorized classes {wanted} or "
+                f"{CENTERLINE_LAYER!r}."
+            )
+        layers = {c: names.get(c, c) for c in wanted}
+        lines_wanted = centerlines and ROAD_CLASS in wanted
+        if lines_wanted:
+            layers[CENTERLINE_LAYER] = names.get(CENTERLINE_LAYER, CENTERLINE_LAYER)
+        if len(set(layers.values())) != len(layers):
+            raise InputError(f"layer names {list(layers.values())} repeat; give distinct names.")
+        targets = layer_paths(out, fmt, list(layers.values()))
+        existing = sorted({str(p) for p in targets.values() if p.exists()})
+        if existing and not overwrite:
+            raise OutputExistsError(
+                f"{existing} already exist; pass overwrite=True (--overwrite) or choose another --out."
+            )
+        out.parent.mkdir(parents=True, exist_ok=True)
+
+        min_areas = _per_class(min_area, DEFAULT_MIN_AREA, wanted, "min_area")
+        tolerances = _per_class(simplify, DEFAULT_SIMPLIFY, wanted, "simplify")
+        spur_m = DEFAULT_SPUR_LENGTH if spur_length is None else float(spur_length)
+        pixel_m = reader.pixel_size_m()
+        if chunk_size is None:
+            store_chunk = reader.chunk_shape if Path(reader.path).is_dir() else (0, 0)
+            chunk_size = int(min(store_chunk)) if min(store_chunk) >= 256 else DEFAULT_CHUNK_SIZE
+        measure = _Measure(reader.crs_wkt)
+        a, b, c, d, e, f = reader.transform
+
+        def to_map(geoms: np.ndarray) -> np.ndarray:
+            import shapely
+
+            def affine(xy: np.ndarray) -> np.ndarray:
+                return np.column_stack(
+                    [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
+                )
+
+            return shapely.transform(geoms, affine)
+
+        specs = []
+        import pyarrow as pa
+
+        for cls in wanted:
+            specs.append(
+                LayerSpec(
+                    layers[cls],
+                    "Polygon",
+                    {"class": pa.string(), "area_m2": pa.float64(), "perimeter_m": pa.float64(),
+                     "mean_probability": pa.float64()},
+                )
+            )
+        if lines_wanted:
+            specs.append(
+                LayerSpec(
+                    layers[CENTERLINE_LAYER],
+                    "LineString",
+                    {"class": pa.string(), "length_m": pa.float64()},
+                )
+            )
+
+        with FeatureWriter(out, fmt, specs, reader.crs_wkt) as writer:
+            buffers = {
+                reader.classes.index(cls): _PolygonLayer(
+                    name=cls,
+                    layer=layers[cls],
+                    writer=writer,
+                    measure=measure,
+                    to_map=to_map,
+                    fill_holes=fill_holes,
+                    min_area=min_areas[cls],
+                    tolerance=tolerances[cls] / pixel_m,
+                    regularize=regularize and cls == BUILDING_CLASS,
+                    has_probabilities=reader.has_probabilities,
+                )
+                for cls in wanted
+            }
+            stats = _run_windows(
+                reader,
+                buffers,
+                chunk_size=chunk_size,
+                cut_size=cut_size,
+                road_value=reader.classes.index(ROAD_CLASS) if lines_wanted else None,
+                line_writer=(
+                    lambda coords: _write_lines(
+                        coords, writer, layers[CENTERLINE_LAYER], to_map, measure,
+                        tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
+                    )
+                ),
+                spur_px=spur_m / pixel_m,
+                progress=progress,
+            )
+            for buffer in buffers.values():
+                buffer.flush()
+            written = writer.commit()
+            counts = {layers_name: writer.counts[layers_name] for layers_name in writer.counts}
+    seconds = time.perf_counter() - started
+    logger.info("vectorized %s in %.1f s: %s", pred, seconds, counts)
+    return VectorizeResult(
+        paths=written,
+        counts=counts,
+        seconds=seconds,
+        pixels=reader.height * reader.width,
+        chunks=stats["chunks"],
+        max_held=stats["max_held"],
+        layers=tuple(layers.values()),
+    )
+
+
+def _write_lines(
+    lines: list[np.ndarray],
+    writer: FeatureWriter,
+    layer: str,
+    to_map: Callable[[np.ndarray], np.ndarray],
+    measure: _Measure,
+    tolerance: float,
+) -> None:
+    import shapely
+
+    if not lines:
+        return
+    geoms = np.array([shapely.linestrings(xy) for xy in lines], dtype=object)
+    merged = shapely.line_merge(shapely.multilinestrings(geoms))
+    geoms = shapely.get_parts(merged)
+    if tolerance > 0:
+        geoms = shapely.simplify(geoms, tolerance, preserve_topology=True)
+    geoms = to_map(geoms)
+    writer.write(
+        layer,
+        geoms,
+        {"class": np.full(len(geoms), ROAD_CLASS, dtype=object), "length_m": measure.length(geoms)},
+    )
+
+
+def _run_windows(
+    reader: PredictionReader,
+    buffers: dict[int, _PolygonLayer],
+    *,
+    chunk_size: int,
+    cut_size: int | None,
+    road_value: int | None,
+    line_writer: Callable[[list[np.ndarray]], None],
+    spur_px: float,
+    progress: Callable[[int, int], None] | None,
+) -> dict[str, int]:
+    """Walk cut cells in row-major order and, inside each, its windows in row-major order."""
+    height, width = reader.height, reader.width
+    cell = cut_size or max(height, width)
+    values = np.array(sorted(buffers), dtype=np.uint8)
+    lookup = np.zeros(256, dtype=np.uint8)
+    lookup[values] = values  # everything else (background, other classes, nodata) -> 0
+    cells = [(cy, cx) for cy in range(0, height, cell) for cx in range(0, width, cell)]
+    plans = []
+    for cy, cx in cells:
+        ys = _breaks(cy, min(cy + cell, height), chunk_size)
+        xs = _breaks(cx, min(cx + cell, width), chunk_size)
+        plans.append((ys, xs))
+    total = sum((len(ys) - 1) * (len(xs) - 1) for ys, xs in plans)
+    done = 0
+    max_held = 0
+
+    def emit(value: int, polygon: Any, pixels: int, psum: float) -> None:
+        buffers[value].add(polygon, pixels, psum)
+
+    for ys, xs in plans:
+        merger = SeamMerger(emit)
+        above: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+        for r in range(len(ys) - 1):
+            left = None
+            for col in range(len(xs) - 1):
+                y0, y1, x0, x1 = ys[r], ys[r + 1], xs[col], xs[col + 1]
+                raw = reader.read_mask(y0, x0, y1 - y0, x1 - x0)
+                mask = lookup[raw]
+                probability = None
+                if reader.has_probabilities and mask.any():
+                    probability = np.zeros(mask.shape, dtype=np.float32)
+                    for v in values.tolist():
+                        sel = mask == v
+                        if sel.any():
+                            probability[sel] = reader.read_probability(
+                                v, y0, x0, y1 - y0, x1 - x0
+                            )[sel]
+                soft = (r > 0, r < len(ys) - 2, col > 0, col < len(xs) - 2)
+                bottom, right = merger.add_chunk(
+                    (r, col), mask, probability, y0, x0, soft, above.get(col), left
+                )
+                above[col], left = bottom, right
+                max_held = max(max_held, merger.held)
+                if road_value is not None:
+                    halo = CENTERLINE_HALO
+                    road = reader.read_mask(
+                        y0 - halo, x0 - halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo
+                    ) == road_value
+                    core = (halo, halo, halo + y1 - y0, halo + x1 - x0)
+                    lines = trace_centerlines(road, core, spur_px)
+                    line_writer([xy + np.array([x0 - halo, y0 - halo]) for xy in lines])
+                done += 1
+                if progress is not None:
+                    progress(done, total)
+        merger.close()
+    return {"chunks": total, "max_held": max_held}

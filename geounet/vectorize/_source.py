@@ -1,0 +1,213 @@
+"""Read a prediction (geounet Zarr store or GeoTIFF class mask) window by window."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geounet.errors import GeoreferenceError, SceneError, UnsupportedFormatError
+
+DEFAULT_CLASSES: tuple[str, ...] = ("background", "buildings", "roads")
+NODATA_CLASS = 255
+
+
+class PredictionReader:
+    """Open a prediction once and read windows of its class mask and probabilities.
+
+    Parameters
+    ----------
+    path : a geounet ``.zarr`` store (arrays ``mask`` and ``probabilities``) or a GeoTIFF whose
+        band 1 is the class index (bands 2..K+1, when present, the class probabilities).
+
+    Attributes
+    ----------
+    height, width : scene size in pixels.
+    crs_wkt : WKT of the scene CRS.
+    transform : affine coefficients ``(a, b, c, d, e, f)`` (pixel -> CRS).
+    classes : class names, index = class value in the mask.
+    chunk_shape : the store's (height, width) chunking.
+    has_probabilities : whether class probabilities can be read.
+    """
+
+    def __init__(self, path: str | Path) -> None:
+        self.path = str(path)
+        self._dataset: Any = None
+        self._mask: Any = None
+        self._probabilities: Any = None
+        self._probability_scale = 1.0
+        if not Path(self.path).exists():
+            raise SceneError(
+                f"prediction {self.path!r} does not exist; give a geounet .zarr store or a "
+                "GeoTIFF class mask written by `geounet predict`."
+            )
+        if Path(self.path).is_dir():
+            self._open_zarr()
+        else:
+            self._open_tiff()
+
+    # -- opening -----------------------------------------------------------------------------
+    def _open_zarr(self) -> None:
+        import zarr
+
+        try:
+            group = zarr.open_group(self.path, mode="r")
+        except Exception as exc:  # zarr raises several unrelated types
+            raise UnsupportedFormatError(
+                f"{self.path!r} is a folder but not a readable Zarr store ({exc}); give a "
+                "geounet prediction store (.zarr) or a GeoTIFF."
+            ) from exc
+        if "mask" not in group:
+            raise UnsupportedFormatError(
+                f"Zarr store {self.path!r} has no 'mask' array (it has {sorted(group.keys())}); "
+                "vectorize needs a geounet prediction store written by `geounet predict`."
+            )
+        self._mask = group["mask"]
+        if self._mask.ndim != 2:
+            raise UnsupportedFormatError(
+                f"'mask' in {self.path!r} has {self._mask.ndim} dimensions; it must be (y, x)."
+            )
+        self.height, self.width = (int(s) for s in self._mask.shape)
+        self.chunk_shape = tuple(int(c) for c in self._mask.chunks)
+        attrs = dict(group.attrs).get("geounet") or {}
+        if isinstance(attrs, str):
+            attrs = json.loads(attrs)
+        classes = attrs.get("classes") or (attrs.get("model_card") or {}).get("classes")
+        self.classes = tuple(classes) if classes else DEFAULT_CLASSES
+        if "probabilities" in group:
+            self._probabilities = group["probabilities"]
+            if self._probabilities.dtype == np.uint8:
+                self._probability_scale = 1.0 / 255.0
+        self.crs_wkt, self.transform = _zarr_georeference(group, self._mask, self.path)
+
+    def _open_tiff(self) -> None:
+        import rasterio
+        from rasterio.errors import RasterioIOError
+
+        try:
+            self._dataset = rasterio.open(self.path)
+        except RasterioIOError as exc:
+            raise SceneError(
+                f"cannot open {self.path!r} as a raster ({exc}); give a GeoTIFF class mask or a "
+                "geounet .zarr store."
+            ) from exc
+        ds = self._dataset
+        if ds.crs is None or ds.transform.is_identity:
+            self.close()
+            raise GeoreferenceError(
+                f"{self.path!r} has no CRS or geotransform; polygons need map coordinates. "
+                "Fix: write the mask with the scene's CRS and transform (e.g. `gdal_edit.py "
+                "-a_srs EPSG:XXXX -a_ullr ...` or rasterio's crs=/transform=)."
+            )
+        if ds.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "int32", "uint32"):
+            self.close()
+            raise UnsupportedFormatError(
+                f"band 1 of {self.path!r} is {ds.dtypes[0]}; it must be an integer class mask "
+                "(uint8 class index, 255 = nodata)."
+            )
+        self.height, self.width = ds.height, ds.width
+        self.chunk_shape = tuple(int(v) for v in ds.block_shapes[0])
+        self.crs_wkt = ds.crs.to_wkt()
+        t = ds.transform
+        self.transform = (t.a, t.b, t.c, t.d, t.e, t.f)
+        descriptions = ds.descriptions[1:]
+        if ds.count >= 2 and all(descriptions):
+            self.classes = tuple(str(d) for d in descriptions)
+        else:
+            self.classes = DEFAULT_CLASSES
+        if ds.count >= 2 and ds.count - 1 == len(self.classes):
+            self._probabilities = True
+            if ds.dtypes[1] == "uint8":
+                self._probability_scale = 1.0 / 255.0
+
+    # -- reading -----------------------------------------------------------------------------
+    @property
+    def has_probabilities(self) -> bool:
+        return self._probabilities is not None
+
+    def read_mask(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
+        """Class mask window (height, width); parts outside the scene read as nodata (255)."""
+        out = np.full((height, width), NODATA_CLASS, dtype=np.uint8)
+        ys, ye = max(y0, 0), min(y0 + height, self.height)
+        xs, xe = max(x0, 0), min(x0 + width, self.width)
+        if ye <= ys or xe <= xs:
+            return out
+        if self._dataset is not None:
+            from rasterio.windows import Window
+
+            data = self._dataset.read(1, window=Window(xs, ys, xe - xs, ye - ys))
+        else:
+            data = np.asarray(self._mask[ys:ye, xs:xe])
+        data = np.where(data > 254, NODATA_CLASS, data).astype(np.uint8)
+        out[ys - y0 : ye - y0, xs - x0 : xe - x0] = data
+        return out
+
+    def read_probability(self, index: int, y0: int, x0: int, height: int, width: int) -> np.ndarray:
+        """Probability (0-1, float32) of class ``index`` in a window inside the scene."""
+        if self._dataset is not None:
+            from rasterio.windows import Window
+
+            data = self._dataset.read(index + 2, window=Window(x0, y0, width, height))
+        else:
+            data = np.asarray(self._probabilities[index, y0 : y0 + height, x0 : x0 + width])
+        return data.astype(np.float32) * np.float32(self._probability_scale)
+
+    def pixel_size_m(self) -> float:
+        """Approximate ground size of one pixel in metres (at the scene centre)."""
+        from pyproj import CRS, Geod
+
+        a, b, c, d, e, f = self.transform
+        crs = CRS.from_wkt(self.crs_wkt)
+        if crs.is_geographic:
+            lon = c + a * self.width / 2 + b * self.height / 2
+            lat = f + d * self.width / 2 + e * self.height / 2
+            geod = Geod(ellps="WGS84") if crs.ellipsoid is None else _geod(crs)
+            _, _, dx = geod.inv(lon, lat, lon + a, lat + d)
+            _, _, dy = geod.inv(lon, lat, lon + b, lat + e)
+            return float(math.sqrt(abs(dx * dy)))
+        factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
+        return float(math.sqrt(abs(a * e - b * d)) * factor)
+
+    def close(self) -> None:
+        if self._dataset is not None:
+            self._dataset.close()
+            self._dataset = None
+
+    def __enter__(self) -> PredictionReader:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def _geod(crs: Any) -> Any:
+    from pyproj import Geod
+
+    ell = crs.ellipsoid
+    return Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre)
+
+
+def _zarr_georeference(group: Any, mask: Any, path: str) -> tuple[str, tuple[float, ...]]:
+    """CRS WKT and affine coefficients from the CF grid mapping (or the x/y coordinates)."""
+    fix = (
+        "Fix: write the store with rioxarray (`ds.rio.write_crs(...)`, `ds.rio.write_transform"
+        "(...)`) so 'spatial_ref' carries crs_wkt and GeoTransform."
+    )
+    name = dict(mask.attrs).get("grid_mapping", "spatial_ref")
+    attrs = dict(group[name].attrs) if name in group else {}
+    wkt = attrs.get("crs_wkt") or attrs.get("spatial_ref")
+    if not wkt:
+        raise GeoreferenceError(f"Zarr store {path!r} has no CRS (no {name!r} with crs_wkt). {fix}")
+    geotransform = attrs.get("GeoTransform")
+    if geotransform:
+        c, a, b, f, d, e = (float(v) for v in str(geotransform).split())
+        return str(wkt), (a, b, c, d, e, f)
+    if "x" in group and "y" in group and group["x"].shape[0] > 1 and group["y"].shape[0] > 1:
+        x = np.asarray(group["x"][:2], dtype=np.float64)
+        y = np.asarray(group["y"][:2], dtype=np.float64)
+        a, e = x[1] - x[0], y[1] - y[0]
+        return str(wkt), (a, 0.0, x[0] - a / 2, 0.0, e, y[0] - e / 2)
+    raise GeoreferenceError(f"Zarr store {path!r} has a CRS but no GeoTransform or x/y. {fix}")
