@@ -448,7 +448,7 @@ def predict(
         chunks_resumed=resumed,
         seconds=time.perf_counter() - start,
     )
-    log.info("predict: %s", result.summary())
+    log.debug("predict: %s", result.summary())
     return result
 
 
@@ -526,7 +526,7 @@ def segment(
         seconds=time.perf_counter() - start,
         extra_outputs=extra,
     )
-    log.info("segment: %s", result.summary())
+    log.debug("segment: %s", result.summary())
     return result
 
 

@@ -1,0 +1,106 @@
+"""Tests for ``geounet predict`` / ``geounet segment`` through click's CliRunner."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+
+from geounet.cli.main import cli
+from test_pipeline import make_checkpoint
+
+FAST = ["--scheduler-address", "threads", "--precision", "fp32", "--chunk-size", "64"]
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_checkpoint(tmp_path_factory.mktemp("cli_models") / "m.pt")
+
+
+@pytest.mark.parametrize("suffix", [".zarr", ".tif"])
+def test_predict_writes_georeferenced_output(make_scene: Callable[..., Path], tmp_path: Path,
+                                             model: Path, suffix: str) -> None:
+    scene = make_scene(130, 150)
+    out = tmp_path / f"pred{suffix}"
+    result = CliRunner().invoke(cli, ["predict", str(scene), "--out", str(out), "--model",
+                                      str(model), *FAST])
+    assert result.exit_code == 0, result.output
+    assert "MP/s" in result.output and "9 chunks" in result.output
+    with rasterio.open(scene) as src:
+        crs, transform = src.crs, src.transform
+    if suffix == ".zarr":
+        from geounet.output import open_prediction
+
+        ds = open_prediction(out)
+        assert ds.rio.crs == crs and tuple(ds.rio.transform())[:6] == tuple(transform)[:6]
+        assert ds.mask.shape == (130, 150) and set(np.unique(ds.mask.values)) <= {0, 1, 2}
+    else:
+        with rasterio.open(out) as dst:
+            assert dst.crs == crs and dst.transform == transform
+            assert dst.descriptions[0] == "class" and dst.count == 4
+
+
+def test_quiet_prints_nothing(make_scene: Callable[..., Path], tmp_path: Path,
+                              model: Path) -> None:
+    scene = make_scene(70, 60)
+    result = CliRunner().invoke(cli, ["-q", "predict", str(scene), "-o",
+                                      str(tmp_path / "p.zarr"), "--model", str(model), *FAST])
+    assert result.exit_code == 0 and result.output == ""
+
+
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--model", "MODEL", "SCENE_MISSING"], "does not exist"),
+        (["SCENE"], "--model"),
+        (["--model", "MODEL", "--tile-size", "63", "SCENE"], "tile size 63"),
+        (["--model", "MODEL", "--out-suffix", ".png", "SCENE"], ".zarr"),
+    ],
+)
+def test_bad_input_is_one_clean_line(make_scene: Callable[..., Path], tmp_path: Path,
+                                     model: Path, args: list[str], needle: str) -> None:
+    scene = make_scene(70, 60)
+    out = tmp_path / "p.zarr"
+    if "--out-suffix" in args:
+        i = args.index("--out-suffix")
+        out = tmp_path / f"p{args[i + 1]}"
+        args = args[:i] + args[i + 2:]
+    args = [
+        str(model) if a == "MODEL" else str(scene) if a == "SCENE" else
+        str(tmp_path / "missing.tif") if a == "SCENE_MISSING" else a for a in args
+    ]
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(cli, ["predict", *args, "--out", str(out), *FAST])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], lines
+    assert "Traceback" not in result.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_overwrite_flag(make_scene: Callable[..., Path], tmp_path: Path, model: Path) -> None:
+    scene = make_scene(70, 60)
+    args = ["predict", str(scene), "-o", str(tmp_path / "p.tif"), "--model", str(model), *FAST]
+    assert CliRunner().invoke(cli, args).exit_code == 0
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert CliRunner().invoke(cli, [*args, "--overwrite"]).exit_code == 0
+
+
+def test_option_validation(make_scene: Callable[..., Path], tmp_path: Path) -> None:
+    scene = make_scene(70, 60)
+    result = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "p.zarr"),
+                                      "--scheduler-address", "nonsense"])
+    assert result.exit_code == 2 and "scheduler address" in result.output
+
+
+def test_segment_help_shares_options() -> None:
+    result = CliRunner().invoke(cli, ["segment", "--help"])
+    assert result.exit_code == 0
+    for option in ("--raster-out", "--chunk-size", "--tile-size", "--resume", "--workers",
+                   "--scheduler-address", "--allow-no-crs", "--overwrite"):
+        assert option in result.output
