@@ -1,0 +1,550 @@
+"""Run the model over a chunk: read window + halo, normalize, batch tiles, forward, crop or blend.
+
+The engine core of seamless tiled inference. :func:`predict_chunk` is the one task the
+pipeline runs per chunk; :func:`get_runner` gives the per-process model (loaded once);
+:func:`predict_array` is the whole-scene reference the tiled result is checked against.
+
+Examples
+--------
+>>> info = open_scene("scene.tif")  # doctest: +SKIP
+>>> runner = get_runner("model.pt", device="auto", precision="auto")  # doctest: +SKIP
+>>> grid = plan_tiles(runner.config, info.height, info.width, chunk_size=2048)  # doctest: +SKIP
+>>> probs, valid = predict_chunk(info, grid.chunks()[0], grid, runner)  # doctest: +SKIP
+>>> mask = classify(probs, threshold=None, valid=valid)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import threading
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, weight_window
+from geounet.config import BlendWindow, Precision, choices
+from geounet.errors import CheckpointError, DeviceError, InputError
+from geounet.raster import SceneInfo, mirror_pad, read_window
+from geounet.tiling import ChunkWindow, TileGrid
+
+if TYPE_CHECKING:  # pragma: no cover
+    import torch
+
+    from geounet.model import ModelCard, UNet, UNetConfig
+
+log = logging.getLogger(__name__)
+
+NODATA_CLASS = 255
+"""Class-mask value of nodata pixels."""
+
+
+# ---- device, precision, threads ---------------------------------------------------------
+def resolve_device(device: str = "auto") -> torch.device:
+    """Turn ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a usable :class:`torch.device`.
+
+    ``auto`` is ``cuda`` when a CUDA device is visible, else ``cpu``.
+
+    Raises
+    ------
+    DeviceError
+        CUDA asked for but not available, or ``cuda:N`` beyond the visible devices.
+    """
+    import torch
+
+    name = str(device).strip().lower()
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
+        if not torch.cuda.is_available():
+            raise DeviceError(
+                f"device {device!r} asked for, but torch sees no CUDA device (torch "
+                f"{torch.__version__}); use --device cpu or auto, or install a CUDA build."
+            )
+        index = int(name[5:]) if ":" in name else torch.cuda.current_device()
+        count = torch.cuda.device_count()
+        if index >= count:
+            raise DeviceError(
+                f"device {device!r} does not exist: {count} CUDA device(s) are visible "
+                f"(cuda:0..cuda:{count - 1}); pick one of them."
+            )
+        return torch.device("cuda", index)
+    raise DeviceError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N; use one of them.")
+
+
+@functools.lru_cache(maxsize=1)
+def cpu_supports_bf16() -> bool:
+    """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``."""
+    try:
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            for line in handle:
+                if line.startswith("flags"):
+                    flags = set(line.split(":", 1)[1].split())
+                    return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return False
+
+
+def resolve_precision(precision: Precision, device: torch.device) -> str:
+    """The precision actually used: ``fp32``, ``bf16`` or ``fp16``.
+
+    ``auto``: on CUDA bf16 where supported, else fp16; on CPU bf16 when the CPU has
+    AVX512_BF16/AMX (about 2.2x faster than fp32), else fp32.
+    """
+    import torch
+
+    if precision not in choices(Precision):
+        raise InputError(f"precision {precision!r} is not one of {choices(Precision)}; pick one.")
+    if device.type == "cuda":
+        if precision == "auto":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+        return str(precision)
+    if precision == "auto":
+        return "bf16" if cpu_supports_bf16() else "fp32"
+    if precision == "fp16":
+        raise DeviceError(
+            "precision 'fp16' needs a CUDA device; on CPU use 'bf16', 'fp32' or 'auto'."
+        )
+    if precision == "bf16" and not cpu_supports_bf16():
+        warnings.warn(
+            "this CPU has no native bf16 (AVX512_BF16/AMX): bf16 will be emulated and slower "
+            "than fp32; use precision 'auto' or 'fp32'.",
+            stacklevel=3,
+        )
+    return str(precision)
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (affinity-aware)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
+    """Set torch's intra-op threads so Dask threads x torch threads <= the cores.
+
+    Call once in each worker process (the pipeline does it when a worker starts). With
+    ``workers`` worker processes of ``threads_per_worker`` Dask threads each on a machine
+    with ``C`` cores, every task gets ``max(1, C // (workers * threads_per_worker))`` torch
+    threads. Returns that number.
+
+    Examples
+    --------
+    >>> configure_threads(threads_per_worker=1, workers=1) >= 1
+    True
+    """
+    import torch
+
+    if threads_per_worker < 1 or workers < 1:
+        raise InputError(
+            f"threads_per_worker {threads_per_worker} / workers {workers} must be >= 1."
+        )
+    threads = max(1, available_cores() // (workers * threads_per_worker))
+    torch.set_num_threads(threads)
+    log.debug("torch threads set to %d", threads)
+    return threads
+
+
+# ---- the runner -------------------------------------------------------------------------
+class ModelRunner:
+    """A loaded model with its card, device and precision: built once per worker process.
+
+    Parameters
+    ----------
+    model : the :class:`~geounet.model.UNet` (any mode; it is put in eval mode).
+    card : its :class:`~geounet.model.ModelCard` (bands, normalization, classes).
+    device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    precision : ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+
+    Attributes
+    ----------
+    calls : forward passes (batches) run so far.
+    tiles : tiles run so far.
+    """
+
+    def __init__(
+        self, model: UNet, card: ModelCard, device: str = "auto", precision: Precision = "auto"
+    ) -> None:
+        import torch
+
+        self.card = card
+        self.device = resolve_device(device)
+        self.precision = resolve_precision(precision, self.device)
+        self.model = model.to(self.device).eval()
+        if self.device.type == "cpu":
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self._mean = np.asarray(card.mean, dtype=np.float32).reshape(-1, 1, 1)
+        self._inv_std = (1.0 / np.asarray(card.std, dtype=np.float32)).reshape(-1, 1, 1)
+        self.calls = 0
+        self.tiles = 0
+        self._lock = threading.Lock()
+
+    @property
+    def config(self) -> UNetConfig:
+        """The model's architecture."""
+        return self.card.architecture
+
+    @property
+    def num_classes(self) -> int:
+        """K, the number of output classes."""
+        return int(self.config.num_classes)
+
+    def __repr__(self) -> str:
+        return (
+            f"ModelRunner(device={self.device}, precision={self.precision}, "
+            f"config={self.config})"
+        )
+
+    def normalize(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
+        """Model input from raw pixels: ``(x - mean) / std`` per band from the model card.
+
+        Never guessed from the data; uint8 and uint16 alike. Invalid pixels become 0 (the
+        band mean), so nodata values cannot leak into their neighbours' predictions.
+        """
+        if pixels.shape[0] != self._mean.shape[0]:
+            raise InputError(
+                f"{pixels.shape[0]} bands given, the model card has {self._mean.shape[0]} "
+                f"(bands {self.card.bands}); read the card's bands."
+            )
+        x = (pixels.astype(np.float32) - self._mean) * self._inv_std
+        if valid is not None:
+            x *= valid[None]
+        return x
+
+    def forward(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (N, K, h, w) float32 of a normalized batch (N, C, H, W)."""
+        import torch
+
+        with self._lock:  # one forward at a time per process; torch threads do the parallelism
+            self.calls += 1
+            self.tiles += int(batch.shape[0])
+            with torch.inference_mode():
+                x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+                if self.device.type == "cuda":
+                    x = x.pin_memory().to(self.device, non_blocking=True)
+                    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+                    with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                        logits = self.model(x)
+                    return torch.softmax(logits.float(), dim=1).cpu().numpy()
+                x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast(
+                    "cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"
+                ):
+                    logits = self.model(x)
+                probs = torch.softmax(logits.float(), dim=1)
+                return probs.contiguous().numpy()
+
+
+_RUNNERS: dict[tuple[Any, ...], ModelRunner] = {}
+_RUNNER_LOCK = threading.Lock()
+_LOADS = {"count": 0}
+
+
+def runner_load_count() -> int:
+    """How many times :func:`get_runner` loaded a checkpoint in this process."""
+    return _LOADS["count"]
+
+
+def clear_runner_cache() -> None:
+    """Forget the cached runners (frees their models)."""
+    with _RUNNER_LOCK:
+        _RUNNERS.clear()
+
+
+def _default_model_path() -> Path:
+    folder = Path(__file__).parent / "weights"
+    found = sorted(folder.glob("*.pt")) if folder.is_dir() else []
+    if not found:
+        raise CheckpointError(
+            f"no model given and no bundled weights in {folder}; give a checkpoint with "
+            f"--model PATH (train one with `geounet train`)."
+        )
+    return found[0]
+
+
+def get_runner(
+    model_path: str | os.PathLike[str] | None,
+    device: str = "auto",
+    precision: Precision = "auto",
+) -> ModelRunner:
+    """The process-wide runner for a checkpoint, loaded on first use and reused (invariant 9).
+
+    Parameters
+    ----------
+    model_path : a geounet checkpoint; None uses the bundled weights.
+    device, precision : see :class:`ModelRunner`.
+
+    Examples
+    --------
+    >>> r1 = get_runner("model.pt", "cpu", "fp32")  # doctest: +SKIP
+    >>> r1 is get_runner("model.pt", "cpu", "fp32")  # doctest: +SKIP
+    True
+    """
+    from geounet.model import load_checkpoint
+
+    path = _default_model_path() if model_path is None else Path(model_path)
+    try:
+        stat = path.stat()
+        stamp: Any = (stat.st_mtime_ns, stat.st_size)
+    except OSError:
+        stamp = None
+    key = (str(path.resolve()), stamp, str(device), str(precision))
+    with _RUNNER_LOCK:
+        runner = _RUNNERS.get(key)
+        if runner is None:
+            model, card = load_checkpoint(path, map_location="cpu")
+            runner = ModelRunner(model, card, device=device, precision=precision)
+            _LOADS["count"] += 1
+            _RUNNERS[key] = runner
+            log.info("loaded %s as %r", path, runner)
+        return runner
+
+
+# ---- chunk inference --------------------------------------------------------------------
+def _check_grid(grid: TileGrid, runner: ModelRunner) -> None:
+    cfg = runner.config
+    if grid.padding != cfg.padding or grid.alignment % cfg.alignment:
+        raise InputError(
+            f"tile grid ({grid.padding}, alignment {grid.alignment}) does not fit the model "
+            f"({cfg.padding}, alignment {cfg.alignment}); build it with "
+            f"plan_tiles(runner.config, ...)."
+        )
+    if cfg.padding == "valid":
+        if grid.halo != cfg.halo:
+            raise InputError(
+                f"tile grid halo {grid.halo} differs from the model's {cfg.halo}; build the grid "
+                f"with plan_tiles(runner.config, ...)."
+            )
+    cfg.check_input_size(grid.tile_size)
+
+
+def predict_chunk(
+    info: SceneInfo,
+    chunk: ChunkWindow,
+    grid: TileGrid,
+    runner: ModelRunner,
+    *,
+    batch_size: int = 1,
+    window: BlendWindow = DEFAULT_WINDOW,
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """Class probabilities of one chunk core, computed from the global tile grid.
+
+    Reads the chunk's input window (core + tile halos, mirrored beyond the scene) itself,
+    runs exactly the tiles touching the core in batches of ``batch_size`` and crops (valid
+    padding) or blends (same padding) their outputs.
+
+    Parameters
+    ----------
+    info : the scene.
+    chunk : one of ``grid.chunks()``.
+    grid : from :func:`~geounet.tiling.plan_tiles` for ``runner.config``.
+    runner : from :func:`get_runner`.
+    batch_size : tiles per forward pass (1 is best on CPU; larger on a GPU).
+    window : blending window for same-padding models.
+
+    Returns
+    -------
+    (probabilities, valid) or None
+        float32 (K, height, width) softmax probabilities, 0 at nodata; bool (height, width).
+        None, without calling the model, when every pixel of the chunk core is nodata.
+    """
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} is below 1; use 1 or more tiles per batch.")
+    _check_grid(grid, runner)
+    wy0, wx0, wh, ww = grid.chunk_input_window(chunk)
+    pixels, valid = read_window(info, wy0, wx0, wh, ww, bands=runner.card.bands)
+    cy, cx = chunk.y0 - wy0, chunk.x0 - wx0
+    core_valid = valid[cy : cy + chunk.height, cx : cx + chunk.width]
+    if not core_valid.any():
+        return None
+    x = runner.normalize(pixels, valid)
+    del pixels
+    k = runner.num_classes
+    t = grid.tile_size
+    out_size = grid.output_size
+    blended = grid.blended
+    if blended:
+        acc = BlendAccumulator(k, chunk.height, chunk.width)
+        weights = weight_window(out_size, window)
+    else:
+        probs = np.zeros((k, chunk.height, chunk.width), dtype=np.float32)
+
+    jobs: list[tuple[Any, ...]] = []
+    for tile in grid.tiles(chunk):
+        ty, tx = tile.y0 - wy0, tile.x0 - wx0  # tile input origin inside the window
+        if blended:
+            # output covers the tile input extent; placement relative to the chunk core
+            oy, ox = tile.y0 - chunk.y0, tile.x0 - chunk.x0
+            ya, yb = max(0, oy), min(chunk.height, oy + out_size)
+            xa, xb = max(0, ox), min(chunk.width, ox + out_size)
+        else:
+            oy, ox = tile.core_y0 - chunk.y0, tile.core_x0 - chunk.x0
+            ya, yb = max(0, oy), min(chunk.height, oy + tile.core_height)
+            xa, xb = max(0, ox), min(chunk.width, ox + tile.core_width)
+        if not core_valid[ya:yb, xa:xb].any():
+            continue  # nothing valid to contribute: skip the model
+        jobs.append((ty, tx, oy, ox, ya, yb, xa, xb))
+
+    off = grid.output_offset
+    for start in range(0, len(jobs), batch_size):
+        group = jobs[start : start + batch_size]
+        batch = np.stack([x[:, j[0] : j[0] + t, j[1] : j[1] + t] for j in group])
+        out = runner.forward(batch)
+        for (ty, tx, oy, ox, ya, yb, xa, xb), tile_probs in zip(group, out):
+            if blended:
+                tile_valid = valid[ty + off : ty + off + out_size, tx + off : tx + off + out_size]
+                acc.add(tile_probs, oy, ox, weights, tile_valid)
+            else:
+                probs[:, ya:yb, xa:xb] = tile_probs[:, ya - oy : yb - oy, xa - ox : xb - ox]
+    if blended:
+        probs, _ = acc.result()
+    probs *= core_valid[None]
+    return probs, core_valid.copy()
+
+
+def predict_tiled(
+    info: SceneInfo,
+    grid: TileGrid,
+    runner: ModelRunner,
+    *,
+    batch_size: int = 1,
+    window: BlendWindow = DEFAULT_WINDOW,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Run :func:`predict_chunk` over every chunk and assemble a scene-sized result.
+
+    For tests, benchmarks and small scenes only: the pipeline writes chunk by chunk instead.
+    """
+    k = runner.num_classes
+    probs = np.zeros((k, grid.height, grid.width), dtype=np.float32)
+    valid = np.zeros((grid.height, grid.width), dtype=bool)
+    for chunk in grid.chunks():
+        result = predict_chunk(info, chunk, grid, runner, batch_size=batch_size, window=window)
+        if result is not None:
+            probs[:, chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result[0]
+            valid[chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result[1]
+    return probs, valid
+
+
+def predict_array(
+    pixels: np.ndarray, runner: ModelRunner, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Whole-scene reference: mirror-pad the whole array and run the model once.
+
+    Valid padding: ``halo`` mirrored pixels on the top/left and ``halo`` + the few pixels
+    needed to reach a valid input size on the bottom/right. Same padding: the model's
+    blending halo mirrored on every side (plus up to a multiple of the alignment on the
+    bottom/right), so scene borders see the same context as the tiles. Memory grows with the array: for tests.
+
+    Parameters
+    ----------
+    pixels : raw scene pixels (band, y, x) of the card's bands.
+    runner : the model.
+    valid : bool (y, x); invalid pixels are fed as the band mean and get probability 0.
+
+    Returns
+    -------
+    float32 (K, y, x) softmax probabilities.
+    """
+    cfg = runner.config
+    _, height, width = pixels.shape
+    if valid is None:
+        valid = np.ones((height, width), dtype=bool)
+    if cfg.padding == "valid":
+        before = cfg.halo
+
+        def padded(n: int) -> int:
+            lo = max(n + 2 * cfg.halo, cfg.min_input_size)
+            return cfg.valid_input_sizes(lo, lo + cfg.alignment)[0]
+
+        after = (padded(height) - height - before, padded(width) - width - before)
+        top_left = (before, before)
+        crop = 0
+    else:  # same padding: the blending halo mirrored on every side, like the tiles see it
+        a, crop = cfg.alignment, cfg.halo
+        top_left = (crop, crop)
+        after = (crop + (-height % a), crop + (-width % a))
+    x = runner.normalize(mirror_pad(pixels, top_left, after), mirror_pad(valid, top_left, after))
+    out = runner.forward(x[None])[0][:, crop : crop + height, crop : crop + width]
+    return np.ascontiguousarray(out * valid[None], dtype=np.float32)
+
+
+@dataclass(frozen=True)
+class SeamReport:
+    """Tiled vs whole-scene inference on one scene.
+
+    ``max_abs_diff`` / ``mean_abs_diff`` of the probabilities over valid pixels, and the
+    fraction of valid pixels whose argmax class agrees.
+    """
+
+    max_abs_diff: float
+    mean_abs_diff: float
+    class_agreement: float
+
+
+def measure_seam_error(
+    info: SceneInfo,
+    grid: TileGrid,
+    runner: ModelRunner,
+    *,
+    batch_size: int = 1,
+    window: BlendWindow = DEFAULT_WINDOW,
+) -> SeamReport:
+    """Compare tiled inference (:func:`predict_tiled`) with :func:`predict_array`.
+
+    For valid-padding models the difference is rounding only (exact overlap-tile); for
+    same-padding models it is the seam error of blending. Reads the whole scene: for
+    benchmark-sized scenes.
+    """
+    tiled, valid = predict_tiled(info, grid, runner, batch_size=batch_size, window=window)
+    pixels, whole_valid = read_window(info, 0, 0, info.height, info.width, bands=runner.card.bands)
+    whole = predict_array(pixels, runner, whole_valid)
+    if not valid.any():
+        return SeamReport(0.0, 0.0, 1.0)
+    diff = np.abs(tiled - whole)[:, valid]
+    agree = (tiled.argmax(0) == whole.argmax(0))[valid]
+    return SeamReport(float(diff.max()), float(diff.mean()), float(agree.mean()))
+
+
+def classify(
+    probabilities: np.ndarray, threshold: float | None = None, valid: np.ndarray | None = None
+) -> np.ndarray:
+    """Class mask (uint8) from probabilities (K, y, x); 255 where invalid.
+
+    Without a threshold the most probable class wins. With one, the most probable
+    foreground class (index >= 1) wins only where its probability is >= ``threshold``,
+    else the pixel is background (0). ``valid`` defaults to "some probability is non-zero"
+    (nodata pixels carry probability 0). uint8 probabilities (0-255) are accepted.
+
+    Examples
+    --------
+    >>> p = np.array([[[0.5, 0.2]], [[0.3, 0.1]], [[0.2, 0.7]]], np.float32)
+    >>> classify(p).tolist(), classify(p, threshold=0.25).tolist()
+    ([[0, 2]], [[1, 2]])
+    """
+    if probabilities.ndim != 3:
+        raise InputError(
+            f"probabilities of shape {probabilities.shape} are not (class, y, x); give a 3-D array."
+        )
+    if threshold is not None and not 0.0 <= threshold <= 1.0:
+        raise InputError(f"threshold {threshold} is outside 0..1; give a probability like 0.5.")
+    if valid is None:
+        valid = probabilities.any(axis=0)
+    if threshold is None or probabilities.shape[0] < 2:
+        mask = probabilities.argmax(axis=0).astype(np.uint8)
+    else:
+        scale = 255.0 if probabilities.dtype == np.uint8 else 1.0
+        fg = probabilities[1:]
+        best = fg.argmax(axis=0)
+        best_p = np.take_along_axis(fg, best[None], axis=0)[0]
+        mask = np.where(best_p >= threshold * scale, best + 1, 0).astype(np.uint8)
+    mask[~valid] = NODATA_CLASS
+    return mask

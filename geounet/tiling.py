@@ -1,0 +1,443 @@
+"""The global tile grid: chunk cores, tile windows and their halos, as pure geometry (no files).
+
+One grid is anchored at the scene origin ``(0, 0)``. Tile *cores* sit at multiples of the
+``stride`` (itself a multiple of the model's ``alignment = 2**depth``), so the pooling windows
+of every tile line up with those of whole-scene inference. A chunk computes exactly the tiles
+that touch its core; therefore the output of a pixel never depends on how the scene is cut
+into chunks.
+
+Two modes, chosen by the model's convolution padding:
+
+``valid``
+    Tile input = core + ``halo`` on each side (+ a few extra pixels at the bottom/right to reach
+    a valid input size; their output is discarded). Tile cores partition the scene: every
+    output pixel comes from exactly one tile, no blending, and the result equals whole-scene
+    inference on the mirrored scene.
+``same``
+    Tile input = core + ``halo`` on each side, the whole tile output is used and neighbouring
+    tiles overlap by ``2 * halo``; overlapping outputs are blended (:mod:`geounet.blend`).
+
+Examples
+--------
+>>> grid = TileGrid(height=301, width=257, chunk_size=128, tile_size=124, halo=20,
+...                 stride=80, padding="valid", alignment=8)
+>>> [c.shape for c in grid.chunks()][:3]
+[(128, 128), (128, 128), (128, 1)]
+>>> grid.tiles(grid.chunks()[0])[0]
+TileWindow(row=0, col=0, y0=-20, x0=-20, size=124, core_y0=0, core_x0=0, core_height=80, core_width=80)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from geounet.config import Padding
+from geounet.errors import TileSizeError
+
+if TYPE_CHECKING:  # pragma: no cover
+    from geounet.model import UNetConfig
+
+DEFAULT_CHUNK_SIZE = 2048
+"""Default chunk core side in pixels (a multiple of every alignment up to 2**11)."""
+
+DEFAULT_TILE_CORE = 1024
+"""Target tile core side for valid-padding models: large tiles keep the halo overhead small."""
+
+DEFAULT_SAME_TILE = 512
+"""Default tile side for same-padding models (input = output)."""
+
+
+@dataclass(frozen=True)
+class ChunkWindow:
+    """One chunk core: rows ``y0:y0+height``, columns ``x0:x0+width`` of the scene.
+
+    ``row``/``col`` are the chunk's index in the chunk grid (the Dask block index).
+    """
+
+    row: int
+    col: int
+    y0: int
+    x0: int
+    height: int
+    width: int
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the core."""
+        return (self.height, self.width)
+
+    @property
+    def y1(self) -> int:
+        """End row (exclusive)."""
+        return self.y0 + self.height
+
+    @property
+    def x1(self) -> int:
+        """End column (exclusive)."""
+        return self.x0 + self.width
+
+
+@dataclass(frozen=True)
+class TileWindow:
+    """One model input window on the global grid.
+
+    ``y0, x0`` is the input origin (may be negative or run past the scene: mirrored there);
+    the input is ``size x size``. The core ``core_y0:core_y0+core_height`` (clipped to the
+    scene) is the part this tile owns on the grid; in ``valid`` mode it is what reaches the
+    output, in ``same`` mode the whole input extent is blended.
+    """
+
+    row: int
+    col: int
+    y0: int
+    x0: int
+    size: int
+    core_y0: int
+    core_x0: int
+    core_height: int
+    core_width: int
+
+
+@dataclass(frozen=True)
+class TileGrid:
+    """The global tile grid of one scene (immutable, pure geometry).
+
+    Parameters
+    ----------
+    height, width : scene size in pixels.
+    chunk_size : chunk core side; a multiple of ``alignment``. Edge chunks are smaller.
+    tile_size : model input side (every tile, edge tiles included, has this shape).
+    halo : context pixels per side around a tile core.
+    stride : distance between tile core origins; a multiple of ``alignment``.
+        ``valid``: ``stride <= tile_size - 2*halo``; ``same``: ``stride == tile_size - 2*halo``.
+    padding : ``valid`` (exact, no blending) or ``same`` (overlapping tiles, blended).
+    alignment : ``2**depth`` of the model; tile cores (and chunk cores) start at multiples of it.
+
+    Use :func:`plan_tiles` to build a grid from a model configuration with checked sizes.
+    """
+
+    height: int
+    width: int
+    chunk_size: int
+    tile_size: int
+    halo: int
+    stride: int
+    padding: Padding = "valid"
+    alignment: int = 1
+
+    def __post_init__(self) -> None:
+        for name in ("height", "width", "chunk_size", "tile_size", "stride", "alignment"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value <= 0:
+                raise TileSizeError(f"{name} {value!r} is not a positive whole number; give one > 0.")
+        if not isinstance(self.halo, int) or self.halo < 0:
+            raise TileSizeError(f"halo {self.halo!r} is negative; give 0 or more pixels.")
+        if self.padding not in ("valid", "same"):
+            raise TileSizeError(f"padding {self.padding!r} is not one of 'valid', 'same'.")
+        a = self.alignment
+        if self.chunk_size % a:
+            raise TileSizeError(
+                f"chunk size {self.chunk_size} is not a multiple of {a} (2**depth of the model); "
+                f"use {_nearest_multiples(self.chunk_size, a)}."
+            )
+        if self.stride % a:
+            raise TileSizeError(
+                f"tile stride {self.stride} is not a multiple of {a} (2**depth of the model); "
+                f"use {_nearest_multiples(self.stride, a)}."
+            )
+        room = self.tile_size - 2 * self.halo
+        if self.padding == "valid" and self.stride > room:
+            raise TileSizeError(
+                f"tile stride {self.stride} exceeds the tile output {room} "
+                f"(tile size {self.tile_size} - 2 x halo {self.halo}); use a stride <= {room} "
+                f"or a tile size >= {self.stride + 2 * self.halo}."
+            )
+        if self.padding == "same":
+            if self.stride != room:
+                raise TileSizeError(
+                    f"tile stride {self.stride} must equal tile size {self.tile_size} - "
+                    f"2 x halo {self.halo} = {room} for same-padding tiles; use stride {room}."
+                )
+            if self.halo % a:
+                raise TileSizeError(
+                    f"blending halo {self.halo} is not a multiple of {a} (2**depth of the model), "
+                    f"so tile inputs would not start on the pooling grid; use "
+                    f"{_nearest_multiples(self.halo, a)}."
+                )
+
+    # ---- derived -----------------------------------------------------------------------
+    @property
+    def output_offset(self) -> int:
+        """Offset of the tile output inside the tile input (``halo`` for valid, 0 for same)."""
+        return self.halo if self.padding == "valid" else 0
+
+    @property
+    def output_size(self) -> int:
+        """Side of one tile's model output (``tile_size - 2*halo`` valid, ``tile_size`` same)."""
+        return self.tile_size - 2 * self.halo if self.padding == "valid" else self.tile_size
+
+    @property
+    def blended(self) -> bool:
+        """True when overlapping tile outputs are blended (same padding)."""
+        return self.padding == "same"
+
+    @property
+    def chunk_rows(self) -> int:
+        """Number of chunk rows."""
+        return math.ceil(self.height / self.chunk_size)
+
+    @property
+    def chunk_cols(self) -> int:
+        """Number of chunk columns."""
+        return math.ceil(self.width / self.chunk_size)
+
+    @property
+    def tile_rows(self) -> int:
+        """Number of tile rows of the global grid (tile cores starting inside the scene)."""
+        return math.ceil(self.height / self.stride)
+
+    @property
+    def tile_cols(self) -> int:
+        """Number of tile columns of the global grid."""
+        return math.ceil(self.width / self.stride)
+
+    @property
+    def dask_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
+        """Chunk sizes along y and x in Dask's ``chunks=`` form."""
+        return (_split(self.height, self.chunk_size), _split(self.width, self.chunk_size))
+
+    # ---- chunks ------------------------------------------------------------------------
+    def chunks(self) -> list[ChunkWindow]:
+        """All chunk cores in row-major order; they partition the scene exactly."""
+        out = []
+        for row in range(self.chunk_rows):
+            y0 = row * self.chunk_size
+            for col in range(self.chunk_cols):
+                x0 = col * self.chunk_size
+                out.append(
+                    ChunkWindow(
+                        row,
+                        col,
+                        y0,
+                        x0,
+                        min(self.chunk_size, self.height - y0),
+                        min(self.chunk_size, self.width - x0),
+                    )
+                )
+        return out
+
+    def chunk(self, row: int, col: int) -> ChunkWindow:
+        """The chunk core at chunk-grid index ``(row, col)``."""
+        if not (0 <= row < self.chunk_rows and 0 <= col < self.chunk_cols):
+            raise TileSizeError(
+                f"chunk index ({row}, {col}) is outside the {self.chunk_rows} x "
+                f"{self.chunk_cols} chunk grid; use 0 <= row < {self.chunk_rows} and "
+                f"0 <= col < {self.chunk_cols}."
+            )
+        y0, x0 = row * self.chunk_size, col * self.chunk_size
+        return ChunkWindow(
+            row,
+            col,
+            y0,
+            x0,
+            min(self.chunk_size, self.height - y0),
+            min(self.chunk_size, self.width - x0),
+        )
+
+    # ---- tiles -------------------------------------------------------------------------
+    def _tile_range(self, start: int, stop: int, n_tiles: int) -> range:
+        """Global tile indices along one axis whose extent touches ``[start, stop)``."""
+        s = self.stride
+        if self.padding == "valid":
+            first, last = start // s, (stop - 1) // s
+        else:  # tile extent [i*s - halo, i*s + s + halo) must intersect [start, stop)
+            first = max(0, (start - s - self.halo) // s + 1)
+            last = min(n_tiles - 1, (stop + self.halo - 1) // s)
+        return range(max(first, 0), min(last, n_tiles - 1) + 1)
+
+    def tile_indices(self, chunk: ChunkWindow) -> tuple[range, range]:
+        """Global tile row and column indices of the tiles touching ``chunk``'s core."""
+        return (
+            self._tile_range(chunk.y0, chunk.y1, self.tile_rows),
+            self._tile_range(chunk.x0, chunk.x1, self.tile_cols),
+        )
+
+    def tile(self, row: int, col: int) -> TileWindow:
+        """The tile at global grid index ``(row, col)``."""
+        s = self.stride
+        cy, cx = row * s, col * s
+        return TileWindow(
+            row,
+            col,
+            cy - self.halo,
+            cx - self.halo,
+            self.tile_size,
+            cy,
+            cx,
+            min(s, self.height - cy),
+            min(s, self.width - cx),
+        )
+
+    def tiles(self, chunk: ChunkWindow) -> list[TileWindow]:
+        """Exactly the tiles touching ``chunk``'s core, row-major."""
+        rows, cols = self.tile_indices(chunk)
+        return [self.tile(r, c) for r in rows for c in cols]
+
+    def chunk_input_window(self, chunk: ChunkWindow) -> tuple[int, int, int, int]:
+        """``(y0, x0, height, width)`` of the input covering all tiles of ``chunk``.
+
+        The window may start before the scene or end after it; those pixels are mirrored.
+        """
+        rows, cols = self.tile_indices(chunk)
+        y0 = rows[0] * self.stride - self.halo
+        x0 = cols[0] * self.stride - self.halo
+        y1 = rows[-1] * self.stride - self.halo + self.tile_size
+        x1 = cols[-1] * self.stride - self.halo + self.tile_size
+        return (y0, x0, y1 - y0, x1 - x0)
+
+    # ---- cost --------------------------------------------------------------------------
+    def overlap_overhead(self) -> float:
+        """Model input pixels computed per scene pixel output, over all chunks.
+
+        Counts tiles that neighbouring chunks both compute twice, as the pipeline does.
+        """
+        total = 0
+        for chunk in self.chunks():
+            rows, cols = self.tile_indices(chunk)
+            total += len(rows) * len(cols)
+        return total * self.tile_size**2 / (self.height * self.width)
+
+
+def _split(length: int, size: int) -> tuple[int, ...]:
+    full, rest = divmod(length, size)
+    return (size,) * full + ((rest,) if rest else ())
+
+
+def _nearest_multiples(value: int, step: int) -> str:
+    """Say which multiples of ``step`` are nearest to ``value``: ``"496 or 512"``."""
+    low = (value // step) * step
+    if low == value:
+        return str(value)
+    if low < step:
+        return str(step)
+    return f"{low} or {low + step}"
+
+
+def default_tile_size(config: UNetConfig, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+    """Default model input side for ``config`` within chunks of ``chunk_size``.
+
+    ``valid``: the smallest valid input whose core (stride) is the largest multiple of the
+    alignment that divides ``chunk_size`` and is at most ``DEFAULT_TILE_CORE`` (1024), so no
+    tile is computed by two chunks and the overhead is ``(core + 2*halo + extra)**2 / core**2``
+    (1.40 for a depth-4 net with 1024 cores, 1212 px inputs).
+    ``same``: ``min(DEFAULT_SAME_TILE, chunk_size + 2*halo)`` rounded to the alignment.
+
+    Examples
+    --------
+    >>> from geounet.model import UNetConfig  # doctest: +SKIP
+    >>> default_tile_size(UNetConfig(depth=4))  # doctest: +SKIP
+    1212
+    """
+    a = config.alignment
+    halo = config.halo
+    if config.padding == "same":
+        size = min(DEFAULT_SAME_TILE, chunk_size + 2 * halo)
+        size = max(a * math.ceil(size / a), 2 * halo + a)
+        return size
+    core = _default_core(chunk_size, a)
+    return _valid_input_for_core(config, core)
+
+
+def _default_core(chunk_size: int, alignment: int) -> int:
+    best = alignment
+    for core in range(alignment, min(chunk_size, DEFAULT_TILE_CORE) + 1, alignment):
+        if chunk_size % core == 0:
+            best = core
+    return best
+
+
+def _valid_input_for_core(config: UNetConfig, core: int) -> int:
+    """Smallest valid input size whose output covers ``core`` pixels."""
+    lo = core + 2 * config.halo
+    sizes = config.valid_input_sizes(lo, lo + 4 * config.alignment)
+    if not sizes:  # pragma: no cover - the contract guarantees one per alignment step
+        raise TileSizeError(f"no valid input size between {lo} and {lo + 4 * config.alignment}.")
+    return sizes[0]
+
+
+def plan_tiles(
+    config: UNetConfig,
+    height: int,
+    width: int,
+    *,
+    chunk_size: int = DEFAULT_CHUNK_SIZE,
+    tile_size: int | None = None,
+    halo: int | None = None,
+) -> TileGrid:
+    """Build the global tile grid of a ``height x width`` scene for a model configuration.
+
+    Parameters
+    ----------
+    config : the model's :class:`~geounet.model.UNetConfig` (padding, alignment, halo).
+    height, width : scene size.
+    chunk_size : chunk core side, a multiple of ``config.alignment``.
+    tile_size : model input side; None picks :func:`default_tile_size`.
+        ``valid``: any valid input size of the net (``config.check_input_size``) with an
+        output of at least ``alignment`` pixels; the stride is the largest multiple of the
+        alignment not above the output (the few extra output pixels are discarded).
+        ``same``: a multiple of the alignment larger than ``2*halo``.
+    halo : ``same`` only: blending overlap per side (default ``config.halo``), a multiple of
+        the alignment. In ``valid`` mode the halo is the model's and cannot be changed.
+
+    Raises
+    ------
+    TileSizeError
+        For sizes the model cannot use; the message names sizes that work.
+
+    Examples
+    --------
+    >>> grid = plan_tiles(UNetConfig(depth=2, base_channels=4), 301, 257, chunk_size=128)  # doctest: +SKIP
+    """
+    a = config.alignment
+    if not isinstance(chunk_size, int) or chunk_size <= 0 or chunk_size % a:
+        raise TileSizeError(
+            f"chunk size {chunk_size} is not a positive multiple of {a} (2**depth for depth "
+            f"{config.depth}); use {_nearest_multiples(max(int(chunk_size), 1), a)}."
+        )
+    if tile_size is None:
+        tile_size = default_tile_size(config, chunk_size)
+    if config.padding == "valid":
+        if halo is not None and halo != config.halo:
+            raise TileSizeError(
+                f"halo {halo} differs from the valid-padding model's halo {config.halo}; the "
+                f"halo of a valid net is fixed by its receptive field: leave it unset."
+            )
+        config.check_input_size(tile_size)
+        out = config.output_size(tile_size)
+        stride = (out // a) * a
+        if stride <= 0:
+            smallest = _valid_input_for_core(config, a)
+            raise TileSizeError(
+                f"tile size {tile_size} gives {out} output pixels, fewer than the alignment {a}; "
+                f"use a tile size of at least {smallest}."
+            )
+        if chunk_size % stride and stride < chunk_size:
+            import warnings
+
+            warnings.warn(
+                f"tile core {stride} does not divide chunk size {chunk_size}: tiles on chunk "
+                f"seams are computed by both chunks; tile size "
+                f"{_valid_input_for_core(config, _default_core(chunk_size, a))} avoids that.",
+                stacklevel=2,
+            )
+        return TileGrid(height, width, chunk_size, tile_size, config.halo, stride, "valid", a)
+    halo = config.halo if halo is None else halo
+    if tile_size % a or tile_size <= 2 * halo:
+        good = max(a * math.ceil((2 * halo + a) / a), a * round(tile_size / a))
+        raise TileSizeError(
+            f"tile size {tile_size} is not a multiple of {a} (2**depth for depth {config.depth}) "
+            f"larger than 2 x halo {2 * halo} for a same-padding net; use {good}."
+        )
+    return TileGrid(height, width, chunk_size, tile_size, halo, tile_size - 2 * halo, "same", a)
