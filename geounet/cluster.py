@@ -55,21 +55,13 @@ def torch_threads_per_worker(workers: int, threads_per_worker: int = 1) -> int:
     return max(1, available_cores() // max(1, workers * threads_per_worker))
 
 
-class _TorchThreads:
-    """Worker plugin: set torch's intra-op thread count when a worker starts."""
+def _set_torch_threads(threads: int) -> int:
+    """Run on each worker: torch intra-op threads (OMP_NUM_THREADS in the worker env does the
+    same for workers restarted later)."""
+    import torch
 
-    name = "geounet-torch-threads"
-
-    def __init__(self, threads: int) -> None:
-        self.threads = threads
-
-    def setup(self, worker: Any) -> None:
-        import torch
-
-        torch.set_num_threads(self.threads)
-
-    def teardown(self, worker: Any) -> None:  # pragma: no cover - nothing to release
-        return None
+    torch.set_num_threads(threads)
+    return threads
 
 
 def get_client(
@@ -126,7 +118,7 @@ def get_client(
         env={"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)},
     )
     client = Client(cluster)
-    client.register_plugin(_TorchThreads(torch_threads))
+    client.run(_set_torch_threads, torch_threads)
     return client
 
 

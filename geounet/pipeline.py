@@ -123,12 +123,32 @@ class Plan:
 # --------------------------------------------------------------------------------------
 
 
+_BAND_RUNNERS: dict[tuple[int, tuple[int, ...]], Any] = {}
+
+
 def _get_runner(spec: RunnerSpec) -> Any:
+    """The worker's cached runner; with ``bands`` a view of it reading other scene bands."""
+    import copy
+
     from geounet.predict import get_runner
 
-    if spec.bands is None:
-        return get_runner(spec.model, spec.device, spec.precision)
-    return get_runner(spec.model, spec.device, spec.precision, bands=spec.bands)
+    runner = get_runner(spec.model, spec.device, spec.precision)
+    if spec.bands is None or tuple(spec.bands) == tuple(runner.card.bands):
+        return runner
+    key = (id(runner), tuple(spec.bands))
+    view = _BAND_RUNNERS.get(key)
+    if view is None:  # shares the loaded model; only the card's band list differs
+        view = copy.copy(runner)
+        view.card = dataclasses.replace(runner.card, bands=tuple(spec.bands))
+        _BAND_RUNNERS[key] = view
+    return view
+
+
+def _batch_size(runner: Any, batch_size: int | None) -> int:
+    if batch_size is not None:
+        return batch_size
+    device = getattr(runner, "device", None)
+    return 1 if getattr(device, "type", "cpu") == "cpu" else 8
 
 
 def run_chunk(task: ChunkTask) -> dict[str, Any]:
@@ -143,13 +163,14 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     start = time.perf_counter()
     chunk = task.chunk
     runner = _get_runner(task.runner)
-    result = predict_chunk(task.info, chunk, task.grid, runner, batch_size=task.batch_size)
+    result = predict_chunk(task.info, chunk, task.grid, runner,
+                           batch_size=_batch_size(runner, task.batch_size))
     pixels = int(chunk.height * chunk.width)
     if result is None:
         record = {"pixels": pixels, "valid": 0, "skipped": True}
     else:
         probabilities, valid = result
-        mask = classify(probabilities, task.threshold)
+        mask = classify(probabilities, task.threshold, valid)
         output.write_chunk(task.store, chunk.y0, chunk.x0, probabilities, mask, valid)
         record = {"pixels": pixels, "valid": int(valid.sum()), "skipped": False}
     record["seconds"] = time.perf_counter() - start

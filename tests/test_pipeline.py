@@ -109,7 +109,7 @@ def test_same_padding_invariant_to_chunks_and_scheduler(
         [(64, "threads", 2), (128, "synchronous", None), (256, "threads", 1)]
     ):
         out = tmp_path / f"p{i}.zarr"
-        run(scene, out, models["same"], chunk_size=chunk, tile_size=64, client=client,
+        run(scene, out, models["same"], chunk_size=chunk, tile_size=96, client=client,
             workers=workers)
         outs.append(read_zarr(out).probabilities.values)
     for other in outs[1:]:
@@ -120,8 +120,8 @@ def test_same_padding_invariant_to_chunks_and_scheduler(
 def test_local_cluster_equals_threads(make_scene: Callable[..., Path], tmp_path: Path,
                                       models: dict[str, Path]) -> None:
     scene = make_scene(150, 173)
-    run(scene, tmp_path / "t.zarr", models["same"], chunk_size=64, tile_size=64)
-    result = run(scene, tmp_path / "c.zarr", models["same"], chunk_size=64, tile_size=64,
+    run(scene, tmp_path / "t.zarr", models["same"], chunk_size=64, tile_size=96)
+    result = run(scene, tmp_path / "c.zarr", models["same"], chunk_size=64, tile_size=96,
                  client=None, workers=2)
     assert result.chunks == 9
     np.testing.assert_allclose(read_zarr(tmp_path / "c.zarr").probabilities.values,
