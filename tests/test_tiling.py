@@ -1,0 +1,166 @@
+"""Tests for geounet.tiling: the global grid is pure geometry, cores partition, tiles cover."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from geounet.errors import TileSizeError
+from geounet.model import UNetConfig
+from geounet.tiling import TileGrid, default_tile_size, plan_tiles
+
+GEOMETRIES = [
+    # height, width, chunk, tile, halo, stride, padding, alignment
+    (301, 257, 64, 72, 20, 32, "valid", 4),
+    (301, 257, 128, 104, 20, 64, "valid", 4),
+    (257, 300, 96, 108, 44, 16, "valid", 8),
+    (97, 31, 32, 76, 20, 32, "valid", 4),
+    (5, 700, 256, 300, 20, 256, "valid", 4),
+    (1, 1, 16, 60, 20, 16, "valid", 4),
+    (301, 257, 64, 96, 32, 32, "same", 4),
+    (301, 257, 128, 128, 32, 64, "same", 16),
+    (200, 333, 48, 80, 16, 48, "same", 16),
+    (3, 500, 32, 160, 64, 32, "same", 32),
+]
+
+
+def _grid(geometry: tuple) -> TileGrid:
+    return TileGrid(*geometry)
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_chunk_cores_partition_scene(geometry: tuple) -> None:
+    grid = _grid(geometry)
+    count = np.zeros((grid.height, grid.width), dtype=int)
+    for chunk in grid.chunks():
+        assert chunk.height > 0 and chunk.width > 0
+        assert chunk.y0 % grid.chunk_size == 0 and chunk.x0 % grid.chunk_size == 0
+        count[chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] += 1
+    assert (count == 1).all()
+    assert tuple(len(c) for c in grid.dask_chunks) == (grid.chunk_rows, grid.chunk_cols)
+    assert sum(grid.dask_chunks[0]) == grid.height and sum(grid.dask_chunks[1]) == grid.width
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_tiles_cover_core_on_global_grid(geometry: tuple) -> None:
+    grid = _grid(geometry)
+    for chunk in grid.chunks():
+        cover = np.zeros(chunk.shape, dtype=int)
+        wy0, wx0, wh, ww = grid.chunk_input_window(chunk)
+        for tile in grid.tiles(chunk):
+            # core origins sit on one global grid anchored at the scene origin, aligned
+            assert tile.core_y0 == tile.row * grid.stride and tile.core_x0 == tile.col * grid.stride
+            assert tile.core_y0 % grid.alignment == 0 and tile.core_x0 % grid.alignment == 0
+            assert tile.y0 == tile.core_y0 - grid.halo and tile.size == grid.tile_size
+            # every tile input lies inside the chunk input window
+            assert wy0 <= tile.y0 and tile.y0 + tile.size <= wy0 + wh
+            assert wx0 <= tile.x0 and tile.x0 + tile.size <= wx0 + ww
+            if grid.padding == "valid":
+                y0, x0, hh, wwid = tile.core_y0, tile.core_x0, tile.core_height, tile.core_width
+            else:
+                y0, x0, hh, wwid = tile.y0, tile.x0, tile.size, tile.size
+            ya, yb = max(y0, chunk.y0), min(y0 + hh, chunk.y1)
+            xa, xb = max(x0, chunk.x0), min(x0 + wwid, chunk.x1)
+            cover[ya - chunk.y0 : yb - chunk.y0, xa - chunk.x0 : xb - chunk.x0] += 1
+        if grid.padding == "valid":
+            assert (cover == 1).all(), "valid tile cores must partition the chunk core"
+        else:
+            assert (cover >= 1).all()
+
+
+@pytest.mark.parametrize("geometry", GEOMETRIES)
+def test_tiles_are_exactly_those_touching_the_core(geometry: tuple) -> None:
+    grid = _grid(geometry)
+    for chunk in grid.chunks():
+        chosen = {(t.row, t.col) for t in grid.tiles(chunk)}
+        expected = set()
+        for row in range(grid.tile_rows):
+            for col in range(grid.tile_cols):
+                t = grid.tile(row, col)
+                if grid.padding == "valid":
+                    ys, ye = t.core_y0, t.core_y0 + grid.stride
+                    xs, xe = t.core_x0, t.core_x0 + grid.stride
+                else:
+                    ys, ye, xs, xe = t.y0, t.y0 + t.size, t.x0, t.x0 + t.size
+                if ys < chunk.y1 and ye > chunk.y0 and xs < chunk.x1 and xe > chunk.x0:
+                    expected.add((row, col))
+        assert chosen == expected
+
+
+def test_valid_output_is_chunk_independent_geometrically() -> None:
+    # the tile owning each pixel does not depend on the chunk size
+    owners = []
+    for chunk_size in (32, 64, 96, 160):
+        grid = TileGrid(150, 170, chunk_size, 72, 20, 32, "valid", 4)
+        owner = np.full((150, 170), -1)
+        for chunk in grid.chunks():
+            for t in grid.tiles(chunk):
+                ya, yb = max(t.core_y0, chunk.y0), min(t.core_y0 + t.core_height, chunk.y1)
+                xa, xb = max(t.core_x0, chunk.x0), min(t.core_x0 + t.core_width, chunk.x1)
+                owner[ya:yb, xa:xb] = t.row * 1000 + t.col
+        owners.append(owner)
+    for owner in owners[1:]:
+        np.testing.assert_array_equal(owner, owners[0])
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        dict(chunk_size=100),  # not a multiple of 8
+        dict(stride=12),  # not a multiple of 8
+        dict(stride=96, tile_size=120),  # stride beyond the tile output 120 - 2*20
+        dict(chunk_size=0),
+        dict(halo=-1),
+        dict(padding="same", stride=16),  # same: stride must be tile - 2*halo
+    ],
+)
+def test_grid_rejects_bad_sizes(kwargs: dict) -> None:
+    base = dict(height=100, width=100, chunk_size=64, tile_size=128, halo=20, stride=64,
+                padding="valid", alignment=8)
+    base.update(kwargs)
+    with pytest.raises(TileSizeError):
+        TileGrid(**base)
+
+
+def test_error_names_sizes_that_work() -> None:
+    with pytest.raises(TileSizeError, match="use 96 or 112"):
+        TileGrid(100, 100, 100, 128, 20, 64, "valid", 16)
+
+
+@pytest.mark.parametrize("depth", [2, 3, 4])
+@pytest.mark.parametrize("chunk_size", [256, 512, 2048])
+def test_plan_tiles_valid_defaults(depth: int, chunk_size: int) -> None:
+    cfg = UNetConfig(depth=depth, base_channels=4)
+    grid = plan_tiles(cfg, 3001, 2111, chunk_size=chunk_size)
+    cfg.check_input_size(grid.tile_size)
+    assert grid.stride % cfg.alignment == 0
+    assert grid.stride <= cfg.output_size(grid.tile_size)
+    assert chunk_size % grid.stride == 0  # no tile is computed by two chunks
+    assert grid.halo == cfg.halo
+    if chunk_size >= 1024:
+        assert grid.stride == 1024
+
+
+def test_default_overlap_overhead_is_small() -> None:
+    cfg = UNetConfig(depth=4)
+    grid = plan_tiles(cfg, 8192, 8192, chunk_size=2048)
+    assert grid.tile_size == 1212 and grid.stride == 1024
+    assert grid.overlap_overhead() == pytest.approx(1212**2 / 1024**2)
+    assert grid.overlap_overhead() < 1.45
+
+
+def test_plan_tiles_same_defaults() -> None:
+    cfg = UNetConfig(depth=4, padding="same")
+    assert default_tile_size(cfg, 2048) == 512
+    grid = plan_tiles(cfg, 1000, 900, chunk_size=2048)
+    assert grid.stride == 512 - 2 * cfg.halo and grid.blended
+
+
+def test_plan_tiles_rejects_invalid_tile() -> None:
+    cfg = UNetConfig(depth=4)
+    with pytest.raises(TileSizeError, match="492 or 508"):
+        plan_tiles(cfg, 500, 500, chunk_size=512, tile_size=500)
+    with pytest.raises(TileSizeError, match="multiple of 16"):
+        plan_tiles(cfg, 500, 500, chunk_size=500)
+    with pytest.raises(TileSizeError, match="multiple of 16"):
+        plan_tiles(UNetConfig(depth=4, padding="same"), 500, 500, chunk_size=512, tile_size=500)
