@@ -104,3 +104,22 @@ def test_segment_help_shares_options() -> None:
     for option in ("--raster-out", "--chunk-size", "--tile-size", "--resume", "--workers",
                    "--scheduler-address", "--allow-no-crs", "--overwrite"):
         assert option in result.output
+
+
+@pytest.mark.parametrize("raster", [None, "pred.tif", "pred.zarr"])
+def test_segment_writes_gpkg_and_optional_raster(make_scene: Callable[..., Path], tmp_path: Path,
+                                                 model: Path, raster: str | None) -> None:
+    import pyogrio
+
+    scene = make_scene(100, 90)
+    out = tmp_path / "objects.gpkg"
+    extra = ["--raster-out", str(tmp_path / raster)] if raster else []
+    result = CliRunner().invoke(cli, ["segment", str(scene), "-o", str(out), "--model",
+                                      str(model), *extra, *FAST])
+    assert result.exit_code == 0, result.output
+    layers = {name for name, _ in pyogrio.list_layers(out)}
+    assert {"buildings", "roads"} <= layers
+    with rasterio.open(scene) as src:
+        assert pyogrio.read_info(out, layer="buildings")["crs"] == f"EPSG:{src.crs.to_epsg()}"
+    expected = sorted([scene.name, out.name, *([raster] if raster else [])])
+    assert sorted(p.name for p in tmp_path.iterdir()) == expected
