@@ -1,0 +1,366 @@
+"""Find chip pairs, compute normalization stats, and serve padded, augmented training samples.
+
+A chips directory holds ``images/NAME.tif`` and ``masks/NAME.tif`` (optionally under
+``train/`` and ``val/`` subfolders), and optionally ``split.csv`` (written by
+:func:`geounet.training.chips.make_chips`) and ``chips.json`` (class names).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+import os
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geounet.errors import LabelError
+from geounet.training.chips import CHIPS_META, NODATA, SPLIT_FILE
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CLASSES = ("background", "buildings", "roads")
+RASTER_SUFFIXES = (".tif", ".tiff")
+
+
+@dataclass(frozen=True)
+class ChipRecord:
+    """One image/mask pair and the split it belongs to (``train`` or ``val``)."""
+
+    name: str
+    image: Path
+    mask: Path
+    split: str
+
+
+@dataclass(frozen=True)
+class ChipStats:
+    """What the training chips hold: band stats for normalization and the model card.
+
+    Attributes
+    ----------
+    count : bands per chip.
+    dtype : data type of the image chips.
+    mean, std : per band, over labelled pixels of the training chips, raw units.
+    value_range : (min, max) raw value seen.
+    pixel_size : metres per pixel from the chips' transform (None if not projected).
+    max_size : largest chip side.
+    class_pixels : labelled pixels per class over the training chips.
+    """
+
+    count: int
+    dtype: str
+    mean: tuple[float, ...]
+    std: tuple[float, ...]
+    value_range: tuple[float, float]
+    pixel_size: float | None
+    max_size: int
+    class_pixels: tuple[int, ...]
+
+
+def _pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
+    images_dir, masks_dir = folder / "images", folder / "masks"
+    if not images_dir.is_dir() or not masks_dir.is_dir():
+        return {}
+    images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in RASTER_SUFFIXES}
+    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in RASTER_SUFFIXES}
+    lonely = sorted(set(images) ^ set(masks))
+    if lonely:
+        side = "mask" if lonely[0] in images else "image"
+        raise LabelError(
+            f"{len(lonely)} chip(s) in {str(folder)!r} lack a partner, e.g. {lonely[0]!r} has no "
+            f"{side}; every images/NAME.tif needs masks/NAME.tif (same name)."
+        )
+    return {name: (images[name], masks[name]) for name in sorted(images)}
+
+
+def read_classes(chips_dir: str | os.PathLike[str]) -> tuple[str, ...]:
+    """Class names of a chips directory: ``chips.json``, mask tags, else the default three."""
+    chips_dir = Path(chips_dir)
+    meta = chips_dir / CHIPS_META
+    if meta.exists():
+        classes = json.loads(meta.read_text()).get("classes")
+        if classes:
+            return tuple(str(c) for c in classes)
+    return DEFAULT_CLASSES
+
+
+def find_chips(
+    chips_dir: str | os.PathLike[str], *, val_fraction: float = 0.2, seed: int = 0
+) -> list[ChipRecord]:
+    """List the chip pairs of ``chips_dir`` with their split.
+
+    The split comes from ``split.csv`` if present, else from ``train/`` and ``val/``
+    subfolders, else a seeded random ``val_fraction`` of the chips.
+
+    Raises
+    ------
+    LabelError : no pairs, unpaired files, or a split file naming missing chips.
+    """
+    chips_dir = Path(chips_dir)
+    if not chips_dir.is_dir():
+        raise LabelError(f"chips directory {str(chips_dir)!r} does not exist; run geounet chips.")
+    records: list[ChipRecord] = []
+    if (chips_dir / "train").is_dir() and not (chips_dir / "images").is_dir():
+        for split in ("train", "val"):
+            for name, (image, mask) in _pairs(chips_dir / split).items():
+                records.append(ChipRecord(name, image, mask, split))
+    else:
+        pairs = _pairs(chips_dir)
+        split_file = chips_dir / SPLIT_FILE
+        if split_file.exists() and pairs:
+            with open(split_file, newline="") as fh:
+                split = {row["name"]: row["split"] for row in csv.DictReader(fh)}
+            missing = sorted(set(pairs) - set(split))
+            if missing:
+                raise LabelError(
+                    f"{SPLIT_FILE} in {str(chips_dir)!r} does not list {len(missing)} chip(s), "
+                    f"e.g. {missing[0]!r}; regenerate it with geounet chips or delete it."
+                )
+            bad = sorted({v for v in split.values()} - {"train", "val"})
+            if bad:
+                raise LabelError(f"{SPLIT_FILE} has split values {bad}; use train or val.")
+            records = [ChipRecord(n, i, m, split[n]) for n, (i, m) in pairs.items()]
+        else:
+            names = list(pairs)
+            rng = np.random.default_rng(seed)
+            n_val = int(round(len(names) * val_fraction))
+            if val_fraction > 0 and len(names) > 1:
+                n_val = min(max(n_val, 1), len(names) - 1)
+            val = {names[i] for i in rng.permutation(len(names))[:n_val]}
+            records = [ChipRecord(n, i, m, "val" if n in val else "train")
+                       for n, (i, m) in pairs.items()]
+    if not records:
+        raise LabelError(
+            f"no chip pairs in {str(chips_dir)!r}; expected images/NAME.tif + masks/NAME.tif "
+            "(or train/ and val/ with those) as written by geounet chips."
+        )
+    if not any(r.split == "train" for r in records):
+        raise LabelError(f"no training chips in {str(chips_dir)!r} (all are val); fix the split.")
+    return records
+
+
+def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
+    """Read every chip once: check pairs and classes; stats from the training chips.
+
+    Raises
+    ------
+    LabelError : chips and masks that differ in size, mixed band counts or dtypes, mask
+        values outside ``0..num_classes-1`` (255 allowed), or no labelled pixel.
+    """
+    import rasterio
+
+    count = dtype = None
+    total = np.zeros(0)
+    sums = sumsq = None
+    lo, hi = np.inf, -np.inf
+    pixel_size: float | None = None
+    max_size = 0
+    class_pixels = np.zeros(num_classes, dtype=np.int64)
+    for rec in records:
+        with rasterio.open(rec.image) as img, rasterio.open(rec.mask) as msk:
+            if (img.height, img.width) != (msk.height, msk.width):
+                raise LabelError(
+                    f"chip {rec.name!r}: image is {img.height}x{img.width} px but its mask is "
+                    f"{msk.height}x{msk.width}; image and mask must be the same size."
+                )
+            if count is None:
+                count, dtype = img.count, img.dtypes[0]
+                sums, sumsq = np.zeros(count), np.zeros(count)
+                total = np.zeros(1)
+                if img.crs is not None and img.crs.is_projected:
+                    pixel_size = float(abs(img.transform.a))
+            elif (img.count, img.dtypes[0]) != (count, dtype):
+                raise LabelError(
+                    f"chip {rec.name!r} has {img.count} band(s) of {img.dtypes[0]} but earlier "
+                    f"chips have {count} of {dtype}; all chips must come from alike scenes."
+                )
+            max_size = max(max_size, img.height, img.width)
+            mask = msk.read(1)
+            labelled = mask != NODATA
+            values = np.unique(mask[labelled])
+            if values.size and values.max() >= num_classes:
+                raise LabelError(
+                    f"mask of chip {rec.name!r} holds class {int(values.max())} but the model "
+                    f"has {num_classes} classes (0..{num_classes - 1}, 255 nodata); fix the "
+                    "masks or give the class names (chips.json) that match them."
+                )
+            if rec.split != "train":
+                continue
+            class_pixels += np.bincount(mask[labelled], minlength=num_classes)[:num_classes]
+            image = img.read().astype(np.float64)
+            pixels = image[:, labelled]
+            if pixels.size:
+                sums += pixels.sum(axis=1)
+                sumsq += (pixels**2).sum(axis=1)
+                total += pixels.shape[1]
+                lo, hi = min(lo, float(pixels.min())), max(hi, float(pixels.max()))
+    if total.size == 0 or total[0] == 0:
+        raise LabelError("the training chips have no labelled pixel; check the masks.")
+    mean = sums / total[0]
+    std = np.sqrt(np.maximum(sumsq / total[0] - mean**2, 0.0))
+    std = np.where(std > 1e-6, std, 1.0)
+    return ChipStats(int(count), str(dtype), tuple(float(m) for m in mean),
+                     tuple(float(s) for s in std), (float(lo), float(hi)), pixel_size,
+                     int(max_size), tuple(int(c) for c in class_pixels))
+
+
+@dataclass(frozen=True)
+class SampleSpec:
+    """How chips become model samples.
+
+    Attributes
+    ----------
+    input_size : model input side (tile).
+    output_size : model output side; the labelled window trained on per sample.
+    offset : input pixel under output pixel 0 (the valid net's halo; 0 for same padding).
+    """
+
+    input_size: int
+    output_size: int
+    offset: int
+
+
+def _windows(height: int, width: int, size: int) -> list[tuple[int, int]]:
+    ys = list(range(0, max(1, height - size + 1), size))
+    xs = list(range(0, max(1, width - size + 1), size))
+    if height > size and ys[-1] + size < height:
+        ys.append(height - size)
+    if width > size and xs[-1] + size < width:
+        xs.append(width - size)
+    return [(y, x) for y in ys for x in xs]
+
+
+class ChipDataset:
+    """A map-style dataset (torch ``Dataset`` protocol) of padded chip samples.
+
+    Each item is ``(image float32 (C, I, I), target int64 (O, O), weights float32 (O, O))``:
+    the chip (or a crop of at most ``O`` px) sits at the output's top-left, the image is
+    mirror-padded around it to the model input, the target is 255 outside the chip.
+    Training items take a random crop and random augmentations, seeded by
+    ``(seed, epoch, index)``; validation items walk a fixed grid of crops.
+    """
+
+    def __init__(
+        self,
+        records: Sequence[ChipRecord],
+        spec: SampleSpec,
+        *,
+        mean: Sequence[float],
+        std: Sequence[float],
+        num_classes: int,
+        train: bool,
+        class_weights: Sequence[float] | None = None,
+        border_weight: float = 0.0,
+        border_sigma: float = 5.0,
+        border_class: int | None = 1,
+        elastic: bool = False,
+        brightness: float = 0.1,
+        contrast: float = 0.1,
+        seed: int = 0,
+    ) -> None:
+        self.records = list(records)
+        self.spec = spec
+        self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
+        self.std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
+        self.num_classes = num_classes
+        self.train = train
+        weights = np.ones(num_classes, np.float32) if class_weights is None else class_weights
+        self.class_weights = np.append(np.asarray(weights, np.float32), 0.0)
+        self.border_weight = border_weight
+        self.border_sigma = border_sigma
+        self.border_class = border_class
+        self.elastic = elastic
+        self.brightness = brightness
+        self.contrast = contrast
+        self.seed = seed
+        self.epoch = 0
+        if train:
+            self.items = [(i, -1, -1) for i in range(len(self.records))]
+        else:
+            self.items = []
+            for i, rec in enumerate(self.records):
+                height, width = _shape(rec.mask)
+                self.items.extend((i, y, x) for y, x in
+                                  _windows(height, width, spec.output_size))
+
+    def set_epoch(self, epoch: int) -> None:
+        """Reseed the augmentations for ``epoch`` (call before iterating)."""
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __getitem__(self, index: int) -> tuple[Any, Any, Any]:
+        import rasterio
+        import torch
+
+        from geounet.training.augment import dihedral, elastic, jitter
+
+        chip, y0, x0 = self.items[index]
+        rec = self.records[chip]
+        rng = np.random.default_rng((self.seed, self.epoch, index))
+        size = self.spec.output_size
+        with rasterio.open(rec.image) as img, rasterio.open(rec.mask) as msk:
+            height, width = img.height, img.width
+            if y0 < 0:
+                y0 = int(rng.integers(0, max(0, height - size) + 1))
+                x0 = int(rng.integers(0, max(0, width - size) + 1))
+            from rasterio.windows import Window
+
+            window = Window(x0, y0, min(size, width - x0), min(size, height - y0))
+            image = img.read(window=window).astype(np.float32)
+            mask = msk.read(1, window=window)
+        if mask.size and (mask[mask != NODATA].max(initial=0) >= self.num_classes):
+            raise LabelError(
+                f"mask of chip {rec.name!r} holds a class >= {self.num_classes}; the model has "
+                f"{self.num_classes} classes. Fix the masks or the class names."
+            )
+        if self.train:
+            image, mask = dihedral(image, mask, int(rng.integers(8)))
+            if self.elastic:
+                image, mask = elastic(image, mask, rng)
+        image = (image - self.mean) / self.std
+        if self.train and (self.brightness > 0 or self.contrast > 0):
+            image = jitter(image, rng, brightness=self.brightness, contrast=self.contrast)
+        image[:, mask == NODATA] = 0.0
+        weights = self.class_weights[np.where(mask == NODATA, self.num_classes, mask)]
+        if self.border_weight > 0 and self.border_class is not None:
+            weights = weights + border_weights(mask, self.border_class, w0=self.border_weight,
+                                               sigma=self.border_sigma)
+        height, width = mask.shape
+        off, total = self.spec.offset, self.spec.input_size
+        image = np.pad(image, ((0, 0), (off, total - off - height), (off, total - off - width)),
+                       mode="symmetric" if min(height, width) < 2 else "reflect")
+        target = np.full((size, size), NODATA, dtype=np.int64)
+        target[:height, :width] = mask
+        wmap = np.zeros((size, size), dtype=np.float32)
+        wmap[:height, :width] = weights
+        return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                torch.from_numpy(target), torch.from_numpy(wmap))
+
+
+def border_weights(mask: np.ndarray, object_class: int, *, w0: float, sigma: float) -> np.ndarray:
+    """See :func:`geounet.training.losses.border_weights`."""
+    from geounet.training.losses import border_weights as _bw
+
+    return _bw(mask, object_class, w0=w0, sigma=sigma)
+
+
+def _shape(path: Path) -> tuple[int, int]:
+    import rasterio
+
+    with rasterio.open(path) as src:
+        return src.height, src.width
+
+
+def warn_if_unbalanced(stats: ChipStats, classes: Sequence[str]) -> None:
+    """Warn about classes with no training pixel (their IoU cannot be learned)."""
+    empty = [c for c, n in zip(classes, stats.class_pixels) if n == 0]
+    if empty:
+        warnings.warn(f"classes {empty} have no pixel in the training chips.", stacklevel=2)

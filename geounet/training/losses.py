@@ -1,0 +1,80 @@
+"""Losses: pixel-weighted cross-entropy plus soft Dice, and the U-Net border weight map."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+IGNORE = 255
+
+
+def border_weights(
+    mask: np.ndarray, object_class: int, *, w0: float = 10.0, sigma: float = 5.0
+) -> np.ndarray:
+    """U-Net border term ``w0 * exp(-(d1 + d2)^2 / (2 sigma^2))`` on non-object pixels.
+
+    ``d1``, ``d2`` are the distances (px) to the nearest and second-nearest object of class
+    ``object_class`` (4-connected components), so thin gaps between touching buildings weigh
+    most. Object pixels and chips with fewer than two objects get 0.
+
+    Examples
+    --------
+    >>> m = np.zeros((9, 9), np.uint8); m[2:7, 1:4] = 1; m[2:7, 5:8] = 1
+    >>> float(border_weights(m, 1)[4, 4]) > 9
+    True
+    """
+    from scipy.ndimage import distance_transform_edt, label
+
+    out = np.zeros(mask.shape, dtype=np.float32)
+    objects, n = label(mask == object_class)
+    if n < 2:
+        return out
+    d1 = np.full(mask.shape, np.inf, dtype=np.float32)
+    d2 = np.full(mask.shape, np.inf, dtype=np.float32)
+    for i in range(1, n + 1):
+        d = distance_transform_edt(objects != i).astype(np.float32)
+        d2 = np.minimum(d2, np.maximum(d1, d))
+        d1 = np.minimum(d1, d)
+    term = w0 * np.exp(-((d1 + d2) ** 2) / (2.0 * sigma**2))
+    background = (objects == 0) & (mask != IGNORE)
+    out[background] = term[background]
+    return out
+
+
+def segmentation_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    weights: torch.Tensor,
+    *,
+    dice_weight: float = 1.0,
+) -> torch.Tensor:
+    """Weighted cross-entropy + ``dice_weight`` x (1 - soft Dice), on labelled pixels only.
+
+    Parameters
+    ----------
+    logits : (N, K, H, W) raw scores.
+    target : (N, H, W) int64 class indices, 255 = ignore.
+    weights : (N, H, W) per-pixel weights (class weight + border term), 0 where ignored.
+
+    Cross-entropy is ``sum(w * ce) / sum(labelled)``; Dice is averaged over the classes
+    present in the batch's target or prediction.
+    """
+    logits = logits.float()
+    valid = target != IGNORE
+    safe = torch.where(valid, target, torch.zeros_like(target))
+    ce = F.cross_entropy(logits, safe, reduction="none")
+    n_valid = valid.sum().clamp_min(1)
+    loss = (ce * weights * valid).sum() / n_valid
+    if dice_weight > 0:
+        probs = logits.softmax(dim=1)
+        k = logits.shape[1]
+        onehot = F.one_hot(safe, k).permute(0, 3, 1, 2).to(probs.dtype)
+        v = valid.unsqueeze(1).to(probs.dtype)
+        inter = (probs * onehot * v).sum(dim=(0, 2, 3))
+        sums = (probs * v).sum(dim=(0, 2, 3)) + (onehot * v).sum(dim=(0, 2, 3))
+        present = sums > 0
+        dice = (2 * inter + 1.0) / (sums + 1.0)
+        if present.any():
+            loss = loss + dice_weight * (1.0 - dice[present].mean())
+    return loss
