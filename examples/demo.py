@@ -22,6 +22,9 @@ def main() -> None:
     out = Path("demo-out")
     out.mkdir(exist_ok=True)
     run("info")
+    # a synthetic 2048 x 2048 scene (0.5 m, UTM 33N) with ground truth:
+    # demo-out/scene.tif, truth.gpkg (buildings, roads), truth_mask.tif, synth.json
+    run("synth", str(out), "--size", "2048", "--seed", "0", "--overwrite")
 
 
 if __name__ == "__main__":
