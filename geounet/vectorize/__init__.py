@@ -39,7 +39,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 DEFAULT_CHUNK_SIZE = 2048
-"""Window side when the prediction's own chunking is not usable (GeoTIFF blocks, tiny chunks)."""
+"""Window side for GeoTIFF input (a Zarr store is read in its own chunks)."""
 DEFAULT_CUT_SIZE = 8192
 """Side of the scene-anchored cut grid: no object extends across its lines (bounded memory)."""
 DEFAULT_MIN_AREA: dict[str, float] = {"buildings": 4.0, "roads": 20.0}
@@ -317,8 +317,8 @@ def vectorize(
         spur_m = DEFAULT_SPUR_LENGTH if spur_length is None else float(spur_length)
         pixel_m = reader.pixel_size_m()
         if chunk_size is None:
-            store_chunk = reader.chunk_shape if Path(reader.path).is_dir() else (0, 0)
-            chunk_size = int(min(store_chunk)) if min(store_chunk) >= 256 else DEFAULT_CHUNK_SIZE
+            is_store = Path(reader.path).is_dir()
+            chunk_size = int(min(reader.chunk_shape)) if is_store else DEFAULT_CHUNK_SIZE
         measure = _Measure(reader.crs_wkt)
         a, b, c, d, e, f = reader.transform
 
