@@ -1,0 +1,42 @@
+"""``geounet evaluate``: score a prediction against ground truth and print a table."""
+
+from __future__ import annotations
+
+import click
+
+from geounet.cli import options
+
+
+@click.command()
+@click.argument("pred", type=click.Path(exists=True))
+@click.argument("truth", type=click.Path(exists=True))
+@click.option("--classes", default=None,
+              help="Comma-separated class names in index order. Default: from the inputs, "
+                   "else background,buildings,roads.")
+@click.option("--iou-threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
+              show_default=True, help="IoU a predicted building needs to match a true one.")
+@click.option("--centerline-tolerance", type=click.FloatRange(0.0), default=2.0,
+              show_default=True, help="Metres within which road centerlines count as matching.")
+@click.option("--line-width", type=click.FloatRange(0.0, min_open=True), default=None,
+              help="Metres; width of vector road lines without a 'width' attribute.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,
+              help="Also write the scores as JSON to this file.")
+@options.overwrite
+def evaluate(pred: str, truth: str, classes: str | None, iou_threshold: float,
+             centerline_tolerance: float, line_width: float | None, json_path: str | None,
+             overwrite: bool) -> None:
+    """Score PRED against TRUTH: pixel precision/recall/IoU/F1 per class, building object F1
+    (IoU matching) and road centerline precision/recall.
+
+    PRED and TRUTH are class-mask GeoTIFFs, geounet COGs (band 1), geounet Zarr stores, or a
+    GeoPackage with `buildings` polygons and `roads` lines (burnt onto the raster's grid).
+    Pixels that are nodata (255) on either side are left out.
+    """
+    from geounet.evaluate import evaluate as run_evaluate
+
+    names = tuple(c.strip() for c in classes.split(",")) if classes else None
+    report = run_evaluate(pred, truth, classes=names, iou_threshold=iou_threshold,
+                          centerline_tolerance=centerline_tolerance, line_width=line_width)
+    click.echo(report.format_table())
+    if json_path:
+        report.to_json(json_path, overwrite=overwrite)

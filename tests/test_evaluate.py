@@ -1,0 +1,168 @@
+"""evaluate(): hand-made cases with known answers, chunking, vector truth, Zarr predictions, CLI."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import geopandas as gpd
+import numpy as np
+import pytest
+import rasterio
+from click.testing import CliRunner
+from rasterio.transform import from_origin
+from shapely.geometry import LineString, box
+
+from geounet.cli.main import cli
+from geounet.errors import GeoreferenceError, InputError
+from geounet.evaluate import evaluate, match_objects
+
+CRS = "EPSG:32633"
+TRANSFORM = from_origin(500_000.0, 5_000_000.0, 0.5, 0.5)  # 0.5 m pixels
+
+
+def write_mask(path: Path, mask: np.ndarray, transform=TRANSFORM) -> Path:
+    with rasterio.open(path, "w", driver="GTiff", height=mask.shape[0], width=mask.shape[1],
+                       count=1, dtype="uint8", crs=CRS, transform=transform, nodata=255) as dst:
+        dst.write(mask.astype(np.uint8), 1)
+    return path
+
+
+def scene_truth() -> np.ndarray:
+    """200 x 200: 9 buildings of 10 x 10 px, one vertical road 6 px wide (3 m)."""
+    mask = np.zeros((200, 200), np.uint8)
+    for y in (20, 80, 140):
+        for x in (20, 60, 150):
+            mask[y:y + 10, x:x + 10] = 1
+    mask[:, 100:106] = 2
+    return mask
+
+
+def test_perfect_prediction_scores_one(tmp_path):
+    truth = write_mask(tmp_path / "t.tif", scene_truth())
+    report = evaluate(truth, truth)
+    for s in report.pixel:
+        assert s.iou == 1.0 and s.f1 == 1.0 and s.precision == 1.0 and s.recall == 1.0
+    assert report.objects.f1 == 1.0 and report.objects.tp == 9
+    assert report.centerline.precision == 1.0 and report.centerline.recall == 1.0
+
+
+def test_empty_prediction_has_zero_recall(tmp_path):
+    truth = write_mask(tmp_path / "t.tif", scene_truth())
+    pred = write_mask(tmp_path / "p.tif", np.zeros((200, 200)))
+    report = evaluate(pred, truth)
+    assert report.score("buildings").recall == 0.0 and report.score("roads").recall == 0.0
+    assert report.score("buildings").iou == 0.0
+    assert math.isnan(report.score("buildings").precision)  # nothing predicted
+    assert (report.objects.tp, report.objects.fn) == (0, 9)
+    assert report.centerline.recall == 0.0 and report.centerline.true_total > 150
+
+
+@pytest.mark.parametrize("shift, iou, matched", [(2, 80 / 120, 9), (6, 40 / 160, 0)])
+def test_shifted_buildings_give_known_iou(tmp_path, shift, iou, matched):
+    truth = scene_truth()
+    truth[truth == 2] = 0
+    pred = np.roll(truth, shift, axis=1)
+    report = evaluate(write_mask(tmp_path / "p.tif", pred), write_mask(tmp_path / "t.tif", truth))
+    assert report.score("buildings").iou == pytest.approx(iou)
+    assert report.objects.tp == matched
+    assert report.objects.f1 == pytest.approx(matched / 9)
+
+
+@pytest.mark.parametrize("shift, expected", [(2, 1.0), (10, 0.0)])
+def test_road_centerline_tolerance(tmp_path, shift, expected):
+    truth = scene_truth()
+    pred = truth.copy()
+    pred[pred == 2] = 0
+    pred[:, 100 + shift:106 + shift] = 2  # 1 m or 5 m to the side; tolerance 2 m
+    report = evaluate(write_mask(tmp_path / "p.tif", pred), write_mask(tmp_path / "t.tif", truth),
+                      centerline_tolerance=2.0)
+    assert report.centerline.precision == pytest.approx(expected, abs=0.02)
+    assert report.centerline.recall == pytest.approx(expected, abs=0.02)
+
+
+def test_partial_prediction_and_nodata(tmp_path):
+    truth = scene_truth()
+    pred = truth.copy()
+    pred[:100] = 0  # top half missed
+    truth_nd = truth.copy()
+    truth_nd[150:, :] = 255
+    pred[150:, :] = 1  # garbage under nodata must not count
+    report = evaluate(write_mask(tmp_path / "p.tif", pred),
+                      write_mask(tmp_path / "t.tif", truth_nd))
+    b = report.score("buildings")
+    # buildings in rows 20-29, 80-89 missed (6); rows 140-149 found (3); rows >= 150 ignored
+    assert (b.tp, b.fp, b.fn) == (300, 0, 600)
+    r = report.score("roads")
+    assert (r.tp, r.fn) == (50 * 6, 100 * 6)
+    assert sum(map(sum, report.confusion)) == 150 * 200
+
+
+def test_chunked_equals_whole(tmp_path):
+    rng = np.random.default_rng(0)
+    truth = scene_truth()
+    pred = truth.copy()
+    flip = rng.random(truth.shape) < 0.02
+    pred[flip] = rng.integers(0, 3, flip.sum())
+    # a big building crossing window seams
+    pred[60:130, 60:130] = 1
+    truth[62:128, 62:126] = 1
+    p, t = write_mask(tmp_path / "p.tif", pred), write_mask(tmp_path / "t.tif", truth)
+    whole = evaluate(p, t, window_size=2048)
+    parts = evaluate(p, t, window_size=64)
+    assert parts.confusion == whole.confusion
+    assert parts.objects == whole.objects
+    c1, c2 = whole.centerline, parts.centerline
+    assert abs(c1.precision - c2.precision) < 0.02 and abs(c1.recall - c2.recall) < 0.02
+
+
+def test_vector_truth_and_zarr_prediction(tmp_path):
+    from geounet.output import create_store
+
+    mask = scene_truth()
+    gpkg = tmp_path / "truth.gpkg"
+    x0, y0 = TRANSFORM.c, TRANSFORM.f
+    boxes = [box(x0 + x * 0.5, y0 - (y + 10) * 0.5, x0 + (x + 10) * 0.5, y0 - y * 0.5)
+             for y in (20, 80, 140) for x in (20, 60, 150)]
+    gpd.GeoDataFrame(geometry=boxes, crs=CRS).to_crs("EPSG:4326").to_file(gpkg, layer="buildings")
+    road = LineString([(x0 + 51.5, y0 + 10), (x0 + 51.5, y0 - 110)])  # centre of cols 100-105
+    gpd.GeoDataFrame({"width": [3.0]}, geometry=[road], crs=CRS).to_file(gpkg, layer="roads")
+    store = tmp_path / "pred.zarr"
+    create_store(store, height=200, width=200, classes=("background", "buildings", "roads"),
+                 chunk_size=64, crs_wkt=rasterio.crs.CRS.from_string(CRS).to_wkt(),
+                 transform=tuple(TRANSFORM)[:6])
+    import zarr
+
+    zarr.open_group(str(store), mode="r+")["mask"][:] = mask
+    report = evaluate(store, gpkg)
+    assert report.score("buildings").iou > 0.95  # 4326 round trip moves edges < 1 px
+    assert report.score("roads").iou == 1.0
+    assert report.objects.tp == 9 and report.objects.fp == 0
+    # the same through the CLI, with JSON
+    out = tmp_path / "r.json"
+    result = CliRunner().invoke(cli, ["evaluate", str(store), str(gpkg), "--json", str(out)])
+    assert result.exit_code == 0, result.output
+    assert "buildings" in result.output and "IoU" in result.output
+    data = json.loads(out.read_text())
+    assert data["pixel"]["roads"]["iou"] == 1.0 and data["objects"]["tp"] == 9
+
+
+def test_grid_mismatch_and_bad_values(tmp_path):
+    t = write_mask(tmp_path / "t.tif", scene_truth())
+    other = write_mask(tmp_path / "o.tif", scene_truth(), from_origin(500_010.0, 5e6, 0.5, 0.5))
+    with pytest.raises(GeoreferenceError, match="grid"):
+        evaluate(other, t)
+    odd = scene_truth()
+    odd[0, 0] = 9
+    with pytest.raises(InputError, match="class 9"):
+        evaluate(write_mask(tmp_path / "x.tif", odd), t)
+    result = CliRunner().invoke(cli, ["evaluate", str(other), str(t)])
+    assert result.exit_code == 1 and "Error:" in result.output and "Traceback" not in result.output
+
+
+def test_match_objects_is_one_to_one():
+    truth = [box(0, 0, 10, 10)]
+    pred = [box(0, 0, 10, 10), box(0, 0, 10, 9)]
+    scores = match_objects(pred, truth, 0.5)
+    assert (scores.tp, scores.fp, scores.fn) == (1, 1, 0)
