@@ -474,7 +474,7 @@ def _plan_buildings(
     cx_grid = np.arange(-offset[0], width_m + cell, cell)
     cy_grid = np.arange(-offset[1], height_m + cell, cell)
     cx, cy = (a.ravel() + cell / 2 for a in np.meshgrid(cx_grid, cy_grid))
-    density = 0.68 + 0.32 * np.tanh(_smooth_at(rng, cx + cell, cy + cell, 350.0))
+    density = 0.74 + 0.3 * np.tanh(_smooth_at(rng, cx + cell, cy + cell, 350.0))
     angle_field = _smooth_at(rng, cx + cell, cy + cell, 500.0) * 0.6
     n = cx.size
     keep = rng.random(n) < density
