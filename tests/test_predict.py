@@ -1,0 +1,279 @@
+"""Tests for geounet.predict: exact tiled inference, blending, nodata, runner, precision."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+import torch
+
+from geounet.errors import DeviceError, InputError
+from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
+from geounet.predict import (
+    ModelRunner,
+    classify,
+    clear_runner_cache,
+    configure_threads,
+    get_runner,
+    measure_seam_error,
+    predict_array,
+    predict_chunk,
+    predict_tiled,
+    resolve_device,
+    resolve_precision,
+    runner_load_count,
+)
+from geounet.raster import open_scene, read_window
+from geounet.tiling import plan_tiles
+
+CLASSES = ("background", "buildings", "roads")
+
+
+def make_runner(
+    depth: int = 2,
+    padding: str = "valid",
+    base: int = 4,
+    dtype: str = "uint8",
+    seed: int = 0,
+    precision: str = "fp32",
+) -> ModelRunner:
+    config = UNetConfig(depth=depth, base_channels=base, padding=padding)  # type: ignore[arg-type]
+    torch.manual_seed(seed)
+    model = UNet(config)
+    top = 255.0 if dtype == "uint8" else 4095.0
+    card = ModelCard(
+        architecture=config,
+        bands=(1, 2, 3),
+        mean=(0.45 * top, 0.5 * top, 0.55 * top),
+        std=(0.2 * top, 0.25 * top, 0.3 * top),
+        classes=CLASSES,
+        pixel_size=0.5,
+        dtype=dtype,
+        value_range=(0.0, top),
+    )
+    return ModelRunner(model, card, device="cpu", precision=precision)  # type: ignore[arg-type]
+
+
+def _whole(path: Path, runner: ModelRunner) -> tuple[np.ndarray, np.ndarray]:
+    info = open_scene(path)
+    pixels, valid = read_window(info, 0, 0, info.height, info.width, bands=runner.card.bands)
+    return predict_array(pixels, runner, valid), valid
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_valid_tiling_is_exact(make_scene: Callable[..., Path], depth: int) -> None:
+    """DESIGN invariant 2: tiled output == whole-scene inference on the mirrored scene."""
+    path = make_scene(301, 257)
+    runner = make_runner(depth=depth)
+    whole, _ = _whole(path, runner)
+    info = open_scene(path)
+    a = runner.config.alignment
+    for chunk_size in (4 * a, 8 * a, 16 * a):
+        grid = plan_tiles(runner.config, info.height, info.width, chunk_size=chunk_size)
+        probs, valid = predict_tiled(info, grid, runner)
+        assert valid.all() and probs.dtype == np.float32
+        np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+        np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+
+
+def test_valid_tiling_independent_of_chunk_and_batch(make_scene: Callable[..., Path]) -> None:
+    """DESIGN invariant 1 with one tile grid: chunk size and batch size change nothing."""
+    path = make_scene(150, 131)
+    runner = make_runner(depth=2)
+    info = open_scene(path)
+    cfg = runner.config
+    outs = []
+    for chunk_size, batch in [(32, 1), (64, 3), (96, 2), (256, 4)]:
+        grid = plan_tiles(cfg, info.height, info.width, chunk_size=chunk_size, tile_size=72)
+        outs.append(predict_tiled(info, grid, runner, batch_size=batch)[0])
+    for out in outs[1:]:
+        np.testing.assert_allclose(out, outs[0], atol=1e-6, rtol=0)
+
+
+def test_same_padding_blend_independent_of_chunk_size(make_scene: Callable[..., Path]) -> None:
+    """DESIGN invariant 1/3: blended same-padding output does not depend on chunk size."""
+    path = make_scene(301, 257)
+    runner = make_runner(depth=2, padding="same")
+    info = open_scene(path)
+    outs = []
+    for chunk_size in (96, 160, 320):
+        grid = plan_tiles(runner.config, info.height, info.width, chunk_size=chunk_size,
+                          tile_size=128)
+        probs, valid = predict_tiled(info, grid, runner)
+        assert valid.all()
+        np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+        outs.append(probs)
+    for out in outs[1:]:
+        np.testing.assert_allclose(out, outs[0], atol=1e-6, rtol=0)
+
+
+def test_same_padding_seam_error_is_measured(make_scene: Callable[..., Path]) -> None:
+    path = make_scene(200, 190)
+    runner = make_runner(depth=2, padding="same")
+    info = open_scene(path)
+    grid = plan_tiles(runner.config, info.height, info.width, chunk_size=128, tile_size=128)
+    hann = measure_seam_error(info, grid, runner, window="hann")
+    uniform = measure_seam_error(info, grid, runner, window="uniform")
+    assert 0 < hann.max_abs_diff < 0.1 and hann.class_agreement > 0.99
+    # the taper is what removes seams: a flat window is clearly worse
+    assert hann.mean_abs_diff < 0.5 * uniform.mean_abs_diff
+    # a valid-padding net has no seam at all
+    valid_runner = make_runner(depth=2)
+    vgrid = plan_tiles(valid_runner.config, info.height, info.width, chunk_size=64)
+    assert measure_seam_error(info, vgrid, valid_runner).max_abs_diff < 1e-5
+
+
+def test_nodata_is_invalid_and_probability_zero(make_scene: Callable[..., Path]) -> None:
+    path = make_scene(140, 150, nodata=0, nodata_border=9)
+    runner = make_runner(depth=2)
+    info = open_scene(path)
+    grid = plan_tiles(runner.config, info.height, info.width, chunk_size=64)
+    probs, valid = predict_tiled(info, grid, runner)
+    assert not valid[:9].any() and not valid[:, -9:].any() and valid[9:-9, 9:-9].all()
+    assert (probs[:, ~valid] == 0).all()
+    whole, _ = _whole(path, runner)
+    np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+    mask = classify(probs, valid=valid)
+    assert (mask[~valid] == 255).all() and (mask[valid] < 3).all()
+
+
+def test_all_nodata_chunk_skips_model(tmp_path: Path) -> None:
+    import rasterio
+
+    data = np.full((3, 100, 100), 120, np.uint8)
+    data[:, :64, :64] = 0  # chunk (0, 0) is entirely nodata
+    path = tmp_path / "holes.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=100, width=100, count=3,
+                       dtype="uint8", nodata=0) as dst:
+        dst.write(data)
+    runner = make_runner(depth=2)
+    info = open_scene(path)
+    grid = plan_tiles(runner.config, 100, 100, chunk_size=64)
+    before = runner.calls
+    assert predict_chunk(info, grid.chunk(0, 0), grid, runner) is None
+    assert runner.calls == before
+    result = predict_chunk(info, grid.chunk(0, 1), grid, runner)
+    assert result is not None and runner.calls > before
+
+
+def test_uint16_normalization_from_card(make_scene: Callable[..., Path]) -> None:
+    path = make_scene(80, 90, dtype="uint16")
+    runner = make_runner(depth=2, dtype="uint16")
+    info = open_scene(path)
+    pixels, valid = read_window(info, 0, 0, 80, 90)
+    x = runner.normalize(pixels, valid)
+    want = (pixels.astype(np.float64) - np.array(runner.card.mean)[:, None, None]) / np.array(
+        runner.card.std
+    )[:, None, None]
+    np.testing.assert_allclose(x, want, rtol=1e-5, atol=1e-5)
+    assert x.dtype == np.float32
+    # not rescaled per tile: the same pixel gives the same input wherever it is
+    x2 = runner.normalize(pixels[:, :10, :10])
+    np.testing.assert_array_equal(x2, x[:, :10, :10])
+    with pytest.raises(InputError, match="bands"):
+        runner.normalize(pixels[:2])
+
+
+def test_get_runner_loads_once(tmp_path: Path) -> None:
+    runner = make_runner(depth=2)
+    path = save_checkpoint(tmp_path / "m.pt", runner.model.float(), runner.card)
+    clear_runner_cache()
+    start = runner_load_count()
+    first = get_runner(path, "cpu", "fp32")
+    for _ in range(3):
+        assert get_runner(path, "cpu", "fp32") is first
+    assert runner_load_count() == start + 1
+    other = get_runner(path, "cpu", "bf16")
+    assert other is not first and runner_load_count() == start + 2
+    assert other.precision == "bf16"
+    clear_runner_cache()
+
+
+def test_bf16_close_to_fp32(make_scene: Callable[..., Path]) -> None:
+    """bf16 autocast changes probabilities little on a small random net (max abs diff noted)."""
+    path = make_scene(96, 96)
+    fp32 = make_runner(depth=2, base=8, precision="fp32")
+    bf16 = ModelRunner(fp32.model, fp32.card, device="cpu", precision="bf16")
+    info = open_scene(path)
+    pixels, valid = read_window(info, 0, 0, 96, 96)
+    a = predict_array(pixels, fp32, valid)
+    b = predict_array(pixels, bf16, valid)
+    diff = float(np.abs(a - b).max())
+    assert 0 < diff < 0.05, diff
+    assert (a.argmax(0) == b.argmax(0)).mean() > 0.97
+
+
+def test_device_and_precision_resolution() -> None:
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(DeviceError, match="cuda:N"):
+        resolve_device("tpu")
+    if not torch.cuda.is_available():
+        with pytest.raises(DeviceError, match="no CUDA"):
+            resolve_device("cuda:0")
+    else:
+        with pytest.raises(DeviceError, match="does not exist"):
+            resolve_device(f"cuda:{torch.cuda.device_count()}")
+    cpu = torch.device("cpu")
+    assert resolve_precision("fp32", cpu) == "fp32"
+    assert resolve_precision("auto", cpu) in ("fp32", "bf16")
+    with pytest.raises(DeviceError, match="CUDA"):
+        resolve_precision("fp16", cpu)
+    with pytest.raises(InputError):
+        resolve_precision("int8", cpu)  # type: ignore[arg-type]
+
+
+def test_configure_threads_never_oversubscribes() -> None:
+    from geounet.predict import available_cores
+
+    old = torch.get_num_threads()
+    try:
+        cores = available_cores()
+        assert configure_threads(1, 1) == cores == torch.get_num_threads()
+        n = configure_threads(threads_per_worker=2, workers=1)
+        assert n == max(1, cores // 2) and n * 2 <= max(cores, 2)
+        assert configure_threads(threads_per_worker=4, workers=4) == 1
+    finally:
+        torch.set_num_threads(old)
+
+
+def test_classify_threshold_and_nodata() -> None:
+    p = np.array(
+        [
+            [[0.6, 0.2, 0.0]],
+            [[0.3, 0.1, 0.0]],
+            [[0.1, 0.7, 0.0]],
+        ],
+        np.float32,
+    )
+    assert classify(p).tolist() == [[0, 2, 255]]
+    assert classify(p, threshold=0.25).tolist() == [[1, 2, 255]]
+    assert classify(p, threshold=0.8).tolist() == [[0, 0, 255]]
+    as_uint8 = np.round(p * 255).astype(np.uint8)
+    assert classify(as_uint8, threshold=0.25).tolist() == [[1, 2, 255]]
+    assert classify(p).dtype == np.uint8
+    with pytest.raises(InputError):
+        classify(p, threshold=1.5)
+
+
+def test_grid_must_fit_model(make_scene: Callable[..., Path]) -> None:
+    runner = make_runner(depth=2)
+    info = open_scene(make_scene(64, 64))
+    wrong = plan_tiles(UNetConfig(depth=2, padding="same"), 64, 64, chunk_size=32, tile_size=96)
+    with pytest.raises(InputError, match="plan_tiles"):
+        predict_chunk(info, wrong.chunks()[0], wrong, runner)
+
+
+@pytest.mark.slow
+def test_valid_tiling_exact_on_issue_scene(make_scene: Callable[..., Path]) -> None:
+    """The issue's 2999 x 2111 case with a tiny depth-3 net and three chunk sizes."""
+    path = make_scene(2999, 2111)
+    runner = make_runner(depth=3, base=4)
+    whole, _ = _whole(path, runner)
+    info = open_scene(path)
+    for chunk_size in (256, 512, 1024):
+        grid = plan_tiles(runner.config, info.height, info.width, chunk_size=chunk_size)
+        probs, _ = predict_tiled(info, grid, runner)
+        np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
