@@ -277,3 +277,20 @@ def test_valid_tiling_exact_on_issue_scene(make_scene: Callable[..., Path]) -> N
         grid = plan_tiles(runner.config, info.height, info.width, chunk_size=chunk_size)
         probs, _ = predict_tiled(info, grid, runner)
         np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_cuda_runner_matches_cpu(make_scene: Callable[..., Path]) -> None:
+    """CUDA path (pinned memory, batching, autocast) gives the CPU probabilities."""
+    path = make_scene(150, 131)
+    cpu = make_runner(depth=2, base=8)
+    info = open_scene(path)
+    grid = plan_tiles(cpu.config, info.height, info.width, chunk_size=64, tile_size=72)
+    want = predict_tiled(info, grid, cpu)[0]
+    import copy
+
+    for precision, tol in (("fp32", 1e-2), ("auto", 0.06))  # fp32 may use TF32 convs:
+        gpu = ModelRunner(copy.deepcopy(cpu.model), cpu.card, device="cuda", precision=precision)
+        got = predict_tiled(info, grid, gpu, batch_size=8)[0]
+        assert np.abs(got - want).max() < tol
