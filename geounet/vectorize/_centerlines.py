@@ -59,7 +59,7 @@ def trace_centerlines(
     if not road.any():
         return []
     height, width = road.shape
-    skeleton = skeletonize(road)
+    skeleton = skeletonize(road, method="lee").astype(bool)
     p, q = _edges(skeleton)
     full_degree = np.bincount(np.concatenate([p, q]), minlength=height * width)
     y0, x0, y1, x1 = core
