@@ -214,6 +214,21 @@ class SynthResult:
     summary_path: Path
     summary: SynthSummary
 
+    def describe(self) -> list[str]:
+        """Human-readable lines about the written files (for the CLI and examples)."""
+        s = self.summary
+        fractions = ", ".join(
+            f"{name} {fraction:.1%}" for name, fraction in zip(CLASS_NAMES, s.class_fractions)
+        )
+        return [
+            f"scene      {self.scene_path}  ({s.height} x {s.width}, {s.band_count} bands, "
+            f"{s.dtype}, {s.crs}, {s.pixel_size} m)",
+            f"truth      {self.truth_path}  ({s.n_buildings} buildings, {s.n_roads} roads, "
+            f"{s.road_length_m / 1000:.1f} km)",
+            f"mask       {self.mask_path}  ({fractions}; nodata {s.nodata_fraction:.1%})",
+            f"summary    {self.summary_path}",
+        ]
+
 
 @dataclass(frozen=True)
 class ScenePlan:
@@ -335,7 +350,11 @@ def write_synthetic_scene(
             n_buildings=len(plan.buildings),
             n_roads=len(plan.roads),
             road_length_m=round(road_length, 1),
-            class_fractions=tuple(round(float(c) / max(valid, 1), 4) for c in counts[:3]),  # type: ignore[arg-type]
+            class_fractions=(
+                round(float(counts[0]) / max(valid, 1), 4),
+                round(float(counts[1]) / max(valid, 1), 4),
+                round(float(counts[2]) / max(valid, 1), 4),
+            ),
             nodata_fraction=round(float(counts[3]) / (config.height * config.width), 4),
         )
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
@@ -451,7 +470,9 @@ def _plan_roads(config: SynthConfig, rng: np.random.Generator) -> tuple[list, li
     return lines, widths, kinds
 
 
-def _smooth_at(rng: np.random.Generator, x: np.ndarray, y: np.ndarray, spacing: float) -> np.ndarray:
+def _smooth_at(
+    rng: np.random.Generator, x: np.ndarray, y: np.ndarray, spacing: float
+) -> np.ndarray:
     """A smooth random field (about unit std) evaluated at points (metres)."""
     from scipy.ndimage import map_coordinates
 
@@ -532,7 +553,10 @@ def _plan_buildings(
     footprints = shapely.normalize(shapely.simplify(footprints, 0.0))
 
     inside = (
-        (centre_x > -cell) & (centre_x < width_m + cell) & (centre_y > -cell) & (centre_y < height_m + cell)
+        (centre_x > -cell)
+        & (centre_x < width_m + cell)
+        & (centre_y > -cell)
+        & (centre_y < height_m + cell)
     )
     tree = shapely.STRtree(road_polygons_m)
     setback = np.where(lot, 2.0, 3.0)
@@ -706,7 +730,9 @@ def _sigmoid(x: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-x))
 
 
-def _rasterize(geoms: np.ndarray, values: np.ndarray, y0: int, x0: int, shape: tuple, dtype: str) -> np.ndarray:
+def _rasterize(
+    geoms: np.ndarray, values: np.ndarray, y0: int, x0: int, shape: tuple[int, int], dtype: str
+) -> np.ndarray:
     from affine import Affine
     from rasterio.features import rasterize
 

@@ -38,7 +38,8 @@ def _truth_masks(result) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     roads = gpd.read_file(result.truth_path, layer="roads")
     assert buildings.crs == crs and roads.crs == crs
     building = rasterize(buildings.geometry, out_shape=mask.shape, transform=transform)
-    road = rasterize(roads.geometry.buffer(roads["width"] / 2), out_shape=mask.shape, transform=transform)
+    road_areas = roads.geometry.buffer(roads["width"] / 2)
+    road = rasterize(road_areas, out_shape=mask.shape, transform=transform)
     return mask, building.astype(bool), road.astype(bool)
 
 
@@ -165,7 +166,9 @@ def test_single_pixel_threshold_cannot_solve_it(seed: int) -> None:
 
 def test_chunked_rendering_has_no_seams(tmp_path: Path) -> None:
     """Rendering in 256-px windows gives exactly the pixels of one whole-scene window."""
-    config = SynthConfig(height=300, width=520, seed=3, band_count=4, nodata_border=6, chunk_size=256)
+    config = SynthConfig(
+        height=300, width=520, seed=3, band_count=4, nodata_border=6, chunk_size=256
+    )
     whole_pixels, whole_mask = render_window(config, plan_scene(config), 0, 0, 300, 520)
     chunked = synthesize_scene(
         tmp_path / "chunked",

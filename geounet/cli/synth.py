@@ -71,10 +71,6 @@ def synth(
         crs=crs, pixel_size=pixel_size, nodata_border=nodata_border, chunk_size=chunk_size,
         overwrite=overwrite,
     )
-    s = result.summary
     if not (ctx.obj or {}).get("quiet"):
-        fractions = ", ".join(f"{n} {f:.1%}" for n, f in zip(("background", "buildings", "roads"), s.class_fractions))
-        click.echo(f"scene      {result.scene_path}  ({s.height} x {s.width}, {s.band_count} bands, {s.dtype}, {s.crs}, {s.pixel_size} m)")
-        click.echo(f"truth      {result.truth_path}  ({s.n_buildings} buildings, {s.n_roads} roads, {s.road_length_m / 1000:.1f} km)")
-        click.echo(f"mask       {result.mask_path}  ({fractions}; nodata {s.nodata_fraction:.1%})")
-        click.echo(f"summary    {result.summary_path}")
+        for line in result.describe():
+            click.echo(line)
