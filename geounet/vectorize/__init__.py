@@ -369,21 +369,40 @@ def vectorize(
                 )
                 for cls in wanted
             }
-            stats = _run_windows(
-                reader,
-                buffers,
-                chunk_size=chunk_size,
-                cut_size=cut_size,
-                road_value=reader.classes.index(ROAD_CLASS) if lines_wanted else None,
-                line_writer=(
-                    lambda coords: _write_lines(
-                        coords, writer, layers[CENTERLINE_LAYER], to_map, measure,
-                        tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
-                    )
-                ),
-                spur_px=spur_m / pixel_m,
-                progress=progress,
-            )
+            # Buildings (every class but roads) are never cut: they are small, so the objects
+            # waiting at the chunk frontier stay few. Only the scene-spanning road network is
+            # cut on the scene-anchored cut grid, which bounds the geometry held for it.
+            road_value = reader.classes.index(ROAD_CLASS) if ROAD_CLASS in wanted else None
+            passes = [
+                ({v: b for v, b in buffers.items() if v != road_value}, None, False),
+                ({v: b for v, b in buffers.items() if v == road_value}, cut_size, lines_wanted),
+            ]
+            passes = [(bufs, cut, lines) for bufs, cut, lines in passes if bufs]
+            plans = [_window_plans(reader.height, reader.width, chunk_size, cut) for _, cut, _ in passes]
+            total = sum(_count_windows(plan) for plan in plans)
+            stats = {"chunks": 0, "max_held": 0}
+            for (bufs, _, lines), plan in zip(passes, plans):
+                done_before = stats["chunks"]
+                part = _run_windows(
+                    reader,
+                    bufs,
+                    plans=plan,
+                    road_value=road_value if lines else None,
+                    line_writer=(
+                        lambda coords: _write_lines(
+                            coords, writer, layers[CENTERLINE_LAYER], to_map, measure,
+                            tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
+                        )
+                    ),
+                    spur_px=spur_m / pixel_m,
+                    progress=(
+                        None
+                        if progress is None
+                        else lambda done, _t, base=done_before: progress(base + done, total)
+                    ),
+                )
+                stats["chunks"] += part["chunks"]
+                stats["max_held"] = max(stats["max_held"], part["max_held"])
             for buffer in buffers.values():
                 buffer.flush()
             written = writer.commit()
@@ -395,7 +414,7 @@ def vectorize(
         counts=counts,
         seconds=seconds,
         pixels=reader.height * reader.width,
-        chunks=stats["chunks"],
+        chunks=_count_windows(_window_plans(reader.height, reader.width, chunk_size, None)),
         max_held=stats["max_held"],
         layers=tuple(layers.values()),
     )
@@ -426,30 +445,39 @@ def _write_lines(
     )
 
 
+def _window_plans(
+    height: int, width: int, chunk_size: int, cut_size: int | None
+) -> list[tuple[list[int], list[int]]]:
+    """Window breaks (ys, xs) for each cut cell, cells in row-major order."""
+    cell = cut_size or max(height, width)
+    plans = []
+    for cy in range(0, height, cell):
+        for cx in range(0, width, cell):
+            ys = _breaks(cy, min(cy + cell, height), chunk_size)
+            xs = _breaks(cx, min(cx + cell, width), chunk_size)
+            plans.append((ys, xs))
+    return plans
+
+
+def _count_windows(plans: list[tuple[list[int], list[int]]]) -> int:
+    return sum((len(ys) - 1) * (len(xs) - 1) for ys, xs in plans)
+
+
 def _run_windows(
     reader: PredictionReader,
     buffers: dict[int, _PolygonLayer],
     *,
-    chunk_size: int,
-    cut_size: int | None,
+    plans: list[tuple[list[int], list[int]]],
     road_value: int | None,
     line_writer: Callable[[list[np.ndarray]], None],
     spur_px: float,
     progress: Callable[[int, int], None] | None,
 ) -> dict[str, int]:
     """Walk cut cells in row-major order and, inside each, its windows in row-major order."""
-    height, width = reader.height, reader.width
-    cell = cut_size or max(height, width)
     values = np.array(sorted(buffers), dtype=np.uint8)
     lookup = np.zeros(256, dtype=np.uint8)
     lookup[values] = values  # everything else (background, other classes, nodata) -> 0
-    cells = [(cy, cx) for cy in range(0, height, cell) for cx in range(0, width, cell)]
-    plans = []
-    for cy, cx in cells:
-        ys = _breaks(cy, min(cy + cell, height), chunk_size)
-        xs = _breaks(cx, min(cx + cell, width), chunk_size)
-        plans.append((ys, xs))
-    total = sum((len(ys) - 1) * (len(xs) - 1) for ys, xs in plans)
+    total = _count_windows(plans)
     done = 0
     max_held = 0
 
