@@ -332,18 +332,31 @@ def read_window(
             f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
             f"({type(exc).__name__}: {exc}); the file is truncated or corrupt."
         ) from exc
+    pads = _simple_pads(y0 - halo, y0 + height + halo, info.height) + _simple_pads(
+        x0 - halo, x0 + width + halo, info.width
+    )
+    if pads == (0, 0, 0, 0):
+        return data, valid
+    if all(p >= 0 for p in pads):  # mirrors only pixels of the clipped read: np.pad is fastest
+        top, bottom, left, right = pads
+        data = np.pad(data, ((0, 0), (top, bottom), (left, right)), mode=MIRROR_MODE)
+        valid = np.pad(valid, ((top, bottom), (left, right)), mode=MIRROR_MODE)
+        return data, valid
     rows_local = rows - ry0
     cols_local = cols - rx0
-    inside = (
-        y0 - halo >= 0
-        and x0 - halo >= 0
-        and y0 + height + halo <= info.height
-        and x0 + width + halo <= info.width
-    )
-    if not inside:
-        data = data[:, rows_local[:, None], cols_local[None, :]]
-        valid = valid[rows_local[:, None], cols_local[None, :]]
+    data = np.take(np.take(data, rows_local, axis=1), cols_local, axis=2)
+    valid = np.take(np.take(valid, rows_local, axis=0), cols_local, axis=1)
     return data, valid
+
+
+def _simple_pads(start: int, stop: int, length: int) -> tuple[int, int]:
+    """``(before, after)`` mirror widths if ``np.pad`` of the clipped range gives the scene
+    mirror along one axis (pads no wider than the in-scene part), else ``(-1, -1)``."""
+    inside = min(stop, length) - max(start, 0)
+    before, after = max(0, -start), max(0, stop - length)
+    if inside <= 0 or before > inside or after > inside:
+        return (-1, -1)
+    return (before, after)
 
 
 def _read_valid(ds: Any, info: SceneInfo, data: np.ndarray, window: Any) -> np.ndarray:

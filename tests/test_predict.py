@@ -290,7 +290,8 @@ def test_cuda_runner_matches_cpu(make_scene: Callable[..., Path]) -> None:
     want = predict_tiled(info, grid, cpu)[0]
     import copy
 
-    for precision, tol in (("fp32", 1e-2), ("auto", 0.06))  # fp32 may use TF32 convs:
+    # fp32 on CUDA may use TF32 convolutions, hence the looser tolerance
+    for precision, tol in (("fp32", 1e-2), ("auto", 0.06)):
         gpu = ModelRunner(copy.deepcopy(cpu.model), cpu.card, device="cuda", precision=precision)
         got = predict_tiled(info, grid, gpu, batch_size=8)[0]
         assert np.abs(got - want).max() < tol
