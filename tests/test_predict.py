@@ -70,7 +70,7 @@ def test_valid_tiling_is_exact(make_scene: Callable[..., Path], depth: int) -> N
     whole, _ = _whole(path, runner)
     info = open_scene(path)
     a = runner.config.alignment
-    for chunk_size in (4 * a, 8 * a, 16 * a):
+    for chunk_size in (8 * a, 16 * a, 24 * a):
         grid = plan_tiles(runner.config, info.height, info.width, chunk_size=chunk_size)
         probs, valid = predict_tiled(info, grid, runner)
         assert valid.all() and probs.dtype == np.float32
