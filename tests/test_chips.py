@@ -143,3 +143,24 @@ def test_lines_without_width_need_line_width(make_scene, tmp_path):
         road_rows = np.nonzero((m.read(1) == 2).any(axis=1))[0]
     # 4 m wide at 0.5 m pixels, centred 30 m = 60 px below the top: rows 56..63
     assert road_rows.min() == 56 and road_rows.max() == 63
+
+
+def test_cli_chips(make_scene, tmp_path):
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+
+    scene = make_scene(257, 300)
+    labels = _labels(tmp_path / "labels.gpkg")
+    out = tmp_path / "chips"
+    args = ["chips", str(scene), str(labels), "--out", str(out), "--chip-size", "64",
+            "--split-block", "2"]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 0, result.output
+    assert "chips (" in result.output
+    with rasterio.open(next((out / "masks").glob("*.tif"))) as m:
+        assert m.crs.to_string() == CRS and m.dtypes[0] == "uint8"
+    again = CliRunner().invoke(cli, args)
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    bad = CliRunner().invoke(cli, args[:-2] + ["--class-layer", "nolayer", "--overwrite"])
+    assert bad.exit_code == 2 and "CLASS=LAYER" in bad.output

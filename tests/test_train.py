@@ -20,7 +20,7 @@ from geounet.training.dataset import ChipDataset, SampleSpec, find_chips
 from geounet.training.losses import border_weights, segmentation_loss
 from geounet.training.loop import TrainConfig, train
 
-TINY = dict(depth=2, base_channels=8, batch_size=4, lr=3e-3, patience=None)
+TINY = dict(depth=2, base_channels=8, batch_size=4, lr=3e-3, patience=None, batch_norm=False)
 
 
 @pytest.fixture(scope="module")
@@ -46,9 +46,9 @@ def test_short_run_learns_and_writes_card(chips, tmp_path):
     # validation loss falls and road IoU rises well above the all-background baseline (0):
     # roads cover ~19% of the scene, so a model that only learnt "background" scores 0 and a
     # random guess scores about 0.19 / (1 + 0.19 * 2) ~ 0.14 at best.
-    assert last.val_loss < 0.8 * first.val_loss
+    assert last.val_loss < 0.85 * first.val_loss
     roads = result.classes.index("roads")
-    assert last.iou[roads] > 0.3
+    assert last.iou[roads] > 0.4
     assert last.iou[0] > 0.6
     _, card = load_checkpoint(result.best_path)
     assert card.classes == ("background", "buildings", "roads")
@@ -178,3 +178,25 @@ def test_loss_ignores_unlabelled_pixels():
     b = segmentation_loss(logits[..., :4], target[..., :4], weights[..., :4])
     torch.testing.assert_close(a, b)
     assert not torch.isclose(a, base)
+
+
+def test_cli_train_and_resume(small_chips, tmp_path):
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+
+    out = tmp_path / "m.pt"
+    base = ["train", str(small_chips), "--out", str(out), "--depth", "2", "--base-channels",
+            "4", "--batch-size", "4"]
+    result = CliRunner().invoke(cli, base + ["--epochs", "1"])
+    assert result.exit_code == 0, result.output
+    assert "epoch 1/1" in result.output and out.exists()
+    more = CliRunner().invoke(cli, base + ["--epochs", "2", "--resume",
+                                           str(tmp_path / "m.last.pt")])
+    assert more.exit_code == 0, more.output
+    assert "epoch 2/2" in more.output and "epoch 1/2" not in more.output
+    bad = tmp_path / "bad.pt"
+    bad.write_bytes(b"garbage")
+    failed = CliRunner().invoke(cli, base + ["--epochs", "3", "--resume", str(bad)])
+    assert failed.exit_code == 1 and "Error:" in failed.output
+    assert "Traceback" not in failed.output

@@ -53,7 +53,7 @@ class TrainConfig:
     depth: int = 4
     base_channels: int = 16
     padding: Padding = "valid"
-    batch_norm: bool = True
+    batch_norm: bool = False
     epochs: int = 50
     batch_size: int = 8
     lr: float = 1e-3

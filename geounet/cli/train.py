@@ -1,0 +1,94 @@
+"""``geounet train``: train the U-Net on labelled chips."""
+
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+import click
+
+from geounet.cli import options
+from geounet.config import Padding, Precision, choices
+
+
+def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of numbers; use e.g. 1,2,2.", param=param
+        ) from None
+
+
+@click.command()
+@click.argument("chips_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--out", type=click.Path(dir_okay=False), required=True,
+              help="Best checkpoint (.pt); *.last.pt, *.log.csv and *.curves.png go next to it.")
+@click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Continue from a checkpoint's epoch and optimizer state (usually *.last.pt).")
+@click.option("--depth", type=int, default=4, show_default=True, callback=options._positive)
+@click.option("--base-channels", type=int, default=16, show_default=True,
+              callback=options._positive, help="Channels at level 0 (doubled per level).")
+@click.option("--padding", type=click.Choice(choices(Padding)), default="valid",
+              show_default=True)
+@click.option("--batch-norm/--no-batch-norm", default=False, show_default=True)
+@click.option("--epochs", type=int, default=50, show_default=True, callback=options._positive)
+@click.option("--batch-size", type=int, default=8, show_default=True,
+              callback=options._positive, help="Chips per training step.")
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1e-3,
+              show_default=True, help="Adam learning rate.")
+@click.option("--chip-size", type=int, default=None, callback=options._positive,
+              help="Labelled window per sample (default: the largest chip).")
+@options.tile_size
+@click.option("--class-weights", callback=_weights, default=None,
+              help="Cross-entropy weight per class, e.g. 1,2,2.")
+@click.option("--border-weight", type=click.FloatRange(0.0), default=0.0, show_default=True,
+              help="U-Net border weight w0 between touching buildings (paper: 10; 0 = off).")
+@click.option("--border-sigma", type=click.FloatRange(0.0, min_open=True), default=5.0,
+              show_default=True, help="Border weight sigma in pixels.")
+@click.option("--elastic", is_flag=True, default=False, help="Elastic deformation augmentation.")
+@click.option("--patience", type=int, default=10, show_default=True, callback=options._positive,
+              help="Stop after this many epochs without validation improvement.")
+@click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.2,
+              show_default=True, help="Held-out share when the chips have no split.")
+@options.seed
+@options.device
+@click.option("--precision", type=click.Choice(choices(Precision)), default="auto",
+              show_default=True,
+              help="auto: mixed precision on CUDA, fp32 on CPU; bf16 autocast also on CPU.")
+@click.option("--workers", type=int, default=None,
+              help="DataLoader worker processes (default 0 on CPU, 4 on CUDA).")
+@options.overwrite
+@click.pass_context
+def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
+          overwrite: bool, **kwargs: Any) -> None:
+    """Train the U-Net on CHIPS_DIR (images/ + masks/ GeoTIFF pairs, e.g. from geounet chips)."""
+    from geounet.training.loop import TrainConfig
+    from geounet.training.loop import train as run_train
+
+    config = TrainConfig(**kwargs)
+    quiet = bool((ctx.find_root().obj or {}).get("quiet", False))
+    draw = sys.stderr.isatty() and not quiet
+
+    def progress(event: Any) -> None:
+        if event.record is not None:
+            r = event.record
+            if draw:
+                click.echo("\r" + " " * 70 + "\r", nl=False, err=True)
+            if not quiet:
+                click.echo(f"epoch {r.epoch}/{event.epochs}  train loss {r.train_loss:.4f}  "
+                           f"val loss {r.val_loss:.4f}  mean IoU {r.mean_iou:.3f}  "
+                           f"{r.chips_per_s:.1f} chips/s")
+        elif draw:
+            filled = int(30 * event.step / max(event.steps, 1))
+            click.echo(f"\repoch {event.epoch} [{'#' * filled}{'-' * (30 - filled)}] "
+                       f"{event.step}/{event.steps} loss {event.loss:.4f}", nl=False, err=True)
+
+    result = run_train(chips_dir, out, config=config, resume=resume, overwrite=overwrite,
+                       progress=progress)
+    best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
+    click.echo(f"best epoch {result.best_epoch} (val loss {best.val_loss:.4f}, mean IoU "
+               f"{best.mean_iou:.3f}) -> {result.best_path}"
+               + ("  (stopped early)" if result.stopped_early else ""))
