@@ -1,0 +1,10 @@
+"""Training: labelled chips, datasets and augmentation, losses, the training loop and metrics."""
+
+from __future__ import annotations
+
+from geounet.training.chips import ChipSummary, make_chips
+from geounet.training.loop import TrainConfig, TrainResult, train
+from geounet.training.metrics import ClassScores, ConfusionMatrix
+
+__all__ = ["ChipSummary", "ClassScores", "ConfusionMatrix", "TrainConfig", "TrainResult",
+           "make_chips", "train"]
