@@ -170,8 +170,6 @@ def common_way(scene: Path, model: Path, tile: int, overlap: int) -> None:
 
 
 def run_geounet(scene: Path, out: Path, model: Path, **kwargs: Any) -> Any:
-    # geounet.pipeline.predict, not geounet.predict: once the engine module geounet/predict.py
-    # is imported, the package attribute `geounet.predict` is that module.
     from geounet.pipeline import predict
 
     return predict(scene, out, model=model, overwrite=True, **kwargs)
@@ -179,7 +177,7 @@ def run_geounet(scene: Path, out: Path, model: Path, **kwargs: Any) -> Any:
 
 def cmd_efficiency(args: argparse.Namespace, work: Path) -> None:
     """End-to-end predict throughput vs a bare model forward over the same tiles."""
-    from geounet.predict import get_runner
+    from geounet.inference import get_runner
     from geounet.tiling import plan_tiles
 
     scene = write_big_scene(work / "scene.tif", args.size)
@@ -270,7 +268,7 @@ def cmd_overlap(args: argparse.Namespace, work: Path) -> None:
 
 def cmd_seam(args: argparse.Namespace, work: Path) -> None:
     """Seam error of blended same-padding tiles vs whole-scene inference, at default overlap."""
-    from geounet.predict import get_runner, measure_seam_error
+    from geounet.inference import get_runner, measure_seam_error
     from geounet.raster import open_scene
     from geounet.tiling import plan_tiles
 

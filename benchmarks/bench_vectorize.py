@@ -1,4 +1,4 @@
-"""Benchmark geounet.vectorize: throughput (MP/s, polygons/s) and peak RSS on synthetic masks.
+"""Benchmark geounet.vectorization: throughput (MP/s, polygons/s) and peak RSS on synthetic masks.
 
 A deterministic building + road class mask (roads: a grid plus diagonals, 10-14 px wide;
 buildings: one 12-30 px rectangle in most cells of a 48 px lattice) is written window by
@@ -61,7 +61,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
 
-    from geounet.vectorize import vectorize
+    from geounet.vectorization import vectorize
 
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         mask = Path(tmp) / "mask.tif"

@@ -19,7 +19,7 @@ _PUBLIC = {
     "save_checkpoint": "geounet.model",
     "predict": "geounet.pipeline",
     "segment": "geounet.pipeline",
-    "vectorize": "geounet.vectorize",
+    "vectorize": "geounet.vectorization",
     "make_chips": "geounet.training.chips",
     "train": "geounet.training.loop",
     "evaluate": "geounet.evaluate",

@@ -130,7 +130,7 @@ def _get_runner(spec: RunnerSpec) -> Any:
     """The worker's cached runner; with ``bands`` a view of it reading other scene bands."""
     import copy
 
-    from geounet.predict import get_runner
+    from geounet.inference import get_runner
 
     runner = get_runner(spec.model, spec.device, spec.precision)
     if spec.bands is None or tuple(spec.bands) == tuple(runner.card.bands):
@@ -158,7 +158,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     (``get_runner`` caches it).
     """
     from geounet import output
-    from geounet.predict import classify, predict_chunk
+    from geounet.inference import classify, predict_chunk
 
     start = time.perf_counter()
     chunk = task.chunk
@@ -491,7 +491,7 @@ def segment(
     raster_out : also keep the prediction raster here (``.zarr`` or ``.tif``); default: the
         prediction goes to a temporary store that is deleted at the end.
     overwrite : replace existing outputs.
-    vectorize_options : keyword arguments for :func:`geounet.vectorize.vectorize`.
+    vectorize_options : keyword arguments for :func:`geounet.vectorization.vectorize`.
     **predict_options : keyword arguments of :func:`predict` (model, chunk_size, ...).
 
     Examples
@@ -514,7 +514,8 @@ def segment(
             "replace it, or choose another path."
         )
     fmt = output.check_output(raster_out, overwrite=overwrite) if raster_out is not None else None
-    vectorize = _vectorizer()
+    from geounet.vectorization import vectorize
+
     keep = {k: predict_options.pop(k) for k in ("resume", "client", "workers", "progress",
                                                 "batch_size") if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
@@ -550,13 +551,3 @@ def segment(
     log.debug("segment: %s", result.summary())
     return result
 
-
-def _vectorizer() -> Callable[..., Any]:
-    try:
-        from geounet.vectorize import vectorize
-    except ImportError as exc:
-        raise InputError(
-            "segment needs geounet.vectorize, which this build of geounet lacks; run "
-            "`geounet predict` to get the prediction raster instead."
-        ) from exc
-    return vectorize

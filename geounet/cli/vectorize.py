@@ -52,7 +52,7 @@ def vectorize(ctx: click.Context, pred: str, out: str, **kwargs: Any) -> None:
 
     Objects crossing chunk seams are merged exactly; road centerlines stay connected.
     """
-    from geounet.vectorize import vectorize as run
+    from geounet.vectorization import vectorize as run
 
     result = run(pred, out, **kwargs)
     for layer, count in result.counts.items():

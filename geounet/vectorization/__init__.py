@@ -16,11 +16,11 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
-from geounet.vectorize._centerlines import trace_centerlines
-from geounet.vectorize._polygons import SeamMerger
-from geounet.vectorize._regularize import regularize_polygon
-from geounet.vectorize._source import DEFAULT_CLASSES, PredictionReader
-from geounet.vectorize._writer import SUFFIXES, FeatureWriter, LayerSpec, VectorFormat, layer_paths
+from geounet.vectorization._centerlines import trace_centerlines
+from geounet.vectorization._polygons import SeamMerger
+from geounet.vectorization._regularize import regularize_polygon
+from geounet.vectorization._source import DEFAULT_CLASSES, PredictionReader
+from geounet.vectorization._writer import SUFFIXES, FeatureWriter, LayerSpec, VectorFormat, layer_paths
 
 __all__ = [
     "CENTERLINE_HALO",

@@ -1,4 +1,4 @@
-"""Tests for geounet.predict: exact tiled inference, blending, nodata, runner, precision."""
+"""Tests for geounet.inference: exact tiled inference, blending, nodata, runner, precision."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from geounet.errors import DeviceError, InputError
 from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
-from geounet.predict import (
+from geounet.inference import (
     ModelRunner,
     classify,
     clear_runner_cache,
@@ -226,7 +226,7 @@ def test_device_and_precision_resolution() -> None:
 
 
 def test_configure_threads_never_oversubscribes() -> None:
-    from geounet.predict import available_cores
+    from geounet.inference import available_cores
 
     old = torch.get_num_threads()
     try:

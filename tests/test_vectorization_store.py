@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from geounet.vectorize import vectorize
+from geounet.vectorization import vectorize
 
-from test_vectorize import TRANSFORM, assert_same_polygons, blob_mask, read, reference
+from test_vectorization import TRANSFORM, assert_same_polygons, blob_mask, read, reference
 
 output = pytest.importorskip("geounet.output")
 

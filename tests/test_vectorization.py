@@ -1,4 +1,4 @@
-"""Tests for geounet.vectorize: seam-free polygons, areas, CRS, regularize, centerlines, formats."""
+"""Tests for geounet.vectorization: seam-free polygons, areas, CRS, regularize, centerlines, formats."""
 
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ from shapely import affinity
 from shapely.geometry import Polygon, box, shape
 
 from geounet.errors import GeoreferenceError, InputError, OutputExistsError, UnsupportedFormatError
-from geounet.vectorize import vectorize
+from geounet.vectorization import vectorize
 
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500_000.0, 5_000_000.0, 0.5, 0.5)
