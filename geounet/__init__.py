@@ -22,7 +22,7 @@ _PUBLIC = {
     "vectorize": "geounet.vectorization",
     "make_chips": "geounet.training.chips",
     "train": "geounet.training.loop",
-    "evaluate": "geounet.evaluate",
+    "evaluate": "geounet.evaluation",
 }
 
 __all__ = ["__version__", *_PUBLIC]

@@ -32,7 +32,7 @@ def evaluate(pred: str, truth: str, classes: str | None, iou_threshold: float,
     GeoPackage with `buildings` polygons and `roads` lines (burnt onto the raster's grid).
     Pixels that are nodata (255) on either side are left out.
     """
-    from geounet.evaluate import evaluate as run_evaluate
+    from geounet.evaluation import evaluate as run_evaluate
 
     names = tuple(c.strip() for c in classes.split(",")) if classes else None
     report = run_evaluate(pred, truth, classes=names, iou_threshold=iou_threshold,

@@ -1,6 +1,6 @@
 """Cut a scene and vector labels into georeferenced training chips with a spatially blocked split.
 
-Also home of the label rasterizer shared with :mod:`geounet.evaluate`: polygons are burnt as
+Also home of the label rasterizer shared with :mod:`geounet.evaluation`: polygons are burnt as
 they are, lines are buffered by their ``width`` attribute (metres) or ``line_width``.
 """
 

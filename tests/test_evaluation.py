@@ -16,7 +16,7 @@ from shapely.geometry import LineString, box
 
 from geounet.cli.main import cli
 from geounet.errors import GeoreferenceError, InputError
-from geounet.evaluate import evaluate, match_objects
+from geounet.evaluation import evaluate, match_objects
 
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500_000.0, 5_000_000.0, 0.5, 0.5)  # 0.5 m pixels
