@@ -64,7 +64,7 @@ def test_chip_masks_match_rasterized_labels(make_scene, tmp_path, chip_size):
                     rasterio.open(tmp_path / "chips" / "masks" / f"{name}.tif") as msk:
                 assert img.crs == src.crs and msk.crs == src.crs
                 assert img.transform == msk.transform
-                col, row = ~src.transform * (img.transform.c, img.transform.f)
+                col, row = ~src.transform @ (img.transform.c, img.transform.f)
                 y0, x0 = int(round(row)), int(round(col))
                 np.testing.assert_array_equal(
                     img.read(), full[:, y0:y0 + img.height, x0:x0 + img.width])
