@@ -15,6 +15,7 @@ Examples
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import logging
 import os
@@ -27,8 +28,9 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, weight_window
+from geounet.cluster import available_cores
 from geounet.config import BlendWindow, Precision, choices
-from geounet.errors import CheckpointError, DeviceError, InputError
+from geounet.errors import DeviceError, InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
 from geounet.tiling import ChunkWindow, TileGrid
 
@@ -119,14 +121,6 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
             stacklevel=3,
         )
     return str(precision)
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (affinity-aware)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except AttributeError:  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
@@ -260,38 +254,56 @@ def clear_runner_cache() -> None:
         _RUNNERS.clear()
 
 
-def _default_model_path() -> Path:
-    folder = Path(__file__).parent / "weights"
-    found = sorted(folder.glob("*.pt")) if folder.is_dir() else []
-    if not found:
-        raise CheckpointError(
-            f"no model given and no bundled weights in {folder}; give a checkpoint with "
-            f"--model PATH (train one with `geounet train`)."
+BUILTIN_MODEL = Path(__file__).parent / "weights" / "builtin.pt"
+"""The checkpoint used when no model is given (made by ``examples/make_model.py``)."""
+
+
+def default_model_path() -> Path:
+    """The built-in model's checkpoint: what ``model=None`` (no ``--model``) uses.
+
+    Raises
+    ------
+    InputError
+        This installation has no built-in model.
+    """
+    if not BUILTIN_MODEL.is_file():
+        raise InputError(
+            "no model given and this geounet has no built-in model "
+            f"(geounet/weights/{BUILTIN_MODEL.name}); pass a checkpoint with --model PATH "
+            "(model=PATH), e.g. one written by `geounet train`."
         )
-    return found[0]
+    return BUILTIN_MODEL
+
+
+_default_model_path = default_model_path  # older private name, kept for callers of it
 
 
 def get_runner(
     model_path: str | os.PathLike[str] | None,
     device: str = "auto",
     precision: Precision = "auto",
+    bands: tuple[int, ...] | None = None,
 ) -> ModelRunner:
     """The process-wide runner for a checkpoint, loaded on first use and reused (invariant 9).
 
     Parameters
     ----------
-    model_path : a geounet checkpoint; None uses the bundled weights.
+    model_path : a geounet checkpoint; None uses the built-in model (:func:`default_model_path`).
     device, precision : see :class:`ModelRunner`.
+    bands : 1-based scene bands to read instead of the model card's (same count). Runners
+        for other bands share the one loaded model.
 
     Examples
     --------
     >>> r1 = get_runner("model.pt", "cpu", "fp32")  # doctest: +SKIP
     >>> r1 is get_runner("model.pt", "cpu", "fp32")  # doctest: +SKIP
     True
+    >>> get_runner("model.pt", "cpu", "fp32", bands=(3, 2, 1)).model is r1.model  # doctest: +SKIP
+    True
     """
     from geounet.model import load_checkpoint
 
-    path = _default_model_path() if model_path is None else Path(model_path)
+    path = default_model_path() if model_path is None else Path(model_path)
     try:
         stat = path.stat()
         stamp: Any = (stat.st_mtime_ns, stat.st_size)
@@ -306,7 +318,16 @@ def get_runner(
             _LOADS["count"] += 1
             _RUNNERS[key] = runner
             log.info("loaded %s as %r", path, runner)
-        return runner
+        if bands is None or tuple(bands) == tuple(runner.card.bands):
+            return runner
+        band_key = (*key, tuple(int(b) for b in bands))
+        view = _RUNNERS.get(band_key)
+        if view is None:  # the same loaded model; only the card's band list differs
+            card = dataclasses.replace(runner.card, bands=band_key[-1])
+            view = ModelRunner(runner.model, card, device=str(runner.device),
+                               precision=runner.precision)  # type: ignore[arg-type]
+            _RUNNERS[band_key] = view
+        return view
 
 
 # ---- chunk inference --------------------------------------------------------------------

@@ -191,6 +191,9 @@ def create_store(
     spec = StoreSpec(str(path), probability_dtype)
     a, b, c, d, e, f = _pixel_transform(transform)
     num_classes = len(classes)
+    # Zarr chunks never larger than the array (zarr allocates whole chunks when writing);
+    # the chunk grid still starts at multiples of chunk_size, as the tasks' regions do.
+    chunk_y, chunk_x = min(chunk_size, height), min(chunk_size, width)
     group = zarr.open_group(str(path), mode="w-", zarr_format=3)
     group.attrs["geounet"] = {
         "classes": list(classes),
@@ -205,7 +208,7 @@ def create_store(
     group.create_array(
         "probabilities",
         shape=(num_classes, height, width),
-        chunks=(num_classes, chunk_size, chunk_size),
+        chunks=(num_classes, chunk_y, chunk_x),
         dtype=probability_dtype,
         fill_value=0,
         dimension_names=("class", "y", "x"),
@@ -215,7 +218,7 @@ def create_store(
     group.create_array(
         "mask",
         shape=(height, width),
-        chunks=(chunk_size, chunk_size),
+        chunks=(chunk_y, chunk_x),
         dtype="uint8",
         fill_value=NODATA_CLASS,
         dimension_names=("y", "x"),

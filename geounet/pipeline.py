@@ -9,20 +9,22 @@ batch size and worker count, never by scene size.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import inspect
 import logging
 import os
 import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
 
-from geounet.cluster import SchedulerLike
+from geounet.cluster import LocalScheduler, SchedulerLike
 from geounet.config import Precision, ProbabilityDtype, choices
 from geounet.errors import (
-    DeviceError,
     GeoreferenceError,
+    GeounetError,
     InputError,
     OutputExistsError,
     TileSizeError,
@@ -123,27 +125,6 @@ class Plan:
 # --------------------------------------------------------------------------------------
 
 
-_BAND_RUNNERS: dict[tuple[int, tuple[int, ...]], Any] = {}
-
-
-def _get_runner(spec: RunnerSpec) -> Any:
-    """The worker's cached runner; with ``bands`` a view of it reading other scene bands."""
-    import copy
-
-    from geounet.inference import get_runner
-
-    runner = get_runner(spec.model, spec.device, spec.precision)
-    if spec.bands is None or tuple(spec.bands) == tuple(runner.card.bands):
-        return runner
-    key = (id(runner), tuple(spec.bands))
-    view = _BAND_RUNNERS.get(key)
-    if view is None:  # shares the loaded model; only the card's band list differs
-        view = copy.copy(runner)
-        view.card = dataclasses.replace(runner.card, bands=tuple(spec.bands))
-        _BAND_RUNNERS[key] = view
-    return view
-
-
 def _batch_size(runner: Any, batch_size: int | None) -> int:
     if batch_size is not None:
         return batch_size
@@ -158,11 +139,12 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     (``get_runner`` caches it).
     """
     from geounet import output
-    from geounet.inference import classify, predict_chunk
+    from geounet.inference import classify, get_runner, predict_chunk
 
     start = time.perf_counter()
     chunk = task.chunk
-    runner = _get_runner(task.runner)
+    spec = task.runner
+    runner = get_runner(spec.model, spec.device, spec.precision, spec.bands)
     result = predict_chunk(task.info, chunk, task.grid, runner,
                            batch_size=_batch_size(runner, task.batch_size))
     pixels = int(chunk.height * chunk.width)
@@ -183,31 +165,18 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
 # --------------------------------------------------------------------------------------
 
 
-def _builtin_model() -> Path:
-    weights = Path(__file__).parent / "weights"
-    found = sorted(weights.glob("*.pt")) if weights.is_dir() else []
-    if not found:
-        raise InputError(
-            "no model given and this geounet has no built-in model yet; pass a checkpoint "
-            "with model=PATH (--model PATH), e.g. one written by `geounet train`."
-        )
-    return found[0]
+def runs_here(client: SchedulerLike) -> bool:
+    """Whether tasks run on this machine (local cluster or in-process), not a remote scheduler."""
+    return client is None or (isinstance(client, str) and client in get_args(LocalScheduler))
 
 
-def _check_device(device: str) -> None:
-    if not (device in ("auto", "cpu", "cuda") or
-            (device.startswith("cuda:") and device[5:].isdigit())):
-        raise InputError(f"device {device!r} is not valid; use auto, cpu, cuda or cuda:N.")
-    if device.startswith("cuda"):
-        import torch
+def _check_device(device: str, precision: Precision) -> None:
+    """Raise DeviceError now, not in a task, when this machine cannot run ``device``/``precision``."""
+    from geounet.inference import resolve_device, resolve_precision
 
-        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-        index = int(device[5:]) if ":" in device else 0
-        if index >= count:
-            raise DeviceError(
-                f"device {device!r} is not available (torch sees {count} CUDA device(s)); "
-                "use --device cpu or auto, or run on a machine with a GPU."
-            )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
+        resolve_precision(precision, resolve_device(device))
 
 
 def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -232,14 +201,19 @@ def plan_prediction(
     probability_dtype: ProbabilityDtype = "uint8",
     threshold: float | None = None,
     allow_no_crs: bool = False,
+    check_device: bool = True,
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward, no pixels read) and plan its grid.
+
+    ``check_device=False`` skips checking that this machine has the device (for a remote
+    scheduler whose workers have GPUs this machine lacks).
 
     Raises
     ------
     SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
     DeviceError, InputError
     """
+    from geounet.inference import default_model_path
     from geounet.model import load_checkpoint
     from geounet.raster import open_scene
     from geounet.tiling import plan_tiles
@@ -255,7 +229,8 @@ def plan_prediction(
         )
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
-    _check_device(device)
+    if check_device:
+        _check_device(device, precision)
     info = open_scene(str(scene))
     if info.crs_wkt is None:
         if not allow_no_crs:
@@ -269,7 +244,7 @@ def plan_prediction(
             UserWarning,
             stacklevel=3,
         )
-    model_path = Path(model) if model is not None else _builtin_model()
+    model_path = Path(model) if model is not None else default_model_path()
     _, card = load_checkpoint(model_path)
     if bands is not None:
         bands = tuple(int(b) for b in bands)
@@ -319,6 +294,21 @@ def _store_attrs(plan: Plan) -> dict[str, Any]:
     }
 
 
+@contextlib.contextmanager
+def _removed_on_user_error() -> Iterator[list[Path]]:
+    """Yield a list; the paths put in it are deleted if a :class:`GeounetError` (a bad input
+    found mid-run) ends the block. An interruption or crash keeps them for ``resume``."""
+    from geounet import output
+
+    made: list[Path] = []
+    try:
+        yield made
+    except GeounetError:
+        for path in made:
+            output.remove_path(path)
+        raise
+
+
 def _compute_store(
     plan: Plan,
     store_path: Path,
@@ -338,52 +328,59 @@ def _compute_store(
     from geounet.cluster import run_tasks, scheduler
 
     info = plan.info
-    if resume and output.check_resumable(store_path, plan.run):
-        spec = StoreSpec(str(store_path), probability_dtype)
-        log.info("resuming the interrupted run in %s", store_path)
-    else:
-        if store_path.exists():
-            log.info("discarding the partial store of an earlier run: %s", store_path)
-            output.remove_path(store_path)
-        spec = output.create_store(
-            store_path,
-            height=info.height,
-            width=info.width,
-            classes=plan.card.classes,
-            chunk_size=plan.chunk_size,
-            crs_wkt=info.crs_wkt,
-            transform=tuple(info.transform) if info.crs_wkt else None,
-            probability_dtype=probability_dtype,
-            attrs=_store_attrs(plan),
-            run=plan.run,
-        )
-    chunks = list(plan.grid.chunks())
-    done = output.done_chunks(store_path)
+    resuming = resume and output.check_resumable(store_path, plan.run)
+    chunks = plan.grid.chunks()
+    done = output.done_chunks(store_path) if resuming else {}
     todo = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in done]
     resumed = len(chunks) - len(todo)
     skipped = sum(1 for record in done.values() if record.get("skipped"))
     state = {"done": resumed, "pixels": sum(int(r.get("pixels", 0)) for r in done.values())}
-    if progress is not None:
-        progress(state["done"], len(chunks), state["pixels"])
-
-    def on_result(record: dict[str, Any]) -> None:
-        state["done"] += 1
-        state["pixels"] += int(record["pixels"])
+    log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
+    with contextlib.ExitStack() as stack:
+        made = stack.enter_context(_removed_on_user_error())  # exits after the scheduler closes
+        # reach the scheduler (or start the local cluster) before anything is written
+        on = stack.enter_context(
+            scheduler(client, workers=workers, device=plan.runner.device)
+        ) if todo else None
+        if resuming:
+            spec = StoreSpec(str(store_path), probability_dtype)
+            log.info("resuming the interrupted run in %s", store_path)
+        else:
+            if store_path.exists():
+                log.info("discarding the partial store of an earlier run: %s", store_path)
+                output.remove_path(store_path)
+            spec = output.create_store(
+                store_path,
+                height=info.height,
+                width=info.width,
+                classes=plan.card.classes,
+                chunk_size=plan.chunk_size,
+                crs_wkt=info.crs_wkt,
+                transform=tuple(info.transform) if info.crs_wkt else None,
+                probability_dtype=probability_dtype,
+                attrs=_store_attrs(plan),
+                run=plan.run,
+            )
+            made.append(store_path)  # a bad input found mid-run leaves nothing to resume
         if progress is not None:
             progress(state["done"], len(chunks), state["pixels"])
 
-    tasks = [
-        dask.delayed(run_chunk, pure=False)(
-            ChunkTask(info, chunk, plan.grid, plan.runner, spec, batch_size, threshold),
-            dask_key_name=f"geounet-chunk-{chunk.y0}-{chunk.x0}-{id(spec)}",
-        )
-        for chunk in todo
-    ]
-    log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
-    if tasks:
-        with scheduler(client, workers=workers, device=plan.runner.device) as on:
+        def on_result(record: dict[str, Any]) -> None:
+            state["done"] += 1
+            state["pixels"] += int(record["pixels"])
+            if progress is not None:
+                progress(state["done"], len(chunks), state["pixels"])
+
+        tasks = [
+            dask.delayed(run_chunk, pure=False)(
+                ChunkTask(info, chunk, plan.grid, plan.runner, spec, batch_size, threshold),
+                dask_key_name=f"geounet-chunk-{chunk.y0}-{chunk.x0}-{id(spec)}",
+            )
+            for chunk in todo
+        ]
+        if on is not None:
             records = run_tasks(tasks, on, workers=workers, on_result=on_result)
-        skipped += sum(1 for record in records if record.get("skipped"))
+            skipped += sum(1 for record in records if record.get("skipped"))
     return len(chunks), skipped, resumed
 
 
@@ -417,8 +414,9 @@ def predict(
     bands : 1-based scene bands fed to the model; default: the model card's.
     chunk_size : chunk core side (a multiple of ``2**depth``): the unit of scheduling, I/O and
         output writing, and the Zarr chunk side.
-    tile_size : model input side; default about 512 px of output per tile.
-    batch_size : tiles per model call; default chosen by the engine for the device.
+    tile_size : model input side; default: about 1024 px tile cores for valid-padding models,
+        512 px tiles for same-padding ones (:func:`geounet.tiling.default_tile_size`).
+    batch_size : tiles per model call; default 1 on CPU, 8 on CUDA.
     device, precision : where and how the model runs (``auto`` picks the fastest correct one).
     probability_dtype : ``uint8`` (``round(p * 255)``) or ``float32``.
     threshold : probability a class needs to win a pixel; default argmax.
@@ -447,7 +445,7 @@ def predict(
     plan = plan_prediction(
         scene, model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
         device=device, precision=precision, probability_dtype=probability_dtype,
-        threshold=threshold, allow_no_crs=allow_no_crs,
+        threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
     )
     out = Path(out)
     store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
@@ -455,11 +453,13 @@ def predict(
         plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
         batch_size=batch_size, resume=resume, client=client, workers=workers, progress=progress,
     )
-    output.finalize_store(store_path)
-    if fmt == "zarr":
-        output.replace_path(store_path, out)
-    else:
-        output.write_cog(store_path, out, overwrite=overwrite)
+    try:  # once finalized the store cannot be resumed: a failure from here on removes it
+        output.finalize_store(store_path)
+        if fmt == "zarr":
+            output.replace_path(store_path, out)
+        else:
+            output.write_cog(store_path, out, overwrite=overwrite)
+    finally:
         output.remove_path(store_path)
     result = PredictResult(
         out=out,
@@ -516,11 +516,28 @@ def segment(
     fmt = output.check_output(raster_out, overwrite=overwrite) if raster_out is not None else None
     from geounet.vectorization import vectorize
 
+    allowed = {name for name, param in inspect.signature(predict).parameters.items()
+               if param.kind is param.KEYWORD_ONLY} - {"overwrite"}
+    unknown = sorted(set(predict_options) - allowed)
+    if unknown:
+        raise InputError(
+            f"segment() got unknown option(s) {', '.join(unknown)}; give keywords of "
+            f"geounet.predict ({', '.join(sorted(allowed))}) or put vectorize keywords in "
+            "vectorize_options."
+        )
+    try:  # vectorize runs after the prediction: check its keywords before that work
+        inspect.signature(vectorize).bind(None, out_gpkg, overwrite=overwrite,
+                                          **(vectorize_options or {}))
+    except TypeError as exc:
+        raise InputError(
+            f"vectorize_options {vectorize_options!r} do not fit geounet.vectorize ({exc}); "
+            "use its keywords, e.g. min_area, simplify, regularize, fill_holes, centerlines."
+        ) from None
     keep = {k: predict_options.pop(k) for k in ("resume", "client", "workers", "progress",
                                                 "batch_size") if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
     threshold = predict_options.get("threshold")
-    plan = plan_prediction(scene, **predict_options)
+    plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
     anchor = Path(raster_out) if raster_out is not None else out_gpkg
     store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
     chunks, skipped, resumed = _compute_store(
@@ -528,17 +545,19 @@ def segment(
         batch_size=keep.get("batch_size"), resume=keep.get("resume", False),
         client=keep.get("client"), workers=keep.get("workers"), progress=keep.get("progress"),
     )
-    output.finalize_store(store_path)
-    vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
     extra: tuple[Path, ...] = ()
-    if raster_out is not None:
-        raster_out = Path(raster_out)
-        if fmt == "zarr":
-            output.replace_path(store_path, raster_out)
-        else:
-            output.write_cog(store_path, raster_out, overwrite=overwrite)
-        extra = (raster_out,)
-    output.remove_path(store_path)
+    try:  # once finalized the store cannot be resumed: a failure from here on removes it
+        output.finalize_store(store_path)
+        vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
+        if raster_out is not None:
+            raster_out = Path(raster_out)
+            if fmt == "zarr":
+                output.replace_path(store_path, raster_out)
+            else:
+                output.write_cog(store_path, raster_out, overwrite=overwrite)
+            extra = (raster_out,)
+    finally:
+        output.remove_path(store_path)
     result = PredictResult(
         out=out_gpkg,
         pixels=plan.info.height * plan.info.width,

@@ -147,8 +147,15 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
             f"scene {path!r} does not exist; check the path (relative paths are taken from "
             f"{os.getcwd()!r})."
         )
+    if not is_virtual and os.path.isdir(path):
+        raise SceneError(
+            f"scene {path!r} is a directory, not a raster file; give the path of a GeoTIFF, "
+            f"COG or VRT inside it."
+        )
     try:
         with _gdal_env(), rasterio.open(path) as ds:
+            if not is_virtual:
+                _check_complete(ds, path)
             flags = ds.mask_flag_enums
             has_mask = any(
                 MaskFlags.per_dataset in f or MaskFlags.alpha in f for f in flags
@@ -181,6 +188,31 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
         raise SceneError(f"scene {path!r} has no pixels ({info.shape}); give a non-empty raster.")
     log.debug("opened %s: %s", path, info)
     return info
+
+
+def _check_complete(ds: Any, path: str) -> None:
+    """Raise SceneError if a local GeoTIFF's blocks reach past the end of the file (truncated).
+
+    Reads only the TIFF block index (no pixels), so a cut-off download fails before any work
+    instead of in the middle of a run.
+    """
+    if ds.driver != "GTiff":
+        return
+    size = os.path.getsize(path)
+    rows, cols = ds.block_shapes[0]
+    n_rows, n_cols = -(-ds.height // rows), -(-ds.width // cols)
+    bands = range(1, ds.count + 1) if ds.interleaving and ds.interleaving.name == "band" else (1,)
+    for band in bands:
+        for row in range(n_rows):
+            for col in range(n_cols):
+                offset = ds.get_tag_item(f"BLOCK_OFFSET_{col}_{row}", "TIFF", bidx=band)
+                length = ds.get_tag_item(f"BLOCK_SIZE_{col}_{row}", "TIFF", bidx=band)
+                if offset and length and int(offset) + int(length) > size:
+                    raise SceneError(
+                        f"scene {path!r} is truncated: block ({row}, {col}) of band {band} "
+                        f"ends at byte {int(offset) + int(length)} but the file has {size} "
+                        f"bytes; re-download or re-export it."
+                    )
 
 
 def mirror_indices(start: int, stop: int, length: int) -> np.ndarray:

@@ -388,6 +388,7 @@ def plan_tiles(
         output of at least ``alignment`` pixels; the stride is the largest multiple of the
         alignment not above the output (the few extra output pixels are discarded).
         ``same``: a multiple of the alignment larger than ``2*halo``.
+        In both modes the tile core (stride) must not exceed ``chunk_size``.
     halo : ``same`` only: blending overlap per side (default ``config.halo``), a multiple of
         the alignment. In ``valid`` mode the halo is the model's and cannot be changed.
 
@@ -423,7 +424,14 @@ def plan_tiles(
                 f"tile size {tile_size} gives {out} output pixels, fewer than the alignment {a}; "
                 f"use a tile size of at least {smallest}."
             )
-        if chunk_size % stride and stride < chunk_size:
+        if stride > chunk_size:
+            raise TileSizeError(
+                f"tile size {tile_size} gives a {stride} px tile core, larger than the chunk "
+                f"size {chunk_size}: every chunk would compute the whole tile; use a tile size "
+                f"of at most {_valid_input_for_core(config, chunk_size)} or a chunk size of at "
+                f"least {stride}."
+            )
+        if chunk_size % stride:
             import warnings
 
             warnings.warn(
@@ -439,5 +447,12 @@ def plan_tiles(
         raise TileSizeError(
             f"tile size {tile_size} is not a multiple of {a} (2**depth for depth {config.depth}) "
             f"larger than 2 x halo {2 * halo} for a same-padding net; use {good}."
+        )
+    if tile_size - 2 * halo > chunk_size:
+        raise TileSizeError(
+            f"tile size {tile_size} gives a {tile_size - 2 * halo} px tile core (tile size - "
+            f"2 x halo {halo}), larger than the chunk size {chunk_size}: every chunk would "
+            f"compute the whole tile; use a tile size of at most {chunk_size + 2 * halo} or a "
+            f"chunk size of at least {tile_size - 2 * halo}."
         )
     return TileGrid(height, width, chunk_size, tile_size, halo, tile_size - 2 * halo, "same", a)

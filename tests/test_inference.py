@@ -191,6 +191,45 @@ def test_get_runner_loads_once(tmp_path: Path) -> None:
     clear_runner_cache()
 
 
+def test_get_runner_bands_share_the_loaded_model(tmp_path: Path,
+                                                make_scene: Callable[..., Path]) -> None:
+    """Other bands give a runner reading those bands from the one loaded model (no reload)."""
+    runner = make_runner(depth=2)
+    path = save_checkpoint(tmp_path / "m.pt", runner.model.float(), runner.card)
+    clear_runner_cache()
+    start = runner_load_count()
+    base = get_runner(path, "cpu", "fp32")
+    swapped = get_runner(path, "cpu", "fp32", bands=(3, 2, 1))
+    assert runner_load_count() == start + 1
+    assert swapped.model is base.model and swapped.card.bands == (3, 2, 1)
+    assert base.card.bands == (1, 2, 3)  # the cached base runner is not changed
+    assert get_runner(path, "cpu", "fp32", bands=(3, 2, 1)) is swapped
+    assert get_runner(path, "cpu", "fp32", bands=(1, 2, 3)) is base
+    info = open_scene(make_scene(40, 40))
+    grid = plan_tiles(base.config, 40, 40, chunk_size=64)
+    chunk = grid.chunks()[0]
+    a, _ = predict_chunk(info, chunk, grid, base)
+    b, _ = predict_chunk(info, chunk, grid, swapped)
+    assert not np.allclose(a, b)  # it really reads other bands
+    clear_runner_cache()
+
+
+def test_default_model_is_the_builtin_checkpoint(tmp_path: Path,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    from geounet import inference
+
+    monkeypatch.setattr(inference, "BUILTIN_MODEL", tmp_path / "weights" / "builtin.pt")
+    with pytest.raises(InputError, match="--model"):
+        inference.default_model_path()
+    runner = make_runner(depth=2)
+    (tmp_path / "weights").mkdir()
+    path = save_checkpoint(tmp_path / "weights" / "builtin.pt", runner.model.float(), runner.card)
+    assert inference.default_model_path() == path
+    clear_runner_cache()
+    assert get_runner(None, "cpu", "fp32").card == runner.card
+    clear_runner_cache()
+
+
 def test_bf16_close_to_fp32(make_scene: Callable[..., Path]) -> None:
     """bf16 autocast changes probabilities little on a small random net (max abs diff noted)."""
     path = make_scene(96, 96)

@@ -153,3 +153,16 @@ def test_replace_directory_keeps_new(tmp_path: Path) -> None:
     output.replace_path(new, old)
     assert (old / "new").exists() and not (old / "old").exists() and not new.exists()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["p.zarr"]
+
+
+def test_store_chunks_never_exceed_the_scene(tmp_path: Path) -> None:
+    """A chunk size far beyond the scene must not make zarr allocate chunk-sized buffers."""
+    import zarr
+
+    spec = output.create_store(tmp_path / "p.zarr", height=30, width=50, classes=CLASSES,
+                               chunk_size=1_000_000, crs_wkt=None, transform=None)
+    group = zarr.open_group(str(tmp_path / "p.zarr"), mode="r")
+    assert group["probabilities"].chunks == (3, 30, 50) and group["mask"].chunks == (30, 50)
+    probs = np.full((3, 30, 50), 0.5, np.float32)
+    output.write_chunk(spec, 0, 0, probs, np.ones((30, 50), np.uint8), np.ones((30, 50), bool))
+    assert (group["mask"][:] == 1).all() and group.attrs["geounet"]["chunk_size"] == 1_000_000

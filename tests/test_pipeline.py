@@ -12,6 +12,7 @@ import rasterio
 
 from geounet import pipeline
 from geounet.errors import (
+    DeviceError,
     GeoreferenceError,
     IncompatibleSceneError,
     InputError,
@@ -209,11 +210,16 @@ def _listing(folder: Path) -> list[str]:
         ("exists", OutputExistsError),
         ("bands", InputError),
         ("no_model", InputError),
+        ("truncated", SceneError),
+        ("directory", SceneError),
+        ("text_file", SceneError),
+        ("big_tile", TileSizeError),
+        ("fp16_on_cpu", DeviceError),
     ],
 )
 def test_bad_inputs_fail_early_and_leave_nothing(
     make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path], case: str,
-    error: type[Exception],
+    error: type[Exception], monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     out = tmp_path / "p.zarr"
     kwargs: dict[str, Any] = {}
@@ -247,6 +253,24 @@ def test_bad_inputs_fail_early_and_leave_nothing(
         kwargs["bands"] = (1, 2)
     elif case == "no_model":
         model = None
+        monkeypatch.setattr("geounet.inference.BUILTIN_MODEL", tmp_path / "none.pt")
+    elif case == "truncated":
+        data = scene.read_bytes()
+        scene.write_bytes(data[: len(data) * 2 // 3])
+    elif case == "directory":
+        scene = tmp_path / "folder.tif"
+        scene.mkdir()
+    elif case == "text_file":
+        scene = tmp_path / "notes.txt"
+        scene.write_text("not a raster")
+    elif case == "big_tile":
+        kwargs.update(chunk_size=64, tile_size=124)
+    elif case == "fp16_on_cpu":
+        import torch
+
+        if torch.cuda.is_available():
+            pytest.skip("fp16 is fine where CUDA exists")
+        kwargs["precision"] = "fp16"
     before = _listing(tmp_path)
     with pytest.raises(error):
         pipeline.predict(scene, out, model=model, client="threads", **kwargs)
@@ -312,3 +336,52 @@ def test_resume_after_interruption_equals_uninterrupted(
             np.testing.assert_array_equal(a.read(), b.read())
             np.testing.assert_array_equal(a.read_masks(1), b.read_masks(1))
     assert _listing(tmp_path) == sorted([scene.name, full.name, out.name])
+
+
+def test_bad_input_found_mid_run_leaves_nothing(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A GeounetError inside a task (e.g. a block that cannot be decoded) removes the partial
+    store: there is nothing to resume from a bad input."""
+    from geounet import inference, raster
+
+    scene = make_scene(150, 173)
+    calls = []
+
+    def failing_read(*args: Any, **kwargs: Any) -> Any:
+        calls.append(1)
+        if len(calls) == 3:
+            raise SceneError("scene x: reading failed; the file is truncated or corrupt.")
+        return raster.read_window(*args, **kwargs)
+
+    monkeypatch.setattr(inference, "read_window", failing_read)
+    before = _listing(tmp_path)
+    for suffix in (".zarr", ".tif"):
+        calls.clear()
+        with pytest.raises(SceneError, match="truncated"):
+            run(scene, tmp_path / f"p{suffix}", models["valid"], chunk_size=64, workers=1)
+        assert _listing(tmp_path) == before
+
+
+def test_chunk_size_beyond_the_scene(make_scene: Callable[..., Path], tmp_path: Path,
+                                     models: dict[str, Path]) -> None:
+    """One chunk bigger than the scene: exact, and no chunk-sized buffers (would be 3 TB)."""
+    scene = make_scene(150, 173)
+    result = run(scene, tmp_path / "p.zarr", models["valid"], chunk_size=1 << 20)
+    assert result.chunks == 1
+    np.testing.assert_allclose(read_zarr(tmp_path / "p.zarr").probabilities.values,
+                               whole_scene_reference(scene, models["valid"]), atol=1e-5, rtol=0)
+
+
+def test_segment_rejects_unknown_options_before_work(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path]
+) -> None:
+    scene = make_scene(70, 80)
+    before = _listing(tmp_path)
+    with pytest.raises(InputError, match="chunksize"):
+        pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], chunksize=64)
+    with pytest.raises(InputError, match="vectorize_options"):
+        pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], client="threads",
+                         vectorize_options={"min_aera": 3})
+    assert _listing(tmp_path) == before

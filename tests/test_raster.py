@@ -145,9 +145,25 @@ def test_truncated_file_raises_scene_error(make_scene: Callable[..., Path]) -> N
     size = path.stat().st_size
     data = path.read_bytes()
     path.write_bytes(data[: size // 2])
+    with pytest.raises(SceneError, match="truncated"):
+        open_scene(path)  # the header is intact, but blocks reach past the end of the file
+
+
+def test_truncated_blocks_still_fail_when_read(make_scene: Callable[..., Path]) -> None:
+    """A scene truncated after it was opened fails in read_window with SceneError too."""
+    path = make_scene(300, 300, blocksize=64, compress="deflate")
+    info = open_scene(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
     with pytest.raises(SceneError):
-        info = open_scene(path)  # GDAL may open it (header intact) ...
-        read_window(info, 0, 0, 300, 300)  # ... but reading the missing blocks must fail
+        read_window(info, 0, 0, 300, 300)
+
+
+def test_directory_is_not_a_scene(tmp_path: Path) -> None:
+    folder = tmp_path / "scene.tif"
+    folder.mkdir()
+    with pytest.raises(SceneError, match="is a directory"):
+        open_scene(folder)
 
 
 def test_bad_band_and_window(make_scene: Callable[..., Path]) -> None:

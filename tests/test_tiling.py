@@ -164,3 +164,16 @@ def test_plan_tiles_rejects_invalid_tile() -> None:
         plan_tiles(cfg, 500, 500, chunk_size=500)
     with pytest.raises(TileSizeError, match="multiple of 16"):
         plan_tiles(UNetConfig(depth=4, padding="same"), 500, 500, chunk_size=512, tile_size=500)
+
+
+@pytest.mark.parametrize("padding, tile_size", [("valid", 1212), ("same", 640)])
+def test_tile_core_larger_than_chunk_is_refused(padding: str, tile_size: int) -> None:
+    """A tile core beyond the chunk would be computed whole by every chunk (and can exhaust
+    memory): refused, naming the largest tile size that fits."""
+    cfg = UNetConfig(depth=4, padding=padding)
+    with pytest.raises(TileSizeError, match="larger than the chunk size 512") as info:
+        plan_tiles(cfg, 5000, 5000, chunk_size=512, tile_size=tile_size)
+    largest = 700 if padding == "valid" else 512 + 2 * cfg.halo
+    assert f"at most {largest}" in str(info.value)
+    grid = plan_tiles(cfg, 5000, 5000, chunk_size=512, tile_size=largest)
+    assert grid.stride == 512

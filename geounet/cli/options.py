@@ -154,3 +154,84 @@ allow_no_crs = click.option(
     default=False,
     help="Accept a scene without CRS; outputs are then in pixel coordinates.",
 )
+
+# ---- vectorize options (shared by `vectorize` and `segment`) -----------------------------
+
+
+def _non_negative(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and value < 0:
+        raise click.BadParameter(
+            f"{value} is negative; give 0 (off) or a positive number.", param=param
+        )
+    return value
+
+
+min_area = click.option(
+    "--min-area",
+    type=float,
+    default=None,
+    callback=_non_negative,
+    help="Drop objects below this many m^2. Default: buildings 4, roads 20.",
+)
+simplify = click.option(
+    "--simplify",
+    type=float,
+    default=None,
+    callback=_non_negative,
+    help="Simplification tolerance in metres (0 = pixel edges). Default: 0.5 / 1.0.",
+)
+fill_holes = click.option(
+    "--fill-holes", is_flag=True, default=False, help="Drop holes in polygons."
+)
+regularize = click.option(
+    "--regularize",
+    is_flag=True,
+    default=False,
+    help="Rectilinear building footprints (right-angled walls).",
+)
+centerlines = click.option(
+    "--centerlines/--no-centerlines",
+    default=True,
+    show_default=True,
+    help="Write the road_centerlines layer.",
+)
+spur_length = click.option(
+    "--spur-length",
+    type=float,
+    default=None,
+    callback=_non_negative,
+    help="Drop centerline spurs shorter than this many metres. Default: 10.",
+)
+
+
+def vectorize_options(func: Any) -> Any:
+    """The polygon and centerline options of ``vectorize`` and ``segment``, in help order.
+
+    They arrive as keyword arguments named like :func:`geounet.vectorize`'s keywords.
+    """
+    for decorator in reversed([min_area, simplify, fill_holes, regularize, centerlines,
+                               spur_length]):
+        func = decorator(func)
+    return func
+
+
+VECTORIZE_KEYWORDS = ("min_area", "simplify", "fill_holes", "regularize", "centerlines",
+                      "spur_length")
+"""Keyword names :func:`vectorize_options` adds to a command."""
+
+
+# ---- prediction options (shared by `predict` and `segment`) ------------------------------
+
+
+def prediction_options(func: Any) -> Any:
+    """The options ``predict`` and ``segment`` share, in help order.
+
+    They arrive as keyword arguments named like :func:`geounet.predict`'s keywords, except
+    ``scheduler_address`` (the library's ``client``).
+    """
+    for decorator in reversed(
+        [model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
+         threshold, workers, scheduler_address, resume, allow_no_crs, overwrite]
+    ):
+        func = decorator(func)
+    return func

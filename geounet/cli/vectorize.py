@@ -18,12 +18,6 @@ def _class_list(ctx: click.Context, param: click.Parameter, value: str | None) -
     return names
 
 
-def _non_negative(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
-    if value is not None and value < 0:
-        raise click.BadParameter(f"{value} is negative; give 0 (off) or a positive number.", param=param)
-    return value
-
-
 @click.command()
 @click.argument("pred", type=click.Path(exists=True))
 @click.option("--out", "out", required=True, type=click.Path(dir_okay=False),
@@ -34,17 +28,7 @@ def _non_negative(ctx: click.Context, param: click.Parameter, value: Any) -> Any
               help="Window side in pixels. Default: the store's chunking, else 2048.")
 @click.option("--cut-size", type=int, default=8192, show_default=True, callback=options._positive,
               help="Objects are cut on a scene-anchored grid of this side (bounded memory).")
-@click.option("--min-area", type=float, default=None, callback=_non_negative,
-              help="Drop objects below this many m^2. Default: buildings 4, roads 20.")
-@click.option("--simplify", type=float, default=None, callback=_non_negative,
-              help="Simplification tolerance in metres (0 = pixel edges). Default: 0.5 / 1.0.")
-@click.option("--fill-holes", is_flag=True, default=False, help="Drop holes in polygons.")
-@click.option("--regularize", is_flag=True, default=False,
-              help="Rectilinear building footprints (right-angled walls).")
-@click.option("--centerlines/--no-centerlines", default=True, show_default=True,
-              help="Write the road_centerlines layer.")
-@click.option("--spur-length", type=float, default=None, callback=_non_negative,
-              help="Drop centerline spurs shorter than this many metres. Default: 10.")
+@options.vectorize_options
 @options.overwrite
 @click.pass_context
 def vectorize(ctx: click.Context, pred: str, out: str, **kwargs: Any) -> None:
