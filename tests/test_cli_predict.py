@@ -123,3 +123,78 @@ def test_segment_writes_gpkg_and_optional_raster(make_scene: Callable[..., Path]
         assert pyogrio.read_info(out, layer="buildings")["crs"] == f"EPSG:{src.crs.to_epsg()}"
     expected = sorted([scene.name, out.name, *([raster] if raster else [])])
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
+
+
+@pytest.mark.parametrize(
+    "case, needle",
+    [
+        ("truncated", "truncated"),
+        ("directory", "is a directory"),
+        ("two_bands", "pass --bands"),
+        ("chunk", "chunk size 30 is not a positive multiple of 4"),
+        ("txt_out", "'.txt'"),
+        ("big_tile", "larger than the chunk size"),
+        ("no_crs", "--allow-no-crs"),
+    ],
+)
+def test_user_mistakes_give_one_line_and_leave_nothing(
+    make_scene: Callable[..., Path], tmp_path: Path, model: Path, case: str, needle: str
+) -> None:
+    scene = make_scene(70, 60)
+    out = tmp_path / "p.zarr"
+    extra: list[str] = []
+    if case == "truncated":
+        data = scene.read_bytes()
+        scene.write_bytes(data[: len(data) // 2])
+    elif case == "directory":
+        scene = tmp_path / "folder.tif"
+        scene.mkdir()
+    elif case == "two_bands":
+        scene = make_scene(70, 60, count=2)
+    elif case == "chunk":
+        extra = ["--chunk-size", "30"]
+    elif case == "txt_out":
+        out = tmp_path / "p.txt"
+    elif case == "big_tile":
+        extra = ["--tile-size", "124"]
+    elif case == "no_crs":
+        scene = make_scene(70, 60, crs=None)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(out), "--model",
+                                      str(model), *FAST, *extra])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("Error: ") and needle in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before
+
+
+def test_segment_passes_vectorize_options(make_scene: Callable[..., Path], tmp_path: Path,
+                                          model: Path) -> None:
+    """--no-centerlines drops the centerline layer; --min-area drops small objects."""
+    import pyogrio
+
+    scene = make_scene(100, 90)
+    base = ["segment", str(scene), "--model", str(model), *FAST]
+    default = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "a.gpkg"), "--min-area", "0"])
+    assert default.exit_code == 0, default.output
+    layers = {name for name, _ in pyogrio.list_layers(tmp_path / "a.gpkg")}
+    assert "road_centerlines" in layers
+    counts = {layer: pyogrio.read_info(tmp_path / "a.gpkg", layer=layer)["features"]
+              for layer in ("buildings", "roads")}
+    assert sum(counts.values()) > 0
+    options = ["--no-centerlines", "--min-area", "1e9", "--simplify", "0", "--regularize",
+               "--fill-holes"]
+    result = CliRunner().invoke(cli, [*base, "-o", str(tmp_path / "b.gpkg"), *options])
+    assert result.exit_code == 0, result.output
+    layers = {name for name, _ in pyogrio.list_layers(tmp_path / "b.gpkg")}
+    assert "road_centerlines" not in layers
+    for layer in ("buildings", "roads"):
+        assert pyogrio.read_info(tmp_path / "b.gpkg", layer=layer)["features"] == 0
+
+
+def test_vectorize_and_segment_share_polygon_options() -> None:
+    for command in ("vectorize", "segment"):
+        text = CliRunner().invoke(cli, [command, "--help"]).output
+        for option in ("--min-area", "--simplify", "--fill-holes", "--regularize",
+                       "--no-centerlines", "--spur-length"):
+            assert option in text, (command, option)
