@@ -198,3 +198,20 @@ def test_vectorize_and_segment_share_polygon_options() -> None:
         for option in ("--min-area", "--simplify", "--fill-holes", "--regularize",
                        "--no-centerlines", "--spur-length"):
             assert option in text, (command, option)
+
+
+def test_progress_bar_draws_chunks_and_rate_only_when_enabled() -> None:
+    import io
+
+    from geounet.cli.progress import ChunkProgress
+
+    stream = io.StringIO()
+    with ChunkProgress(True, stream=stream, width=10) as bar:
+        bar(0, 4, 0)
+        bar(2, 4, 2_000_000)
+    text = stream.getvalue()
+    assert "[#####-----] 2/4 chunks" in text and "MP/s" in text and text.endswith("\n")
+    quiet = io.StringIO()
+    with ChunkProgress(False, stream=quiet) as bar:
+        bar(1, 4, 10)
+    assert quiet.getvalue() == ""
