@@ -27,3 +27,7 @@ demo: $(STAMP)
 
 clean:
 	rm -rf $(VENV) build *.egg-info demo-out
+
+# The built-in model (geounet/weights/builtin.pt): the recipe in examples/make_model.py (~25 min on 2 cores)
+model: $(STAMP)
+	$(PY) examples/make_model.py
