@@ -286,7 +286,10 @@ class UNetConfig:
     def check_input_size(self, input_size: int) -> None:
         """Raise :class:`TileSizeError`, naming the nearest valid sizes, for an invalid size."""
         if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)):
-            raise TileSizeError(f"tile size {input_size!r} is not an integer number of pixels")
+            raise TileSizeError(
+                f"tile size {input_size!r} is not an integer number of pixels; give a whole "
+                f"number such as {self.min_input_size + 4 * self.alignment}"
+            )
         if self.is_valid_input_size(input_size):
             return
         nearest = " or ".join(str(s) for s in self.nearest_valid_input_sizes(input_size))
@@ -728,6 +731,10 @@ def save_checkpoint(
         )
     if extra is not None and not isinstance(extra, dict):
         raise InputError(f"checkpoint extra must be a dict or None, got {type(extra).__name__}")
+    if path.is_dir():
+        raise InputError(
+            f"checkpoint path {path} is a directory; give a file path such as {path / 'model.pt'}"
+        )
     if path.exists() and not overwrite:
         raise OutputExistsError(
             f"checkpoint {path} already exists; pass overwrite=True (--overwrite) to replace it"

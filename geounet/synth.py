@@ -91,7 +91,7 @@ class SynthConfig:
     seed : random seed; the same config gives the same bytes.
     band_count : 3 (R, G, B) or 4 (R, G, B, NIR).
     dtype : ``uint8`` (0-255) or ``uint16`` (12-bit range, values up to 4095).
-    crs : any projected CRS rasterio understands (``EPSG:32633``, WKT, PROJ string).
+    crs : any projected CRS in metres rasterio understands (``EPSG:32633``, WKT, PROJ string).
     pixel_size : metres per pixel.
     nodata_border : width in pixels of a nodata frame around the scene (0: none, and no
         nodata value is declared).
@@ -162,6 +162,13 @@ class SynthConfig:
             raise GeoreferenceError(
                 f"CRS {self.crs!r} is not projected; synthetic scenes are laid out in metres: "
                 f"use a projected CRS such as a UTM zone (e.g. EPSG:32633)."
+            )
+        units, factor = crs.linear_units_factor
+        if abs(factor - 1.0) > 1e-9:
+            raise GeoreferenceError(
+                f"CRS {self.crs!r} has units of {units}, not metres; pixel sizes and object "
+                f"sizes of synthetic scenes are in metres: use a metric projected CRS such as "
+                f"a UTM zone (e.g. EPSG:32633)."
             )
 
     @property
@@ -279,7 +286,7 @@ def synthesize_scene(
     seed : random seed; the same arguments give byte-identical files.
     band_count : 3 (RGB) or 4 (RGB + NIR).
     dtype : ``uint8`` or ``uint16`` (12-bit values, up to 4095).
-    crs : projected CRS of the scene.
+    crs : projected CRS of the scene, in metres.
     pixel_size : metres per pixel.
     nodata_border : width of a nodata frame in pixels; when > 0 the scene declares nodata 0.
     chunk_size : rendering window side (multiple of 256); affects memory and speed only.
@@ -326,15 +333,22 @@ def write_synthetic_scene(
             f"output directory {str(out_dir)!r} is a file; give a directory path."
         )
     existing = [name for name in OUTPUT_NAMES if (out_dir / name).exists()]
+    not_files = [name for name in existing if not (out_dir / name).is_file()]
+    if not_files:
+        raise OutputExistsError(
+            f"{str(out_dir / not_files[0])!r} is a directory, not a file, so it cannot be "
+            f"replaced by synth's {not_files[0]}; remove it or choose another directory."
+        )
     if existing and not overwrite:
         raise OutputExistsError(
             f"{str(out_dir)!r} already holds {', '.join(existing)}; "
             f"use --overwrite (overwrite=True) to replace them, or choose another directory."
         )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    plan = plan_scene(config)
-    tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir))
+    created = _make_directory(out_dir)
+    tmp = None
     try:
+        plan = plan_scene(config)
+        tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir))
         counts = _render(config, plan, tmp / SCENE_NAME, tmp / MASK_NAME)
         road_length = _write_truth(config, plan, tmp / TRUTH_NAME)
         valid = int(counts[:3].sum())
@@ -360,8 +374,13 @@ def write_synthetic_scene(
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
         for name in OUTPUT_NAMES:
             os.replace(tmp / name, out_dir / name)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    except BaseException:
+        # nothing is left behind: no temporary files, no directory this call created
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        _remove_created(created)
+        raise
+    shutil.rmtree(tmp, ignore_errors=True)
     logger.info(
         "synthesized %d x %d scene with %d buildings and %d roads in %s",
         config.height,
@@ -378,6 +397,33 @@ def write_synthetic_scene(
         summary_path=out_dir / SUMMARY_NAME,
         summary=summary,
     )
+
+
+def _make_directory(out_dir: Path) -> list[Path]:
+    """Create ``out_dir`` and missing parents; return the directories created (deepest last)."""
+    created = []
+    for directory in [*reversed(out_dir.parents), out_dir]:
+        if directory.is_dir():
+            continue
+        try:
+            directory.mkdir()
+        except OSError as exc:
+            _remove_created(created)
+            raise InputError(
+                f"output directory {str(out_dir)!r} cannot be created ({exc.strerror or exc}); "
+                f"choose a directory you can write to."
+            ) from exc
+        created.append(directory)
+    return created
+
+
+def _remove_created(created: list[Path]) -> None:
+    """Remove the directories :func:`_make_directory` created, if they are still empty."""
+    for directory in reversed(created):
+        try:
+            directory.rmdir()
+        except OSError:
+            return
 
 
 # ----------------------------------------------------------------------------- vector plan

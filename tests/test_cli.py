@@ -57,3 +57,31 @@ def test_library_error_is_one_clean_line() -> None:
     assert result.exit_code == 1
     assert "Error: tile size 500 is not valid; use 508" in result.output
     assert "Traceback" not in result.output
+
+
+def test_verbosity_flags_set_the_log_level(tmp_path) -> None:
+    """-v shows debug records, default shows info, -q only warnings; each run logs to its own
+    stderr (the handler follows sys.stderr, so a second invocation in one process still logs)."""
+    runner = CliRunner()
+    seen = {}
+    for flag in ("-v", "", "-q", "-v"):
+        out = tmp_path / f"scene{len(seen)}"
+        args = [flag] if flag else []
+        result = runner.invoke(cli, [*args, "synth", str(out), "--size", "64"])
+        assert result.exit_code == 0, result.output
+        seen[len(seen)] = result.stderr
+    assert "DEBUG rendered window" in seen[0] and "INFO synthesized" in seen[0]
+    assert "DEBUG" not in seen[1] and "INFO synthesized" in seen[1]
+    assert seen[2] == ""
+    assert "DEBUG rendered window" in seen[3]
+
+
+def test_synth_user_mistake_is_one_clean_line(tmp_path) -> None:
+    result = CliRunner().invoke(cli, ["synth", str(tmp_path / "s"), "--size", "64",
+                                      "--crs", "EPSG:4326"])  # fmt: skip
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [
+        "Error: CRS 'EPSG:4326' is not projected; synthetic scenes are laid out in metres: "
+        "use a projected CRS such as a UTM zone (e.g. EPSG:32633)."
+    ]
+    assert not (tmp_path / "s").exists()

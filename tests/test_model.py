@@ -149,6 +149,12 @@ def test_seed_message_wording() -> None:
         UNetConfig(depth=4).check_input_size(500)
 
 
+@pytest.mark.parametrize("size", [572.0, "572", None, True])
+def test_non_integer_size_names_a_fix(size: object) -> None:
+    with pytest.raises(TileSizeError, match=r"not an integer .*give a whole number such as 252"):
+        UNetConfig(depth=4).check_input_size(size)  # type: ignore[arg-type]
+
+
 def test_forward_rejects_invalid_size_and_channels() -> None:
     net = UNet(UNetConfig(depth=2, base_channels=2))
     with pytest.raises(TileSizeError):
@@ -320,6 +326,14 @@ def test_checkpoint_refuses_existing_then_overwrites(tmp_path: Path) -> None:
     loaded, _ = load_checkpoint(path)
     pairs = zip(loaded.state_dict().values(), other.state_dict().values())
     assert all(torch.equal(a, b) for a, b in pairs)
+
+
+def test_save_to_a_directory_is_refused(tmp_path: Path) -> None:
+    config = UNetConfig(depth=1, base_channels=2)
+    (tmp_path / "models").mkdir()
+    with pytest.raises(InputError, match="is a directory"):
+        save_checkpoint(tmp_path / "models", UNet(config), make_card(config), overwrite=True)
+    assert not list((tmp_path / "models").iterdir())
 
 
 def test_save_refuses_card_of_other_architecture(tmp_path: Path) -> None:

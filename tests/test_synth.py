@@ -199,6 +199,37 @@ def test_invalid_arguments_raise_clear_errors(tmp_path: Path) -> None:
         SynthConfig(crs="EPSG:4326")
     with pytest.raises(GeoreferenceError, match="not understood"):
         SynthConfig(crs="EPSG:999999")
+    with pytest.raises(GeoreferenceError, match="US survey foot, not metres"):
+        SynthConfig(crs="EPSG:2263")  # New York Long Island, feet
+
+
+def test_uncreatable_or_blocked_output_dir_is_a_clean_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "file.txt"
+    blocker.write_text("x")
+    with pytest.raises(InputError, match="cannot be created"):
+        synthesize_scene(blocker / "sub" / "out", size=128)
+    with pytest.raises(OutputExistsError, match="is a file"):
+        synthesize_scene(blocker, size=128)
+    (tmp_path / "d" / "truth.gpkg").mkdir(parents=True)
+    with pytest.raises(OutputExistsError, match="is a directory"):
+        synthesize_scene(tmp_path / "d", size=128, overwrite=True)
+    assert sorted(p.name for p in tmp_path.rglob("*")) == ["d", "file.txt", "truth.gpkg"]
+
+
+def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
+    import geounet.synth as synth
+
+    def broken(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(synth, "_write_truth", broken)
+    with pytest.raises(OSError, match="disk full"):
+        synthesize_scene(tmp_path / "new" / "out", size=128)
+    assert not (tmp_path / "new").exists()  # the directories it created are removed too
+    (tmp_path / "kept").mkdir()
+    with pytest.raises(OSError, match="disk full"):
+        synthesize_scene(tmp_path / "kept", size=128)
+    assert (tmp_path / "kept").is_dir() and not list((tmp_path / "kept").iterdir())
 
 
 def test_cli_writes_readable_outputs_and_refuses_to_overwrite(tmp_path: Path) -> None:

@@ -46,10 +46,6 @@ class GeounetCommandError(click.ClickException):
         click.echo(f"Error: {self.format_message()}", err=True)
 
 
-def _is_user_error(exc: BaseException) -> bool:
-    return isinstance(exc, GeounetError)
-
-
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
@@ -97,15 +93,29 @@ def _translating(command: click.Command) -> click.Command:
     return command
 
 
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever ``sys.stderr`` is at emit time (CliRunner swaps it per invocation)."""
+
+    @property  # type: ignore[override]
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: Any) -> None:  # StreamHandler.__init__ assigns it; ignore
+        pass
+
+
 def configure_logging(verbosity: int) -> None:
-    """Send geounet's log records to stderr at a level set by -v/-q."""
+    """Send geounet's log records to stderr at a level set by -v/-q.
+
+    ``-q`` (verbosity < 0): warnings and errors; default: info; ``-v``: debug.
+    """
     level = {-1: logging.WARNING, 0: logging.INFO, 1: logging.DEBUG}[max(-1, min(1, verbosity))]
     logger = logging.getLogger("geounet")
     logger.setLevel(level)
-    if not any(getattr(h, "_geounet", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+    if not any(isinstance(h, _StderrHandler) for h in logger.handlers):
+        handler = _StderrHandler()
         handler.setFormatter(logging.Formatter("%(levelname)s %(message)s"))
-        handler._geounet = True  # type: ignore[attr-defined]
         logger.addHandler(handler)
     logging.captureWarnings(True)
 
