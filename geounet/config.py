@@ -29,3 +29,12 @@ LogLevel = Literal["quiet", "normal", "verbose"]
 def choices(alias: object) -> tuple[str, ...]:
     """Return the values of a ``Literal`` alias, e.g. ``choices(Padding) == ("valid", "same")``."""
     return tuple(str(value) for value in get_args(alias))
+
+
+LossType = Literal["ce", "bce"]
+"""Pixel loss of training (plus soft Dice): ``ce`` softmax cross-entropy over the classes, or
+``bce`` one-vs-rest sigmoid binary cross-entropy per class."""
+
+VectorFormat = Literal["gpkg", "parquet", "fgb"]
+"""Vector output formats, picked by the output suffix: GeoPackage (every layer in one file),
+GeoParquet and FlatGeobuf (one file per layer)."""

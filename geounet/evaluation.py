@@ -27,7 +27,15 @@ from geounet.errors import (
     SceneError,
     UnsupportedFormatError,
 )
-from geounet.training.metrics import NODATA, ClassScores, ConfusionMatrix
+from geounet.training.metrics import (
+    NODATA,
+    ClassScores,
+    ConfusionMatrix,
+    CountScores,
+    harmonic_mean,
+    json_score,
+    ratio,
+)
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +44,7 @@ VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
 
 
 @dataclass(frozen=True)
-class ObjectScores:
+class ObjectScores(CountScores):
     """Object-level matching of building polygons (SpaceNet rule: one-to-one, IoU >= threshold).
 
     Attributes
@@ -50,26 +58,11 @@ class ObjectScores:
     fn: int
     iou_threshold: float
 
-    @property
-    def precision(self) -> float:
-        """tp / predicted objects."""
-        return _ratio(self.tp, self.tp + self.fp)
-
-    @property
-    def recall(self) -> float:
-        """tp / true objects."""
-        return _ratio(self.tp, self.tp + self.fn)
-
-    @property
-    def f1(self) -> float:
-        """Harmonic mean of precision and recall."""
-        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
-
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"tp": self.tp, "fp": self.fp, "fn": self.fn, "iou_threshold": self.iou_threshold,
-                "precision": _json(self.precision), "recall": _json(self.recall),
-                "f1": _json(self.f1)}
+                "precision": json_score(self.precision), "recall": json_score(self.recall),
+                "f1": json_score(self.f1)}
 
 
 @dataclass(frozen=True)
@@ -92,25 +85,24 @@ class CenterlineScores:
     @property
     def precision(self) -> float:
         """Share of the predicted centerline within tolerance of the true one."""
-        return _ratio(self.pred_matched, self.pred_total)
+        return ratio(self.pred_matched, self.pred_total)
 
     @property
     def recall(self) -> float:
         """Share of the true centerline within tolerance of the predicted one."""
-        return _ratio(self.true_matched, self.true_total)
+        return ratio(self.true_matched, self.true_total)
 
     @property
     def f1(self) -> float:
         """Harmonic mean of centerline precision and recall."""
-        p, r = self.precision, self.recall
-        return float("nan") if np.isnan(p) or np.isnan(r) or p + r == 0 else 2 * p * r / (p + r)
+        return harmonic_mean(self.precision, self.recall)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict."""
         return {"pred_total": self.pred_total, "pred_matched": self.pred_matched,
                 "true_total": self.true_total, "true_matched": self.true_matched,
-                "tolerance": self.tolerance, "precision": _json(self.precision),
-                "recall": _json(self.recall), "f1": _json(self.f1)}
+                "tolerance": self.tolerance, "precision": json_score(self.precision),
+                "recall": json_score(self.recall), "f1": json_score(self.f1)}
 
 
 @dataclass(frozen=True)
@@ -154,7 +146,7 @@ class EvaluationReport:
         return {
             "pred": self.pred, "truth": self.truth, "classes": list(self.classes),
             "pixel": {s.name: s.to_dict() for s in self.pixel},
-            "mean_iou": _json(self.mean_iou),
+            "mean_iou": json_score(self.mean_iou),
             "confusion": [list(row) for row in self.confusion],
             "objects": None if self.objects is None else self.objects.to_dict(),
             "centerline": None if self.centerline is None else self.centerline.to_dict(),
@@ -163,9 +155,7 @@ class EvaluationReport:
 
     def to_json(self, path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
         """Write :meth:`to_dict` as JSON (atomic)."""
-        path = Path(path)
-        if path.exists() and not overwrite:
-            raise OutputExistsError(f"{str(path)!r} exists; choose another path or overwrite.")
+        path = check_json_output(path, overwrite=overwrite)
         tmp = path.with_name(f".{path.name}.tmp")
         tmp.write_text(json.dumps(self.to_dict(), indent=2))
         os.replace(tmp, path)
@@ -192,12 +182,19 @@ class EvaluationReport:
         return "\n".join(lines)
 
 
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den > 0 else float("nan")
-
-
-def _json(value: float) -> float | None:
-    return None if value is None or np.isnan(value) else round(float(value), 6)
+def check_json_output(path: str | os.PathLike[str], *, overwrite: bool = False) -> Path:
+    """Fail early when the JSON report cannot be written at ``path`` (exists, no folder)."""
+    path = Path(path)
+    if path.exists() and not overwrite:
+        raise OutputExistsError(
+            f"scores file {str(path)!r} already exists; pass overwrite=True (--overwrite) to "
+            "replace it, or choose another path."
+        )
+    if not path.parent.is_dir():
+        raise InputError(
+            f"folder {str(path.parent)!r} of the scores file does not exist; create it first."
+        )
+    return path
 
 
 def _fmt(value: float) -> str:

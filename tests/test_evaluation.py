@@ -146,6 +146,14 @@ def test_vector_truth_and_zarr_prediction(tmp_path):
     assert "buildings" in result.output and "IoU" in result.output
     data = json.loads(out.read_text())
     assert data["pixel"]["roads"]["iou"] == 1.0 and data["objects"]["tp"] == 9
+    # an existing JSON fails before any scoring, with one clean line, and is kept
+    again = CliRunner().invoke(cli, ["evaluate", str(store), str(gpkg), "--json", str(out)])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert "IoU" not in again.output and "Traceback" not in again.output
+    assert json.loads(out.read_text()) == data
+    nowhere = CliRunner().invoke(cli, ["evaluate", str(store), str(gpkg), "--json",
+                                       str(tmp_path / "no" / "r.json")])
+    assert nowhere.exit_code == 1 and "does not exist" in nowhere.output
 
 
 def test_grid_mismatch_and_bad_values(tmp_path):

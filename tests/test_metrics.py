@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from geounet.errors import InputError
-from geounet.training.metrics import ConfusionMatrix
+from geounet.training.metrics import ClassScores, ConfusionMatrix, CountScores, json_score
 
 CLASSES = ("background", "buildings", "roads")
 
@@ -48,3 +48,17 @@ def test_empty_class_is_nan_and_unknown_class_raises():
         cm.update(np.full((2, 2), 5), np.zeros((2, 2), int))
     with pytest.raises(InputError, match="shape"):
         cm.update(np.zeros((2, 3), int), np.zeros((2, 2), int))
+
+
+def test_pixel_and_object_scores_share_one_definition():
+    from geounet.evaluation import ObjectScores
+
+    pixel = ClassScores("buildings", tp=6, fp=2, fn=4)
+    objects = ObjectScores(tp=6, fp=2, fn=4, iou_threshold=0.5)
+    assert isinstance(pixel, CountScores) and isinstance(objects, CountScores)
+    assert (pixel.precision, pixel.recall) == (objects.precision, objects.recall) == (0.75, 0.6)
+    assert pixel.f1 == objects.f1 == pytest.approx(2 * 0.75 * 0.6 / 1.35)
+    assert pixel.iou == 0.5
+    empty = ObjectScores(tp=0, fp=0, fn=0, iou_threshold=0.5)
+    assert math.isnan(empty.precision) and empty.to_dict()["f1"] is None
+    assert json_score(float("nan")) is None and json_score(1 / 3) == 0.333333

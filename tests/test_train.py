@@ -14,7 +14,7 @@ import torch
 from geounet.errors import CheckpointError, LabelError, OutputExistsError
 from geounet.model import load_checkpoint, read_checkpoint
 from geounet.synth import synthesize_scene
-from geounet.training.augment import dihedral
+from geounet.training.augment import dihedral, elastic
 from geounet.training.chips import make_chips
 from geounet.training.dataset import ChipDataset, SampleSpec, find_chips
 from geounet.training.losses import border_weights, segmentation_loss
@@ -163,21 +163,27 @@ def test_border_weights_peak_between_touching_objects():
     assert w[0, 0] < w[10, 13] and (w[mask == 1] == 0).all()
 
 
-def test_loss_ignores_unlabelled_pixels():
+@pytest.mark.parametrize("loss", ["ce", "bce"])
+def test_loss_ignores_unlabelled_pixels(loss):
+    torch.manual_seed(0)
     logits = torch.randn(1, 3, 8, 8)
     target = torch.randint(0, 3, (1, 8, 8))
     weights = torch.ones(1, 8, 8)
-    base = segmentation_loss(logits, target, weights)
+    base = segmentation_loss(logits, target, weights, loss=loss)
     target2 = target.clone()
     target2[:, :, 4:] = 255
     logits2 = logits.clone()
     logits2[:, :, :, 4:] = 100.0  # garbage where unlabelled
     weights2 = weights.clone()
     weights2[:, :, 4:] = 0
-    a = segmentation_loss(logits2, target2, weights2)
-    b = segmentation_loss(logits[..., :4], target[..., :4], weights[..., :4])
+    a = segmentation_loss(logits2, target2, weights2, loss=loss)
+    b = segmentation_loss(logits[..., :4], target[..., :4], weights[..., :4], loss=loss)
     torch.testing.assert_close(a, b)
     assert not torch.isclose(a, base)
+    # confident correct logits give a loss near 0, confident wrong ones a large loss
+    right = torch.nn.functional.one_hot(target, 3).permute(0, 3, 1, 2).float() * 40 - 20
+    assert segmentation_loss(right, target, weights, loss=loss) < 1e-3
+    assert segmentation_loss(-right, target, weights, loss=loss) > 5
 
 
 def test_cli_train_and_resume(small_chips, tmp_path):
@@ -187,10 +193,14 @@ def test_cli_train_and_resume(small_chips, tmp_path):
 
     out = tmp_path / "m.pt"
     base = ["train", str(small_chips), "--out", str(out), "--depth", "2", "--base-channels",
-            "4", "--batch-size", "4"]
+            "4", "--batch-size", "4", "--loss", "bce", "--dice-weight", "0.5"]
     result = CliRunner().invoke(cli, base + ["--epochs", "1"])
     assert result.exit_code == 0, result.output
     assert "epoch 1/1" in result.output and out.exists()
+    saved = read_checkpoint(out)["extra"]["train_state"]["config"]
+    assert (saved["loss"], saved["dice_weight"]) == ("bce", 0.5)
+    wrong = CliRunner().invoke(cli, base[:-4] + ["--loss", "focal"])
+    assert wrong.exit_code == 2 and "ce" in wrong.output and "bce" in wrong.output
     more = CliRunner().invoke(cli, base + ["--epochs", "2", "--resume",
                                            str(tmp_path / "m.last.pt")])
     assert more.exit_code == 0, more.output
@@ -200,3 +210,156 @@ def test_cli_train_and_resume(small_chips, tmp_path):
     failed = CliRunner().invoke(cli, base + ["--epochs", "3", "--resume", str(bad)])
     assert failed.exit_code == 1 and "Error:" in failed.output
     assert "Traceback" not in failed.output
+
+
+def test_uint16_scene_trained_and_segmented_end_to_end(tmp_path):
+    """The card holds the uint16 normalization and classes; segment applies them exactly."""
+    import zarr
+
+    import geounet
+    from geounet.model import load_checkpoint
+
+    scene = synthesize_scene(tmp_path / "scene", size=128, seed=5, dtype="uint16")
+    make_chips(scene.scene_path, scene.truth_path, tmp_path / "chips", chip_size=64,
+               split_block=1)
+    result = train(tmp_path / "chips", tmp_path / "m.pt",
+                   config=TrainConfig(epochs=1, **dict(TINY, base_channels=4)))
+    model, card = load_checkpoint(result.best_path)
+    assert card.dtype == "uint16" and card.classes == ("background", "buildings", "roads")
+    assert card.value_range[1] > 255 and min(card.mean) > 255  # raw 12-bit units, not /255
+    gpkg, store = tmp_path / "o.gpkg", tmp_path / "pred.zarr"
+    geounet.segment(scene.scene_path, gpkg, raster_out=store, model=result.best_path,
+                    chunk_size=64, tile_size=104, probability_dtype="float32",
+                    client="synchronous")
+    assert gpkg.exists()
+    probs = np.asarray(zarr.open_group(str(store), mode="r")["probabilities"][:])
+    # manual whole-scene forward on (x - mean) / std, mirrored by the valid net's halo
+    with rasterio.open(scene.scene_path) as src:
+        raw = src.read().astype(np.float32)
+    mean = np.asarray(card.mean, np.float32)[:, None, None]
+    std = np.asarray(card.std, np.float32)[:, None, None]
+    halo = card.architecture.halo
+
+    def forward(image):
+        padded = np.pad(image, ((0, 0), (halo, halo), (halo, halo)), mode="symmetric")
+        with torch.no_grad():
+            return model(torch.from_numpy(padded[None])).softmax(1)[0].numpy()
+
+    expected = forward((raw - mean) / std)
+    assert probs.shape == expected.shape == (3, 128, 128)
+    np.testing.assert_allclose(probs, expected, atol=1e-4)
+    # and the normalization matters: the raw uint16 values give other probabilities
+    assert np.abs(forward(raw) - expected).max() > 0.1
+
+
+def test_elastic_moves_image_and_mask_together():
+    rng = np.random.default_rng(0)
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:30, 12:40] = 1
+    mask[40:60, 5:60] = 2
+    mask[:, :3] = 255
+    image = np.stack([mask.astype(np.float32), np.zeros_like(mask, np.float32)])
+    warped, warped_mask = elastic(image, mask, rng)
+    assert warped.shape == image.shape and warped_mask.shape == mask.shape
+    assert set(np.unique(warped_mask)) <= {0, 1, 2, 255}  # nearest: no blended classes
+    assert (warped_mask != mask).mean() > 0.01  # it did deform
+    # where the bilinear image is flat (inside a region) it equals the nearest-sampled mask
+    flat = np.isin(warped[0], (0.0, 1.0, 2.0, 255.0))
+    assert flat.mean() > 0.8
+    np.testing.assert_array_equal(warped[0][flat], warped_mask[flat])
+
+
+def _touching_buildings_chip(folder: Path, name: str = "touching") -> None:
+    """A 64 px uint8 chip pair with two buildings 2 px apart (and a road), as training data."""
+    from rasterio.transform import from_origin
+
+    mask = np.zeros((64, 64), np.uint8)
+    mask[10:40, 8:30] = 1
+    mask[10:40, 32:56] = 1
+    mask[50:58, :] = 2
+    image = np.stack([mask * 60 + 20, mask * 40 + 30, np.full_like(mask, 90)]).astype(np.uint8)
+    profile = dict(driver="GTiff", height=64, width=64, crs="EPSG:32633",
+                   transform=from_origin(500_000.0, 5_000_000.0, 0.5, 0.5))
+    for kind, data, extra in (("images", image, {"count": 3, "dtype": "uint8"}),
+                              ("masks", mask[None], {"count": 1, "dtype": "uint8",
+                                                     "nodata": 255})):
+        (folder / kind).mkdir(parents=True, exist_ok=True)
+        with rasterio.open(folder / kind / f"{name}.tif", "w", **profile, **extra) as dst:
+            dst.write(data)
+
+
+def test_samples_carry_class_and_border_weights(tmp_path):
+    _touching_buildings_chip(tmp_path)
+    records = find_chips(tmp_path, val_fraction=0.0)
+    spec = SampleSpec(input_size=108, output_size=68, offset=20)
+    common = dict(mean=(0, 0, 0), std=(1, 1, 1), num_classes=3, train=False, brightness=0,
+                  contrast=0, class_weights=(1.0, 2.0, 3.0))
+    _, target, w_plain = ChipDataset(records, spec, **common)[0]
+    _, _, w_border = ChipDataset(records, spec, border_weight=10, border_sigma=5, **common)[0]
+    labelled = target != 255
+    expected = torch.tensor([1.0, 2.0, 3.0])[target[labelled]]
+    torch.testing.assert_close(w_plain[labelled], expected)  # class weight per pixel
+    assert (w_plain[~labelled] == 0).all()
+    extra = w_border - w_plain
+    # the border term is on non-building labelled pixels only
+    assert (extra[target == 1] == 0).all() and (extra[~labelled] == 0).all()
+    # the 2 px gap between the buildings: d1 + d2 = 3 px, 10 exp(-9 / 50) ~ 8.4
+    assert extra[25, 30] > 8 and extra[25, 31] > 8
+    assert extra[5, 60] < 1  # far from both buildings
+
+
+def test_subfolder_layout_with_elastic_border_and_bce(small_chips, tmp_path):
+    """train/ + val/ folders are the split; elastic, border weights and BCE run in training."""
+    layout = tmp_path / "layout"
+    records = find_chips(small_chips)
+    for i, rec in enumerate(records):
+        split = "val" if i == 0 else "train"
+        for kind, path in (("images", rec.image), ("masks", rec.mask)):
+            (layout / split / kind).mkdir(parents=True, exist_ok=True)
+            shutil.copy(path, layout / split / kind / path.name)
+    _touching_buildings_chip(layout / "train")  # the border term is active in this run
+    found = find_chips(layout)
+    assert {r.name: r.split for r in found} == {
+        "touching": "train", **{r.name: ("val" if i == 0 else "train")
+                                for i, r in enumerate(records)}}
+    config = TrainConfig(epochs=2, elastic=True, border_weight=10.0, loss="bce",
+                         class_weights=(1.0, 2.0, 2.0), **dict(TINY, base_channels=4))
+    result = train(layout, tmp_path / "m.pt", config=config)
+    assert [h.epoch for h in result.history] == [1, 2]
+    assert all(np.isfinite([h.train_loss, h.val_loss]).all() for h in result.history)
+    saved = read_checkpoint(result.last_path)["extra"]["train_state"]["config"]
+    assert (saved["elastic"], saved["border_weight"], saved["loss"]) == (True, 10.0, "bce")
+    # the elastic training samples differ from the plain ones with the same seed
+    spec = SampleSpec(input_size=108, output_size=68, offset=20)
+    common = dict(mean=(0, 0, 0), std=(1, 1, 1), num_classes=3, train=True, brightness=0,
+                  contrast=0)
+    a = ChipDataset(found, spec, elastic=True, **common)[1][1]
+    b = ChipDataset(found, spec, elastic=False, **common)[1][1]
+    assert (a != b).any()
+    # val/ without train/: a clear error
+    only_val = tmp_path / "only_val"
+    shutil.copytree(layout / "val", only_val / "val")
+    with pytest.raises(LabelError, match="no training chips"):
+        find_chips(only_val)
+
+
+def test_plain_pairs_get_a_seeded_split(small_chips, tmp_path):
+    plain = tmp_path / "plain"
+    shutil.copytree(small_chips / "images", plain / "images")
+    shutil.copytree(small_chips / "masks", plain / "masks")  # no split.csv, no chips.json
+    first = find_chips(plain, val_fraction=0.25, seed=1)
+    assert [r.split for r in first] == [r.split for r in find_chips(plain, val_fraction=0.25,
+                                                                        seed=1)]
+    assert sum(r.split == "val" for r in first) == 1 and len(first) == 4
+
+
+def test_early_stopping_and_progress(small_chips, tmp_path):
+    events = []
+    # lr 1e-12 leaves float32 weights unchanged, so the validation loss never improves
+    config = TrainConfig(epochs=6, **dict(TINY, base_channels=4, lr=1e-12, patience=2))
+    result = train(small_chips, tmp_path / "m.pt", config=config, progress=events.append)
+    assert result.stopped_early and [h.epoch for h in result.history] == [1, 2, 3]
+    assert result.best_epoch == 1
+    steps = [e for e in events if e.record is None]
+    ends = [e.record.epoch for e in events if e.record is not None]
+    assert ends == [1, 2, 3] and steps and all(1 <= e.step <= e.steps for e in steps)

@@ -32,8 +32,11 @@ def evaluate(pred: str, truth: str, classes: str | None, iou_threshold: float,
     GeoPackage with `buildings` polygons and `roads` lines (burnt onto the raster's grid).
     Pixels that are nodata (255) on either side are left out.
     """
+    from geounet.evaluation import check_json_output
     from geounet.evaluation import evaluate as run_evaluate
 
+    if json_path:
+        check_json_output(json_path, overwrite=overwrite)
     names = tuple(c.strip() for c in classes.split(",")) if classes else None
     report = run_evaluate(pred, truth, classes=names, iou_threshold=iou_threshold,
                           centerline_tolerance=centerline_tolerance, line_width=line_width)

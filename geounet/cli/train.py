@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from geounet.cli import options
-from geounet.config import Padding, Precision, choices
+from geounet.config import LossType, Padding, Precision, choices
 
 
 def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -44,6 +44,10 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @options.tile_size
 @click.option("--class-weights", callback=_weights, default=None,
               help="Cross-entropy weight per class, e.g. 1,2,2.")
+@click.option("--loss", type=click.Choice(choices(LossType)), default="ce", show_default=True,
+              help="Pixel loss: ce (softmax cross-entropy) or bce (per-class sigmoid BCE).")
+@click.option("--dice-weight", type=click.FloatRange(0.0), default=1.0, show_default=True,
+              help="Weight of the soft-Dice term added to the pixel loss (0 = off).")
 @click.option("--border-weight", type=click.FloatRange(0.0), default=0.0, show_default=True,
               help="U-Net border weight w0 between touching buildings (paper: 10; 0 = off).")
 @click.option("--border-sigma", type=click.FloatRange(0.0, min_open=True), default=5.0,

@@ -22,11 +22,9 @@ from typing import Any
 import numpy as np
 
 from geounet.errors import GeoreferenceError, InputError, LabelError, OutputExistsError
+from geounet.training.metrics import NODATA
 
 log = logging.getLogger(__name__)
-
-NODATA = 255
-"""Mask value of pixels without a label (scene nodata, padding)."""
 
 DEFAULT_CLASS_LAYERS: dict[str, str] = {"buildings": "buildings", "roads": "roads"}
 """Class name -> GeoPackage layer; class indices follow this order after ``background`` (0)."""

@@ -106,10 +106,19 @@ def find_chips(
     if not chips_dir.is_dir():
         raise LabelError(f"chips directory {str(chips_dir)!r} does not exist; run geounet chips.")
     records: list[ChipRecord] = []
-    if (chips_dir / "train").is_dir() and not (chips_dir / "images").is_dir():
+    subfolders = (chips_dir / "train").is_dir() or (chips_dir / "val").is_dir()
+    if subfolders and not (chips_dir / "images").is_dir():
         for split in ("train", "val"):
             for name, (image, mask) in _pairs(chips_dir / split).items():
                 records.append(ChipRecord(name, image, mask, split))
+        both = sorted({r.name for r in records if r.split == "train"}
+                      & {r.name for r in records if r.split == "val"})
+        if both:
+            warnings.warn(
+                f"{len(both)} chip name(s) are in both train/ and val/ of {str(chips_dir)!r}, "
+                f"e.g. {both[0]!r}; if they are the same chip, validation scores are inflated.",
+                stacklevel=2,
+            )
     else:
         pairs = _pairs(chips_dir)
         split_file = chips_dir / SPLIT_FILE
@@ -141,7 +150,10 @@ def find_chips(
             "(or train/ and val/ with those) as written by geounet chips."
         )
     if not any(r.split == "train" for r in records):
-        raise LabelError(f"no training chips in {str(chips_dir)!r} (all are val); fix the split.")
+        raise LabelError(
+            f"no training chips in {str(chips_dir)!r}: all {len(records)} are validation chips; "
+            "put some under train/ (or mark them train in split.csv)."
+        )
     return records
 
 
@@ -300,7 +312,10 @@ class ChipDataset:
         import rasterio
         import torch
 
+        from rasterio.windows import Window
+
         from geounet.training.augment import dihedral, elastic, jitter
+        from geounet.training.losses import border_weights
 
         chip, y0, x0 = self.items[index]
         rec = self.records[chip]
@@ -311,8 +326,6 @@ class ChipDataset:
             if y0 < 0:
                 y0 = int(rng.integers(0, max(0, height - size) + 1))
                 x0 = int(rng.integers(0, max(0, width - size) + 1))
-            from rasterio.windows import Window
-
             window = Window(x0, y0, min(size, width - x0), min(size, height - y0))
             image = img.read(window=window).astype(np.float32)
             mask = msk.read(1, window=window)
@@ -343,13 +356,6 @@ class ChipDataset:
         wmap[:height, :width] = weights
         return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
                 torch.from_numpy(target), torch.from_numpy(wmap))
-
-
-def border_weights(mask: np.ndarray, object_class: int, *, w0: float, sigma: float) -> np.ndarray:
-    """See :func:`geounet.training.losses.border_weights`."""
-    from geounet.training.losses import border_weights as _bw
-
-    return _bw(mask, object_class, w0=w0, sigma=sigma)
 
 
 def _shape(path: Path) -> tuple[int, int]:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from geounet.config import Padding, Precision, choices
+from geounet.config import LossType, Padding, Precision, choices
 from geounet.errors import CheckpointError, DeviceError, InputError, OutputExistsError
 
 log = logging.getLogger(__name__)
@@ -37,6 +37,8 @@ class TrainConfig:
         ``chip_size``); overrides ``chip_size``.
     class_weights : cross-entropy weight per class (default all 1).
     dice_weight : weight of the soft-Dice term.
+    loss : pixel loss, ``ce`` (softmax cross-entropy) or ``bce`` (one-vs-rest sigmoid binary
+        cross-entropy per class); either plus ``dice_weight`` x soft Dice.
     border_weight : U-Net border term ``w0`` between touching buildings (0 = off; paper: 10).
     border_sigma : its ``sigma`` in pixels (paper: 5).
     elastic : elastic deformation augmentation.
@@ -61,6 +63,7 @@ class TrainConfig:
     tile_size: int | None = None
     class_weights: tuple[float, ...] | None = None
     dice_weight: float = 1.0
+    loss: LossType = "ce"
     border_weight: float = 0.0
     border_sigma: float = 5.0
     elastic: bool = False
@@ -81,6 +84,10 @@ class TrainConfig:
                 raise InputError(f"{name} {value!r} must be a whole number >= 1.")
         if self.padding not in choices(Padding):
             raise InputError(f"padding {self.padding!r} is not one of {choices(Padding)}.")
+        if self.loss not in choices(LossType):
+            raise InputError(f"loss {self.loss!r} is not one of {choices(LossType)}; pick one.")
+        if not (self.dice_weight >= 0 and math.isfinite(self.dice_weight)):
+            raise InputError(f"dice weight {self.dice_weight} must be finite and >= 0; e.g. 1.")
         if self.precision not in choices(Precision):
             raise InputError(f"precision {self.precision!r} is not one of {choices(Precision)}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -172,27 +179,12 @@ def output_paths(out: str | os.PathLike[str]) -> dict[str, Path]:
             "log": out.with_name(f"{stem}.log.csv"), "plot": out.with_name(f"{stem}.curves.png")}
 
 
-def resolve_device(name: str) -> Any:
-    """``auto`` -> CUDA if available else CPU; :class:`DeviceError` for missing CUDA."""
-    import torch
-
-    name = name.lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name.startswith("cuda"):
-        if not torch.cuda.is_available():
-            raise DeviceError(f"device {name!r} was asked for but torch sees no CUDA; use cpu.")
-        index = int(name.split(":")[1]) if ":" in name else 0
-        if index >= torch.cuda.device_count():
-            raise DeviceError(
-                f"device {name!r}: only {torch.cuda.device_count()} CUDA device(s); use cuda:0."
-            )
-    elif name != "cpu":
-        raise DeviceError(f"device {name!r} is not auto, cpu, cuda or cuda:N.")
-    return torch.device(name)
-
-
 def _autocast_dtype(precision: str, device: Any) -> Any:
+    """Autocast dtype of a training step (None = fp32).
+
+    Unlike inference (:func:`geounet.inference.resolve_precision`), ``auto`` stays fp32 on
+    CPU: bf16 autocast made training about 10x slower on the project CPU (docs/training.md).
+    """
     import torch
 
     if precision == "fp32":
@@ -202,7 +194,9 @@ def _autocast_dtype(precision: str, device: Any) -> Any:
             return torch.bfloat16
         return torch.float16
     if precision == "fp16":
-        raise InputError("fp16 training needs CUDA; on CPU use bf16 or fp32.")
+        raise DeviceError(
+            "precision 'fp16' needs a CUDA device; on CPU train with 'fp32' or 'auto'."
+        )
     return torch.bfloat16 if precision == "bf16" else None
 
 
@@ -298,6 +292,7 @@ def train(
     """
     import torch
 
+    from geounet.inference import resolve_device
     from geounet.model import ModelCard, UNet, UNetConfig, read_checkpoint, save_checkpoint
     from geounet.training.dataset import (
         ChipDataset,
@@ -428,7 +423,7 @@ def train(
             weights = weights.to(device, non_blocking=pin)
             optimizer.zero_grad(set_to_none=True)
             loss = segmentation_loss(forward(images), target, weights,
-                                     dice_weight=config.dice_weight)
+                                     dice_weight=config.dice_weight, loss=config.loss)
             if not torch.isfinite(loss):
                 raise InputError(
                     f"training loss became {loss.item()} at epoch {epoch}; lower --lr "
@@ -450,7 +445,8 @@ def train(
             for images, target, weights in loader(val_set, False, epoch):
                 images, target, weights = images.to(device), target.to(device), weights.to(device)
                 logits = forward(images)
-                loss = segmentation_loss(logits, target, weights, dice_weight=config.dice_weight)
+                loss = segmentation_loss(logits, target, weights,
+                                         dice_weight=config.dice_weight, loss=config.loss)
                 val_total += loss.item() * images.shape[0]
                 val_seen += images.shape[0]
                 cm.update(logits.argmax(1).to(torch.uint8).cpu().numpy(),

@@ -1,4 +1,4 @@
-"""Losses: pixel-weighted cross-entropy plus soft Dice, and the U-Net border weight map."""
+"""Losses: pixel-weighted cross-entropy (or BCE) plus soft Dice, and the U-Net border weight map."""
 
 from __future__ import annotations
 
@@ -6,7 +6,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-IGNORE = 255
+from geounet.config import LossType, choices
+from geounet.errors import InputError
+from geounet.training.metrics import NODATA as IGNORE
 
 
 def border_weights(
@@ -48,33 +50,51 @@ def segmentation_loss(
     weights: torch.Tensor,
     *,
     dice_weight: float = 1.0,
+    loss: LossType = "ce",
 ) -> torch.Tensor:
-    """Weighted cross-entropy + ``dice_weight`` x (1 - soft Dice), on labelled pixels only.
+    """Weighted cross-entropy (or BCE) + ``dice_weight`` x (1 - soft Dice), on labelled pixels.
 
     Parameters
     ----------
     logits : (N, K, H, W) raw scores.
     target : (N, H, W) int64 class indices, 255 = ignore.
     weights : (N, H, W) per-pixel weights (class weight + border term), 0 where ignored.
+    dice_weight : weight of the soft-Dice term (0 = off).
+    loss : ``ce``: softmax cross-entropy over the K classes; ``bce``: one-vs-rest sigmoid
+        binary cross-entropy per class (mean over the K channels), with sigmoid probabilities
+        in the Dice term. Both keep the argmax of the logits as the predicted class, which is
+        what the inference engine (softmax) uses.
 
-    Cross-entropy is ``sum(w * ce) / sum(labelled)``; Dice is averaged over the classes
+    The pixel term is ``sum(w * l) / sum(labelled)``; Dice is averaged over the classes
     present in the batch's target or prediction.
+
+    Examples
+    --------
+    >>> logits = torch.zeros(1, 3, 4, 4); target = torch.zeros(1, 4, 4, dtype=torch.long)
+    >>> float(segmentation_loss(logits, target, torch.ones(1, 4, 4), dice_weight=0))  # ln 3
+    1.0986...
     """
+    if loss not in choices(LossType):
+        raise InputError(f"loss {loss!r} is not one of {choices(LossType)}; pick one.")
     logits = logits.float()
     valid = target != IGNORE
     safe = torch.where(valid, target, torch.zeros_like(target))
-    ce = F.cross_entropy(logits, safe, reduction="none")
-    n_valid = valid.sum().clamp_min(1)
-    loss = (ce * weights * valid).sum() / n_valid
-    if dice_weight > 0:
+    k = logits.shape[1]
+    onehot = F.one_hot(safe, k).permute(0, 3, 1, 2).to(logits.dtype)
+    if loss == "bce":
+        pixel = F.binary_cross_entropy_with_logits(logits, onehot, reduction="none").mean(dim=1)
+        probs = logits.sigmoid()
+    else:
+        pixel = F.cross_entropy(logits, safe, reduction="none")
         probs = logits.softmax(dim=1)
-        k = logits.shape[1]
-        onehot = F.one_hot(safe, k).permute(0, 3, 1, 2).to(probs.dtype)
+    n_valid = valid.sum().clamp_min(1)
+    total = (pixel * weights * valid).sum() / n_valid
+    if dice_weight > 0:
         v = valid.unsqueeze(1).to(probs.dtype)
         inter = (probs * onehot * v).sum(dim=(0, 2, 3))
         sums = (probs * v).sum(dim=(0, 2, 3)) + (onehot * v).sum(dim=(0, 2, 3))
         present = sums > 0
         dice = (2 * inter + 1.0) / (sums + 1.0)
         if present.any():
-            loss = loss + dice_weight * (1.0 - dice[present].mean())
-    return loss
+            total = total + dice_weight * (1.0 - dice[present].mean())
+    return total

@@ -14,10 +14,56 @@ import numpy as np
 from geounet.errors import InputError
 
 NODATA = 255
+"""Class-mask value of pixels without a label or prediction (scene nodata, padding); the one
+definition used by chips, training and evaluation."""
+
+
+def ratio(num: float, den: float) -> float:
+    """``num / den``, or ``nan`` when ``den`` is 0 (an undefined score, never a fake 0 or 1)."""
+    return float(num) / float(den) if den > 0 else float("nan")
+
+
+def harmonic_mean(precision: float, recall: float) -> float:
+    """F1 from precision and recall; ``nan`` when either is undefined or both are 0."""
+    if np.isnan(precision) or np.isnan(recall) or precision + recall == 0:
+        return float("nan")
+    return 2.0 * precision * recall / (precision + recall)
+
+
+def json_score(value: float | None) -> float | None:
+    """A score for JSON: ``nan`` becomes ``None`` (``null``), others are rounded to 6 digits."""
+    return None if value is None or np.isnan(value) else round(float(value), 6)
+
+
+class CountScores:
+    """Precision, recall and F1 from the ``tp``, ``fp`` and ``fn`` counts of a subclass.
+
+    The one definition of these ratios, shared by pixel scores (:class:`ClassScores`) and
+    object scores (:class:`geounet.evaluation.ObjectScores`).
+    """
+
+    tp: int
+    fp: int
+    fn: int
+
+    @property
+    def precision(self) -> float:
+        """tp / (tp + fp)."""
+        return ratio(self.tp, self.tp + self.fp)
+
+    @property
+    def recall(self) -> float:
+        """tp / (tp + fn)."""
+        return ratio(self.tp, self.tp + self.fn)
+
+    @property
+    def f1(self) -> float:
+        """2 tp / (2 tp + fp + fn) (Dice; the harmonic mean of precision and recall)."""
+        return ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
 
 
 @dataclass(frozen=True)
-class ClassScores:
+class ClassScores(CountScores):
     """Pixel scores of one class; ``nan`` where a ratio has a zero denominator.
 
     Attributes
@@ -32,24 +78,9 @@ class ClassScores:
     fn: int
 
     @property
-    def precision(self) -> float:
-        """tp / (tp + fp)."""
-        return _ratio(self.tp, self.tp + self.fp)
-
-    @property
-    def recall(self) -> float:
-        """tp / (tp + fn)."""
-        return _ratio(self.tp, self.tp + self.fn)
-
-    @property
     def iou(self) -> float:
         """tp / (tp + fp + fn) (Jaccard)."""
-        return _ratio(self.tp, self.tp + self.fp + self.fn)
-
-    @property
-    def f1(self) -> float:
-        """2 tp / (2 tp + fp + fn) (Dice)."""
-        return _ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)
+        return ratio(self.tp, self.tp + self.fp + self.fn)
 
     @property
     def support(self) -> int:
@@ -60,17 +91,10 @@ class ClassScores:
         """Plain JSON-ready dict (``nan`` becomes ``None``)."""
         return {
             "name": self.name, "tp": self.tp, "fp": self.fp, "fn": self.fn,
-            "support": self.support, "precision": _json(self.precision),
-            "recall": _json(self.recall), "iou": _json(self.iou), "f1": _json(self.f1),
+            "support": self.support, "precision": json_score(self.precision),
+            "recall": json_score(self.recall), "iou": json_score(self.iou),
+            "f1": json_score(self.f1),
         }
-
-
-def _ratio(num: float, den: float) -> float:
-    return float(num) / float(den) if den > 0 else float("nan")
-
-
-def _json(value: float) -> float | None:
-    return None if np.isnan(value) else round(float(value), 6)
 
 
 class ConfusionMatrix:
@@ -137,7 +161,7 @@ class ConfusionMatrix:
     @property
     def accuracy(self) -> float:
         """Overall pixel accuracy."""
-        return _ratio(np.trace(self.counts), self.counts.sum())
+        return ratio(np.trace(self.counts), self.counts.sum())
 
     def mean_iou(self, *, foreground_only: bool = True) -> float:
         """Mean IoU over classes with any truth or prediction (skipping index 0 by default)."""
