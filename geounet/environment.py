@@ -11,8 +11,10 @@ def describe_environment() -> dict[str, str]:
     Examples
     --------
     >>> env = describe_environment()
-    >>> sorted(env)[:3]
-    ['cuda', 'dask', 'gdal']
+    >>> env["cuda"]  # doctest: +SKIP
+    'no CUDA device (CPU only)'
+    >>> {"geounet", "torch", "gdal", "dask", "zarr", "pyogrio"} <= set(env)
+    True
     """
     import dask
     import distributed

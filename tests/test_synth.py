@@ -188,6 +188,24 @@ def test_chunked_rendering_has_no_seams(tmp_path: Path) -> None:
     assert diffs[255] < 2 * np.median(diffs)
 
 
+def test_written_window_by_window(tmp_path: Path, monkeypatch) -> None:
+    """The raster is rendered and written in chunk_size windows, never as a whole scene."""
+    import geounet.synth as synth
+
+    windows = []
+    render = synth._render_window
+
+    def spy(config, plan, indexes, y0, x0, height, width):
+        windows.append((y0, x0, height, width))
+        return render(config, plan, indexes, y0, x0, height, width)
+
+    monkeypatch.setattr(synth, "_render_window", spy)
+    synthesize_scene(tmp_path, height=600, width=300, chunk_size=256)
+    assert max(h for *_, h, _ in windows) <= 256 and max(w for *_, w in windows) <= 256
+    assert len(windows) == 3 * 2
+    assert sum(h * w for *_, h, w in windows) == 600 * 300
+
+
 def test_invalid_arguments_raise_clear_errors(tmp_path: Path) -> None:
     with pytest.raises(InputError, match="band count 5"):
         SynthConfig(band_count=5)
