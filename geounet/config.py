@@ -23,7 +23,6 @@ DType = Literal["uint8", "uint16"]
 BlendWindow = Literal["hann", "spline", "uniform"]
 """Tapered weight windows for blending overlapping same-padding tiles."""
 
-LogLevel = Literal["quiet", "normal", "verbose"]
 
 
 def choices(alias: object) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 
 from geounet import __version__
@@ -85,3 +86,19 @@ def test_synth_user_mistake_is_one_clean_line(tmp_path) -> None:
         "use a projected CRS such as a UTM zone (e.g. EPSG:32633)."
     ]
     assert not (tmp_path / "s").exists()
+
+
+def test_library_warning_reaches_the_terminal_as_one_line(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import warnings
+
+    from geounet.cli import main
+
+    monkeypatch.setattr(warnings, "showwarning", warnings.showwarning)  # restored afterwards
+    main.configure_logging(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("always")
+        warnings.warn("scene has no CRS; outputs are in pixel coordinates", UserWarning)
+    err = capsys.readouterr().err
+    assert err.strip() == "WARNING scene has no CRS; outputs are in pixel coordinates"
