@@ -164,3 +164,49 @@ def test_cli_chips(make_scene, tmp_path):
     assert again.exit_code == 1 and "--overwrite" in again.output
     bad = CliRunner().invoke(cli, args[:-2] + ["--class-layer", "nolayer", "--overwrite"])
     assert bad.exit_code == 2 and "CLASS=LAYER" in bad.output
+
+
+def test_class_layer_mapping(make_scene, tmp_path):
+    """Other layer names map to classes in the order given; chips.json and tags record them."""
+    import json
+
+    scene = make_scene(128, 128)
+    path = tmp_path / "labels.gpkg"
+    gpd.GeoDataFrame(geometry=[box(X0 + 5, Y0 - 20, X0 + 15, Y0 - 10)], crs=CRS).to_file(
+        path, layer="footprints")
+    gpd.GeoDataFrame(geometry=[box(X0 + 30, Y0 - 40, X0 + 50, Y0 - 30)], crs=CRS).to_file(
+        path, layer="water_bodies")
+    summary = make_chips(scene, path, tmp_path / "c", chip_size=128, val_fraction=0.0,
+                         class_layers={"water": "water_bodies", "buildings": "footprints"})
+    assert summary.classes == ("background", "water", "buildings")
+    assert json.loads((tmp_path / "c" / "chips.json").read_text())["classes"] == list(
+        summary.classes)
+    with rasterio.open(tmp_path / "c" / "masks" / "scene1_r0000_c0000.tif") as m:
+        mask = m.read(1)
+        assert m.tags()["classes"] == "background,water,buildings"
+    # 0.5 m pixels: footprint rows 20..39, cols 10..29; water rows 60..79, cols 60..99
+    assert (mask[20:40, 10:30] == 2).all() and (mask == 2).sum() == 400
+    assert (mask[60:80, 60:100] == 1).all() and (mask == 1).sum() == 800
+
+
+def test_cli_user_mistakes_are_one_clean_line(make_scene, tmp_path):
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+
+    labels = _labels(tmp_path / "labels.gpkg")
+    cases = [
+        (make_scene(64, 64, crs=None), labels, "no CRS"),
+        (make_scene(128, 128), _labels(tmp_path / "far.gpkg", shift=50_000.0), "overlaps"),
+        (make_scene(128, 128), labels, "class_layers"),  # no such layer
+    ]
+    for i, (scene, gpkg, message) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        extra = ["--class-layer", "buildings=nothing"] if message == "class_layers" else []
+        result = CliRunner().invoke(cli, ["chips", str(scene), str(gpkg), "--out", str(out),
+                                          "--chip-size", "64", *extra])
+        assert result.exit_code == 1, result.output
+        assert "Error:" in result.output and message in result.output
+        assert "Traceback" not in result.output
+        assert not out.exists()
+        assert not [p for p in tmp_path.iterdir() if p.name.startswith(f".out{i}")]

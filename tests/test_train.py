@@ -109,7 +109,8 @@ def test_unpaired_and_empty_chips(small_chips, tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     with pytest.raises(LabelError, match="no chip pairs|does not exist"):
-        train(empty, tmp_path / "m.pt", config=TrainConfig(epochs=1, **TINY))
+        train(empty, tmp_path / "new" / "m.pt", config=TrainConfig(epochs=1, **TINY))
+    assert not (tmp_path / "new").exists()  # a failed run leaves nothing behind
     broken = tmp_path / "broken"
     shutil.copytree(small_chips, broken)
     next((broken / "masks").glob("*.tif")).unlink()

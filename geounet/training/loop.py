@@ -311,7 +311,6 @@ def train(
             f"checkpoint {str(paths['best'])!r} exists; choose another --out, pass --overwrite, "
             "or --resume its .last.pt."
         )
-    paths["best"].parent.mkdir(parents=True, exist_ok=True)
     state: dict[str, Any] | None = None
     if resume is not None:
         payload = read_checkpoint(resume)
@@ -410,6 +409,7 @@ def train(
             return model(images)
 
     best_epoch = int(state.get("best_epoch", 0)) if state else 0
+    paths["best"].parent.mkdir(parents=True, exist_ok=True)  # only once the inputs are checked
     stopped = False
     steps = math.ceil(len(train_set) / config.batch_size)
     for epoch in range(start, config.epochs + 1):
