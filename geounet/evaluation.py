@@ -34,6 +34,7 @@ from geounet.training.metrics import (
     CountScores,
     harmonic_mean,
     json_score,
+    mean_iou,
     ratio,
 )
 
@@ -138,8 +139,7 @@ class EvaluationReport:
     @property
     def mean_iou(self) -> float:
         """Mean pixel IoU over the foreground classes that occur."""
-        values = [s.iou for s in self.pixel[1:] if not np.isnan(s.iou)]
-        return float(np.mean(values)) if values else float("nan")
+        return mean_iou(self.pixel)
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready dict (``nan`` as ``null``)."""

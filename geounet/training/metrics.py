@@ -35,6 +35,13 @@ def json_score(value: float | None) -> float | None:
     return None if value is None or np.isnan(value) else round(float(value), 6)
 
 
+def mean_iou(scores: Sequence[ClassScores], *, foreground_only: bool = True) -> float:
+    """Mean IoU over the classes that occur (truth or prediction), skipping index 0 by default;
+    ``nan`` when none occurs."""
+    values = [s.iou for s in scores[(1 if foreground_only else 0):] if not np.isnan(s.iou)]
+    return float(np.mean(values)) if values else float("nan")
+
+
 class CountScores:
     """Precision, recall and F1 from the ``tp``, ``fp`` and ``fn`` counts of a subclass.
 
@@ -165,6 +172,4 @@ class ConfusionMatrix:
 
     def mean_iou(self, *, foreground_only: bool = True) -> float:
         """Mean IoU over classes with any truth or prediction (skipping index 0 by default)."""
-        values = [s.iou for s in self.scores()[(1 if foreground_only else 0):]]
-        values = [v for v in values if not np.isnan(v)]
-        return float(np.mean(values)) if values else float("nan")
+        return mean_iou(self.scores(), foreground_only=foreground_only)
