@@ -1,4 +1,5 @@
-"""Tests for geounet.vectorization: seam-free polygons, areas, CRS, regularize, centerlines, formats."""
+"""Tests for geounet.vectorization: seam-free polygons, areas, CRS, regularize, centerlines,
+formats, streaming."""
 
 from __future__ import annotations
 
@@ -300,3 +301,141 @@ def test_cli_vectorize(tmp_path: Path) -> None:
     assert again.exit_code == 1 and "overwrite" in again.output
     bad = CliRunner().invoke(cli, ["vectorize", str(src), "--out", str(out), "--classes", "trees"])
     assert bad.exit_code == 1 and "buildings" in bad.output
+    image = write_mask(tmp_path / "image.tif", np.full((30, 30), 200, np.uint8))
+    bad = CliRunner().invoke(cli, ["vectorize", str(image), "--out", str(tmp_path / "i.fgb")])
+    assert bad.exit_code == 1
+    assert bad.output.startswith("Error: ") and bad.output.count("\n") == 1
+    assert "value 200" in bad.output and "Traceback" not in bad.output
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["cli.gpkg", "image.tif", "m.tif"]
+
+
+def test_building_straddling_cut_lines_stays_whole_roads_are_cut(tmp_path: Path) -> None:
+    """cut_size 32 (an 8192-style cut grid in miniature): only road polygons are cut."""
+    mask = np.zeros((96, 96), np.uint8)
+    mask[4:12, 20:44] = 1  # straddles the vertical cut line x = 32
+    mask[24:41, 25:40] = 1  # covers the cut-line crossing (32, 32): four cut cells
+    mask[70:80, :] = 2  # a road across the cut lines x = 32 and x = 64
+    src = write_mask(tmp_path / "m.tif", mask)
+    result = vectorize(src, tmp_path / "o.gpkg", chunk_size=16, cut_size=32, min_area=0,
+                       simplify=0)
+    buildings = read(tmp_path / "o.gpkg", "buildings")
+    assert len(buildings) == 2
+    assert sorted(buildings.geometry.area) == pytest.approx([8 * 24 * 0.25, 17 * 15 * 0.25])
+    assert_same_polygons(list(buildings.geometry), reference(mask, 1))
+    roads = read(tmp_path / "o.gpkg", "roads")
+    assert len(roads) == 3  # one road polygon per 32 px cut cell it crosses
+    assert_same_polygons(list(roads.geometry), reference(mask, 2, cell=32))
+    lines = read(tmp_path / "o.gpkg", "road_centerlines")
+    assert len(lines) == result.counts["road_centerlines"] == 1  # the centerline is not cut
+
+
+def _normalized_lines(path: Path) -> list:
+    lines = read(path, "road_centerlines").geometry.values
+    return sorted(shapely.normalize(lines), key=lambda g: g.wkb)
+
+
+@pytest.mark.parametrize(("chunk_size", "cut_size"), [(41, None), (64, 100), (29, 8192)])
+def test_centerlines_chunked_equal_whole_mask(tmp_path: Path, chunk_size: int,
+                                              cut_size: int | None) -> None:
+    """Lines meeting at seams are joined: a road is one line however the scene is chunked."""
+    from geounet.synth import synthesize_scene
+
+    scene = synthesize_scene(tmp_path / "syn", size=320, seed=3)
+    options = {"classes": ["roads"], "simplify": 0}
+    vectorize(scene.mask_path, tmp_path / "whole.gpkg", chunk_size=320, **options)
+    vectorize(scene.mask_path, tmp_path / "chunked.gpkg", chunk_size=chunk_size,
+              cut_size=cut_size, **options)
+    whole, chunked = (_normalized_lines(tmp_path / n) for n in ("whole.gpkg", "chunked.gpkg"))
+    assert len(whole) > 3
+    assert len(chunked) == len(whole)
+    for a, b in zip(chunked, whole):
+        assert a.equals_exact(b, 1e-9)
+
+
+@pytest.mark.parametrize("chunk_size", [200, 27, 13])
+def test_spur_crossing_a_seam_is_pruned(tmp_path: Path, chunk_size: int) -> None:
+    mask = np.zeros((100, 200), np.uint8)
+    mask[40:52, :] = 2  # a road (skeleton on row 46)
+    mask[52:62, 100:110] = 2  # a stub: a 5 m spur that crosses the seams at rows 52/54/55
+    src = write_mask(tmp_path / "m.tif", mask)
+    rows = {}
+    for spur in (10.0, 0.0):
+        out = tmp_path / f"s{spur}.gpkg"
+        vectorize(src, out, chunk_size=chunk_size, classes=["roads"], simplify=0,
+                  spur_length=spur)
+        lines = read(out, "road_centerlines").geometry
+        coords = np.concatenate([np.asarray(g.coords) for g in lines])
+        rows[spur] = (TRANSFORM.f - coords[:, 1]) / 0.5
+    assert rows[10.0].max() < 48  # the spur is gone
+    assert rows[0.0].max() > 55  # and is there when pruning is off
+
+
+def test_regularize_in_geographic_crs_gives_ground_right_angles(tmp_path: Path) -> None:
+    """At 60 N a 1e-5 degree pixel is about 0.56 m x 1.11 m: right angles must hold on the
+    ground, not in pixel space."""
+    from pyproj import Transformer
+
+    to_ll = Transformer.from_crs(CRS, "EPSG:4326", always_xy=True)
+    cx, cy = Transformer.from_crs("EPSG:4326", CRS, always_xy=True).transform(15.0, 60.0)
+    truth = affinity.rotate(box(cx - 12, cy - 6, cx + 12, cy + 6), 30, origin=(cx, cy))
+    truth_ll = shapely.transform(truth, lambda xy: np.column_stack(to_ll.transform(*xy.T)))
+    transform = from_origin(15.0 - 60e-5, 60.0 + 60e-5, 1e-5, 1e-5)
+    mask = rasterize([(truth_ll, 1)], out_shape=(120, 120), transform=transform, dtype="uint8")
+    src = write_mask(tmp_path / "g.tif", mask, crs="EPSG:4326", transform=transform)
+    vectorize(src, tmp_path / "g.gpkg", regularize=True, centerlines=False, chunk_size=50)
+    gdf = read(tmp_path / "g.gpkg", "buildings")
+    assert len(gdf) == 1
+    footprint = gdf.to_crs(CRS).geometry.iloc[0]
+    angles = _interior_angles(footprint)
+    assert np.all(np.minimum(np.abs(angles - 90), np.abs(angles - 270)) < 3), angles
+    assert footprint.area == pytest.approx(truth.area, rel=0.05)
+    assert gdf["area_m2"].iloc[0] == pytest.approx(truth.area, rel=0.05)
+
+
+def test_streaming_never_builds_a_geodataframe(tmp_path: Path,
+                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    import geounet.vectorization as vz
+    from geounet.vectorization._writer import FeatureWriter
+
+    sizes: list[int] = []
+    write = FeatureWriter.write
+
+    def spy(self: FeatureWriter, layer: str, geometries: object, attributes: dict) -> None:
+        sizes.append(len(geometries))
+        write(self, layer, geometries, attributes)
+
+    def no_frames(*args: object, **kwargs: object) -> None:
+        raise AssertionError("a GeoDataFrame was built while writing")
+
+    monkeypatch.setattr(vz, "BATCH", 5)
+    monkeypatch.setattr(FeatureWriter, "write", spy)
+    monkeypatch.setattr(gpd.GeoDataFrame, "__init__", no_frames)
+    mask = np.zeros((60, 60), np.uint8)
+    mask[1::4, 1::4] = 1  # 225 one-pixel buildings
+    for suffix in (".gpkg", ".parquet", ".fgb"):
+        result = vectorize(write_mask(tmp_path / "m.tif", mask), tmp_path / f"o{suffix}",
+                           min_area=0, simplify=0, centerlines=False, chunk_size=30,
+                           overwrite=True)
+        assert result.counts["buildings"] == 225
+    assert max(sizes) <= 5
+    monkeypatch.undo()
+    assert len(read(tmp_path / "o.gpkg", "buildings")) == 225
+    assert len(gpd.read_parquet(tmp_path / "o_buildings.parquet")) == 225
+
+
+def test_image_or_bad_layer_names_are_rejected(tmp_path: Path) -> None:
+    rgb = tmp_path / "rgb.tif"
+    profile = {"driver": "GTiff", "height": 20, "width": 20, "count": 3, "dtype": "uint8",
+               "crs": CRS, "transform": TRANSFORM}
+    with rasterio.open(rgb, "w", **profile) as dst:
+        dst.write(np.full((3, 20, 20), 120, np.uint8))
+        dst.descriptions = ("red", "green", "blue")
+    with pytest.raises(UnsupportedFormatError, match="'red', not 'class'"):
+        vectorize(rgb, tmp_path / "x.gpkg")
+    grey = write_mask(tmp_path / "grey.tif", np.full((20, 20), 120, np.uint8))
+    with pytest.raises(InputError, match="value 120"):
+        vectorize(grey, tmp_path / "x.gpkg")
+    src = write_mask(tmp_path / "m.tif", blob_mask(2, 30, 30))
+    with pytest.raises(InputError, match="path separator"):
+        vectorize(src, tmp_path / "x.parquet", layer_names={"buildings": "a/b"})
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["grey.tif", "m.tif", "rgb.tif"]

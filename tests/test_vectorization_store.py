@@ -15,7 +15,10 @@ from test_vectorization import TRANSFORM, assert_same_polygons, blob_mask, read,
 output = pytest.importorskip("geounet.output")
 
 
-def test_real_store_and_cog_give_the_whole_mask_polygons(tmp_path: Path) -> None:
+@pytest.mark.parametrize("probability_dtype", ["uint8", "float32"])
+def test_real_store_and_cog_give_the_whole_mask_polygons(tmp_path: Path,
+                                                         probability_dtype: str) -> None:
+    """A float32 store makes a float32 COG (band 1 'class' too): it must vectorize as well."""
     mask = blob_mask(11, 100, 120)
     valid = np.ones(mask.shape, bool)
     valid[:, :6] = False  # a nodata strip
@@ -24,7 +27,8 @@ def test_real_store_and_cog_give_the_whole_mask_polygons(tmp_path: Path) -> None
     t = TRANSFORM
     spec = output.create_store(tmp_path / "p.zarr", height=100, width=120,
                                classes=("background", "buildings", "roads"), chunk_size=32,
-                               crs_wkt=crs_wkt, transform=(t.a, t.b, t.c, t.d, t.e, t.f))
+                               crs_wkt=crs_wkt, transform=(t.a, t.b, t.c, t.d, t.e, t.f),
+                               probability_dtype=probability_dtype)
     for y0 in range(0, 100, 32):
         for x0 in range(0, 120, 32):
             sl = (slice(y0, y0 + 32), slice(x0, x0 + 32))

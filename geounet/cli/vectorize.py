@@ -14,7 +14,9 @@ def _class_list(ctx: click.Context, param: click.Parameter, value: str | None) -
         return None
     names = [part.strip() for part in value.split(",") if part.strip()]
     if not names:
-        raise click.BadParameter(f"{value!r} names no class; use e.g. buildings,roads.", param=param)
+        raise click.BadParameter(
+            f"{value!r} names no class; use e.g. buildings,roads.", param=param
+        )
     return names
 
 
@@ -27,7 +29,8 @@ def _class_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--chunk-size", type=int, default=None, callback=options._positive,
               help="Window side in pixels. Default: the store's chunking, else 2048.")
 @click.option("--cut-size", type=int, default=8192, show_default=True, callback=options._positive,
-              help="Objects are cut on a scene-anchored grid of this side (bounded memory).")
+              help="Road polygons are cut on a scene-anchored grid of this side (bounded "
+              "memory); buildings and centerlines are never cut.")
 @options.vectorize_options
 @options.overwrite
 @click.pass_context

@@ -6,6 +6,7 @@ strategy, the bounded-memory rule and the per-class defaults.
 
 from __future__ import annotations
 
+import bisect
 import logging
 import math
 import time
@@ -16,11 +17,17 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
-from geounet.vectorization._centerlines import trace_centerlines
+from geounet.vectorization._centerlines import LineMerger, trace_centerlines
 from geounet.vectorization._polygons import SeamMerger
 from geounet.vectorization._regularize import regularize_polygon
-from geounet.vectorization._source import DEFAULT_CLASSES, PredictionReader
-from geounet.vectorization._writer import SUFFIXES, FeatureWriter, LayerSpec, VectorFormat, layer_paths
+from geounet.vectorization._source import PredictionReader
+from geounet.vectorization._writer import (
+    SUFFIXES,
+    FeatureWriter,
+    LayerSpec,
+    VectorFormat,
+    layer_paths,
+)
 
 __all__ = [
     "CENTERLINE_HALO",
@@ -99,7 +106,8 @@ def _per_class(
         unknown = sorted(set(value) - set(classes))
         if unknown:
             raise InputError(
-                f"{name} names classes {unknown} that are not vectorized; use some of {list(classes)}."
+                f"{name} names classes {unknown} that are not vectorized; use some of "
+                f"{list(classes)}."
             )
         out = {c: float(defaults.get(c, 0.0)) for c in classes}
         out.update({c: float(v) for c, v in value.items()})
@@ -107,7 +115,9 @@ def _per_class(
         out = {c: float(value) for c in classes}
     bad = {c: v for c, v in out.items() if not math.isfinite(v) or v < 0}
     if bad:
-        raise InputError(f"{name} {bad} is negative or not finite; give 0 (off) or a positive number.")
+        raise InputError(
+            f"{name} {bad} is negative or not finite; give 0 (off) or a positive number."
+        )
     return out
 
 
@@ -116,13 +126,15 @@ def _breaks(start: int, stop: int, step: int) -> list[int]:
     return [start, *inner, stop]
 
 
-class _Measure:
-    """Areas and lengths in metres, in any CRS (geodesic on the ellipsoid when geographic)."""
+class _Frame:
+    """Pixel -> map coordinates, and areas and lengths in metres in any CRS (geodesic on the
+    ellipsoid when the CRS is geographic)."""
 
-    def __init__(self, crs_wkt: str) -> None:
+    def __init__(self, crs_wkt: str, transform: tuple[float, ...]) -> None:
         from pyproj import CRS, Geod
 
         crs = CRS.from_wkt(crs_wkt)
+        self.transform = tuple(float(v) for v in transform[:6])
         self.geographic = crs.is_geographic
         if self.geographic:
             ell = crs.ellipsoid
@@ -132,7 +144,38 @@ class _Measure:
             self.geod = None
             self.factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
 
+    def to_map(self, geoms: np.ndarray) -> np.ndarray:
+        """Geometries in scene pixel coordinates (x = column, y = row) -> the scene CRS."""
+        import shapely
+
+        a, b, c, d, e, f = self.transform
+        return shapely.transform(
+            geoms,
+            lambda xy: np.column_stack(
+                [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
+            ),
+        )
+
+    def ground_matrix(self, col: float, row: float) -> np.ndarray:
+        """2 x 2 linear map from pixel offsets to ground metres (east, north) near a pixel.
+
+        Pixels need not be square: in a geographic CRS a degree of longitude is shorter than
+        a degree of latitude away from the equator, and projected rasters may have different
+        x and y pixel sizes. Right angles and areas are judged in this frame.
+        """
+        a, b, c, d, e, f = self.transform
+        linear = np.array([[a, b], [d, e]], dtype=np.float64)
+        if self.geod is None:
+            return linear * self.factor
+        lon = a * col + b * row + c
+        lat = d * col + e * row + f
+        step = 1e-4
+        _, _, east = self.geod.inv(lon - step, lat, lon + step, lat)
+        _, _, north = self.geod.inv(lon, lat - step, lon, lat + step)
+        return np.diag([east / (2 * step), north / (2 * step)]) @ linear
+
     def area_perimeter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Area (m^2) and perimeter (m) of map-coordinate polygons."""
         import shapely
 
         if self.geod is None:
@@ -142,6 +185,7 @@ class _Measure:
         return area, np.array([p for _, p in pairs], dtype=np.float64)
 
     def length(self, geoms: np.ndarray) -> np.ndarray:
+        """Length (m) of map-coordinate lines."""
         import shapely
 
         if self.geod is None:
@@ -149,11 +193,45 @@ class _Measure:
         return np.array([self.geod.geometry_length(g) for g in geoms], dtype=np.float64)
 
 
+def _regularize(geoms: np.ndarray, frame: _Frame, tolerance_m: float) -> np.ndarray:
+    """Regularize pixel-coordinate footprints in a local ground frame (metres, square)."""
+    import shapely
+
+    out = np.empty(len(geoms), dtype=object)
+    for i, geom in enumerate(geoms):
+        point = geom.centroid
+        matrix = frame.ground_matrix(point.x, point.y)
+        inverse = np.linalg.inv(matrix)
+        ground = shapely.transform(geom, lambda xy, m=matrix: xy @ m.T)
+        regular = regularize_polygon(ground, tolerance_m)
+        out[i] = shapely.transform(regular, lambda xy, m=inverse: xy @ m.T)
+    return out
+
+
 class _PolygonLayer:
     """Buffers finished objects of one class and writes them cleaned, in map coordinates."""
 
-    def __init__(self, **kw: Any) -> None:
-        self.__dict__.update(kw)
+    def __init__(
+        self,
+        *,
+        name: str,
+        layer: str,
+        writer: FeatureWriter,
+        frame: _Frame,
+        pixel_m: float,
+        fill_holes: bool,
+        min_area: float,
+        tolerance: float,
+        regularize: bool,
+        has_probabilities: bool,
+    ) -> None:
+        self.name, self.layer, self.writer, self.frame = name, layer, writer, frame
+        self.pixel_m = pixel_m  # ground size of a pixel (m)
+        self.fill_holes = fill_holes
+        self.min_area = min_area  # m^2
+        self.tolerance = tolerance  # pixels
+        self.regularize = regularize
+        self.has_probabilities = has_probabilities
         self.geoms: list[Any] = []
         self.pixels: list[int] = []
         self.psums: list[float] = []
@@ -181,15 +259,14 @@ class _PolygonLayer:
         if self.fill_holes:
             geoms = shapely.polygons(shapely.get_exterior_ring(geoms))
         if self.min_area > 0:
-            area, _ = self.measure.area_perimeter(self.to_map(geoms))
+            area, _ = self.frame.area_perimeter(self.frame.to_map(geoms))
             keep = area >= self.min_area
             geoms, index = geoms[keep], index[keep]
         if self.tolerance > 0:
             geoms = shapely.simplify(geoms, self.tolerance, preserve_topology=True)
         if self.regularize:
-            tol = max(self.tolerance, 1.0)
-            geoms = np.array([regularize_polygon(g, tol) for g in geoms] or [], dtype=object)
-        geoms = self.to_map(geoms)
+            geoms = _regularize(geoms, self.frame, max(self.tolerance, 1.0) * self.pixel_m)
+        geoms = self.frame.to_map(geoms)
         invalid = ~shapely.is_valid(geoms)
         if invalid.any():
             geoms[invalid] = shapely.make_valid(geoms[invalid])
@@ -197,7 +274,7 @@ class _PolygonLayer:
             index = index[parts]
             keep = shapely.get_type_id(geoms) == 3
             geoms, index = geoms[keep], index[keep]
-        area, perimeter = self.measure.area_perimeter(geoms)
+        area, perimeter = self.frame.area_perimeter(geoms)
         if self.has_probabilities:
             mean_p = psums[index] / np.maximum(pixels[index], 1)
         else:
@@ -276,7 +353,9 @@ def vectorize(
             "(GeoParquet) or .fgb (FlatGeobuf)."
         )
     if chunk_size is not None and chunk_size < 2:
-        raise InputError(f"chunk size {chunk_size} is too small; give 2 or more pixels (e.g. 2048).")
+        raise InputError(
+            f"chunk size {chunk_size} is too small; give 2 or more pixels (e.g. 2048)."
+        )
     if cut_size is not None and cut_size < 2:
         raise InputError(f"cut size {cut_size} is too small; give 2 or more pixels or None.")
     if spur_length is not None and spur_length < 0:
@@ -302,13 +381,20 @@ def vectorize(
         lines_wanted = centerlines and ROAD_CLASS in wanted
         if lines_wanted:
             layers[CENTERLINE_LAYER] = names.get(CENTERLINE_LAYER, CENTERLINE_LAYER)
+        odd = [n for n in layers.values() if not n or "/" in n or "\\" in n]
+        if odd:
+            raise InputError(
+                f"layer names {odd} are empty or hold a path separator; layer names also name "
+                "files (.parquet/.fgb: <stem>_<layer><suffix>), so use plain names like 'bldg'."
+            )
         if len(set(layers.values())) != len(layers):
             raise InputError(f"layer names {list(layers.values())} repeat; give distinct names.")
         targets = layer_paths(out, fmt, list(layers.values()))
         existing = sorted({str(p) for p in targets.values() if p.exists()})
         if existing and not overwrite:
             raise OutputExistsError(
-                f"{existing} already exist; pass overwrite=True (--overwrite) or choose another --out."
+                f"{existing} already exist; pass overwrite=True (--overwrite) or choose "
+                "another --out."
             )
         out.parent.mkdir(parents=True, exist_ok=True)
 
@@ -319,18 +405,7 @@ def vectorize(
         if chunk_size is None:
             is_store = Path(reader.path).is_dir()
             chunk_size = int(min(reader.chunk_shape)) if is_store else DEFAULT_CHUNK_SIZE
-        measure = _Measure(reader.crs_wkt)
-        a, b, c, d, e, f = reader.transform
-
-        def to_map(geoms: np.ndarray) -> np.ndarray:
-            import shapely
-
-            def affine(xy: np.ndarray) -> np.ndarray:
-                return np.column_stack(
-                    [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
-                )
-
-            return shapely.transform(geoms, affine)
+        frame = _Frame(reader.crs_wkt, reader.transform)
 
         specs = []
         import pyarrow as pa
@@ -359,8 +434,8 @@ def vectorize(
                     name=cls,
                     layer=layers[cls],
                     writer=writer,
-                    measure=measure,
-                    to_map=to_map,
+                    frame=frame,
+                    pixel_m=pixel_m,
                     fill_holes=fill_holes,
                     min_area=min_areas[cls],
                     tolerance=tolerances[cls] / pixel_m,
@@ -378,19 +453,21 @@ def vectorize(
                 ({v: b for v, b in buffers.items() if v == road_value}, cut_size, lines_wanted),
             ]
             passes = [(bufs, cut, lines) for bufs, cut, lines in passes if bufs]
-            plans = [_window_plans(reader.height, reader.width, chunk_size, cut) for _, cut, _ in passes]
-            total = sum(_count_windows(plan) for plan in plans)
+            orders = [
+                _WindowOrder(reader.height, reader.width, chunk_size, cut) for _, cut, _ in passes
+            ]
+            total = sum(order.total for order in orders)
             stats = {"chunks": 0, "max_held": 0}
-            for (bufs, _, lines), plan in zip(passes, plans):
+            for (bufs, _, lines), order in zip(passes, orders):
                 done_before = stats["chunks"]
                 part = _run_windows(
                     reader,
                     bufs,
-                    plans=plan,
+                    order=order,
                     road_value=road_value if lines else None,
                     line_writer=(
                         lambda coords: _write_lines(
-                            coords, writer, layers[CENTERLINE_LAYER], to_map, measure,
+                            coords, writer, layers[CENTERLINE_LAYER], frame,
                             tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
                         )
                     ),
@@ -414,7 +491,7 @@ def vectorize(
         counts=counts,
         seconds=seconds,
         pixels=reader.height * reader.width,
-        chunks=_count_windows(_window_plans(reader.height, reader.width, chunk_size, None)),
+        chunks=_WindowOrder(reader.height, reader.width, chunk_size, None).total,
         max_held=stats["max_held"],
         layers=tuple(layers.values()),
     )
@@ -424,8 +501,7 @@ def _write_lines(
     lines: list[np.ndarray],
     writer: FeatureWriter,
     layer: str,
-    to_map: Callable[[np.ndarray], np.ndarray],
-    measure: _Measure,
+    frame: _Frame,
     tolerance: float,
 ) -> None:
     import shapely
@@ -433,41 +509,56 @@ def _write_lines(
     if not lines:
         return
     geoms = np.array([shapely.linestrings(xy) for xy in lines], dtype=object)
-    merged = shapely.line_merge(shapely.multilinestrings(geoms))
-    geoms = shapely.get_parts(merged)
     if tolerance > 0:
         geoms = shapely.simplify(geoms, tolerance, preserve_topology=True)
-    geoms = to_map(geoms)
+    geoms = frame.to_map(geoms)
     writer.write(
         layer,
         geoms,
-        {"class": np.full(len(geoms), ROAD_CLASS, dtype=object), "length_m": measure.length(geoms)},
+        {"class": np.full(len(geoms), ROAD_CLASS, dtype=object), "length_m": frame.length(geoms)},
     )
 
 
-def _window_plans(
-    height: int, width: int, chunk_size: int, cut_size: int | None
-) -> list[tuple[list[int], list[int]]]:
-    """Window breaks (ys, xs) for each cut cell, cells in row-major order."""
-    cell = cut_size or max(height, width)
-    plans = []
-    for cy in range(0, height, cell):
-        for cx in range(0, width, cell):
-            ys = _breaks(cy, min(cy + cell, height), chunk_size)
-            xs = _breaks(cx, min(cx + cell, width), chunk_size)
-            plans.append((ys, xs))
-    return plans
+class _WindowOrder:
+    """The windows of one pass: the chunk grid cut by the cut grid, cut cells in row-major
+    order and windows in row-major order inside each cell. ``rank`` numbers them in that order."""
 
+    def __init__(self, height: int, width: int, chunk_size: int, cut_size: int | None) -> None:
+        self.height, self.width = height, width
+        self.cell = cut_size or max(height, width)
+        self.cells_across = -(-width // self.cell)
+        self.plans: list[tuple[list[int], list[int]]] = []
+        self.offsets: list[int] = []
+        total = 0
+        for cy in range(0, height, self.cell):
+            for cx in range(0, width, self.cell):
+                ys = _breaks(cy, min(cy + self.cell, height), chunk_size)
+                xs = _breaks(cx, min(cx + self.cell, width), chunk_size)
+                self.plans.append((ys, xs))
+                self.offsets.append(total)
+                total += (len(ys) - 1) * (len(xs) - 1)
+        self.total = total
 
-def _count_windows(plans: list[tuple[list[int], list[int]]]) -> int:
-    return sum((len(ys) - 1) * (len(xs) - 1) for ys, xs in plans)
+    def rank(self, row: int, col: int) -> int:
+        """Position in processing order of the window holding pixel (row, col)."""
+        index = (row // self.cell) * self.cells_across + col // self.cell
+        ys, xs = self.plans[index]
+        i = bisect.bisect_right(ys, row) - 1
+        j = bisect.bisect_right(xs, col) - 1
+        return self.offsets[index] + i * (len(xs) - 1) + j
+
+    def deadline(self, row: int, col: int) -> int:
+        """Rank of the last window holding a pixel of the 3 x 3 block around (row, col)."""
+        rows = (max(row - 1, 0), min(row + 1, self.height - 1))
+        cols = (max(col - 1, 0), min(col + 1, self.width - 1))
+        return max(self.rank(r, c) for r in rows for c in cols)
 
 
 def _run_windows(
     reader: PredictionReader,
     buffers: dict[int, _PolygonLayer],
     *,
-    plans: list[tuple[list[int], list[int]]],
+    order: _WindowOrder,
     road_value: int | None,
     line_writer: Callable[[list[np.ndarray]], None],
     spur_px: float,
@@ -477,14 +568,20 @@ def _run_windows(
     values = np.array(sorted(buffers), dtype=np.uint8)
     lookup = np.zeros(256, dtype=np.uint8)
     lookup[values] = values  # everything else (background, other classes, nodata) -> 0
-    total = _count_windows(plans)
-    done = 0
+    n_classes = len(reader.classes)
+    rank = 0
     max_held = 0
+    finished_lines: list[np.ndarray] = []
+    lines = (
+        LineMerger(finished_lines.append, spur_px, reader.width, order.deadline)
+        if road_value is not None
+        else None
+    )
 
     def emit(value: int, polygon: Any, pixels: int, psum: float) -> None:
         buffers[value].add(polygon, pixels, psum)
 
-    for ys, xs in plans:
+    for ys, xs in order.plans:
         merger = SeamMerger(emit)
         above: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         for r in range(len(ys) - 1):
@@ -492,6 +589,7 @@ def _run_windows(
             for col in range(len(xs) - 1):
                 y0, y1, x0, x1 = ys[r], ys[r + 1], xs[col], xs[col + 1]
                 raw = reader.read_mask(y0, x0, y1 - y0, x1 - x0)
+                _check_classes(raw, n_classes, reader.path, y0, x0)
                 mask = lookup[raw]
                 probability = None
                 if reader.has_probabilities and mask.any():
@@ -507,17 +605,36 @@ def _run_windows(
                     (r, col), mask, probability, y0, x0, soft, above.get(col), left
                 )
                 above[col], left = bottom, right
-                max_held = max(max_held, merger.held)
-                if road_value is not None:
+                held = merger.held
+                if lines is not None:
                     halo = CENTERLINE_HALO
                     road = reader.read_mask(
                         y0 - halo, x0 - halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo
                     ) == road_value
                     core = (halo, halo, halo + y1 - y0, halo + x1 - x0)
-                    lines = trace_centerlines(road, core, spur_px)
-                    line_writer([xy + np.array([x0 - halo, y0 - halo]) for xy in lines])
-                done += 1
+                    for piece in trace_centerlines(road, core):
+                        lines.add(piece, x0 - halo, y0 - halo)
+                    lines.expire(rank)
+                    held += lines.held
+                    line_writer(finished_lines)
+                    finished_lines.clear()
+                max_held = max(max_held, held)
+                rank += 1
                 if progress is not None:
-                    progress(done, total)
+                    progress(rank, order.total)
         merger.close()
-    return {"chunks": total, "max_held": max_held}
+    if lines is not None:
+        lines.close()
+        line_writer(finished_lines)
+    return {"chunks": order.total, "max_held": max_held}
+
+
+def _check_classes(raw: np.ndarray, n_classes: int, path: str, y0: int, x0: int) -> None:
+    """A class mask holds class indices 0..K-1 and 255 (nodata), nothing else."""
+    top = int(raw.max(initial=0, where=raw != 255))
+    if top >= n_classes:
+        raise InputError(
+            f"{path!r} has value {top} near pixel (row {y0}, col {x0}), but its classes are "
+            f"0..{n_classes - 1} (255 = nodata); it is not a class mask. Give the prediction "
+            "(.zarr store or class GeoTIFF written by `geounet predict`), not an image."
+        )

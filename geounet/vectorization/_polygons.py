@@ -175,7 +175,8 @@ class SeamMerger:
                 [polygons[lab]], int(pixels[lab]), float(psum[lab]), int(values[lab]), pending
             )
 
-        for neighbour, line_labels, is_soft in ((above, labels[0], top), (left, labels[:, 0], west)):
+        neighbours = ((above, labels[0], top), (left, labels[:, 0], west))
+        for neighbour, line_labels, is_soft in neighbours:
             if neighbour is None or not is_soft:
                 continue
             ids, vals = neighbour

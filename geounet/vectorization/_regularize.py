@@ -79,12 +79,17 @@ def _rectilinear_ring(xy: np.ndarray, min_run: float) -> np.ndarray | None:
 
 
 def regularize_polygon(polygon: Any, tolerance: float = 1.0, max_area_change: float = 0.2) -> Any:
-    """Return a rectilinear version of a building polygon (pixel coordinates, square pixels).
+    """Return a rectilinear version of a building polygon.
 
-    The polygon is simplified (Douglas-Peucker, ``tolerance`` pixels) to drop the pixel
-    staircase, its dominant orientation is found from the edge-direction histogram, and every
-    wall is snapped to that orientation or its normal. When the result is invalid or its area
-    differs by more than ``max_area_change`` the simplified polygon is returned instead.
+    The polygon must be in a frame with equal units on both axes (e.g. ground metres), where
+    right angles are right angles on the ground; :func:`geounet.vectorize` regularizes in a
+    local metric frame, so this holds for non-square pixels and geographic CRSs too.
+
+    The polygon is simplified (Douglas-Peucker, ``tolerance`` in the polygon's units) to drop
+    the pixel staircase, its dominant orientation is found from the edge-direction histogram,
+    and every wall is snapped to that orientation or its normal. When the result is invalid or
+    its area differs by more than ``max_area_change`` the simplified polygon is returned
+    instead.
 
     Examples
     --------

@@ -102,11 +102,20 @@ class PredictionReader:
                 "Fix: write the mask with the scene's CRS and transform (e.g. `gdal_edit.py "
                 "-a_srs EPSG:XXXX -a_ullr ...` or rasterio's crs=/transform=)."
             )
-        if ds.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "int32", "uint32"):
+        first = ds.descriptions[0]
+        if ds.count >= 2 and first not in (None, "", "class"):
+            self.close()
+            raise UnsupportedFormatError(
+                f"{self.path!r} has {ds.count} bands and band 1 is {first!r}, not 'class': it "
+                "looks like an image, not a prediction. Give a class mask (band 1 = class index) "
+                "or the .zarr store / COG written by `geounet predict`."
+            )
+        integer = ds.dtypes[0] in ("uint8", "int8", "uint16", "int16", "int32", "uint32")
+        if not integer and not (first == "class" and ds.dtypes[0] in ("float32", "float64")):
             self.close()
             raise UnsupportedFormatError(
                 f"band 1 of {self.path!r} is {ds.dtypes[0]}; it must be an integer class mask "
-                "(uint8 class index, 255 = nodata)."
+                "(uint8 class index, 255 = nodata) or the 'class' band of a geounet COG."
             )
         self.height, self.width = ds.height, ds.width
         self.chunk_shape = tuple(int(v) for v in ds.block_shapes[0])
@@ -141,7 +150,7 @@ class PredictionReader:
             data = self._dataset.read(1, window=Window(xs, ys, xe - xs, ye - ys))
         else:
             data = np.asarray(self._mask[ys:ye, xs:xe])
-        data = np.where(data > 254, NODATA_CLASS, data).astype(np.uint8)
+        data = np.where((data >= 0) & (data <= 254), data, NODATA_CLASS).astype(np.uint8)
         out[ys - y0 : ye - y0, xs - x0 : xe - x0] = data
         return out
 

@@ -13,14 +13,16 @@ import shutil
 import tempfile
 import uuid
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
-VectorFormat = Literal["gpkg", "parquet", "fgb"]
-"""Output formats by file suffix: GeoPackage (layers in one file), GeoParquet, FlatGeobuf."""
+from geounet.config import VectorFormat, choices
 
-SUFFIXES: dict[str, VectorFormat] = {".gpkg": "gpkg", ".parquet": "parquet", ".fgb": "fgb"}
+SUFFIXES: dict[str, VectorFormat] = {
+    f".{fmt}": fmt for fmt in choices(VectorFormat)  # type: ignore[misc]
+}
+"""Output suffix -> format (the suffix is the format's name)."""
 DRIVERS = {"gpkg": "GPKG", "fgb": "FlatGeobuf"}
 
 
