@@ -117,17 +117,31 @@ def test_chunked_equals_whole(tmp_path):
     assert abs(c1.precision - c2.precision) < 0.02 and abs(c1.recall - c2.recall) < 0.02
 
 
+def truth_gpkg(path: Path, crs: str = "EPSG:4326") -> Path:
+    """The buildings of :func:`scene_truth` as polygons (in ``crs``) and its road as a line."""
+    x0, y0 = TRANSFORM.c, TRANSFORM.f
+    boxes = [box(x0 + x * 0.5, y0 - (y + 10) * 0.5, x0 + (x + 10) * 0.5, y0 - y * 0.5)
+             for y in (20, 80, 140) for x in (20, 60, 150)]
+    gpd.GeoDataFrame(geometry=boxes, crs=CRS).to_crs(crs).to_file(path, layer="buildings")
+    road = LineString([(x0 + 51.5, y0 + 10), (x0 + 51.5, y0 - 110)])  # centre of cols 100-105
+    gpd.GeoDataFrame({"width": [3.0]}, geometry=[road], crs=CRS).to_file(path, layer="roads")
+    return path
+
+
+def test_vector_prediction_against_raster_truth(tmp_path):
+    """A GeoPackage prediction (e.g. from segment) is burnt onto the truth's grid."""
+    pred = truth_gpkg(tmp_path / "pred.gpkg", crs=CRS)
+    report = evaluate(pred, write_mask(tmp_path / "t.tif", scene_truth()))
+    assert report.score("buildings").iou == 1.0 and report.score("roads").iou == 1.0
+    assert (report.objects.tp, report.objects.fp, report.objects.fn) == (9, 0, 0)
+    assert report.centerline.precision == 1.0 and report.centerline.recall == 1.0
+
+
 def test_vector_truth_and_zarr_prediction(tmp_path):
     from geounet.output import create_store
 
     mask = scene_truth()
-    gpkg = tmp_path / "truth.gpkg"
-    x0, y0 = TRANSFORM.c, TRANSFORM.f
-    boxes = [box(x0 + x * 0.5, y0 - (y + 10) * 0.5, x0 + (x + 10) * 0.5, y0 - y * 0.5)
-             for y in (20, 80, 140) for x in (20, 60, 150)]
-    gpd.GeoDataFrame(geometry=boxes, crs=CRS).to_crs("EPSG:4326").to_file(gpkg, layer="buildings")
-    road = LineString([(x0 + 51.5, y0 + 10), (x0 + 51.5, y0 - 110)])  # centre of cols 100-105
-    gpd.GeoDataFrame({"width": [3.0]}, geometry=[road], crs=CRS).to_file(gpkg, layer="roads")
+    gpkg = truth_gpkg(tmp_path / "truth.gpkg")
     store = tmp_path / "pred.zarr"
     create_store(store, height=200, width=200, classes=("background", "buildings", "roads"),
                  chunk_size=64, crs_wkt=rasterio.crs.CRS.from_string(CRS).to_wkt(),
