@@ -538,6 +538,12 @@ def segment(
     probability_dtype = predict_options.get("probability_dtype", "uint8")
     threshold = predict_options.get("threshold")
     plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
+    if plan.info.crs_wkt is None:  # allow_no_crs let predict through; polygons need a CRS
+        raise GeoreferenceError(
+            f"scene {str(scene)!r} has no CRS, and segment writes GeoPackage polygons, which "
+            "need one; assign a CRS to the scene (e.g. gdal_edit.py -a_srs EPSG:32633), or run "
+            "`geounet predict --allow-no-crs` for a prediction raster in pixel coordinates."
+        )
     anchor = Path(raster_out) if raster_out is not None else out_gpkg
     store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
     chunks, skipped, resumed = _compute_store(

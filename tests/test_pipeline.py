@@ -286,6 +286,21 @@ def test_no_crs_allowed_writes_pixel_space(make_scene: Callable[..., Path], tmp_
         assert dst.crs is None and (dst.height, dst.width) == (70, 80)
 
 
+
+def test_segment_without_crs_fails_before_predicting(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """allow_no_crs lets predict write pixel space, but polygons need a CRS: refuse up front."""
+    scene = make_scene(70, 80, crs=None)
+    monkeypatch.setattr(pipeline, "_compute_store", lambda *a, **k: pytest.fail("predicted"))
+    before = _listing(tmp_path)
+    with pytest.warns(UserWarning, match="no CRS"), \
+            pytest.raises(GeoreferenceError, match="--allow-no-crs"):
+        pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], chunk_size=64,
+                         allow_no_crs=True, client="threads")
+    assert _listing(tmp_path) == before
+
 def test_overwrite_replaces(make_scene: Callable[..., Path], tmp_path: Path,
                             models: dict[str, Path]) -> None:
     scene = make_scene(70, 80)
