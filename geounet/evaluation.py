@@ -176,7 +176,7 @@ class EvaluationReport:
                          f"F1 {_fmt(o.f1).strip()}  (tp {o.tp}, fp {o.fp}, fn {o.fn})")
         if self.centerline is not None:
             c = self.centerline
-            lines.append(f"roads centerline (within {c.tolerance:g}): precision "
+            lines.append(f"roads centerline (within {c.tolerance:g} CRS units): precision "
                          f"{_fmt(c.precision).strip()}  recall {_fmt(c.recall).strip()}  "
                          f"F1 {_fmt(c.f1).strip()}")
         return "\n".join(lines)
