@@ -13,7 +13,7 @@ import math
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Mapping, Sequence
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
@@ -97,8 +97,10 @@ def stretch(pixels: np.ndarray, valid: np.ndarray, percent: float = 2.0) -> np.n
     return out
 
 
-def _read_overview(scene: str, bands: Sequence[int] | None, shape: tuple[int, int]):
-    """Decimated read of up to 3 bands plus the valid mask; returns (rgb uint8, valid, src info)."""
+def _read_overview(
+    scene: str, bands: Sequence[int] | None, shape: tuple[int, int]
+) -> tuple[np.ndarray, np.ndarray, Any, Any]:
+    """Decimated read of 1 or 3 bands: (rgb uint8 (3, y, x), valid, overview transform, crs)."""
     import rasterio
     from rasterio.enums import Resampling
 
@@ -136,7 +138,8 @@ def _read_overview(scene: str, bands: Sequence[int] | None, shape: tuple[int, in
 
 
 def _draw_layers(rgb: np.ndarray, vectors: str, layers: Sequence[str] | None,
-                 colors: Mapping[str, tuple[int, int, int]], transform, crs) -> dict[str, int]:
+                 colors: Mapping[str, tuple[int, int, int]], transform: Any,
+                 crs: Any) -> dict[str, int]:
     """Burn polygon outlines and lines of the GeoPackage layers onto ``rgb`` in place."""
     import geopandas as gpd
     import pyogrio
