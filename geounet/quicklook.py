@@ -124,7 +124,9 @@ def _read_overview(
             masks = src.read_masks(bands, out_shape=(len(bands), *shape),
                                    resampling=Resampling.nearest)
         except rasterio.errors.RasterioIOError as exc:
-            raise SceneError(f"cannot read scene {scene!r}: {exc}; the file may be corrupt.") from exc
+            raise SceneError(
+                f"cannot read scene {scene!r}: {exc}; the file may be corrupt."
+            ) from exc
         valid = np.all(masks > 0, axis=0)
         transform = src.transform @ src.transform.scale(src.width / shape[1],
                                                         src.height / shape[0])

@@ -1,4 +1,4 @@
-"""Tests for the packaged built-in model (geounet/weights/builtin.pt, made by examples/make_model.py)."""
+"""Tests for the packaged built-in model (geounet/weights/builtin.pt, from make_model.py)."""
 
 from __future__ import annotations
 
