@@ -256,7 +256,7 @@ def cmd_overlap(args: argparse.Namespace, work: Path) -> None:
 
     rows = []
     for padding in ("valid", "same"):
-        for depth in (4,):
+        for depth in (3, 4):  # depth 3: the built-in model's; depth 4: the seed design's
             config = UNetConfig(depth=depth, padding=padding)
             for chunk in (1024, 2048, 4096):
                 grid = plan_tiles(config, 16384, 16384, chunk_size=chunk)

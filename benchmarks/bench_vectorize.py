@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import resource
 import sys
 import tempfile
@@ -58,6 +59,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--size", type=int, default=4096)
     parser.add_argument("--chunk-size", type=int, default=2048)
     parser.add_argument("--no-centerlines", action="store_true")
+    parser.add_argument("--cut-size", type=int, default=None,
+                        help="road cut grid side (default: vectorize's default)")
     parser.add_argument("--out-dir", type=Path, default=None)
     args = parser.parse_args(argv)
 
@@ -66,24 +69,32 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(dir=args.out_dir) as tmp:
         mask = Path(tmp) / "mask.tif"
         t0 = time.perf_counter()
-        write_mask(mask, args.size)
+        # Written by a child process, so this process's peak RSS is imports + vectorize only.
+        writer = multiprocessing.get_context("spawn").Process(target=write_mask,
+                                                              args=(mask, args.size))
+        writer.start()
+        writer.join()
+        if writer.exitcode:
+            raise SystemExit(f"writing the mask failed (exit code {writer.exitcode})")
         made = time.perf_counter() - t0
         rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         result = vectorize(mask, Path(tmp) / "out.gpkg", chunk_size=args.chunk_size,
-                           centerlines=not args.no_centerlines)
+                           centerlines=not args.no_centerlines,
+                           **({"cut_size": args.cut_size} if args.cut_size else {}))
         rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         polygons = sum(v for k, v in result.counts.items() if k != "road_centerlines")
         report = {
             "size": args.size,
             "chunk_size": args.chunk_size,
             "centerlines": not args.no_centerlines,
+            "cut_size": args.cut_size or "default",
             "mask_write_s": round(made, 2),
             "seconds": round(result.seconds, 2),
             "megapixels_per_s": round(result.megapixels_per_second, 2),
             "polygons_per_s": round(polygons / result.seconds, 1),
             "counts": result.counts,
             "max_held_objects": result.max_held,
-            "peak_rss_mb_before": round(rss_before, 1),
+            "peak_rss_mb_after_imports": round(rss_before, 1),
             "peak_rss_mb": round(rss, 1),
         }
     json.dump(report, sys.stdout)

@@ -93,9 +93,14 @@ class SceneInfo:
 
 
 def _cache_bytes(info: SceneInfo) -> int:
-    """GDAL block cache for ``info``: two rows of internal blocks, at least 64 MiB,
-    at most a quarter of the machine's memory."""
-    need = max(MIN_CACHE_BYTES, 2 * info.block_row_bytes)
+    """GDAL block cache for ``info``: see :func:`block_cache_bytes`."""
+    return block_cache_bytes(info.block_row_bytes)
+
+
+def block_cache_bytes(block_row_bytes: int) -> int:
+    """GDAL block cache for windowed reads: two rows of internal blocks (``block_row_bytes``
+    each), at least 64 MiB, at most a quarter of the machine's memory."""
+    need = max(MIN_CACHE_BYTES, 2 * block_row_bytes)
     try:
         import psutil
 
@@ -105,12 +110,20 @@ def _cache_bytes(info: SceneInfo) -> int:
     return int(need)
 
 
-def _gdal_env(info: SceneInfo | None = None) -> Any:
+def gdal_env(info: SceneInfo | None = None, *, cache_bytes: int | None = None) -> Any:
+    """A ``rasterio.Env`` for reading ``info`` with a bounded GDAL block cache.
+
+    GDAL's default cache is 5% of RAM; filled by a scene read once window by window it makes
+    a process's memory grow with the scene. Two rows of internal blocks are enough for
+    windowed reads (see :func:`_cache_bytes`).
+    """
     import rasterio
 
     options: dict[str, Any] = {"GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR"}
-    if info is not None:
-        options["GDAL_CACHEMAX"] = _cache_bytes(info)
+    if cache_bytes is None and info is not None:
+        cache_bytes = _cache_bytes(info)
+    if cache_bytes is not None:
+        options["GDAL_CACHEMAX"] = cache_bytes
     return rasterio.Env(**options)
 
 
@@ -153,7 +166,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
             f"COG or VRT inside it."
         )
     try:
-        with _gdal_env(), rasterio.open(path) as ds:
+        with gdal_env(), rasterio.open(path) as ds:
             if not is_virtual:
                 _check_complete(ds, path)
             flags = ds.mask_flag_enums
@@ -346,7 +359,7 @@ def read_window(
     rx0, rx1 = int(cols.min()), int(cols.max()) + 1
     window = Window(rx0, ry0, rx1 - rx0, ry1 - ry0)
     try:
-        with _gdal_env(info):
+        with gdal_env(info):
             ds = _dataset(info)
             data = ds.read(list(bands), window=window)
             valid = _read_valid(ds, info, data, window)

@@ -36,6 +36,7 @@ class PredictionReader:
     def __init__(self, path: str | Path) -> None:
         self.path = str(path)
         self._dataset: Any = None
+        self._env: Any = None
         self._mask: Any = None
         self._probabilities: Any = None
         self._probability_scale = 1.0
@@ -95,6 +96,13 @@ class PredictionReader:
                 "geounet .zarr store."
             ) from exc
         ds = self._dataset
+        # A bounded GDAL block cache while the reader is open: GDAL's default (5% of RAM),
+        # filled by a scene read once window by window, grows memory with the scene.
+        from geounet.raster import block_cache_bytes, gdal_env
+
+        row = ds.width * ds.block_shapes[0][0] * ds.count * np.dtype(ds.dtypes[0]).itemsize
+        self._env = gdal_env(cache_bytes=block_cache_bytes(row))
+        self._env.__enter__()
         if ds.crs is None or ds.transform.is_identity:
             self.close()
             raise GeoreferenceError(
@@ -184,6 +192,9 @@ class PredictionReader:
         if self._dataset is not None:
             self._dataset.close()
             self._dataset = None
+        if self._env is not None:
+            self._env.__exit__(None, None, None)
+            self._env = None
 
     def __enter__(self) -> PredictionReader:
         return self
