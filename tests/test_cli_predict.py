@@ -56,7 +56,6 @@ def test_quiet_prints_nothing(make_scene: Callable[..., Path], tmp_path: Path,
     "args, needle",
     [
         (["--model", "MODEL", "SCENE_MISSING"], "does not exist"),
-        (["SCENE"], "--model"),
         (["--model", "MODEL", "--tile-size", "63", "SCENE"], "tile size 63"),
         (["--model", "MODEL", "--out-suffix", ".png", "SCENE"], ".zarr"),
     ],
