@@ -94,6 +94,18 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> OutputForm
     UnsupportedFormatError, OutputExistsError, InputError
     """
     fmt = output_format(path)
+    check_new_path(path, overwrite=overwrite)
+    return fmt
+
+
+def check_new_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
+    """The checks every geounet output gets before any work: its folder exists, and it does not
+    exist yet unless ``overwrite``.
+
+    Raises
+    ------
+    InputError, OutputExistsError
+    """
     path = Path(path)
     if not path.parent.is_dir():
         raise InputError(
@@ -105,7 +117,7 @@ def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> OutputForm
             f"output {str(path)!r} already exists; pass overwrite=True (--overwrite) to "
             "replace it, or choose another path."
         )
-    return fmt
+    return path
 
 
 def temporary_path(path: str | os.PathLike[str], suffix: str = "") -> Path:

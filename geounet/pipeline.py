@@ -26,7 +26,6 @@ from geounet.errors import (
     GeoreferenceError,
     GeounetError,
     InputError,
-    OutputExistsError,
     TileSizeError,
 )
 from geounet.output import StoreSpec
@@ -506,13 +505,7 @@ def segment(
         raise InputError(
             f"output {str(out_gpkg)!r} is not a GeoPackage; name it with the .gpkg suffix."
         )
-    if not out_gpkg.parent.is_dir():
-        raise InputError(f"output folder {str(out_gpkg.parent)!r} does not exist; create it first.")
-    if out_gpkg.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output {str(out_gpkg)!r} already exists; pass overwrite=True (--overwrite) to "
-            "replace it, or choose another path."
-        )
+    output.check_new_path(out_gpkg, overwrite=overwrite)
     fmt = output.check_output(raster_out, overwrite=overwrite) if raster_out is not None else None
     from geounet.vectorization import vectorize
 

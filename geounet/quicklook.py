@@ -17,7 +17,8 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from geounet.errors import InputError, OutputExistsError, SceneError, UnsupportedFormatError
+from geounet.errors import InputError, SceneError, UnsupportedFormatError
+from geounet.output import check_new_path
 
 log = logging.getLogger(__name__)
 
@@ -224,12 +225,7 @@ def write_quicklook(
         raise UnsupportedFormatError(
             f"quicklook output {str(out_png)!r} must end in .png; use e.g. quicklook.png."
         )
-    if not out_png.parent.is_dir():
-        raise InputError(f"output folder {str(out_png.parent)!r} does not exist; create it first.")
-    if out_png.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output {str(out_png)!r} already exists; pass overwrite=True to replace it."
-        )
+    check_new_path(out_png, overwrite=overwrite)
     if vectors_gpkg is not None and not Path(vectors_gpkg).exists():
         raise InputError(f"vector file {str(vectors_gpkg)!r} does not exist; check the path.")
     try:
