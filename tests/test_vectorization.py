@@ -3,7 +3,6 @@ formats, streaming."""
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import geopandas as gpd

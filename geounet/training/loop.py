@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 
 from geounet.config import LossType, Padding, Precision, choices
 from geounet.errors import CheckpointError, DeviceError, InputError, OutputExistsError
