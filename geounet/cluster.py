@@ -55,15 +55,6 @@ def torch_threads_per_worker(workers: int, threads_per_worker: int = 1) -> int:
     return max(1, available_cores() // max(1, workers * threads_per_worker))
 
 
-def _set_torch_threads(threads: int) -> int:
-    """Run on each worker: torch intra-op threads (OMP_NUM_THREADS in the worker env does the
-    same for workers restarted later)."""
-    import torch
-
-    torch.set_num_threads(threads)
-    return threads
-
-
 def get_client(
     workers: int | None = None,
     threads_per_worker: int = 1,
@@ -118,7 +109,9 @@ def get_client(
         env={"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)},
     )
     client = Client(cluster)
-    client.run(_set_torch_threads, torch_threads)
+    from geounet.inference import configure_threads
+
+    client.run(configure_threads, threads_per_worker, workers)  # OMP_NUM_THREADS covers restarts
     return client
 
 

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, weight_window
-from geounet.cluster import available_cores
+from geounet.cluster import torch_threads_per_worker
 from geounet.config import BlendWindow, Precision, choices
 from geounet.errors import DeviceError, InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
@@ -126,7 +126,7 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
 def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
     """Set torch's intra-op threads so Dask threads x torch threads <= the cores.
 
-    Call once in each worker process (the pipeline does it when a worker starts). With
+    Call once in each worker process (``cluster.get_client`` runs it on every worker). With
     ``workers`` worker processes of ``threads_per_worker`` Dask threads each on a machine
     with ``C`` cores, every task gets ``max(1, C // (workers * threads_per_worker))`` torch
     threads. Returns that number.
@@ -142,7 +142,7 @@ def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
         raise InputError(
             f"threads_per_worker {threads_per_worker} / workers {workers} must be >= 1."
         )
-    threads = max(1, available_cores() // (workers * threads_per_worker))
+    threads = torch_threads_per_worker(workers, threads_per_worker)
     torch.set_num_threads(threads)
     log.debug("torch threads set to %d", threads)
     return threads

@@ -265,7 +265,7 @@ def test_device_and_precision_resolution() -> None:
 
 
 def test_configure_threads_never_oversubscribes() -> None:
-    from geounet.inference import available_cores
+    from geounet.cluster import available_cores
 
     old = torch.get_num_threads()
     try:
