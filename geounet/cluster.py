@@ -38,7 +38,14 @@ def available_cores() -> int:
 
 
 def default_workers(device: str = "auto") -> int:
-    """Worker processes of a local cluster: one per CUDA run, else about two cores each (max 4).
+    """Worker processes of a local cluster: one per CUDA run, else one per core, at most 4
+    (each gets cores // workers torch threads).
+
+    On the 2-core development machine 2 workers x 1 torch thread segmented a 4096² scene
+    16-19% faster than 1 worker x 2 threads (``benchmarks/bench_threads.py``): chunk I/O,
+    normalization and writing overlap with the other worker's forward pass, and one-thread
+    convolutions scale better than two threads splitting one. The cap bounds memory (each
+    worker holds the model and its chunk's buffers).
 
     Examples
     --------
@@ -47,7 +54,7 @@ def default_workers(device: str = "auto") -> int:
     """
     if device.startswith("cuda"):
         return 1
-    return max(1, min(4, available_cores() // 2))
+    return max(1, min(4, available_cores()))
 
 
 def torch_threads_per_worker(workers: int, threads_per_worker: int = 1) -> int:

@@ -133,7 +133,7 @@ workers = click.option(
     type=int,
     default=None,
     callback=_positive,
-    help="Worker processes of the local cluster. Default: about one per two cores (1 on CUDA).",
+    help="Worker processes of the local cluster. Default: one per core, at most 4 (1 on CUDA).",
 )
 scheduler_address = click.option(
     "--scheduler-address",
