@@ -124,14 +124,22 @@ def get_client(
 
 @contextlib.contextmanager
 def scheduler(
-    client: SchedulerLike = None, *, workers: int | None = None, device: str = "auto"
+    client: SchedulerLike = None,
+    *,
+    workers: int | None = None,
+    device: str = "auto",
+    tasks: int | None = None,
 ) -> Iterator[Client | LocalScheduler]:
     """Yield what :func:`run_tasks` runs on; a cluster or client made here is closed on exit.
 
     ``client`` may be a ``distributed.Client`` (used as is, left open), a scheduler address,
-    ``"threads"`` / ``"synchronous"`` (in-process), or None (a new local cluster).
+    ``"threads"`` / ``"synchronous"`` (in-process), or None (a new local cluster). A new local
+    cluster gets ``workers`` processes, by default :func:`default_workers` but never more than
+    ``tasks`` (an idle worker would only take cores from the busy ones' torch threads).
     """
     if client is None or (isinstance(client, str) and client not in get_args(LocalScheduler)):
+        if workers is None and client is None and tasks is not None:
+            workers = max(1, min(default_workers(device), tasks))
         made = get_client(workers=workers, address=client, device=device)
         try:
             yield made

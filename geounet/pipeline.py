@@ -339,7 +339,7 @@ def _compute_store(
         made = stack.enter_context(_removed_on_user_error())  # exits after the scheduler closes
         # reach the scheduler (or start the local cluster) before anything is written
         on = stack.enter_context(
-            scheduler(client, workers=workers, device=plan.runner.device)
+            scheduler(client, workers=workers, device=plan.runner.device, tasks=len(todo))
         ) if todo else None
         if resuming:
             spec = StoreSpec(str(store_path), probability_dtype)

@@ -1,0 +1,26 @@
+"""The one place geounet makes a Dask cluster: worker counts and torch threads."""
+
+from __future__ import annotations
+
+import pytest
+
+from geounet import cluster
+
+
+def test_default_workers_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) -> None:
+    for cores, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
+        monkeypatch.setattr(cluster, "available_cores", lambda cores=cores: cores)
+        assert cluster.default_workers("cpu") == expected
+        assert cluster.default_workers("cuda:0") == 1
+        workers = cluster.default_workers("cpu")
+        assert workers * cluster.torch_threads_per_worker(workers) <= max(cores, workers)
+
+
+@pytest.mark.cluster
+def test_local_cluster_never_has_more_workers_than_tasks() -> None:
+    import torch
+
+    with cluster.scheduler(None, tasks=1) as client:
+        assert len(client.scheduler_info()["workers"]) == 1
+        threads = client.run(torch.get_num_threads)
+        assert list(threads.values()) == [cluster.available_cores()]
