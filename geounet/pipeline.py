@@ -454,10 +454,7 @@ def predict(
     )
     try:  # once finalized the store cannot be resumed: a failure from here on removes it
         output.finalize_store(store_path)
-        if fmt == "zarr":
-            output.replace_path(store_path, out)
-        else:
-            output.write_cog(store_path, out, overwrite=overwrite)
+        _publish_raster(store_path, out, fmt, overwrite=overwrite)
     finally:
         output.remove_path(store_path)
     result = PredictResult(
@@ -550,10 +547,7 @@ def segment(
         vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
         if raster_out is not None:
             raster_out = Path(raster_out)
-            if fmt == "zarr":
-                output.replace_path(store_path, raster_out)
-            else:
-                output.write_cog(store_path, raster_out, overwrite=overwrite)
+            _publish_raster(store_path, raster_out, fmt, overwrite=overwrite)
             extra = (raster_out,)
     finally:
         output.remove_path(store_path)
@@ -569,3 +563,12 @@ def segment(
     log.debug("segment: %s", result.summary())
     return result
 
+
+def _publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> None:
+    """Move a finished store into place as ``out`` (.zarr), or stream it into a COG (.tif)."""
+    from geounet import output
+
+    if fmt == "zarr":
+        output.replace_path(store, out)
+    else:
+        output.write_cog(store, out, overwrite=overwrite)
