@@ -66,24 +66,11 @@ class SceneInfo:
 
     @property
     def pixel_size(self) -> float | None:
-        """Pixel side in metres where the CRS is projected (mean of x and y), else None."""
-        if not self.crs_wkt:
-            return None
-        from rasterio.crs import CRS
+        """Ground size of a pixel in metres at the scene centre (geodesic for a geographic CRS,
+        rotation-aware), or None without a CRS: see :func:`geounet.georef.pixel_size_m`."""
+        from geounet.georef import pixel_size_m
 
-        try:
-            crs = CRS.from_wkt(self.crs_wkt)
-        except Exception:  # noqa: BLE001 - an unparsable CRS simply has no metric size
-            return None
-        if not crs.is_projected:
-            return None
-        a, b, _, d, e, _ = self.transform
-        size = (math.hypot(a, d) + math.hypot(b, e)) / 2
-        try:
-            factor = float(crs.linear_units_factor[1])
-        except Exception:  # noqa: BLE001 - unknown units: report CRS units
-            factor = 1.0
-        return float(size * factor)
+        return pixel_size_m(self.crs_wkt or None, self.transform, self.width, self.height)
 
     @property
     def block_row_bytes(self) -> int:

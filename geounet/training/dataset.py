@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from geounet.errors import LabelError
+from geounet.georef import pixel_size_m
 from geounet.training.chips import CHIPS_META, NODATA, SPLIT_FILE
 
 log = logging.getLogger(__name__)
@@ -48,7 +49,8 @@ class ChipStats:
     dtype : data type of the image chips.
     mean, std : per band, over labelled pixels of the training chips, raw units.
     value_range : (min, max) raw value seen.
-    pixel_size : metres per pixel from the chips' transform (None if not projected).
+    pixel_size : metres per pixel from the chips' transform (geodesic for a geographic CRS,
+        :mod:`geounet.georef`), None without a CRS.
     max_size : largest chip side.
     class_pixels : labelled pixels per class over the training chips.
     """
@@ -185,8 +187,8 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
                 count, dtype = img.count, img.dtypes[0]
                 sums, sumsq = np.zeros(count), np.zeros(count)
                 total = np.zeros(1)
-                if img.crs is not None and img.crs.is_projected:
-                    pixel_size = float(abs(img.transform.a))
+                pixel_size = pixel_size_m(img.crs, tuple(img.transform)[:6], img.width,
+                                          img.height)
             elif (img.count, img.dtypes[0]) != (count, dtype):
                 raise LabelError(
                     f"chip {rec.name!r} has {img.count} band(s) of {img.dtypes[0]} but earlier "

@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
+from geounet.georef import Frame
 from geounet.vectorization._centerlines import LineMerger, trace_centerlines
 from geounet.vectorization._polygons import SeamMerger
 from geounet.vectorization._regularize import regularize_polygon
@@ -126,74 +127,7 @@ def _breaks(start: int, stop: int, step: int) -> list[int]:
     return [start, *inner, stop]
 
 
-class _Frame:
-    """Pixel -> map coordinates, and areas and lengths in metres in any CRS (geodesic on the
-    ellipsoid when the CRS is geographic)."""
-
-    def __init__(self, crs_wkt: str, transform: tuple[float, ...]) -> None:
-        from pyproj import CRS, Geod
-
-        crs = CRS.from_wkt(crs_wkt)
-        self.transform = tuple(float(v) for v in transform[:6])
-        self.geographic = crs.is_geographic
-        if self.geographic:
-            ell = crs.ellipsoid
-            self.geod = Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre)
-            self.factor = 1.0
-        else:
-            self.geod = None
-            self.factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-
-    def to_map(self, geoms: np.ndarray) -> np.ndarray:
-        """Geometries in scene pixel coordinates (x = column, y = row) -> the scene CRS."""
-        import shapely
-
-        a, b, c, d, e, f = self.transform
-        return shapely.transform(
-            geoms,
-            lambda xy: np.column_stack(
-                [a * xy[:, 0] + b * xy[:, 1] + c, d * xy[:, 0] + e * xy[:, 1] + f]
-            ),
-        )
-
-    def ground_matrix(self, col: float, row: float) -> np.ndarray:
-        """2 x 2 linear map from pixel offsets to ground metres (east, north) near a pixel.
-
-        Pixels need not be square: in a geographic CRS a degree of longitude is shorter than
-        a degree of latitude away from the equator, and projected rasters may have different
-        x and y pixel sizes. Right angles and areas are judged in this frame.
-        """
-        a, b, c, d, e, f = self.transform
-        linear = np.array([[a, b], [d, e]], dtype=np.float64)
-        if self.geod is None:
-            return linear * self.factor
-        lon = a * col + b * row + c
-        lat = d * col + e * row + f
-        step = 1e-4
-        _, _, east = self.geod.inv(lon - step, lat, lon + step, lat)
-        _, _, north = self.geod.inv(lon, lat - step, lon, lat + step)
-        return np.diag([east / (2 * step), north / (2 * step)]) @ linear
-
-    def area_perimeter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Area (m^2) and perimeter (m) of map-coordinate polygons."""
-        import shapely
-
-        if self.geod is None:
-            return shapely.area(geoms) * self.factor**2, shapely.length(geoms) * self.factor
-        pairs = [self.geod.geometry_area_perimeter(g) for g in geoms]
-        area = np.array([abs(a) for a, _ in pairs], dtype=np.float64)
-        return area, np.array([p for _, p in pairs], dtype=np.float64)
-
-    def length(self, geoms: np.ndarray) -> np.ndarray:
-        """Length (m) of map-coordinate lines."""
-        import shapely
-
-        if self.geod is None:
-            return shapely.length(geoms) * self.factor
-        return np.array([self.geod.geometry_length(g) for g in geoms], dtype=np.float64)
-
-
-def _regularize(geoms: np.ndarray, frame: _Frame, tolerance_m: float) -> np.ndarray:
+def _regularize(geoms: np.ndarray, frame: Frame, tolerance_m: float) -> np.ndarray:
     """Regularize pixel-coordinate footprints in a local ground frame (metres, square)."""
     import shapely
 
@@ -217,7 +151,7 @@ class _PolygonLayer:
         name: str,
         layer: str,
         writer: FeatureWriter,
-        frame: _Frame,
+        frame: Frame,
         pixel_m: float,
         fill_holes: bool,
         min_area: float,
@@ -405,7 +339,7 @@ def vectorize(
         if chunk_size is None:
             is_store = Path(reader.path).is_dir()
             chunk_size = int(min(reader.chunk_shape)) if is_store else DEFAULT_CHUNK_SIZE
-        frame = _Frame(reader.crs_wkt, reader.transform)
+        frame = Frame(reader.crs_wkt, reader.transform)
 
         specs = []
         import pyarrow as pa
@@ -501,7 +435,7 @@ def _write_lines(
     lines: list[np.ndarray],
     writer: FeatureWriter,
     layer: str,
-    frame: _Frame,
+    frame: Frame,
     tolerance: float,
 ) -> None:
     import shapely

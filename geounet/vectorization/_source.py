@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 from pathlib import Path
 from typing import Any
 
@@ -173,20 +172,11 @@ class PredictionReader:
         return data.astype(np.float32) * np.float32(self._probability_scale)
 
     def pixel_size_m(self) -> float:
-        """Approximate ground size of one pixel in metres (at the scene centre)."""
-        from pyproj import CRS, Geod
+        """Ground size of one pixel in metres at the scene centre (:mod:`geounet.georef`)."""
+        from geounet.georef import pixel_size_m
 
-        a, b, c, d, e, f = self.transform
-        crs = CRS.from_wkt(self.crs_wkt)
-        if crs.is_geographic:
-            lon = c + a * self.width / 2 + b * self.height / 2
-            lat = f + d * self.width / 2 + e * self.height / 2
-            geod = Geod(ellps="WGS84") if crs.ellipsoid is None else _geod(crs)
-            _, _, dx = geod.inv(lon, lat, lon + a, lat + d)
-            _, _, dy = geod.inv(lon, lat, lon + b, lat + e)
-            return float(math.sqrt(abs(dx * dy)))
-        factor = crs.axis_info[0].unit_conversion_factor if crs.axis_info else 1.0
-        return float(math.sqrt(abs(a * e - b * d)) * factor)
+        size = pixel_size_m(self.crs_wkt, self.transform, self.width, self.height)
+        return float(size) if size is not None else 1.0
 
     def close(self) -> None:
         if self._dataset is not None:
@@ -201,13 +191,6 @@ class PredictionReader:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
-
-
-def _geod(crs: Any) -> Any:
-    from pyproj import Geod
-
-    ell = crs.ellipsoid
-    return Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre)
 
 
 def _zarr_georeference(group: Any, mask: Any, path: str) -> tuple[str, tuple[float, ...]]:
