@@ -37,3 +37,6 @@ LossType = Literal["ce", "bce"]
 VectorFormat = Literal["gpkg", "parquet", "fgb"]
 """Vector output formats, picked by the output suffix: GeoPackage (every layer in one file),
 GeoParquet and FlatGeobuf (one file per layer)."""
+
+BatchRaster = Literal["none", "zarr", "cog"]
+"""Which prediction raster ``geounet batch`` keeps per scene: none, a Zarr store or a COG."""

@@ -572,3 +572,44 @@ def _publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> Non
         output.replace_path(store, out)
     else:
         output.write_cog(store, out, overwrite=overwrite)
+
+
+def prepare_store(
+    plan: Plan,
+    store_path: Path,
+    *,
+    probability_dtype: ProbabilityDtype,
+    resume: bool,
+) -> tuple[StoreSpec, dict[str, dict[str, Any]]]:
+    """Open an interrupted run's store (``resume`` and same settings) or create a new one.
+
+    Returns the store and the completion records of its finished chunks (empty for a new
+    store). A partial store of an earlier run is discarded unless resumed. Used by
+    :mod:`geounet.batch`, which submits the remaining chunks itself.
+
+    Raises
+    ------
+    InputError
+        ``resume`` with a store started by other settings (scene, model, sizes, dtype).
+    """
+    from geounet import output
+
+    if resume and output.check_resumable(store_path, plan.run):
+        return StoreSpec(str(store_path), probability_dtype), output.done_chunks(store_path)
+    if store_path.exists():
+        log.info("discarding the partial store of an earlier run: %s", store_path)
+        output.remove_path(store_path)
+    info = plan.info
+    spec = output.create_store(
+        store_path,
+        height=info.height,
+        width=info.width,
+        classes=plan.card.classes,
+        chunk_size=plan.chunk_size,
+        crs_wkt=info.crs_wkt,
+        transform=tuple(info.transform) if info.crs_wkt else None,
+        probability_dtype=probability_dtype,
+        attrs=_store_attrs(plan),
+        run=plan.run,
+    )
+    return spec, {}
