@@ -428,7 +428,7 @@ def _cluster(client: SchedulerLike, workers: int | None, device: str) -> Iterato
 
         threads = (workers or 1) if client == "threads" else 1
         with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
-                          dashboard_address=None) as cluster, Client(cluster) as made:
+                          dashboard_address=":0") as cluster, Client(cluster) as made:
             yield made
         return
     with scheduler(client, workers=workers, device=device) as made:
@@ -605,8 +605,11 @@ def run_batch(
             record_url = _done_record_url(out_dir, name)
             if resume and name + ".json" in finished_before:
                 skipped = _skip_finished(record_url, scene, name, plan.run)
-                if skipped is not None:
+                if skipped is not None:  # its chunks count as done on the progress bar
                     rows[index] = skipped
+                    totals["known"] += skipped.chunks
+                    totals["done"] += skipped.chunks
+                    totals["pixels"] += plan.info.height * plan.info.width
                     return None
             if not (overwrite or resume):  # resume replaces outputs of an unfinished finish
                 _check_outputs_free(out_dir, name, fmt, raster, plan)

@@ -205,11 +205,13 @@ def test_progress_bar_draws_chunks_and_rate_only_when_enabled() -> None:
     from geounet.cli.progress import ChunkProgress
 
     stream = io.StringIO()
-    with ChunkProgress(True, stream=stream, width=10) as bar:
+    with ChunkProgress(True, stream=stream, width=100) as bar:
         bar(0, 4, 0)
         bar(2, 4, 2_000_000)
+        bar(3, 6, 3_000_000)  # a batch's total grows as it plans scenes
     text = stream.getvalue()
-    assert "[#####-----] 2/4 chunks" in text and "MP/s" in text and text.endswith("\n")
+    assert "chunks:" in text and " 0/4 " in text and " 3/6 " in text, text
+    assert "MP/s" in text and "chunk/s" in text and "<" in text and text.endswith("\n")  # ETA
     quiet = io.StringIO()
     with ChunkProgress(False, stream=quiet) as bar:
         bar(1, 4, 10)

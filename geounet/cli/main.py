@@ -24,6 +24,7 @@ COMMANDS: dict[str, str] = {
     "chips": "geounet.cli.chips:chips",
     "train": "geounet.cli.train:train",
     "evaluate": "geounet.cli.evaluate:evaluate",
+    "batch": "geounet.cli.batch:batch",
 }
 
 SHORT_HELP: dict[str, str] = {
@@ -35,6 +36,7 @@ SHORT_HELP: dict[str, str] = {
     "chips": "Cut a scene and vector labels into labelled training chips.",
     "train": "Train the U-Net on labelled chips.",
     "evaluate": "Score a prediction against ground truth (IoU, F1, object F1).",
+    "batch": "Segment many scenes (paths, globs, s3:// URLs, manifests) in one job.",
 }
 
 

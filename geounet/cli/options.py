@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from geounet.config import Precision, ProbabilityDtype, choices
+from geounet.config import BatchRaster, Precision, ProbabilityDtype, VectorFormat, choices
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -235,3 +235,21 @@ def prediction_options(func: Any) -> Any:
     ):
         func = decorator(func)
     return func
+
+# ---- batch options (`geounet batch`) -----------------------------------------------------
+
+batch_raster = click.option(
+    "--raster",
+    type=click.Choice(choices(BatchRaster)),
+    default="none",
+    show_default=True,
+    help="Also keep each scene's prediction raster: a Zarr store or a COG.",
+)
+vector_format = click.option(
+    "--format",
+    "vector_format",
+    type=click.Choice(choices(VectorFormat)),
+    default=None,
+    help="Vector format: gpkg (default for a local --out-dir) or parquet (GeoParquet, default "
+    "and required for s3://); fgb also works.",
+)

@@ -1,49 +1,60 @@
-"""A chunk progress bar for the CLI edge: chunks done/total and MP/s, only on a TTY and not with -q."""
+"""A chunk progress bar for the CLI edge (tqdm): chunks done/total, rate, MP/s and ETA.
+
+Shown only on a TTY and not with -q. The library reports through a callback
+``progress(done, total, pixels)``; this module is the only place a bar is drawn.
+"""
 
 from __future__ import annotations
 
 import sys
 import time
-from typing import TextIO
-
-import click
+from typing import Any, TextIO
 
 
 class ChunkProgress:
-    """Callable ``progress(done, total, pixels)`` drawing a one-line bar on stderr.
+    """Callable ``progress(done, total, pixels)`` drawing a tqdm bar on stderr.
 
-    Draws nothing unless ``enabled``; :meth:`close` ends the line.
+    Draws nothing unless ``enabled``. The total may change between calls (a batch learns its
+    scenes' chunk counts as it plans them); chunks resumed from an earlier run count as done
+    but not towards the rate. :meth:`close` ends the bar.
     """
 
     def __init__(self, enabled: bool, *, label: str = "chunks", stream: TextIO | None = None,
-                 width: int = 30) -> None:
+                 width: int | None = None) -> None:
         self.enabled = enabled
         self.label = label
         self.stream = stream if stream is not None else sys.stderr
         self.width = width
-        self.start = time.perf_counter()
+        self.bar: Any = None
         self.first_pixels: int | None = None
-        self.drawn = False
+        self.start = time.perf_counter()
 
     def __call__(self, done: int, total: int, pixels: int) -> None:
         if not self.enabled:
             return
-        if self.first_pixels is None:  # chunks resumed from an earlier run are not timed
-            self.first_pixels = pixels
+        if self.bar is None:
+            from tqdm import tqdm
+
+            self.first_pixels = pixels  # chunks resumed from an earlier run are not timed
             self.start = time.perf_counter()
+            self.bar = tqdm(total=total, initial=done, unit="chunk", desc=self.label,
+                            file=self.stream, dynamic_ncols=self.width is None,
+                            ncols=self.width, smoothing=0.1, leave=True)
+            self.bar.n = done
+            self.bar.refresh()
+            return
+        if total != self.bar.total:
+            self.bar.total = total
         elapsed = max(time.perf_counter() - self.start, 1e-9)
-        rate = (pixels - self.first_pixels) / 1e6 / elapsed
-        filled = int(self.width * done / total) if total else self.width
-        bar = "#" * filled + "-" * (self.width - filled)
-        click.echo(f"\r[{bar}] {done}/{total} {self.label}  {rate:.2f} MP/s", nl=False,
-                   file=self.stream)
-        self.drawn = True
+        rate = (pixels - (self.first_pixels or 0)) / 1e6 / elapsed
+        self.bar.set_postfix_str(f"{rate:.2f} MP/s", refresh=False)
+        self.bar.update(done - self.bar.n)
 
     def close(self) -> None:
         """Finish the bar's line."""
-        if self.drawn:
-            click.echo("", file=self.stream)
-            self.drawn = False
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None
 
     def __enter__(self) -> ChunkProgress:
         return self
@@ -52,7 +63,7 @@ class ChunkProgress:
         self.close()
 
 
-def progress_for(ctx: click.Context, label: str = "chunks") -> ChunkProgress:
+def progress_for(ctx: Any, label: str = "chunks") -> ChunkProgress:
     """The progress bar a command should use: on only on a TTY and without -q."""
     quiet = bool((ctx.find_root().obj or {}).get("quiet", False))
     return ChunkProgress(enabled=sys.stderr.isatty() and not quiet, label=label)

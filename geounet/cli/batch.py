@@ -1,0 +1,63 @@
+"""``geounet batch``: many scenes in one job on one cluster, with a result table."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from geounet.cli import options
+
+
+@click.command()
+@click.argument("scenes", nargs=-1)
+@click.option(
+    "--out-dir",
+    "-o",
+    required=True,
+    help="Folder (created if missing) or s3://bucket/prefix for every scene's outputs.",
+)
+@click.option(
+    "--manifest",
+    "manifests",
+    multiple=True,
+    help="A .txt file with one scene path or URL per line, or a .csv file with a 'path' "
+    "column (repeatable). Relative entries are taken from the manifest's folder.",
+)
+@options.batch_raster
+@options.vector_format
+@click.option(
+    "--work-dir",
+    default=None,
+    type=click.Path(file_okay=False),
+    help="With an s3:// --out-dir: where stores are built before upload (workers must reach "
+    "it; keep it for --resume). Default: a folder in the system temp dir.",
+)
+@options.prediction_options
+@options.vectorize_options
+@click.pass_context
+def batch(ctx: click.Context, scenes: tuple[str, ...], out_dir: str, **kwargs: Any) -> None:
+    """Segment many SCENES in one job: paths, globs, s3:// URLs or manifests (.txt/.csv).
+
+    Each scene NAME.tif gets NAME.gpkg (or NAME_<layer>.parquet) and, with --raster, NAME.zarr
+    or NAME.tif under --out-dir; the table of results is printed and written as batch.csv and
+    batch.json there. A failing scene does not stop the others; the exit code is 1 if any
+    failed. Examples:
+
+        geounet batch 'scenes/*.tif' --out-dir out/
+
+        geounet batch --manifest scenes.csv --out-dir s3://bucket/run1 --raster zarr --resume
+    """
+    from geounet.batch import run_batch
+    from geounet.cli.progress import progress_for
+
+    vectorize_options = {key: kwargs.pop(key) for key in options.VECTORIZE_KEYWORDS}
+    client = kwargs.pop("scheduler_address")
+    with progress_for(ctx) as bar:
+        result = run_batch(scenes, out_dir, client=client, progress=bar,
+                           vectorize_options=vectorize_options, **kwargs)
+    click.echo(result.format_table())
+    if result.tables:
+        click.echo(f"table: {', '.join(result.tables)}")
+    if not result.ok:
+        ctx.exit(1)
