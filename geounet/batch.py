@@ -421,14 +421,10 @@ def _default_work_dir(out_dir: str) -> str:
 @contextlib.contextmanager
 def _cluster(client: SchedulerLike, workers: int | None, device: str) -> Iterator[Any]:
     """A ``distributed.Client`` for the whole job; ``threads``/``synchronous`` run in-process."""
-    from geounet.cluster import scheduler
+    from geounet.cluster import in_process_client, scheduler
 
     if isinstance(client, str) and client in ("threads", "synchronous"):
-        from distributed import Client, LocalCluster
-
-        threads = (workers or 1) if client == "threads" else 1
-        with LocalCluster(n_workers=1, threads_per_worker=threads, processes=False,
-                          dashboard_address=":0") as cluster, Client(cluster) as made:
+        with in_process_client((workers or 1) if client == "threads" else 1) as made:
             yield made
         return
     with scheduler(client, workers=workers, device=device) as made:

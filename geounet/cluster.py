@@ -201,3 +201,15 @@ def run_tasks(
         on.cancel(futures)
         raise
     return results
+
+
+@contextlib.contextmanager
+def in_process_client(threads: int = 1) -> Iterator[Client]:
+    """A ``distributed.Client`` on a one-worker cluster inside this process (``threads``
+    threads): what ``"threads"``/``"synchronous"`` mean where futures are needed
+    (:func:`geounet.batch.run_batch`). For tests and debugging."""
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False,
+                      dashboard_address=":0") as cluster, Client(cluster) as client:
+        yield client
