@@ -90,7 +90,8 @@ def storage_options() -> dict[str, Any]:
 
 
 def filesystem() -> Any:
-    """An ``s3fs.S3FileSystem`` configured from the environment (no listing cache).
+    """An ``s3fs.S3FileSystem`` configured from the environment (no listing cache; one
+    instance per process and configuration, as fsspec caches them).
 
     Raises
     ------
@@ -104,8 +105,7 @@ def filesystem() -> Any:
             "writing to s3:// needs the s3fs package; install it with "
             "`pip install geounet[s3]` (or `pip install s3fs`)."
         ) from exc
-    return s3fs.S3FileSystem(skip_instance_cache=True, use_listings_cache=False,
-                             **storage_options())
+    return s3fs.S3FileSystem(use_listings_cache=False, **storage_options())
 
 
 def _key(url: str) -> str:

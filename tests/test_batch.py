@@ -318,3 +318,56 @@ def test_s3_round_trip(make_scene: Callable[..., Path], tmp_path: Path, model: P
     again = batch.run_batch(["s3://bucket/scenes/tile.tif"], "s3://bucket/run", model=model,
                             raster="zarr", work_dir=tmp_path / "work", resume=True, **FAST)
     assert again.scenes[0].status == "skipped"
+
+
+# --------------------------------------------------------------------------------------
+# scheduling: one cluster, scenes interleaved, bounded window
+# --------------------------------------------------------------------------------------
+
+
+def test_scenes_interleave_on_one_cluster_within_the_window(
+    make_scene: Callable[..., Path], tmp_path: Path, model: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Chunks of the next scene run while the previous scene finishes (no idle gap at scene
+    boundaries), the model is loaded once for the job, and never more than ``window`` tasks
+    are in flight."""
+    from distributed import get_task_stream
+
+    from geounet.cluster import in_process_client
+    from geounet.inference import clear_runner_cache, runner_load_count
+
+    scenes = [make_scene(100, 120, seed=i, name=f"s{i}.tif") for i in range(3)]
+    in_flight = {"now": 0, "max": 0}
+    with in_process_client(2) as client:
+        original = client.submit
+
+        def counting_submit(*args: Any, **kwargs: Any) -> Any:
+            future = original(*args, **kwargs)
+            in_flight["now"] += 1
+            in_flight["max"] = max(in_flight["max"], in_flight["now"])
+
+            def done(_: Any) -> None:
+                in_flight["now"] -= 1
+
+            future.add_done_callback(done)
+            return future
+
+        monkeypatch.setattr(client, "submit", counting_submit)
+        clear_runner_cache()
+        loads = runner_load_count()
+        with get_task_stream(client) as stream:
+            result = batch.run_batch(scenes, tmp_path / "out", model=model, client=client,
+                                     window=3, precision="fp32", chunk_size=64)
+        assert runner_load_count() - loads == 1  # one model load for three scenes
+    assert result.ok and [r.chunks_computed for r in result.scenes] == [4, 4, 4]
+    assert 2 <= in_flight["max"] <= 3 + 1  # the window, plus a finish task at a boundary
+    spans: dict[str, tuple[float, float]] = {}
+    for record in stream.data:
+        compute = [s for s in record["startstops"] if s["action"] == "compute"]
+        spans[record["key"]] = (compute[0]["start"], compute[-1]["stop"])
+    for k in (0, 1):
+        finish = next(v for key, v in spans.items() if key.startswith(f"geounet-finish-{k}-"))
+        first_next = min(v[0] for key, v in spans.items()
+                         if key.startswith(f"geounet-chunk-{k + 1}-"))
+        assert first_next < finish[1], "the next scene waited for this scene's finish"
