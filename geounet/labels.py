@@ -194,3 +194,116 @@ def rasterize_shapes(
                 [(g, cls.index) for g in geoms], out=mask, transform=transform, dtype=np.uint8
             )
     return mask
+
+
+VECTOR_SUFFIXES = (".geojson", ".json", ".gpkg", ".shp", ".fgb")
+"""File suffixes read as vector labels (per chip, or one file for all chips)."""
+
+
+def load_class_shapes(
+    labels: str | os.PathLike[str],
+    crs: Any,
+    classes: Sequence[str],
+    *,
+    line_width: float | None = None,
+) -> list[ClassShapes]:
+    """Read a vector label file for ``classes`` (``background`` first), in ``crs``.
+
+    The rule, in order: layers named like foreground classes give those classes; else the
+    (first) layer is read, and a ``class`` column naming the classes (or holding their
+    indices) assigns each feature; else, with one foreground class, every feature is that
+    class. Results are cached per file, CRS and classes (per-chip labels are read once).
+
+    Parameters
+    ----------
+    labels : GeoJSON, GeoPackage, or any vector file pyogrio reads.
+    crs : the grid's CRS.
+    classes : class names in index order, ``background`` first.
+    line_width : metres; width of line features without a ``width`` attribute.
+
+    Raises
+    ------
+    LabelError : unreadable file, no CRS, unknown class values, or several foreground
+        classes and no way to tell them apart.
+
+    Examples
+    --------
+    >>> shapes = load_class_shapes("chip_001.geojson", "EPSG:4326", ("background", "buildings"))  # doctest: +SKIP
+    """
+    from pyproj import CRS
+
+    if crs is None:
+        raise GeoreferenceError(
+            f"vector labels {str(labels)!r} need an image with a CRS to be placed on; "
+            "georeference the images or give raster masks."
+        )
+    path = Path(labels)
+    return _load_class_shapes(str(path.resolve()), path.stat().st_mtime_ns,
+                              CRS.from_user_input(crs).to_wkt(), tuple(classes), line_width)
+
+
+@functools.lru_cache(maxsize=256)
+def _load_class_shapes(path: str, mtime: int, crs_wkt: str, classes: tuple[str, ...],
+                       line_width: float | None) -> list[ClassShapes]:
+    import geopandas as gpd
+    import pyogrio
+    from pyproj import CRS
+
+    target = CRS.from_wkt(crs_wkt)
+    foreground = classes[1:]
+    try:
+        layers = [str(row[0]) for row in pyogrio.list_layers(path)]
+    except Exception as exc:  # pyogrio raises DataSourceError and friends
+        raise LabelError(f"vector labels {path!r} cannot be read ({exc}); give GeoJSON or "
+                         "a GeoPackage.") from exc
+    named = {c: c for c in foreground if c in layers}
+    if named:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # a class absent from one chip is normal
+            shapes = load_label_shapes(path, target, class_layers=named, line_width=line_width)
+        by_name = {s.name: s.geometries for s in shapes}
+        return [ClassShapes(i, c, tuple(by_name.get(c, ()))) for i, c in
+                enumerate(foreground, start=1)]
+    gdf = gpd.read_file(path, layer=layers[0]) if layers else gpd.GeoDataFrame()
+    if len(gdf) == 0:
+        return [ClassShapes(i, c, ()) for i, c in enumerate(foreground, start=1)]
+    if gdf.crs is None:
+        raise LabelError(f"vector labels {path!r} have no CRS; set one (ogr2ogr -a_srs) first.")
+    gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
+    if "class" in gdf.columns:
+        values = gdf["class"].astype(str)
+        index = {c: i for i, c in enumerate(classes)} | {str(i): i for i in
+                                                       range(1, len(classes))}
+        unknown = sorted(set(values) - set(index) - {"background", "0"})
+        if unknown:
+            raise LabelError(
+                f"vector labels {path!r} have class values {unknown[:5]} that are not among "
+                f"the classes {list(classes)}; give --classes naming them."
+            )
+        ids = values.map(index).fillna(0).astype(int)
+    elif len(foreground) == 1:
+        ids = np.ones(len(gdf), dtype=int)
+    else:
+        raise LabelError(
+            f"vector labels {path!r} have one layer {layers[0]!r} without a 'class' column, "
+            f"but the model has {len(foreground)} foreground classes {list(foreground)}; add a "
+            "'class' column, name the layers after the classes, or train one class (--classes)."
+        )
+    ids = np.asarray(ids)
+    return [ClassShapes(i, c, tuple(_to_polygons(gdf[ids == i], target, line_width, c)))
+            for i, c in enumerate(foreground, start=1)]
+
+
+def rasterize_file(
+    labels: str | os.PathLike[str],
+    crs: Any,
+    transform: Any,
+    height: int,
+    width: int,
+    classes: Sequence[str],
+    *,
+    line_width: float | None = None,
+) -> np.ndarray:
+    """Burn a vector label file onto a grid: uint8 class mask (see :func:`load_class_shapes`)."""
+    shapes = load_class_shapes(labels, crs, classes, line_width=line_width)
+    return rasterize_shapes(shapes, transform, height, width)

@@ -4,8 +4,8 @@ Chips that carry georeferencing are split in space so that no validation chip to
 training chip: chips are grouped into units (groups of chips that touch one another, cut into
 blocks of ``split_block`` x ``split_block`` chips where a group is larger), whole units go to
 validation, and training chips that still touch a validation chip become ``buffer`` chips, used
-by neither side. Among several seeded candidate draws the one that loses the fewest training
-chips to the buffer is kept (blocks at the edge of the data need no buffer on their outer
+by neither side. Among several seeded candidate draws the one that loses the fewest chips to the buffer
+plus its distance from the wanted validation count is kept (blocks at the edge of the data need no buffer on their outer
 side). Chips without georeferencing get a seeded random split.
 
 "Touch" means sharing an edge (of positive length) or overlapping; chips meeting at a corner
@@ -129,8 +129,9 @@ def assign_units(
         for u in rng.permutation(len(order_units)).tolist():
             if count >= target:
                 break
-            if count + sizes[u] > n - 1 and count > 0:
-                continue
+            if count > 0 and (count + sizes[u] > n - 1
+                              or count + sizes[u] - target > target - count):
+                continue  # it would overshoot more than it helps
             chosen.add(u)
             count += int(sizes[u])
         split = ["val" if unit_of[i] in chosen else "train" for i in range(n)]
@@ -140,7 +141,8 @@ def assign_units(
         n_train = split.count("train")
         if n_train == 0 or count == 0:
             continue
-        score = (split.count("buffer"), abs(count - target))
+        # a validation chip off target weighs like a training chip lost to the buffer
+        score = (split.count("buffer") + abs(count - target), abs(count - target))
         if best is None or score < best[0]:
             best = (score, split)
     if best is None:
