@@ -341,3 +341,30 @@ def test_chips_dir_with_buffer_rows_in_split_file(tmp_path):
     shutil.rmtree(root / "masks")
     with pytest.raises(LabelError, match="no chip pairs"):
         open_dataset(root)
+
+
+def test_cli_chips_rewrites_a_dataset_as_a_chips_directory(tmp_path):
+    """`geounet chips DATASET_DIR` fixes pairing, values, classes and split once; training on
+    the result sees the same samples as training on the original layout."""
+    chips = _chips(3, 3, seed=5)
+    root = tmp_path / "data"
+    _layout(root, "mask_255_no_georef", chips)
+    runner = CliRunner()
+    res = runner.invoke(cli, ["chips", str(root), "--out", str(tmp_path / "chips"),
+                              "--classes", "buildings", "--seed", "1"])
+    assert res.exit_code == 0, res.output
+    assert "classes background,buildings" in res.output
+    out = open_dataset(tmp_path / "chips")
+    original = open_dataset(root, val_fraction=0.2, seed=1)
+    assert out.split_rule == "split.csv" and out.classes == ("background", "buildings")
+    assert [(r.name, r.split) for r in out.records] == [(r.name, r.split)
+                                                        for r in original.records]
+    for (name, (image, target)), (_, (image2, target2)) in zip(
+            sorted(_samples(out).items()), sorted(_samples(original).items())):
+        np.testing.assert_array_equal(target, target2)
+        np.testing.assert_array_equal(image, image2)
+    with rasterio.open(out.records[0].mask) as src:  # masks now on the image grid
+        assert src.crs is not None and src.nodata == 255 and src.tags()["classes"]
+    again = runner.invoke(cli, ["chips", str(root), "--out", str(tmp_path / "chips")])
+    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert "Traceback" not in again.output

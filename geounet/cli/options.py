@@ -270,25 +270,26 @@ split_block = click.option(
          "touch a validation chip are left out (no leakage).")
 
 
+mask_pattern = click.option(
+    "--mask-pattern", default=None,
+    help="Mask path from the image's, relative to its folder, e.g. '{stem}.mask.tif' or "
+         "'../gt/{stem}.tif'. Default: detected.")
+mask_values = click.option(
+    "--mask-values", callback=_int_list, default=None,
+    help="Mask value of each class in class order, e.g. 0,255. Default: 0/1 and 0/255 are "
+         "binary, else class indices (255 nodata).")
+classes = click.option(
+    "--classes", callback=_name_list, default=None,
+    help="Class names, e.g. background,buildings (background is added when missing). "
+         "Default: chips.json, else detected (binary masks: background,buildings).")
+labels_file = click.option(
+    "--labels", "labels", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="One vector labels file (GeoJSON/GPKG) for all chips, burnt onto each chip's grid.")
+
+
 def dataset_options(func: Any) -> Any:
     """How a training dataset is read (``DatasetConfig`` fields)."""
-    for option in reversed((
-        click.option("--mask-pattern", default=None,
-                     help="Mask path from the image's, relative to its folder, e.g. "
-                          "'{stem}.mask.tif' or '../gt/{stem}.tif'. Default: detected.",),
-        click.option("--mask-values", callback=_int_list, default=None,
-                     help="Mask value of each class in class order, e.g. 0,255. "
-                          "Default: 0/1 and 0/255 are binary, else class indices."),
-        click.option("--classes", callback=_name_list, default=None,
-                     help="Class names, e.g. background,buildings (background is added when "
-                          "missing). Default: chips.json, else detected (binary masks: "
-                          "background,buildings)."),
-        click.option("--labels", "labels", type=click.Path(exists=True, dir_okay=False),
-                     default=None,
-                     help="One vector labels file (GeoJSON/GPKG) for all chips, burnt onto "
-                          "each chip's grid."),
-        line_width,
-        split_block,
-    )):
+    for option in reversed((mask_pattern, mask_values, classes, labels_file, line_width,
+                            split_block)):
         func = option(func)
     return func

@@ -573,3 +573,95 @@ def _bounds(records: Sequence[ChipRecord]) -> tuple[list[tuple[float, ...]], flo
                     half_pixel = min(half_pixel, 0.5 * abs(src.res[0]), 0.5 * abs(src.res[1]))
                 boxes.append(b)
     return boxes, float(half_pixel)
+
+
+def export_chips(
+    root: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    config: DatasetConfig | None = None,
+    *,
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    overwrite: bool = False,
+) -> Dataset:
+    """Rewrite a dataset in any layout as a ``geounet chips`` directory.
+
+    ``out_dir`` gets ``images/NAME.tif`` (copies), ``masks/NAME.tif`` (uint8 class indices,
+    255 nodata, on the image's grid, tag ``classes``), ``split.csv`` and ``chips.json``, so
+    the pairing, mask values, classes and split are fixed once and can be inspected. Buffer
+    chips (touching a validation chip) are left out. Written atomically.
+
+    Parameters
+    ----------
+    root : the dataset folder (see :func:`open_dataset`).
+    out_dir : the chips directory to write.
+    config, val_fraction, seed : as :func:`open_dataset`.
+    overwrite : replace an existing non-empty ``out_dir``.
+
+    Returns
+    -------
+    Dataset : as read from ``root``.
+
+    Examples
+    --------
+    >>> export_chips("buildings/", "chips/")  # doctest: +SKIP
+    """
+    import shutil
+    import tempfile
+
+    import rasterio
+
+    from geounet.errors import OutputExistsError
+    from geounet.training.chips import SPLIT_COLUMNS
+    from geounet.training.dataset import read_target
+
+    out_dir = Path(out_dir)
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"chips directory {str(out_dir)!r} exists and is not empty; choose another --out "
+            "or pass --overwrite."
+        )
+    dataset = open_dataset(root, config, val_fraction=val_fraction, seed=seed)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
+    try:
+        (tmp / "images").mkdir()
+        (tmp / "masks").mkdir()
+        rows = []
+        for rec in dataset.records:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+                with rasterio.open(rec.image) as img:
+                    mask = read_target(rec, img)
+                    profile = {"driver": "GTiff", "height": img.height, "width": img.width,
+                               "count": 1, "dtype": "uint8", "nodata": NODATA,
+                               "compress": "deflate"}
+                    if img.crs is not None:
+                        profile.update(crs=img.crs, transform=img.transform)
+            shutil.copyfile(rec.image, tmp / "images" / f"{rec.name}.tif")
+            with rasterio.open(tmp / "masks" / f"{rec.name}.tif", "w", **profile) as dst:
+                dst.write(mask, 1)
+                dst.update_tags(classes=",".join(dataset.classes))
+            valid = mask != NODATA
+            rows.append({"name": rec.name, "split": rec.split, "height": mask.shape[0],
+                         "width": mask.shape[1],
+                         "labelled_fraction": round(float((mask[valid] > 0).mean())
+                                                    if valid.any() else 0.0, 6),
+                         "nodata_fraction": round(1.0 - float(valid.mean()), 6)})
+        with open(tmp / SPLIT_FILE, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=SPLIT_COLUMNS, restval="")
+            writer.writeheader()
+            writer.writerows(rows)
+        meta = {"classes": list(dataset.classes), "source": Path(root).name,
+                "pairing": dataset.pairing, "labels": dataset.mask_rule,
+                "split": dataset.split_rule, "n_buffer": dataset.n_buffer,
+                "val_fraction": val_fraction, "seed": seed}
+        (tmp / CHIPS_META).write_text(json.dumps(meta, indent=2))
+        if out_dir.exists():
+            shutil.rmtree(out_dir)
+        os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("wrote %d chips to %s", len(dataset.records), out_dir)
+    return dataset
