@@ -228,7 +228,8 @@ def load_class_shapes(
 
     Examples
     --------
-    >>> shapes = load_class_shapes("chip_001.geojson", "EPSG:4326", ("background", "buildings"))  # doctest: +SKIP
+    >>> shapes = load_class_shapes("chip_001.geojson", "EPSG:4326",
+    ...                            ("background", "buildings"))  # doctest: +SKIP
     """
     from pyproj import CRS
 

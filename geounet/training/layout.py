@@ -241,8 +241,8 @@ def _discover(folder: Path, config: DatasetConfig) -> _Found:
             unpaired = tuple(p for p, m in masks.items()
                              if not m.exists() and p.resolve() not in taken)
             if best is None or len(pairs) > len(best.pairs):
-                best = _Found(pairs, f"--mask-pattern {config.mask_pattern!r} from "
-                                     f"{img_dir.relative_to(folder) if img_dir != folder else '.'}/",
+                where = img_dir.relative_to(folder) if img_dir != folder else "."
+                best = _Found(pairs, f"--mask-pattern {config.mask_pattern!r} from {where}/",
                               unpaired)
         return best if best is not None else _Found({}, "", ())
     seen = {p for d in {d for pair in candidates for d in pair}
@@ -386,7 +386,8 @@ def _label_coding(records: Sequence[ChipRecord], config: DatasetConfig,
                 f"{list(named)} (0..{len(named) - 1}, 255 nodata); fix the masks or give the "
                 "class names that match them (--classes, or chips.json)."
             )
-        return coding, named, rule + f"; classes named by {'--classes' if config.classes else 'the chips'}"
+        source = "--classes" if config.classes else "the chips"
+        return coding, named, rule + f"; classes named by {source}"
     if n == 2:
         return coding, ("background", DEFAULT_FOREGROUND), rule + (
             f"; binary: background,{DEFAULT_FOREGROUND} (name the foreground with --classes)")

@@ -4,9 +4,10 @@ Chips that carry georeferencing are split in space so that no validation chip to
 training chip: chips are grouped into units (groups of chips that touch one another, cut into
 blocks of ``split_block`` x ``split_block`` chips where a group is larger), whole units go to
 validation, and training chips that still touch a validation chip become ``buffer`` chips, used
-by neither side. Among several seeded candidate draws the one that loses the fewest chips to the buffer
-plus its distance from the wanted validation count is kept (blocks at the edge of the data need no buffer on their outer
-side). Chips without georeferencing get a seeded random split.
+by neither side. Among several seeded candidate draws the one that loses the fewest chips to
+the buffer plus its distance from the wanted validation count is kept (blocks at the edge of
+the data need no buffer on their outer side). Chips without georeferencing get a seeded random
+split.
 
 "Touch" means sharing an edge (of positive length) or overlapping; chips meeting at a corner
 only do not touch.
