@@ -368,3 +368,18 @@ def test_cli_chips_rewrites_a_dataset_as_a_chips_directory(tmp_path):
     again = runner.invoke(cli, ["chips", str(root), "--out", str(tmp_path / "chips")])
     assert again.exit_code == 1 and "--overwrite" in again.output
     assert "Traceback" not in again.output
+
+
+def test_mask_nodata_that_is_really_the_class_is_an_error(tmp_path):
+    """0/255 masks that declare nodata=255 would train on background only: stop and say so."""
+    root = tmp_path / "data"
+    for name, (image, mask, transform, _) in _chips(1, 2).items():
+        _write(root / f"{name}.tif", image, transform, "EPSG:4326")
+        _write(root / f"{name}.mask.tif", (mask * 255).astype(np.uint8), transform,
+               "EPSG:4326", nodata=255)
+    with pytest.raises(LabelError, match="--mask-values"):
+        open_dataset(root)
+    dataset = open_dataset(root, DatasetConfig(mask_values=(0, 255)), val_fraction=0.0)
+    assert dataset.classes == ("background", "buildings")
+    chips = _samples(dataset)
+    assert all((target == 1).any() for _, target in chips.values())

@@ -367,6 +367,10 @@ def _label_coding(records: Sequence[ChipRecord], config: DatasetConfig,
         return (None if coding == tuple(range(len(coding))) else coding), classes, rule
     nodata = {int(v) for v in declared if v != 0}  # 0 is always background
     data = values - nodata
+    if named is None and data <= {0} and values & nodata:
+        raise _mask_values_error(sorted(values), f"are only background 0 and the masks' "
+                                                 f"declared nodata {sorted(nodata)}, so no "
+                                                 "class has a pixel; if that value marks the class")
     if data <= {0, 1}:
         coding, n, rule = None, 2, "0/1 masks"
     elif data <= {0, 255}:
