@@ -291,13 +291,15 @@ def _scan_masks(records: Sequence[ChipRecord]) -> tuple[set[int], set[float], bo
     return values, nodata, fractional
 
 
-def _mask_values_error(values: Sequence[int], why: str) -> LabelError:
+def _mask_values_error(values: Sequence[int], why: str,
+                       example: Sequence[int] | None = None) -> LabelError:
+    example = list(example if example is not None else values)[:4]
     shown = ",".join(str(v) for v in list(values)[:8]) + (",..." if len(values) > 8 else "")
     return LabelError(
         f"mask values {{{shown}}} {why}; the rule: 0/1 and 0/255 masks are binary "
         "(background + one class), 0..N-1 are class indices named by --classes, 255 is "
         "nodata otherwise. Say what the values mean with --mask-values (one value per class "
-        f"in class order, e.g. --mask-values {','.join(str(v) for v in list(values)[:3])}) "
+        f"in class order, e.g. --mask-values {','.join(str(v) for v in example)}) "
         "and --classes."
     )
 
@@ -362,7 +364,7 @@ def _label_coding(records: Sequence[ChipRecord], config: DatasetConfig,
         extra = sorted(values - set(coding) - nodata)
         if extra:
             raise _mask_values_error(extra, f"are not in --mask-values {list(coding)} nor "
-                                            "nodata; list every class value")
+                                            "nodata; list every class value", sorted(values))
         rule = f"--mask-values {','.join(map(str, coding))}"
         return (None if coding == tuple(range(len(coding))) else coding), classes, rule
     nodata = {int(v) for v in declared if v != 0}  # 0 is always background
