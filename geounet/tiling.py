@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from geounet.config import Padding
 from geounet.errors import TileSizeError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from geounet.model import UNetConfig
 
 DEFAULT_CHUNK_SIZE = 2048
 """Default chunk core side in pixels (a multiple of every alignment up to 2**11)."""
@@ -47,6 +44,40 @@ DEFAULT_TILE_CORE = 1024
 
 DEFAULT_SAME_TILE = 512
 """Default tile side for same-padding models (input = output)."""
+
+
+class SizeRules(Protocol):
+    """The model's size rules the tile grid needs, and nothing else of the model.
+
+    :class:`geounet.model.UNetConfig` has them; the grid is planned from any object that does,
+    so this module stays pure geometry (it imports neither torch nor :mod:`geounet.model`;
+    an import contract in ``pyproject.toml`` checks that).
+    """
+
+    @property
+    def padding(self) -> Padding:
+        """``valid`` (tiles exact, no blending) or ``same`` (tiles overlap and are blended)."""
+
+    @property
+    def depth(self) -> int:
+        """Number of poolings; named in messages."""
+
+    @property
+    def alignment(self) -> int:
+        """``2**depth``: tile and chunk cores start at multiples of it."""
+
+    @property
+    def halo(self) -> int:
+        """Context pixels per side the model needs around an output pixel."""
+
+    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
+        """Input sides in ``[lo, hi]`` the model accepts (``valid`` padding)."""
+
+    def check_input_size(self, input_size: int) -> None:
+        """Raise :class:`~geounet.errors.TileSizeError` for an input side the model rejects."""
+
+    def output_size(self, input_size: int) -> int:
+        """Output side for an input side ``input_size``."""
 
 
 @dataclass(frozen=True)
@@ -325,7 +356,7 @@ def _nearest_multiples(value: int, step: int) -> str:
     return f"{low} or {low + step}"
 
 
-def default_tile_size(config: UNetConfig, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+def default_tile_size(config: SizeRules, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
     """Default model input side for ``config`` within chunks of ``chunk_size``.
 
     ``valid``: the smallest valid input whose core (stride) is the largest multiple of the
@@ -358,7 +389,7 @@ def _default_core(chunk_size: int, alignment: int) -> int:
     return best
 
 
-def _valid_input_for_core(config: UNetConfig, core: int) -> int:
+def _valid_input_for_core(config: SizeRules, core: int) -> int:
     """Smallest valid input size whose output covers ``core`` pixels."""
     lo = core + 2 * config.halo
     sizes = config.valid_input_sizes(lo, lo + 4 * config.alignment)
@@ -368,7 +399,7 @@ def _valid_input_for_core(config: UNetConfig, core: int) -> int:
 
 
 def plan_tiles(
-    config: UNetConfig,
+    config: SizeRules,
     height: int,
     width: int,
     *,
@@ -380,7 +411,7 @@ def plan_tiles(
 
     Parameters
     ----------
-    config : the model's :class:`~geounet.model.UNetConfig` (padding, alignment, halo).
+    config : the model's size rules (:class:`SizeRules`; a :class:`~geounet.model.UNetConfig`).
     height, width : scene size.
     chunk_size : chunk core side, a multiple of ``config.alignment``.
     tile_size : model input side; None picks :func:`default_tile_size`.

@@ -15,7 +15,6 @@ from geounet.inference import (
     ModelRunner,
     classify,
     clear_runner_cache,
-    configure_threads,
     get_runner,
     measure_seam_error,
     predict_array,
@@ -262,20 +261,6 @@ def test_device_and_precision_resolution() -> None:
         resolve_precision("fp16", cpu)
     with pytest.raises(InputError):
         resolve_precision("int8", cpu)  # type: ignore[arg-type]
-
-
-def test_configure_threads_never_oversubscribes() -> None:
-    from geounet.cluster import available_cores
-
-    old = torch.get_num_threads()
-    try:
-        cores = available_cores()
-        assert configure_threads(1, 1) == cores == torch.get_num_threads()
-        n = configure_threads(threads_per_worker=2, workers=1)
-        assert n == max(1, cores // 2) and n * 2 <= max(cores, 2)
-        assert configure_threads(threads_per_worker=4, workers=4) == 1
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_classify_threshold_and_nodata() -> None:
