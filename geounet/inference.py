@@ -258,7 +258,7 @@ def get_runner(
     precision: Precision = "auto",
     bands: tuple[int, ...] | None = None,
 ) -> ModelRunner:
-    """The process-wide runner for a checkpoint, loaded on first use and reused (invariant 9).
+    """The process-wide runner for a checkpoint, loaded once, reused (ARCHITECTURE invariant 9).
 
     Parameters
     ----------

@@ -84,7 +84,7 @@ class SizeRules(Protocol):
 class ChunkWindow:
     """One chunk core: rows ``y0:y0+height``, columns ``x0:x0+width`` of the scene.
 
-    ``row``/``col`` are the chunk's index in the chunk grid (the Dask block index).
+    ``row``/``col`` are the chunk's index in the chunk grid (one delayed chunk task each).
     """
 
     row: int
@@ -234,11 +234,6 @@ class TileGrid:
         """Number of tile columns of the global grid."""
         return math.ceil(self.width / self.stride)
 
-    @property
-    def dask_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Chunk sizes along y and x in Dask's ``chunks=`` form."""
-        return (_split(self.height, self.chunk_size), _split(self.width, self.chunk_size))
-
     # ---- chunks ------------------------------------------------------------------------
     def chunks(self) -> list[ChunkWindow]:
         """All chunk cores in row-major order; they partition the scene exactly."""
@@ -339,11 +334,6 @@ class TileGrid:
             rows, cols = self.tile_indices(chunk)
             total += len(rows) * len(cols)
         return total * self.tile_size**2 / (self.height * self.width)
-
-
-def _split(length: int, size: int) -> tuple[int, ...]:
-    full, rest = divmod(length, size)
-    return (size,) * full + ((rest,) if rest else ())
 
 
 def _nearest_multiples(value: int, step: int) -> str:

@@ -63,7 +63,7 @@ def _whole(path: Path, runner: ModelRunner) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("depth", [2, 3])
 def test_valid_tiling_is_exact(make_scene: Callable[..., Path], depth: int) -> None:
-    """DESIGN invariant 2: tiled output == whole-scene inference on the mirrored scene."""
+    """ARCHITECTURE invariant 2: tiled output == whole-scene inference on the mirrored scene."""
     path = make_scene(301, 257)
     runner = make_runner(depth=depth)
     whole, _ = _whole(path, runner)
@@ -78,7 +78,7 @@ def test_valid_tiling_is_exact(make_scene: Callable[..., Path], depth: int) -> N
 
 
 def test_valid_tiling_independent_of_chunk_and_batch(make_scene: Callable[..., Path]) -> None:
-    """DESIGN invariant 1 with one tile grid: chunk size and batch size change nothing."""
+    """ARCHITECTURE invariant 1 with one tile grid: chunk size and batch size change nothing."""
     path = make_scene(150, 131)
     runner = make_runner(depth=2)
     info = open_scene(path)
@@ -92,7 +92,7 @@ def test_valid_tiling_independent_of_chunk_and_batch(make_scene: Callable[..., P
 
 
 def test_same_padding_blend_independent_of_chunk_size(make_scene: Callable[..., Path]) -> None:
-    """DESIGN invariant 1/3: blended same-padding output does not depend on chunk size."""
+    """ARCHITECTURE invariants 1 and 3: blended same-padding output ignores the chunk size."""
     path = make_scene(301, 257)
     runner = make_runner(depth=2, padding="same")
     info = open_scene(path)
