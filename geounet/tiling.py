@@ -237,22 +237,8 @@ class TileGrid:
     # ---- chunks ------------------------------------------------------------------------
     def chunks(self) -> list[ChunkWindow]:
         """All chunk cores in row-major order; they partition the scene exactly."""
-        out = []
-        for row in range(self.chunk_rows):
-            y0 = row * self.chunk_size
-            for col in range(self.chunk_cols):
-                x0 = col * self.chunk_size
-                out.append(
-                    ChunkWindow(
-                        row,
-                        col,
-                        y0,
-                        x0,
-                        min(self.chunk_size, self.height - y0),
-                        min(self.chunk_size, self.width - x0),
-                    )
-                )
-        return out
+        return [self.chunk(row, col) for row in range(self.chunk_rows)
+                for col in range(self.chunk_cols)]
 
     def chunk(self, row: int, col: int) -> ChunkWindow:
         """The chunk core at chunk-grid index ``(row, col)``."""
