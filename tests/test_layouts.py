@@ -383,3 +383,13 @@ def test_mask_nodata_that_is_really_the_class_is_an_error(tmp_path):
     assert dataset.classes == ("background", "buildings")
     chips = _samples(dataset)
     assert all((target == 1).any() for _, target in chips.values())
+
+
+def test_mixed_01_and_0255_masks_are_ambiguous(tmp_path):
+    root = tmp_path / "data"
+    for i, (name, (image, mask, transform, _)) in enumerate(_chips(1, 2).items()):
+        _write(root / "images" / f"{name}.tif", image, transform, "EPSG:4326")
+        _write(root / "masks" / f"{name}.tif", (mask * (1 if i == 0 else 255)).astype(np.uint8),
+               transform, "EPSG:4326")
+    with pytest.raises(LabelError, match="mix 0/1 masks and 0/255.*--mask-values"):
+        open_dataset(root)

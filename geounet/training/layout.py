@@ -346,13 +346,15 @@ def _discover(folder: Path, config: DatasetConfig) -> _Found:
     return best_found
 
 
-def _scan_masks(records: Sequence[ChipRecord]) -> tuple[set[int], set[float], bool]:
-    """Distinct values, declared nodata values, and whether any value is not a whole number."""
+def _scan_masks(records: Sequence[ChipRecord]) -> tuple[set[int], set[float], bool, bool]:
+    """Distinct values, declared nodata values, whether any value is not a whole number, and
+    whether some masks hold 1 and others 255 but none both (0/1 and 0/255 masks mixed)."""
     import rasterio
 
     values: set[int] = set()
     nodata: set[float] = set()
     fractional = False
+    with_one = with_255 = with_both = False
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         for rec in records:
@@ -372,7 +374,10 @@ def _scan_masks(records: Sequence[ChipRecord]) -> tuple[set[int], set[float], bo
                 if (found != np.round(found)).any():
                     fractional = True
             values.update(int(v) for v in found)
-    return values, nodata, fractional
+            one, full = bool((found == 1).any()), bool((found == 255).any())
+            with_one, with_255, with_both = (with_one or one, with_255 or full,
+                                             with_both or (one and full))
+    return values, nodata, fractional, with_one and with_255 and not with_both
 
 
 def _mask_values_error(values: Sequence[int], why: str,
@@ -434,9 +439,13 @@ def _label_coding(records: Sequence[ChipRecord], config: DatasetConfig,
                   named: tuple[str, ...] | None) -> tuple[tuple[int, ...] | None,
                                                           tuple[str, ...], str]:
     """(mask value per class or None for class indices, classes, rule in words)."""
-    values, declared, fractional = _scan_masks(records)
+    values, declared, fractional, mixed = _scan_masks(records)
     if fractional:
         raise _mask_values_error(sorted(values), "include fractions (a probability map?)")
+    if mixed and config.mask_values is None and not declared - {0.0} and set(values) <= {
+            0, 1, 255}:
+        raise _mask_values_error(sorted(values), "mix 0/1 masks and 0/255 masks (no mask "
+                                                 "holds both 1 and 255)", (0, 1))
     if config.mask_values is not None:
         coding = config.mask_values
         classes = named or ("background", *([DEFAULT_FOREGROUND] if len(coding) == 2 else
