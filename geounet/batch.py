@@ -643,15 +643,14 @@ def run_batch(
                 yield job, ChunkTask(job.plan.info, chunk, job.plan.grid, job.plan.runner,
                                      job.store, batch_size, threshold)
 
-    from distributed import as_completed
-
+    from geounet.cluster import completion_queue
     from geounet.pipeline import run_chunk
 
     with _cluster(client, workers, device) as on:
         if window is None:
             threads = sum(on.nthreads().values()) if hasattr(on, "nthreads") else 1
             window = max(4, 2 * threads)
-        pending = as_completed()
+        pending = completion_queue()
         inflight: dict[Any, tuple[_Scene, str]] = {}
         source = tasks()
 
