@@ -37,3 +37,11 @@ LossType = Literal["ce", "bce"]
 VectorFormat = Literal["gpkg", "parquet", "fgb"]
 """Vector output formats, picked by the output suffix: GeoPackage (every layer in one file),
 GeoParquet and FlatGeobuf (one file per layer)."""
+
+ResampleMode = Literal["error", "auto", "always"]
+"""When a scene is read through a warp at the model's pixel size: ``error`` never (refuse a
+scene more than 2x off), ``auto`` when it is more than 1.25x off (the default), ``always``
+whenever the pixel sizes differ."""
+
+Resampling = Literal["bilinear", "cubic", "cubic_spline", "lanczos", "average", "nearest"]
+"""GDAL resampling methods offered for warping imagery (bilinear is the default)."""
