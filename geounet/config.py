@@ -43,5 +43,7 @@ ResampleMode = Literal["error", "auto", "always"]
 scene more than 2x off), ``auto`` when it is more than 1.25x off (the default), ``always``
 whenever the pixel sizes differ."""
 
-Resampling = Literal["bilinear", "cubic", "cubic_spline", "lanczos", "average", "nearest"]
-"""GDAL resampling methods offered for warping imagery (bilinear is the default)."""
+Resampling = Literal["auto", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "nearest"]
+"""GDAL resampling for warping imagery; ``auto`` (the default) is bilinear when the scene is
+finer than the model (GDAL then averages over each target pixel's footprint) and lanczos when
+it is coarser (sharper edges when enlarging: see docs/predict.md for the measured IoU)."""

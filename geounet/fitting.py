@@ -150,7 +150,7 @@ def plan_resample(
     target_pixel_size: float | None,
     mode: ResampleMode = "auto",
     *,
-    resampling: str = "bilinear",
+    resampling: str = "auto",
 ) -> SceneInfo:
     """``info``, read through a warp at ``target_pixel_size`` metres when ``mode`` asks for it.
 
@@ -160,7 +160,9 @@ def plan_resample(
     target_pixel_size : the model card's metres per pixel, or None (nothing to match).
     mode : ``error`` (never warp), ``auto`` (warp when more than
         :data:`geounet.model.PIXEL_SIZE_WARN_RATIO` off) or ``always`` (warp when different).
-    resampling : GDAL resampling for the imagery (``bilinear``, ``cubic``, ``average``...).
+    resampling : GDAL resampling for the imagery (``bilinear``, ``cubic``, ``lanczos``...);
+        ``auto``: bilinear when the scene is finer than ``target_pixel_size``, lanczos when
+        it is coarser.
 
     Returns
     -------
@@ -182,7 +184,8 @@ def plan_resample(
             f"resample mode {mode!r} is not supported; use one of "
             f"{', '.join(choices(ResampleMode))}."
         )
-    _resampling(resampling)  # validate the name now, not in a task
+    if resampling != "auto":
+        _resampling(resampling)  # validate the name now, not in a task
     if mode == "error":
         return info
     scene_size = info.pixel_size
@@ -199,6 +202,8 @@ def plan_resample(
         return info
     if mode == "always" and ratio - 1.0 <= _SAME_SIZE:
         return info
+    if resampling == "auto":
+        resampling = "lanczos" if scene_size > target_pixel_size else "bilinear"
     return warp_to_pixel_size(info, target_pixel_size, resampling=resampling)
 
 
@@ -331,8 +336,9 @@ def plan_rescale(
                 f"scene data type {scene_dtype} differs from the model's training type "
                 f"{card.dtype} (values {lo:g}..{hi:g}); reading it unchanged would normalise it "
                 f"with another range's statistics: map its values into the model's range with "
-                f"--rescale (rescale=...): percentile (per band 2nd..98th percentile), bits{hint} "
-                f"or MIN,MAX (e.g. --rescale 0,2047), or use a model trained on {scene_dtype}."
+                f"--rescale (rescale=...): bits{hint} or MIN,MAX (e.g. --rescale 0,2047) keep "
+                f"the scene's contrast; percentile (per band 2nd..98th percentile) stretches it, "
+                f"for scenes whose range is unknown. Or use a model trained on {scene_dtype}."
             )
         return None
     if max(bands) > info.count:

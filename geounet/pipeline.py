@@ -202,7 +202,7 @@ def plan_prediction(
     allow_no_crs: bool = False,
     check_device: bool = True,
     resample: ResampleMode = "auto",
-    resampling: Resampling = "bilinear",
+    resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward) and plan its grid.
@@ -424,7 +424,7 @@ def predict(
     workers: int | None = None,
     progress: ProgressCallback | None = None,
     resample: ResampleMode = "auto",
-    resampling: Resampling = "bilinear",
+    resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
@@ -454,7 +454,8 @@ def predict(
         through a GDAL WarpedVRT at the model's pixel size; ``always``: whenever they differ;
         ``error``: never (a scene more than 2x off is refused). The outputs are then on the
         warped grid (same CRS, the model's pixel size).
-    resampling : GDAL resampling of that warp (default ``bilinear``).
+    resampling : GDAL resampling of that warp; ``auto`` (default): bilinear when the scene is
+        finer than the model, lanczos when it is coarser.
     rescale : map the scene's values into the model's range: ``"percentile"``,
         ``"percentile:LOW,HIGH"``, ``"bits"``, ``"bits:N"``, ``"MIN,MAX"`` or ``(min, max)``;
         required when the scene's data type differs from the model's.

@@ -182,9 +182,10 @@ resample = click.option(
 resampling = click.option(
     "--resampling",
     type=click.Choice(choices(Resampling)),
-    default="bilinear",
+    default="auto",
     show_default=True,
-    help="GDAL resampling used by --resample.",
+    help="GDAL resampling used by --resample; auto: bilinear for a finer scene, lanczos for a "
+    "coarser one.",
 )
 rescale = click.option(
     "--rescale",
