@@ -188,6 +188,13 @@ def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": int(stat.st_mtime)}
 
 
+def _plain(value: Any) -> Any:
+    """A dataclass as the plain JSON types its run record is stored in (None stays None)."""
+    import json
+
+    return None if value is None else json.loads(json.dumps(dataclasses.asdict(value)))
+
+
 def plan_prediction(
     scene: str | os.PathLike[str],
     *,
@@ -292,8 +299,9 @@ def plan_prediction(
         "precision": precision,
         "probability_dtype": probability_dtype,
         "threshold": threshold,
-        "warp": dataclasses.asdict(info.warp) if info.warp is not None else None,
-        "rescale": dataclasses.asdict(info.rescale) if info.rescale is not None else None,
+        # as JSON gives them back, so a resumed run compares equal to its stored record
+        "warp": _plain(info.warp),
+        "rescale": _plain(info.rescale),
     }
     return Plan(info, card, grid, runner, chunk_size, tile_size, run)
 
