@@ -523,7 +523,9 @@ class _Opened:
                         width=warp.width,
                         height=warp.height,
                         resampling=resampling,
-                        add_alpha=not warp.gcps,  # over a GCP view its alpha band carries on
+                        # an alpha band of the source (or of the GCP view) carries on as the
+                        # view's last band; otherwise the warp adds one from masks and nodata
+                        add_alpha=not _has_alpha_band(top),
                         warp_extras=_WARP_OPTIONS,
                     ))
             except BaseException:
@@ -541,6 +543,10 @@ class _Opened:
     def close(self) -> None:
         for ds in reversed(self.stack):
             ds.close()
+
+
+def _has_alpha_band(ds: Any) -> bool:
+    return any(ci.name == "alpha" for ci in ds.colorinterp)
 
 
 def _dataset(info: SceneInfo) -> Any:

@@ -119,3 +119,39 @@ def test_plan_rescale(make_scene: Callable[..., Path]) -> None:
     assert bits is not None and bits.high == (4095.0,) * 3
     fixed = plan_rescale(info, card, "0,2047")
     assert fixed is not None and fixed.low == (0.0,) * 3 and fixed.high == (2047.0,) * 3
+
+
+@pytest.mark.parametrize("mask_kind", ["alpha", "msk", "nodata"])
+def test_masks_survive_the_warp(tmp_path: Path, mask_kind: str) -> None:
+    import rasterio
+    from rasterio.enums import ColorInterp
+    from rasterio.transform import from_origin
+
+    height, width = 100, 120
+    data = np.random.default_rng(1).integers(1, 255, (4, height, width), dtype=np.uint8)
+    hole = (slice(40, 80), slice(20, 70))  # 0.2 m pixels: 8 x 10 m
+    profile = dict(driver="GTiff", height=height, width=width, count=4, dtype="uint8",
+                   crs="EPSG:32633", transform=from_origin(500000, 5e6, 0.2, 0.2))
+    if mask_kind == "alpha":
+        data[3] = 255
+        data[3][hole] = 0
+    else:  # band 4 is NIR: written as grey, not as GDAL's default alpha of 4-band uint8
+        profile["photometric"] = "MINISBLACK"
+    if mask_kind == "nodata":
+        profile["nodata"] = 0
+        data[:, hole[0], hole[1]] = 0
+    path = tmp_path / "s.tif"
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(path, "w", **profile) as dst:
+        dst.write(data)
+        if mask_kind == "alpha":
+            dst.colorinterp = [ColorInterp.red, ColorInterp.green, ColorInterp.blue,
+                               ColorInterp.alpha]
+        if mask_kind == "msk":
+            mask = np.full((height, width), 255, np.uint8)
+            mask[hole] = 0
+            dst.write_mask(mask)
+    planned = plan_resample(open_scene(path), 0.5, "auto")
+    assert planned.warp is not None and (planned.height, planned.width) == (40, 48)
+    _, valid = read_window(planned, 0, 0, planned.height, planned.width, bands=[1, 2, 3])
+    assert not valid[17:31, 9:27].any()  # inside the hole (0.5 m pixels), off its edges
+    assert valid[:15].all() and valid[33:].all()
