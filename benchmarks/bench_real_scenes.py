@@ -59,7 +59,7 @@ def main(argv: list[str] | None = None) -> None:
         for seed in (int(s) for s in args.seeds.split(",")):
             scenes = {}
             for pixel_size in (0.5, 0.2, 1.25):
-                size = int(round(args.extent / pixel_size))
+                size = round(args.extent / pixel_size)
                 scenes[pixel_size] = synthesize_scene(
                     root / f"{seed}-{pixel_size}", size=size, seed=seed, pixel_size=pixel_size
                 ).scene_path

@@ -56,7 +56,7 @@ REMOTE_PREFIXES = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsios
 
 
 def is_remote(path: str) -> bool:
-    """True for a network path (see :data:`REMOTE_PREFIXES`), where sidecar lookups cost requests."""
+    """True for a network path (:data:`REMOTE_PREFIXES`), where sidecar lookups cost requests."""
     return str(path).lower().startswith(REMOTE_PREFIXES)
 
 
@@ -711,7 +711,8 @@ def _read_warped(
     valid = np.empty((height, width), dtype=bool)
     for by in range(y0 // block_height * block_height, y0 + height, block_height):
         for bx in range(x0 // block_width * block_width, x0 + width, block_width):
-            block = Window(bx, by, min(block_width, ds.width - bx), min(block_height, ds.height - by))
+            block = Window(bx, by, min(block_width, ds.width - bx),
+                           min(block_height, ds.height - by))
             pixels = ds.read(indexes, window=block)
             ya, yb = max(by, y0), min(by + int(block.height), y0 + height)
             xa, xb = max(bx, x0), min(bx + int(block.width), x0 + width)
