@@ -319,6 +319,10 @@ def _store_attrs(plan: Plan) -> dict[str, Any]:
         "tile_size": plan.tile_size,
         "version": __version__,
         "scene": os.path.basename(plan.info.path),
+        # how the scene was fitted to the model: the grid of a warped view (the store's own
+        # grid then), the value map; None for a scene read as it is
+        "scene_warp": _plain(plan.info.warp),
+        "scene_rescale": _plain(plan.info.rescale),
     }
 
 

@@ -260,6 +260,9 @@ def test_warped_rescaled_run_is_chunk_exact_and_resumable(tmp_path: Path) -> Non
     assert small["mask"].shape == (120, 112)  # 300 x 280 px at 0.2 m -> 0.5 m
     assert np.array_equal(small["mask"].values, large["mask"].values)
     assert np.array_equal(small["probabilities"].values, large["probabilities"].values)
+    attrs = small.attrs.get("geounet") or small.attrs
+    assert attrs["scene_warp"]["resampling"] == "bilinear"  # auto: the scene is finer
+    assert attrs["scene_rescale"]["method"] == "bits"
     plan = pipeline.plan_prediction(scene, rescale="bits", chunk_size=64)
     assert plan.info.warp is not None and plan.info.rescale is not None
     store = tmp_path / "run.zarr"
