@@ -275,3 +275,15 @@ def test_warped_rescaled_run_is_chunk_exact_and_resumable(tmp_path: Path) -> Non
     other = pipeline.plan_prediction(scene, rescale="0,4095", chunk_size=64)
     with pytest.raises(geounet.errors.InputError, match="rescale"):
         output.check_resumable(store, other.run)
+
+
+def test_four_band_synth_scene_has_no_alpha(tmp_path: Path) -> None:
+    """A 4th band of data (NIR) is not declared alpha, so it is not read as a mask."""
+    from geounet.raster import open_scene, read_window
+
+    scene = synthesize_scene(tmp_path / "s", size=96, seed=1, band_count=4).scene_path
+    with rasterio.open(scene) as src:
+        assert src.colorinterp[3] == rasterio.enums.ColorInterp.undefined
+    info = open_scene(scene)
+    assert not info.has_mask
+    assert read_window(info, 0, 0, 96, 96)[1].all()
