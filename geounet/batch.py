@@ -33,7 +33,15 @@ from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
 
 from geounet import objectstore
 from geounet.cluster import SchedulerLike
-from geounet.config import BatchRaster, Precision, ProbabilityDtype, VectorFormat, choices
+from geounet.config import (
+    BatchRaster,
+    Precision,
+    ProbabilityDtype,
+    ResampleMode,
+    Resampling,
+    VectorFormat,
+    choices,
+)
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
 from geounet.pipeline import ProgressCallback
 
@@ -446,6 +454,9 @@ def run_batch(
     probability_dtype: ProbabilityDtype = "uint8",
     threshold: float | None = None,
     allow_no_crs: bool = False,
+    resample: ResampleMode = "auto",
+    resampling: Resampling = "auto",
+    rescale: str | tuple[float, float] | None = None,
     raster: BatchRaster = "none",
     vector_format: VectorFormat | None = None,
     vectorize_options: dict[str, Any] | None = None,
@@ -466,7 +477,8 @@ def run_batch(
     out_dir : local folder (created if missing) or ``s3://bucket/prefix``.
     manifests : more manifest files (``.txt`` or ``.csv`` with a ``path`` column).
     model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-        threshold, allow_no_crs : as for :func:`geounet.predict` (one setting for every scene).
+        threshold, allow_no_crs, resample, resampling, rescale : as for
+        :func:`geounet.predict` (one setting for every scene).
     raster : also keep each scene's prediction raster: ``none``, ``zarr`` or ``cog``.
     vector_format : ``gpkg`` (default locally), ``parquet`` (GeoParquet; default and
         recommended for ``s3://``) or ``fgb``. GeoPackage cannot be written to ``s3://``.
@@ -553,7 +565,8 @@ def run_batch(
     plan_options = dict(model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
                         device=device, precision=precision,
                         probability_dtype=probability_dtype, threshold=threshold,
-                        allow_no_crs=allow_no_crs, check_device=runs_here(client))
+                        allow_no_crs=allow_no_crs, check_device=runs_here(client),
+                        resample=resample, resampling=resampling, rescale=rescale)
     options = dict(vectorize_options or {})
     _check_vectorize_options(options)
     token = uuid.uuid4().hex[:8]

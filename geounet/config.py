@@ -40,3 +40,13 @@ GeoParquet and FlatGeobuf (one file per layer)."""
 
 BatchRaster = Literal["none", "zarr", "cog"]
 """Which prediction raster ``geounet batch`` keeps per scene: none, a Zarr store or a COG."""
+
+ResampleMode = Literal["error", "auto", "always"]
+"""When a scene is read through a warp at the model's pixel size: ``error`` never (refuse a
+scene more than 2x off), ``auto`` when it is more than 1.25x off (the default), ``always``
+whenever the pixel sizes differ."""
+
+Resampling = Literal["auto", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "nearest"]
+"""GDAL resampling for warping imagery; ``auto`` (the default) is bilinear when the scene is
+finer than the model (GDAL then averages over each target pixel's footprint) and lanczos when
+it is coarser (sharper edges when enlarging: see docs/predict.md for the measured IoU)."""
