@@ -263,6 +263,7 @@ def plan_prediction(
         card.architecture, info.height, info.width, chunk_size=chunk_size, tile_size=tile_size
     )
     tile_size = grid.tile_size
+    chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
     runner = RunnerSpec(str(model_path), device, precision, bands)
     run = {
         "scene": _fingerprint(scene),
