@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
 
 from geounet.cluster import LocalScheduler, SchedulerLike
-from geounet.config import Precision, ProbabilityDtype, choices
+from geounet.config import Engine, Precision, ProbabilityDtype, choices
 from geounet.errors import (
     GeoreferenceError,
     GeounetError,
@@ -91,6 +91,7 @@ class RunnerSpec:
     device: str = "auto"
     precision: Precision = "auto"
     bands: tuple[int, ...] | None = None
+    engine: Engine = "torch"
 
 
 @dataclass(frozen=True)
@@ -143,7 +144,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     start = time.perf_counter()
     chunk = task.chunk
     spec = task.runner
-    runner = get_runner(spec.model, spec.device, spec.precision, spec.bands)
+    runner = get_runner(spec.model, spec.device, spec.precision, spec.bands, engine=spec.engine)
     result = predict_chunk(task.info, chunk, task.grid, runner,
                            batch_size=_batch_size(runner, task.batch_size))
     pixels = int(chunk.height * chunk.width)
@@ -178,6 +179,14 @@ def _check_device(device: str, precision: Precision) -> None:
         resolve_precision(precision, resolve_device(device))
 
 
+def _check_engine(engine: Engine, device: str) -> None:
+    """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
+    from geounet.engines import resolve_engine
+    from geounet.inference import resolve_device
+
+    resolve_engine(engine, resolve_device(device).type)
+
+
 def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     if path is None:
         return {}
@@ -201,6 +210,7 @@ def plan_prediction(
     threshold: float | None = None,
     allow_no_crs: bool = False,
     check_device: bool = True,
+    engine: Engine = "auto",
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward, no pixels read) and plan its grid.
 
@@ -230,6 +240,9 @@ def plan_prediction(
         raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
     if check_device:
         _check_device(device, precision)
+        _check_engine(engine, device)
+    elif engine not in choices(Engine):
+        raise InputError(f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one.")
     info = open_scene(str(scene))
     if info.crs_wkt is None:
         if not allow_no_crs:
@@ -264,7 +277,7 @@ def plan_prediction(
     )
     tile_size = grid.tile_size
     chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
-    runner = RunnerSpec(str(model_path), device, precision, bands)
+    runner = RunnerSpec(str(model_path), device, precision, bands, engine)
     run = {
         "scene": _fingerprint(scene),
         "model": _fingerprint(model_path),
@@ -272,6 +285,7 @@ def plan_prediction(
         "chunk_size": chunk_size,
         "tile_size": tile_size,
         "precision": precision,
+        "engine": engine,
         "probability_dtype": probability_dtype,
         "threshold": threshold,
     }
@@ -403,6 +417,7 @@ def predict(
     client: SchedulerLike = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    engine: Engine = "auto",
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -427,6 +442,9 @@ def predict(
         default: a local cluster of worker processes on this machine.
     workers : worker processes of the local cluster (threads for ``"threads"``).
     progress : ``callback(chunks_done, chunks_total, pixels_done)``.
+    engine : ``auto`` (a rule on the CPU and the installed packages), ``torch``,
+        ``onnxruntime`` or ``openvino`` (:mod:`geounet.engines`; exported on the worker,
+        cached next to the checkpoint).
 
     Returns
     -------
@@ -446,6 +464,7 @@ def predict(
         scene, model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
         device=device, precision=precision, probability_dtype=probability_dtype,
         threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
+        engine=engine,
     )
     out = Path(out)
     store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
