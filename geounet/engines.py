@@ -84,34 +84,44 @@ def available_engines() -> tuple[str, ...]:
     return tuple(e for e in ("torch", "onnxruntime", "openvino") if engine_installed(e))
 
 
-def resolve_engine(engine: Engine, device_type: str, flags: frozenset[str] | None = None) -> str:
-    """The engine actually used for ``engine`` on a ``device_type`` (``cpu`` or ``cuda``) device.
+def resolve_engine(
+    engine: Engine,
+    device_type: str,
+    flags: frozenset[str] | None = None,
+    precision: str = "fp32",
+) -> str:
+    """The engine actually used for ``engine`` on a ``device_type`` (``cpu`` or ``cuda``) device
+    at the resolved ``precision`` (``fp32``, ``bf16``, ``fp16``).
 
-    The ``auto`` rule (docs/engine.md has the measurements behind it):
+    The ``auto`` rule (docs/engine.md has the measurements behind it, from
+    ``benchmarks/bench_engines.py``):
 
-    1. a CUDA device: ``torch``;
-    2. a CPU with AVX-512 (``avx512f``), AMX or AVX512_BF16: ``openvino`` if installed, else
-       ``onnxruntime`` if installed (both ran 1.1-1.3x faster than PyTorch fp32 there, and
-       OpenVINO bf16 2.4x);
-    3. any other CPU (AVX2 or less): ``torch`` (no measurement shows another engine faster).
+    1. a CUDA device, or a CPU without AVX2 (not x86-64 v3, e.g. ARM; no measurement there):
+       ``torch``;
+    2. bf16 (a CPU with AVX512_BF16 or AMX under ``precision auto``): ``openvino`` if installed
+       (2.4x PyTorch fp32 on an AVX-512 CPU), else ``torch`` (ONNX Runtime runs fp32 only);
+    3. fp32 on an AVX2 / AVX-512 CPU: ``openvino`` if installed, else ``onnxruntime`` if
+       installed, else ``torch`` (OpenVINO used 0.58-0.89x and ONNX Runtime 0.69-1.02x the
+       CPU-seconds of PyTorch channels_last on an AVX2 CPU; 1.1-1.3x faster on AVX-512).
 
     Raises
     ------
     InputError
         ``engine`` is not one of the choices.
     EngineError
-        ``onnxruntime`` / ``openvino`` asked for on a CUDA device or without its package.
+        ``onnxruntime`` / ``openvino`` asked for on a CUDA device or without its package;
+        ``onnxruntime`` with bf16.
     """
     if engine not in choices(Engine):
         raise InputError(f"engine {engine!r} is not one of {choices(Engine)}; pick one.")
     if engine == "auto":
-        if device_type != "cpu":
-            return "torch"
         flags = cpu_flags() if flags is None else flags
-        if flags & {"avx512f", "amx_bf16", "amx_tile", "avx512_bf16"}:
-            for candidate in ("openvino", "onnxruntime"):
-                if engine_installed(candidate):
-                    return candidate
+        if device_type != "cpu" or "avx2" not in flags:
+            return "torch"
+        order = ("openvino",) if precision == "bf16" else ("openvino", "onnxruntime")
+        for candidate in order:
+            if engine_installed(candidate):
+                return candidate
         return "torch"
     if engine != "torch":
         if device_type != "cpu":
@@ -124,6 +134,11 @@ def resolve_engine(engine: Engine, device_type: str, flags: frozenset[str] | Non
                 f"engine {engine!r} is not installed (no {_PACKAGES[engine]!r} package); "
                 f"install it with `pip install geounet[{_EXTRAS[engine]}]`, or use "
                 f"--engine torch or auto."
+            )
+        if engine == "onnxruntime" and precision != "fp32":
+            raise EngineError(
+                f"engine 'onnxruntime' runs fp32 only, but precision {precision!r} was resolved; "
+                f"use --precision fp32, or --engine openvino for bf16."
             )
     return str(engine)
 
@@ -323,11 +338,7 @@ def make_backend(
     EngineError
         ``onnxruntime`` with a precision other than fp32.
     """
-    if engine == "onnxruntime" and precision != "fp32":
-        raise EngineError(
-            f"engine 'onnxruntime' runs fp32 only, but precision {precision!r} was resolved; "
-            f"use --precision fp32, or --engine openvino for bf16."
-        )
+    resolve_engine(engine, "cpu", precision=precision)  # onnxruntime: fp32 only
     if checkpoint is None:
         import torch
 

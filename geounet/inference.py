@@ -162,7 +162,7 @@ class ModelRunner:
         self.card = card
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
-        self.engine = resolve_engine(engine, self.device.type)
+        self.engine = resolve_engine(engine, self.device.type, precision=self.precision)
         if self.engine != "torch" and backend is None:
             backend = make_backend(self.engine, model, checkpoint, len(card.bands),
                                    self.precision, torch.get_num_threads())

@@ -179,12 +179,16 @@ def _check_device(device: str, precision: Precision) -> None:
         resolve_precision(precision, resolve_device(device))
 
 
-def _check_engine(engine: Engine, device: str) -> None:
+def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
     """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
     from geounet.engines import resolve_engine
-    from geounet.inference import resolve_device
+    from geounet.inference import resolve_device, resolve_precision
 
-    resolve_engine(engine, resolve_device(device).type)
+    torch_device = resolve_device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
+        resolved = resolve_precision(precision, torch_device)
+    resolve_engine(engine, torch_device.type, precision=resolved)
 
 
 def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -210,7 +214,7 @@ def plan_prediction(
     threshold: float | None = None,
     allow_no_crs: bool = False,
     check_device: bool = True,
-    engine: Engine = "auto",
+    engine: Engine = "torch",
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward, no pixels read) and plan its grid.
 
@@ -240,7 +244,7 @@ def plan_prediction(
         raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
     if check_device:
         _check_device(device, precision)
-        _check_engine(engine, device)
+        _check_engine(engine, device, precision)
     elif engine not in choices(Engine):
         raise InputError(f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one.")
     info = open_scene(str(scene))
@@ -417,7 +421,7 @@ def predict(
     client: SchedulerLike = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
-    engine: Engine = "auto",
+    engine: Engine = "torch",
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -442,8 +446,8 @@ def predict(
         default: a local cluster of worker processes on this machine.
     workers : worker processes of the local cluster (threads for ``"threads"``).
     progress : ``callback(chunks_done, chunks_total, pixels_done)``.
-    engine : ``auto`` (a rule on the CPU and the installed packages), ``torch``,
-        ``onnxruntime`` or ``openvino`` (:mod:`geounet.engines`; exported on the worker,
+    engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto`` (a rule on the
+        CPU and the installed packages) (:mod:`geounet.engines`; exported on the worker,
         cached next to the checkpoint).
 
     Returns

@@ -140,11 +140,18 @@ def test_auto_rule_reads_the_cpu_and_the_installed_packages(
     monkeypatch.setattr(engines, "engine_installed", lambda name: name in installed)
     avx2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
     avx512 = avx2 | {"avx512f", "avx512bw"}
-    assert engines.resolve_engine("auto", "cpu", avx2) == "torch"
+    arm = frozenset({"fp", "asimd", "neon"})
+    assert engines.resolve_engine("auto", "cpu", arm) == "torch"
+    assert engines.resolve_engine("auto", "cpu", avx2) == "openvino"
     assert engines.resolve_engine("auto", "cpu", avx512) == "openvino"
     assert engines.resolve_engine("auto", "cuda", avx512) == "torch"
+    amx = avx512 | {"amx_bf16", "avx512_bf16"}
+    assert engines.resolve_engine("auto", "cpu", amx, precision="bf16") == "openvino"
     installed.discard("openvino")
-    assert engines.resolve_engine("auto", "cpu", avx512 | {"amx_bf16"}) == "onnxruntime"
+    assert engines.resolve_engine("auto", "cpu", avx2) == "onnxruntime"
+    assert engines.resolve_engine("auto", "cpu", amx, precision="bf16") == "torch"
+    with pytest.raises(EngineError, match="fp32 only"):
+        engines.resolve_engine("onnxruntime", "cpu", amx, precision="bf16")
     installed.discard("onnxruntime")
     assert engines.resolve_engine("auto", "cpu", avx512) == "torch"
     with pytest.raises(EngineError, match=r"pip install geounet\[openvino\]"):
@@ -168,3 +175,26 @@ def test_cpu_flags_are_read_at_run_time() -> None:
 def test_onnxruntime_refuses_bf16(tmp_path: Path) -> None:
     with pytest.raises(EngineError, match="fp32 only"), pytest.warns(UserWarning):
         get_runner(_checkpoint(tmp_path), "cpu", "bf16", engine="onnxruntime")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_predict_with_engine_equals_whole_scene(
+    make_scene: Callable[..., Path], tmp_path: Path, engine: str
+) -> None:
+    """The pipeline runs the engine on its workers (library keyword ``engine``), with a chunk
+    size that is no whole number of tile cores (rounded), and still equals whole-scene
+    inference (ARCHITECTURE invariants 1 and 2)."""
+    from geounet import pipeline
+    from geounet.output import open_prediction
+    from tests.test_pipeline import whole_scene_reference
+
+    scene = make_scene(150, 173)
+    checkpoint = _checkpoint(tmp_path)
+    plan = pipeline.plan_prediction(scene, model=checkpoint, chunk_size=100, tile_size=116,
+                                    precision="fp32", engine=engine)
+    assert plan.grid.stride == 76 and plan.grid.chunk_size == 76  # 100 -> one 76 px core
+    pipeline.predict(scene, tmp_path / "p.zarr", model=checkpoint, chunk_size=100,
+                     tile_size=116, client="threads", precision="fp32",
+                     probability_dtype="float32", engine=engine)
+    got = open_prediction(tmp_path / "p.zarr").probabilities.values
+    np.testing.assert_allclose(got, whole_scene_reference(scene, checkpoint), atol=1e-5, rtol=0)

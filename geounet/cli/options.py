@@ -101,7 +101,7 @@ precision = click.option(
 engine = click.option(
     "--engine",
     type=click.Choice(choices(Engine)),
-    default="auto",
+    default="torch",
     show_default=True,
     help="Inference runtime: torch, onnxruntime, openvino (optional extras), or auto "
     "(by the CPU's instruction sets and the installed packages; see docs/engine.md).",
