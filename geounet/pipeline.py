@@ -260,7 +260,9 @@ def plan_prediction(
         _check_device(device, precision)
         _check_engine(engine, device, precision)
     elif engine not in choices(Engine):
-        raise InputError(f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one.")
+        raise InputError(
+            f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one."
+        )
     info = open_scene(str(scene))
     if info.georef == "rpcs" and not allow_no_crs:
         raise GeoreferenceError(
