@@ -7,7 +7,7 @@ output megapixel (meaningful on a quiet machine only) and the largest difference
 
     python benchmarks/bench_engines.py                              # depth 4, base 16, valid 1212
     python benchmarks/bench_engines.py --base 32 --threads 2 --reps 5
-    python benchmarks/bench_engines.py --padding same --tile 512 --precision bf16   # AVX512_BF16/AMX
+    python benchmarks/bench_engines.py --padding same --precision bf16   # AVX512_BF16/AMX
 
 To rerun quietly: on an otherwise idle machine, `python benchmarks/bench_engines.py --reps 5`
 for threads 1 and all cores, and paste the tables into benchmarks/RESULTS.md.

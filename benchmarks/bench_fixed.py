@@ -112,7 +112,8 @@ def main(argv: list[str] | None = None) -> None:
           f"CPU-s (importtime child included)\n")
     print("| phase | CPU-s (this process) | share |")
     print("| --- | --- | --- |")
-    print(f"| import geounet.pipeline + torch (fresh interpreter, wall s) | {total_import:.2f} | - |")
+    print(f"| import geounet.pipeline + torch (fresh interpreter, wall s) | "
+          f"{total_import:.2f} | - |")
     for phase in PHASES:
         if phase in found:
             print(f"| {phase} | {found[phase]:.2f} | {found[phase] / cpu:.0%} |")

@@ -160,7 +160,8 @@ def export_count() -> int:
 
 
 def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/geounet`` (default ``~/.cache/geounet``): exports of read-only checkpoints."""
+    """``$XDG_CACHE_HOME/geounet`` (default ``~/.cache/geounet``): exports of checkpoints
+    whose folder is not writable."""
     base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
     return Path(base) / "geounet"
 

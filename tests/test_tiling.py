@@ -184,8 +184,11 @@ def test_tile_core_larger_than_chunk_is_refused(padding: str, tile_size: int) ->
     assert grid.stride == 512
 
 
-@pytest.mark.parametrize("depth, tile_size, chunk_size", [(2, 116, 200), (3, 252, 520), (4, 700, 1408)])
-def test_requested_chunk_rounds_to_whole_tile_cores(depth: int, tile_size: int, chunk_size: int) -> None:
+@pytest.mark.parametrize("depth, tile_size, chunk_size",
+                         [(2, 116, 200), (3, 252, 520), (4, 700, 1408)])
+def test_requested_chunk_rounds_to_whole_tile_cores(
+    depth: int, tile_size: int, chunk_size: int
+) -> None:
     """Valid padding: a chunk size that is not a whole number of tile cores is rounded to the
     nearest one, so every tile of the global grid is run by exactly one chunk."""
     cfg = UNetConfig(depth=depth, base_channels=4)
