@@ -35,6 +35,7 @@ from geounet import objectstore
 from geounet.cluster import SchedulerLike
 from geounet.config import (
     BatchRaster,
+    Engine,
     Precision,
     ProbabilityDtype,
     ResampleMode,
@@ -451,6 +452,7 @@ def run_batch(
     batch_size: int | None = None,
     device: str = "auto",
     precision: Precision = "auto",
+    engine: Engine = "torch",
     probability_dtype: ProbabilityDtype = "uint8",
     threshold: float | None = None,
     allow_no_crs: bool = False,
@@ -477,7 +479,7 @@ def run_batch(
     out_dir : local folder (created if missing) or ``s3://bucket/prefix``.
     manifests : more manifest files (``.txt`` or ``.csv`` with a ``path`` column).
     model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-        threshold, allow_no_crs, resample, resampling, rescale : as for
+        threshold, allow_no_crs, resample, resampling, rescale, engine : as for
         :func:`geounet.predict` (one setting for every scene).
     raster : also keep each scene's prediction raster: ``none``, ``zarr`` or ``cog``.
     vector_format : ``gpkg`` (default locally), ``parquet`` (GeoParquet; default and
@@ -566,7 +568,8 @@ def run_batch(
                         device=device, precision=precision,
                         probability_dtype=probability_dtype, threshold=threshold,
                         allow_no_crs=allow_no_crs, check_device=runs_here(client),
-                        resample=resample, resampling=resampling, rescale=rescale)
+                        resample=resample, resampling=resampling, rescale=rescale,
+                        engine=engine)
     options = dict(vectorize_options or {})
     _check_vectorize_options(options)
     token = uuid.uuid4().hex[:8]

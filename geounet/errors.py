@@ -51,3 +51,7 @@ class LabelError(InputError):
 
 class DeviceError(GeounetError, RuntimeError):
     """A requested compute device is not available."""
+
+
+class EngineError(DeviceError):
+    """A requested inference engine (ONNX Runtime, OpenVINO) is not installed or cannot run."""

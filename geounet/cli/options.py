@@ -12,6 +12,7 @@ import click
 
 from geounet.config import (
     BatchRaster,
+    Engine,
     Precision,
     ProbabilityDtype,
     ResampleMode,
@@ -105,6 +106,14 @@ precision = click.option(
     default="auto",
     show_default=True,
     help="Model compute precision; auto uses bf16 where the CPU or GPU supports it.",
+)
+engine = click.option(
+    "--engine",
+    type=click.Choice(choices(Engine)),
+    default="torch",
+    show_default=True,
+    help="Inference runtime: torch, onnxruntime, openvino (optional extras), or auto "
+    "(by the CPU's instruction sets and the installed packages; see docs/engine.md).",
 )
 probability_dtype = click.option(
     "--probability-dtype",
@@ -280,9 +289,9 @@ def prediction_options(func: Any) -> Any:
     ``scheduler_address`` (the library's ``client``).
     """
     for decorator in reversed(
-        [model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-         threshold, resample, resampling, rescale, workers, scheduler_address, resume,
-         allow_no_crs, overwrite]
+        [model, bands, chunk_size, tile_size, batch_size, device, precision, engine,
+         probability_dtype, threshold, resample, resampling, rescale, workers,
+         scheduler_address, resume, allow_no_crs, overwrite]
     ):
         func = decorator(func)
     return func
