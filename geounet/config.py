@@ -37,3 +37,12 @@ LossType = Literal["ce", "bce"]
 VectorFormat = Literal["gpkg", "parquet", "fgb"]
 """Vector output formats, picked by the output suffix: GeoPackage (every layer in one file),
 GeoParquet and FlatGeobuf (one file per layer)."""
+
+
+NODATA_CLASS = 255
+"""Class-mask value where the scene has no valid data (Zarr ``mask``, COG band 1, label masks,
+training targets): the one definition every module imports."""
+
+DEFAULT_CLASSES: tuple[str, ...] = ("background", "buildings", "roads")
+"""Class names, index = class value, when a prediction or label set names none (the built-in
+model's classes)."""

@@ -51,3 +51,13 @@ class LabelError(InputError):
 
 class DeviceError(GeounetError, RuntimeError):
     """A requested compute device is not available."""
+
+
+class PredictionKeptError(GeounetError, RuntimeError):
+    """A step after prediction (vectorizing, writing the COG) failed; the finished prediction
+    is kept under its resumable name (:attr:`store`) and ``resume=True`` (``--resume``)
+    finishes the job without predicting again."""
+
+    def __init__(self, message: str, store: str = "") -> None:
+        super().__init__(message)
+        self.store = store

@@ -29,7 +29,7 @@ import numpy as np
 
 from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, weight_window
 from geounet.cluster import torch_threads_per_worker
-from geounet.config import BlendWindow, Precision, choices
+from geounet.config import NODATA_CLASS, BlendWindow, Precision, choices
 from geounet.errors import DeviceError, InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
 from geounet.tiling import ChunkWindow, TileGrid
@@ -40,9 +40,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from geounet.model import ModelCard, UNet, UNetConfig
 
 log = logging.getLogger(__name__)
-
-NODATA_CLASS = 255
-"""Class-mask value of nodata pixels."""
 
 
 # ---- device, precision, threads ---------------------------------------------------------
