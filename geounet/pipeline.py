@@ -443,14 +443,14 @@ def predict(
 
     start = time.perf_counter()
     fmt = output.check_output(out, overwrite=overwrite)
+    store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
+    _check_partial_store(store_path, resume=resume, overwrite=overwrite)
     plan = plan_prediction(
         scene, model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
         device=device, precision=precision, probability_dtype=probability_dtype,
         threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
     )
     out = Path(out)
-    store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
-    _check_partial_store(store_path, resume=resume, overwrite=overwrite)
     chunks, skipped, resumed = _compute_store(
         plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
         batch_size=batch_size, resume=resume, client=client, workers=workers, progress=progress,
@@ -528,6 +528,9 @@ def segment(
                                                 "batch_size") if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
     threshold = predict_options.get("threshold")
+    anchor = Path(raster_out) if raster_out is not None else out_gpkg
+    store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
+    _check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
     plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
     if plan.info.crs_wkt is None:  # allow_no_crs let predict through; polygons need a CRS
         raise GeoreferenceError(
@@ -535,9 +538,6 @@ def segment(
             "need one; assign a CRS to the scene (e.g. gdal_edit.py -a_srs EPSG:32633), or run "
             "`geounet predict --allow-no-crs` for a prediction raster in pixel coordinates."
         )
-    anchor = Path(raster_out) if raster_out is not None else out_gpkg
-    store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
-    _check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
     chunks, skipped, resumed = _compute_store(
         plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
         batch_size=keep.get("batch_size"), resume=keep.get("resume", False),

@@ -75,11 +75,13 @@ def _assert_same_vectors(a: Path, b: Path) -> None:
 def test_sigint_during_vectorization_keeps_the_prediction(scene: Path, tmp_path: Path) -> None:
     full = tmp_path / "full"
     full.mkdir()
-    done = subprocess.run(
-        [sys.executable, "-m", "geounet", "segment", str(scene), "-o", str(full / "o.gpkg"),
-         "--raster-out", str(full / "p.tif"), *FAST_CLI],
-        env=_env(), capture_output=True, text=True, timeout=600)
-    assert done.returncode == 0, done.stderr
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+
+    done = CliRunner().invoke(cli, ["segment", str(scene), "-o", str(full / "o.gpkg"),
+                                    "--raster-out", str(full / "p.tif"), *FAST_CLI])
+    assert done.exit_code == 0, done.output
 
     work = tmp_path / "work"
     work.mkdir()
