@@ -402,3 +402,23 @@ def test_segment_rejects_unknown_options_before_work(
         pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], client="threads",
                          vectorize_options={"min_aera": 3})
     assert _listing(tmp_path) == before
+
+
+def test_tasks_carry_windows_not_pixels(make_scene: Callable[..., Path], tmp_path: Path,
+                                        models: dict[str, Path]) -> None:
+    """Bounded memory (README promise): a chunk task pickles to a few KB whatever the scene
+    size, so nothing scene-sized passes through the scheduler."""
+    import pickle
+
+    from geounet.output import StoreSpec
+
+    sizes = {}
+    for side in (96, 1536):
+        scene = make_scene(side, side, name=f"s{side}.tif")
+        plan = pipeline.plan_prediction(scene, model=models["valid"], chunk_size=64)
+        spec = StoreSpec(str(tmp_path / "p.zarr"))
+        chunks = plan.grid.chunks()
+        tasks = [pipeline.ChunkTask(plan.info, c, plan.grid, plan.runner, spec) for c in chunks]
+        sizes[side] = max(len(pickle.dumps(t)) for t in tasks)
+        assert len(chunks) == (side // 64 + (side % 64 > 0)) ** 2
+    assert sizes[1536] < 16_384 and sizes[1536] <= 1.2 * sizes[96], sizes
