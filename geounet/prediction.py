@@ -11,6 +11,7 @@ window asked for, so memory is bounded by the window, not the scene.
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -74,15 +75,19 @@ class PredictionReader:
         import zarr
 
         try:
-            group = zarr.open_group(self.path, mode="r")
+            with warnings.catch_warnings():
+                # a store still being resumed holds its completion markers (_geounet_done)
+                warnings.filterwarnings("ignore", message=".*not recognized as a component")
+                group = zarr.open_group(self.path, mode="r")
+                members = set(group.keys())
         except Exception as exc:  # zarr raises several unrelated types
             raise UnsupportedFormatError(
                 f"{self.path!r} is a folder but not a readable Zarr store ({exc}); give a "
                 "geounet prediction store (.zarr) or a GeoTIFF."
             ) from exc
-        if "mask" not in group:
+        if "mask" not in members:
             raise UnsupportedFormatError(
-                f"Zarr store {self.path!r} has no 'mask' array (it has {sorted(group.keys())}); "
+                f"Zarr store {self.path!r} has no 'mask' array (it has {sorted(members)}); "
                 "give a geounet prediction store written by `geounet predict`."
             )
         self._mask = group["mask"]
@@ -97,12 +102,14 @@ class PredictionReader:
             attrs = json.loads(attrs)
         classes = attrs.get("classes") or (attrs.get("model_card") or {}).get("classes")
         self.named_classes = tuple(classes) if classes else None
-        if "probabilities" in group:
+        if "probabilities" in members:
             self._probabilities = group["probabilities"]
             if self._probabilities.dtype == np.uint8:
                 self._probability_scale = 1.0 / 255.0
-        self.crs_wkt, self.transform = zarr_georeference(group, self._mask, self.path,
-                                                         require_crs=self.require_crs)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*not recognized as a component")
+            self.crs_wkt, self.transform = zarr_georeference(group, self._mask, self.path,
+                                                             require_crs=self.require_crs)
 
     def _open_tiff(self) -> None:
         import rasterio
