@@ -256,6 +256,13 @@ class _RasterSource:
         self._reader.close()
 
 
+def _footprint(height: int, width: int, transform: Any) -> tuple[float, float, float, float]:
+    """Map bounds (minx, miny, maxx, maxy) of a grid from all four corners (rotation-aware)."""
+    xs, ys = zip(*(transform * (c, r) for c, r in ((0, 0), (width, 0), (0, height),
+                                                   (width, height))))
+    return min(xs), min(ys), max(xs), max(ys)
+
+
 class _VectorSource:
     """Label layers burnt onto another source's grid, window by window."""
 
@@ -280,13 +287,12 @@ class _VectorSource:
     def read(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
         from rasterio.windows import Window
         from rasterio.windows import transform as window_transform
-        from rasterio.transform import array_bounds
         from shapely.geometry import box
 
         from geounet.training.chips import ClassShapes, rasterize_shapes
 
         transform = window_transform(Window(x0, y0, width, height), self.grid.transform)
-        window = box(*array_bounds(height, width, transform))
+        window = box(*_footprint(height, width, transform))
         subset = []
         for cls in self.shapes:
             hits = self._trees[cls.index].query(window)
@@ -296,10 +302,9 @@ class _VectorSource:
 
     def objects(self, index: int) -> list[Any]:
         """The original polygons of class ``index`` that touch the grid."""
-        from rasterio.transform import array_bounds
         from shapely.geometry import box
 
-        extent = box(*array_bounds(self.grid.height, self.grid.width, self.grid.transform))
+        extent = box(*_footprint(self.grid.height, self.grid.width, self.grid.transform))
         for cls in self.shapes:
             if cls.index == index:
                 out = []

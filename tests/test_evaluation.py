@@ -259,3 +259,23 @@ def test_geographic_evaluate_memory_does_not_grow_with_the_scene(geo_masks):
     whole_scene = 1024 * 1024  # one uint8 copy of the larger scene
     assert peaks[1024] < 1.5 * peaks[384] + 2**20, peaks
     assert peaks[1024] - peaks[384] < whole_scene, peaks
+
+
+def test_vector_truth_on_a_rotated_grid(tmp_path):
+    """Labels burnt onto a rotated prediction grid land where its transform says, in every
+    window (window footprints are taken from all four corners)."""
+    from affine import Affine
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    rotated = TRANSFORM * Affine.rotation(35)
+    mask = scene_truth()
+    pred = write_mask(tmp_path / "p.tif", mask, rotated)
+    buildings = [shape(g) for g, v in shapes(mask, mask=mask == 1, transform=rotated)]
+    roads = [shape(g) for g, v in shapes(mask, mask=mask == 2, transform=rotated)]
+    gpkg = tmp_path / "t.gpkg"
+    gpd.GeoDataFrame(geometry=buildings, crs=CRS).to_file(gpkg, layer="buildings")
+    gpd.GeoDataFrame(geometry=roads, crs=CRS).to_file(gpkg, layer="roads")
+    report = evaluate(pred, gpkg, window_size=64)
+    assert report.score("buildings").iou > 0.99 and report.score("roads").iou > 0.99
+    assert (report.objects.tp, report.objects.fp, report.objects.fn) == (9, 0, 0)
