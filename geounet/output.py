@@ -408,10 +408,11 @@ def finalize_store(path: str | os.PathLike[str]) -> None:
 
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "background": (0, 0, 0),
-    "buildings": (220, 60, 40),
-    "roads": (250, 200, 40),
+    "buildings": (255, 40, 40),
+    "roads": (255, 220, 0),
 }
-"""Display colours of known classes in the COG's colour table (others get a fixed palette)."""
+"""Display colours of known classes in the COG's colour table (others get a fixed palette);
+the same as the quicklook's outlines (``geounet.quicklook.LAYER_COLORS``)."""
 _PALETTE = ((31, 119, 180), (44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194),
             (127, 127, 127), (188, 189, 34), (23, 190, 207))
 
