@@ -275,7 +275,7 @@ class _VectorSource:
         self.grid: Grid | None = None
 
     def attach(self, grid: Grid) -> None:
-        from geounet.training.chips import load_label_shapes
+        from geounet.labels import load_label_shapes
 
         self.grid = grid
         self.shapes = load_label_shapes(self.path, grid.crs, class_layers=self.class_layers,
@@ -289,7 +289,7 @@ class _VectorSource:
         from rasterio.windows import transform as window_transform
         from shapely.geometry import box
 
-        from geounet.training.chips import ClassShapes, rasterize_shapes
+        from geounet.labels import ClassShapes, rasterize_shapes
 
         transform = window_transform(Window(x0, y0, width, height), self.grid.transform)
         window = box(*_footprint(height, width, transform))
