@@ -129,7 +129,7 @@ class PredictionReader:
         # A bounded GDAL block cache while the reader is open: GDAL's default (5% of RAM),
         # filled by a scene read once window by window, grows memory with the scene.
         row = ds.width * ds.block_shapes[0][0] * ds.count * np.dtype(ds.dtypes[0]).itemsize
-        self._env = gdal_env(cache_bytes=block_cache_bytes(row))
+        self._env = gdal_env(cache_bytes=block_cache_bytes(row), path=self.path)
         self._env.__enter__()
         if ds.crs is None or ds.transform.is_identity:
             if self.require_crs:
