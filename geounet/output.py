@@ -39,6 +39,7 @@ SUFFIXES: dict[str, OutputFormat] = {".zarr": "zarr", ".tif": "tif", ".tiff": "t
 COG_BLOCK_SIZE = 512
 _DONE_DIR = "_geounet_done"
 _TMP_TAG = ".geounet-partial"
+_OUTPUTS_FILE = "outputs.record"  # in _DONE_DIR; not *.json, which are chunk markers
 
 
 @dataclass(frozen=True)
@@ -340,6 +341,39 @@ def done_chunks(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError):  # a marker cut short by a kill: recompute that chunk
             continue
     return done
+
+
+def _output_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    stat = os.stat(path)
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def record_output(store: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Note in a (temporary) store that ``path`` was written from it (size and time), so a
+    resumed run does not redo it or refuse it as an existing output."""
+    folder = Path(store) / _DONE_DIR
+    if not folder.is_dir():
+        return
+    (folder / _OUTPUTS_FILE).write_text(
+        json.dumps({**read_outputs(store), os.path.abspath(path): _output_record(path)}))
+
+
+def read_outputs(store: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Outputs recorded by :func:`record_output` (absolute path -> record)."""
+    try:
+        data = json.loads((Path(store) / _DONE_DIR / _OUTPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def recorded_output(store: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is still exactly the file :func:`record_output` noted in ``store``."""
+    record = read_outputs(store).get(os.path.abspath(path))
+    try:
+        return record is not None and record == _output_record(path)
+    except OSError:
+        return False
 
 
 def chunk_id(y0: int, x0: int) -> str:

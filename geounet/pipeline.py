@@ -549,8 +549,16 @@ def segment(
         raise InputError(
             f"output {str(out_gpkg)!r} is not a GeoPackage; name it with the .gpkg suffix."
         )
-    output.check_new_path(out_gpkg, overwrite=overwrite)
-    fmt = output.check_output(raster_out, overwrite=overwrite) if raster_out is not None else None
+    fmt = output.output_format(raster_out) if raster_out is not None else None
+    anchor = Path(raster_out) if raster_out is not None else out_gpkg
+    store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
+    # vectors the interrupted run already finished (it stopped later, writing the COG)
+    vectors_done = bool(predict_options.get("resume")) and output.recorded_output(store_path,
+                                                                                  out_gpkg)
+    if not vectors_done:
+        output.check_new_path(out_gpkg, overwrite=overwrite)
+    if raster_out is not None:
+        output.check_output(raster_out, overwrite=overwrite)
     from geounet.vectorization import vectorize
 
     allowed = {name for name, param in inspect.signature(predict).parameters.items()
@@ -574,8 +582,6 @@ def segment(
                                                 "batch_size") if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
     threshold = predict_options.get("threshold")
-    anchor = Path(raster_out) if raster_out is not None else out_gpkg
-    store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
     _check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
     plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
     if plan.info.crs_wkt is None:  # allow_no_crs let predict through; polygons need a CRS
@@ -592,8 +598,12 @@ def segment(
     extra: tuple[Path, ...] = ()
     # The store stays resumable (completion markers kept) until every output is written: a
     # failure or Ctrl-C while vectorizing or writing the COG keeps it for --resume.
-    with _prediction_kept(store_path, "vectorizing into " + str(out_gpkg)):
-        vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
+    if vectors_done:
+        log.info("%s was finished by the interrupted run; not vectorizing again", out_gpkg)
+    else:
+        with _prediction_kept(store_path, "vectorizing into " + str(out_gpkg)):
+            vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
+        output.record_output(store_path, out_gpkg)  # a resume after a COG failure keeps it
     if raster_out is not None:
         raster_out = Path(raster_out)
         with _prediction_kept(store_path, "writing " + str(raster_out)):

@@ -170,3 +170,30 @@ def test_partial_store_is_refused_without_resume_or_overwrite(
         pipeline.segment(scene, tmp_path / "o.gpkg", raster_out=out, **FAST)
     result = pipeline.predict(scene, out, overwrite=True, **FAST)  # discards, starts over
     assert result.chunks_resumed == 0 and out.exists() and not store.exists()
+
+
+def test_cli_failure_after_prediction_prints_the_resume_command(
+    scene: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+
+    def failing_cog(*args, **kwargs):
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(output, "write_cog", failing_cog)
+    args = ["segment", str(scene), "-o", str(tmp_path / "o.gpkg"), "--raster-out",
+            str(tmp_path / "p.tif"), *FAST_CLI]
+    result = CliRunner().invoke(cli, args)
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert "No space left on device" in result.output
+    expected = shlex.join(["geounet", *args, "--resume"])
+    assert f"Finish with: {expected}" in result.output
+    store = output.temporary_path(tmp_path / "p.tif", ".zarr")
+    assert store.is_dir() and (tmp_path / "o.gpkg").is_file()  # vectors were finished
+    monkeypatch.undo()
+    # the printed command finishes the job: the finished GeoPackage is kept, not refused
+    finished = CliRunner().invoke(cli, shlex.split(expected)[1:])
+    assert finished.exit_code == 0, finished.output
+    assert (tmp_path / "p.tif").is_file() and not store.exists()
