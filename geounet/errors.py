@@ -53,6 +53,10 @@ class DeviceError(GeounetError, RuntimeError):
     """A requested compute device is not available."""
 
 
+class EngineError(DeviceError):
+    """A requested inference engine (ONNX Runtime, OpenVINO) is not installed or cannot run."""
+
+
 class PredictionKeptError(GeounetError, RuntimeError):
     """A step after prediction (vectorizing, writing the COG) failed; the finished prediction
     is kept under its resumable name (:attr:`store`) and ``resume=True`` (``--resume``)
