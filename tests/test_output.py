@@ -109,7 +109,8 @@ def test_cog_from_store_is_valid_and_georeferenced(tmp_path: Path, dtype: str) -
     probs, mask, valid = _fill_store(store, 300, 257, 128, dtype)
     output.finalize_store(store)
     cog = output.write_cog(store, tmp_path / "p.tif", block_size=64)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "p.tif.aux.xml", "p.zarr"]  # no temporaries
+    # no temporaries; the sidecar carries the class band's categories
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "p.tif.aux.xml", "p.zarr"]
     with rasterio.open(cog) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert src.block_shapes[0] == (64, 64)
