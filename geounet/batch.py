@@ -593,7 +593,7 @@ def run_batch(
 
     def planned(index: int, scene: str, name: str) -> _Scene | None:
         """Plan one scene and open its store; None (and a row) if it is skipped or failed."""
-        from geounet.pipeline import plan_prediction, prepare_store
+        from geounet.pipeline import _check_partial_store, plan_prediction, prepare_store
 
         started = time.perf_counter()
         try:
@@ -626,6 +626,8 @@ def run_batch(
             if not (overwrite or resume):  # resume replaces outputs of an unfinished finish
                 _check_outputs_free(out_dir, name, fmt, raster, plan)
             store_path = output.temporary_path(Path(work) / f"{name}.zarr")
+            # an interrupted run's chunks are never discarded silently (name --resume)
+            _check_partial_store(store_path, resume=resume, overwrite=overwrite)
             spec, done = prepare_store(plan, store_path, probability_dtype=probability_dtype,
                                        resume=resume)
         except Exception as exc:  # noqa: BLE001

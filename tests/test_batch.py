@@ -371,3 +371,21 @@ def test_scenes_interleave_on_one_cluster_within_the_window(
         first_next = min(v[0] for key, v in spans.items()
                          if key.startswith(f"geounet-chunk-{k + 1}-"))
         assert first_next < finish[1], "the next scene waited for this scene's finish"
+
+
+def test_partial_scene_is_never_discarded_silently(
+    make_scene: Callable[..., Path], tmp_path: Path, model: Path,
+) -> None:
+    a = make_scene(100, 120, seed=1, name="a.tif")
+
+    def stop(done: int, total: int, pixels: int) -> None:
+        if done >= 2:
+            raise Interrupt
+
+    out = tmp_path / "out"
+    with pytest.raises(Interrupt):
+        batch.run_batch([a], out, model=model, window=1, progress=stop, **FAST)
+    again = batch.run_batch([a], out, model=model, write_tables=False, **FAST)
+    assert again.scenes[0].status == "failed" and "--resume" in again.scenes[0].error
+    finished = batch.run_batch([a], out, model=model, resume=True, **FAST)
+    assert finished.scenes[0].status == "done" and finished.scenes[0].chunks_resumed == 2
