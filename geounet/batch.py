@@ -380,11 +380,15 @@ def finish_scene(task: FinishTask) -> dict[str, Any]:
                 output.replace_path(store, target)
             elif remote:
                 cog = local_dir / f".{task.name}.geounet-upload.tif"
+                sidecar = Path(f"{cog}.aux.xml")  # the class band's categories (GDAL PAM)
                 try:
                     output.write_cog(store, cog, overwrite=True)
+                    if sidecar.is_file():
+                        objectstore.upload(sidecar, f"{target}.aux.xml")
                     objectstore.upload(cog, target)
                 finally:
                     output.remove_path(cog)
+                    output.remove_path(sidecar)
             else:
                 output.write_cog(store, target, overwrite=task.overwrite)
             outputs.append(target)

@@ -141,7 +141,8 @@ def test_batch_one_corrupt_scene_fails_alone(make_scene: Callable[..., Path], tm
     # nothing half-written: final names only for complete outputs, no temporary leftovers
     assert _listing(out) == sorted([
         "_geounet_batch", "_geounet_batch/a.json", "_geounet_batch/b.json",
-        "a.gpkg", "a.tif", "b.gpkg", "b.tif", "batch.csv", "batch.json"])
+        "a.gpkg", "a.tif", "a.tif.aux.xml", "b.gpkg", "b.tif", "b.tif.aux.xml", "batch.csv",
+        "batch.json"])
 
     # running the same command again refuses instead of mixing runs
     with pytest.raises(OutputExistsError, match="--resume"):
