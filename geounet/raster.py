@@ -21,7 +21,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from geounet.errors import InputError, SceneError
+from geounet import _faults
+from geounet.errors import InputError, SceneError, TransientError
 
 log = logging.getLogger(__name__)
 
@@ -346,18 +347,30 @@ def read_window(
     rx0, rx1 = int(cols.min()), int(cols.max()) + 1
     window = Window(rx0, ry0, rx1 - rx0, ry1 - ry0)
     try:
+        _faults.before_read(info.path)
         with gdal_env(info):
             ds = _dataset(info)
             data = ds.read(list(bands), window=window)
             valid = _read_valid(ds, info, data, window)
+    except (SceneError, TransientError):
+        raise
     except RasterioError as exc:
         close_datasets()
+        if _is_remote(info.path):  # a network read may pass: retried (geounet.cluster)
+            raise TransientError(
+                f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
+                f"({exc}); a remote read that may pass on retry."
+            ) from exc
         raise SceneError(
             f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
             f"({exc}); the file is truncated or corrupt: re-download or re-export it."
         ) from exc
-    except SceneError:
-        raise
+    except OSError as exc:  # an I/O error outside GDAL's decoding (network file system)
+        close_datasets()
+        raise TransientError(
+            f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
+            f"({exc}); an I/O error that may pass on retry."
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - GDAL/driver errors of any class mean a bad file
         close_datasets()
         raise SceneError(
@@ -379,6 +392,12 @@ def read_window(
     data = np.take(np.take(data, rows_local, axis=1), cols_local, axis=2)
     valid = np.take(np.take(valid, rows_local, axis=0), cols_local, axis=1)
     return data, valid
+
+
+def _is_remote(path: str) -> bool:
+    """Whether ``path`` is read over a network (a URL or a GDAL ``/vsicurl/``-style path)."""
+    return "://" in path or (path.startswith("/vsi") and not path.startswith(("/vsimem",
+                                                                              "/vsizip/")))
 
 
 def _simple_pads(start: int, stop: int, length: int) -> tuple[int, int]:

@@ -353,12 +353,13 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert _listing(tmp_path) == sorted([scene.name, full.name, out.name])
 
 
-def test_bad_input_found_mid_run_leaves_nothing(
+def test_bad_input_found_mid_run_keeps_completed_chunks(
     make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A GeounetError inside a task (e.g. a block that cannot be decoded) removes the partial
-    store: there is nothing to resume from a bad input."""
+    """A GeounetError inside a task (e.g. a block that cannot be decoded) stops the run at once
+    (no retry) but keeps the completed chunks under the temporary name only, and the error
+    says how to resume; the resumed run computes only the missing chunks."""
     from geounet import inference, raster
 
     scene = make_scene(150, 173)
@@ -374,9 +375,18 @@ def test_bad_input_found_mid_run_leaves_nothing(
     before = _listing(tmp_path)
     for suffix in (".zarr", ".tif"):
         calls.clear()
-        with pytest.raises(SceneError, match="truncated"):
-            run(scene, tmp_path / f"p{suffix}", models["valid"], chunk_size=64, workers=1)
-        assert _listing(tmp_path) == before
+        out = tmp_path / f"p{suffix}"
+        with pytest.raises(SceneError, match="truncated") as failure:
+            run(scene, out, models["valid"], chunk_size=64, workers=1)
+        assert len(calls) == 3  # a user error is not retried
+        assert "--resume" in str(failure.value) and "2 chunk(s) completed" in str(failure.value)
+        partial = Path(failure.value.resume_store)  # type: ignore[attr-defined]
+        assert partial.name.startswith(".") and not out.exists()
+        assert _listing(tmp_path) == sorted([*before, partial.name])
+        result = run(scene, out, models["valid"], chunk_size=64, resume=True)
+        assert (result.chunks, result.chunks_resumed) == (9, 2)
+        assert _listing(tmp_path) == sorted([*before, out.name])
+        before = _listing(tmp_path)
 
 
 def test_chunk_size_beyond_the_scene(make_scene: Callable[..., Path], tmp_path: Path,

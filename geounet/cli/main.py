@@ -50,6 +50,10 @@ class GeounetCommandError(click.ClickException):
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["geounet.argv"] = list(args)  # for the resume command of a failed run
+        return super().parse_args(ctx, args)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if _module_exists(COMMANDS[name])]
 
@@ -86,12 +90,27 @@ def _translating(command: click.Command) -> click.Command:
             return callback(*args, **kwargs)
         except GeounetError as exc:
             logging.getLogger("geounet").debug("error details", exc_info=True)
-            raise GeounetCommandError(str(exc)) from exc
+            raise GeounetCommandError(str(exc) + _resume_command(exc)) from exc
 
     wrapped._geounet_wrapped = True  # type: ignore[attr-defined]
     wrapped.__doc__ = callback.__doc__
     command.callback = wrapped
     return command
+
+
+def _resume_command(exc: BaseException) -> str:
+    """`` Resume with: geounet ... --resume`` for an error that kept a run's chunks, else ''."""
+    if not getattr(exc, "resume_store", None):
+        return ""
+    import shlex
+
+    ctx = click.get_current_context(silent=True)
+    argv = ctx.meta.get("geounet.argv") if ctx is not None else None
+    if not argv:
+        return ""
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return " Resume with: " + shlex.join(["geounet", *argv])
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
