@@ -232,7 +232,7 @@ def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
         stat = os.stat(path)
     except OSError:
         return {"path": text}
-    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
 
 
 def _remote_stamp(url: str) -> dict[str, Any]:

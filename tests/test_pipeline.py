@@ -353,6 +353,32 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert _listing(tmp_path) == sorted([scene.name, full.name, out.name])
 
 
+def test_resume_names_a_changed_scene_or_model(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """Resuming after the scene or the model's content changed is refused, naming what changed
+    (mixing chunks of two inputs would be a silently wrong output)."""
+    scene = make_scene(150, 173)
+    model = tmp_path / "m.pt"
+    model.write_bytes(models["valid"].read_bytes())
+
+    def stop_after_two(done: int, total: int, pixels: int) -> None:
+        if done >= 2:
+            raise Interrupt
+
+    out = tmp_path / "p.zarr"
+    with pytest.raises(Interrupt):
+        run(scene, out, model, chunk_size=64, progress=stop_after_two)
+    model.unlink()
+    make_checkpoint(model, "valid", seed=1)  # same name and architecture, other weights
+    with pytest.raises(InputError, match=r"the model changed \(content sha256"):
+        run(scene, out, model, chunk_size=64, resume=True)
+    model.write_bytes(models["valid"].read_bytes())
+    make_scene(150, 173, name=scene.name, seed=9)  # the scene rewritten in place
+    with pytest.raises(InputError, match=r"the scene changed \(mtime_ns"):
+        run(scene, out, model, chunk_size=64, resume=True)
+
+
 def test_bad_input_found_mid_run_keeps_completed_chunks(
     make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
