@@ -135,18 +135,15 @@ def _batch_size(runner: Any, batch_size: int | None) -> int:
     return 1 if getattr(device, "type", "cpu") == "cpu" else 8
 
 
-def run_chunk(task: ChunkTask) -> Any:
+def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Predict one chunk, write its region of the store and mark it done; return small stats.
 
     Runs on a worker. The model runner is built once per worker process and reused
     (``get_runner`` caches it, keyed by the shipped checkpoint's content hash). Transient
     errors (:class:`TransientError`, other ``OSError``) are retried in the task with backoff
-    (``task.retry``), then raised for Dask to rerun the task; a user error (any other
-    :class:`GeounetError`) is returned as a :class:`geounet.cluster.TaskFailure` so nothing
-    retries it.
+    (``task.retry``), then raised as :class:`TransientError` (for Dask to rerun the task); a
+    user error (any other :class:`GeounetError`) is raised at once.
     """
-    from geounet.cluster import TaskFailure
-
     policy = task.retry
     attempt = 1
     while True:
@@ -154,8 +151,8 @@ def run_chunk(task: ChunkTask) -> Any:
             return _run_chunk_once(task)
         except TransientError as exc:
             error: BaseException = exc
-        except GeounetError as exc:
-            return TaskFailure(exc)
+        except GeounetError:
+            raise
         except OSError as exc:  # zarr/fsspec writes, network file systems
             error = exc
         if attempt >= policy.attempts:
@@ -169,6 +166,20 @@ def run_chunk(task: ChunkTask) -> Any:
                     task.chunk.x0, error, attempt, policy.attempts - 1, policy.delay(attempt))
         time.sleep(policy.delay(attempt))
         attempt += 1
+
+
+def run_chunk_task(task: ChunkTask) -> Any:
+    """:func:`run_chunk` as a Dask task submitted with ``retries=``: a user error is returned
+    as a :class:`geounet.cluster.TaskFailure` (raised by :func:`geounet.cluster.run_tasks`),
+    so Dask reruns only transient failures."""
+    from geounet.cluster import TaskFailure
+
+    try:
+        return run_chunk(task)
+    except TransientError:
+        raise
+    except GeounetError as exc:
+        return TaskFailure(exc)
 
 
 def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
@@ -474,7 +485,7 @@ def _compute_store(
 
         policy = cluster.DEFAULT_RETRY
         tasks = [
-            dask.delayed(run_chunk, pure=False)(
+            dask.delayed(run_chunk_task, pure=False)(
                 ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold, policy),
                 dask_key_name=f"geounet-chunk-{chunk.y0}-{chunk.x0}-{id(spec)}",
             )
