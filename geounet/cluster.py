@@ -10,7 +10,7 @@ Which one a run uses (:func:`resolve`): an explicit scheduler address, else the 
 a local cluster of ``workers`` processes. An address and a worker count together are refused:
 a remote cluster's size is set where its workers start. At connect the client, scheduler and
 worker versions are compared (:func:`check_versions`), and the model reaches every worker as
-bytes (:func:`ship_model`, a worker plugin from :mod:`geounet.worker`), never as a client path.
+bytes (:func:`ship_model`: a worker plugin, :class:`GeounetPlugin`), never as a client path.
 
 Failures: a task that raises a non-user error (:class:`~geounet.errors.TransientError`, any
 other exception) is rerun by Dask up to :attr:`RetryPolicy.task_retries` times, and the task
@@ -306,8 +306,6 @@ def get_client(
         env={"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)},
     )
     client = Client(cluster)
-    from geounet.worker import set_torch_threads
-
     # OMP_NUM_THREADS (set above) is what every worker, restarted ones too, applies
     client.run(set_torch_threads, workers * threads_per_worker)
     return client
@@ -364,7 +362,7 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
     str
         The checkpoint's SHA-256 (hex).
     """
-    from geounet.worker import GeounetPlugin, file_sha256
+    from geounet.worker import file_sha256
 
     sha256 = sha256 or file_sha256(path)
     if isinstance(on, str):
@@ -381,7 +379,8 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
             "model file unchanged during a run and start again."
         )
     try:
-        on.register_plugin(GeounetPlugin(data, sha256, os.path.basename(str(path))), name=name)
+        plugin = __getattr__("GeounetPlugin")(data, sha256, os.path.basename(str(path)))
+        on.register_plugin(plugin, name=name)
     except Exception as exc:  # noqa: BLE001 - a worker that cannot load geounet
         raise ClusterError(
             f"the Dask workers could not install the model {os.path.basename(str(path))!r} "
@@ -393,6 +392,84 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
         on._geounet_models = known  # type: ignore[union-attr]
     log.debug("model %s (sha256 %s) shipped to the workers", path, sha256[:12])
     return sha256
+
+
+def set_torch_threads(host_threads: int) -> int:
+    """Give each Dask thread ``cores // host_threads`` torch threads; return that number.
+
+    Run on a worker (by :class:`GeounetPlugin`, and by :func:`get_client` on a local
+    cluster). ``OMP_NUM_THREADS`` set on the worker (a user's explicit choice, or the local
+    cluster's) wins.
+    """
+    import torch
+
+    explicit = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(explicit) if explicit.isdigit() and int(explicit) > 0 else max(
+        1, available_cores() // max(1, host_threads))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _host_threads(identity: dict[str, Any], host: str) -> int:
+    workers = identity.get("workers", {}) if isinstance(identity, dict) else {}
+    return sum(int(w.get("nthreads", 1)) for w in workers.values() if w.get("host") == host)
+
+
+def _make_plugin_class() -> type:
+    """Build :class:`GeounetPlugin` on first use, so importing this module does not import
+    ``distributed`` (the class pickles by reference as ``geounet.cluster.GeounetPlugin``)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class GeounetPlugin(WorkerPlugin):
+        """Ship a checkpoint's bytes to every worker (once) and set its torch threads.
+
+        Parameters
+        ----------
+        data : the checkpoint file's bytes.
+        sha256 : their SHA-256 (hex).
+        name : the checkpoint's file name (for logs).
+        """
+
+        def __init__(self, data: bytes, sha256: str, name: str) -> None:
+            self.data = data
+            self.sha256 = sha256
+            self.filename = name
+            self.name = f"geounet-model-{sha256[:16]}"  # one plugin (and copy) per model
+
+        async def setup(self, worker: Any) -> None:
+            from pathlib import Path
+
+            from geounet.worker import file_sha256, register_shipped
+
+            folder = Path(worker.local_directory) / "geounet-models"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{self.sha256}.pt"
+            if not target.is_file() or file_sha256(target) != self.sha256:
+                partial = folder / f".{target.name}.{os.getpid()}"
+                partial.write_bytes(self.data)
+                os.replace(partial, target)
+            register_shipped(self.sha256, target)
+            self.data = b""  # the worker keeps the file, not a second copy in memory
+            log.debug("model %s (%s) shipped to %s", self.filename, self.sha256[:12], target)
+            try:
+                identity = await worker.scheduler.identity()
+                host = worker.address.split("://")[-1].rsplit(":", 1)[0]
+                host_threads = _host_threads(identity, host)
+            except Exception:  # noqa: BLE001 - an older scheduler: count this worker alone
+                host_threads = 0
+            set_torch_threads(max(host_threads, int(worker.state.nthreads)))
+
+    GeounetPlugin.__module__ = __name__
+    GeounetPlugin.__qualname__ = "GeounetPlugin"
+    return GeounetPlugin
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GeounetPlugin":
+        cls = _make_plugin_class()
+        globals()["GeounetPlugin"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def file_sha256_bytes(data: bytes) -> str:

@@ -177,17 +177,23 @@ class DaskProcesses:
         proc.wait(timeout=self.timeout)
 
     def wait_for_workers(self, count: int) -> None:
-        """Block until the scheduler has exactly ``count`` workers."""
+        """Block until ``count`` running workers have registered with the scheduler (read from
+        their logs, so this helper needs no Dask client)."""
         import time
 
-        from distributed import Client
-
-        with Client(self.address, timeout="30s") as client:
-            deadline = time.monotonic() + self.timeout
-            while len(client.scheduler_info(n_workers=-1)["workers"]) != count:
-                if time.monotonic() > deadline:
-                    raise TimeoutError(f"the scheduler did not reach {count} worker(s)")
-                time.sleep(0.1)
+        deadline = time.monotonic() + self.timeout
+        while True:
+            registered = [
+                proc for proc in self.alive()
+                if b"Registered to" in (self.folder / f"worker-{self.workers.index(proc)}.log")
+                .read_bytes()
+            ]
+            if len(registered) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(registered)} of {count} worker(s) registered; "
+                                   f"see the logs in {self.folder}")
+            time.sleep(0.1)
 
     def close(self) -> None:
         """Stop every process started here (terminate, then kill) and close their logs."""

@@ -104,7 +104,7 @@ def test_segment_through_scheduler_equals_local_with_relative_paths_and_builtin_
 
     monkeypatch.chdir(tmp_path)
     Path("s").mkdir()
-    write_scene("s/scene.tif", 200, 190, seed=3)
+    write_scene("s/scene.tif", 150, 140, seed=3)
     Path("out").mkdir()
     common = ["--precision", "fp32", "--chunk-size", "64"]
     remote = CliRunner().invoke(cli, ["segment", "s/scene.tif", "--out", "out/remote.gpkg",
