@@ -279,3 +279,61 @@ def prediction_options(func: Any) -> Any:
     ):
         func = decorator(func)
     return func
+
+
+# --- training datasets (train, chips) ---------------------------------------------------------
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        values = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of whole numbers, one mask value per "
+            "class in class order; use e.g. 0,255.", param=param) from None
+    return values
+
+
+def _name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(","))
+    if not all(names):
+        raise click.BadParameter(f"{value!r} has an empty class name; use e.g. "
+                                 "background,buildings.", param=param)
+    return names
+
+
+line_width = click.option(
+    "--line-width", type=click.FloatRange(0.0, min_open=True), default=None,
+    help="Metres; buffer width of line labels without a 'width' attribute.")
+split_block = click.option(
+    "--split-block", type=int, default=4, show_default=True, callback=_positive,
+    help="Chips per block side; whole blocks go to train or val, and training chips that "
+         "touch a validation chip are left out (no leakage).")
+
+
+mask_pattern = click.option(
+    "--mask-pattern", default=None,
+    help="Mask path from the image's, relative to its folder, e.g. '{stem}.mask.tif' or "
+         "'../gt/{stem}.tif'. Default: detected.")
+mask_values = click.option(
+    "--mask-values", callback=_int_list, default=None,
+    help="Mask value of each class in class order, e.g. 0,255. Default: 0/1 and 0/255 are "
+         "binary, else class indices (255 nodata).")
+classes = click.option(
+    "--classes", callback=_name_list, default=None,
+    help="Class names, e.g. background,buildings (background is added when missing). "
+         "Default: chips.json, else detected (binary masks: background,buildings).")
+labels_file = click.option(
+    "--labels", "labels", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="One vector labels file (GeoJSON/GPKG) for all chips, burnt onto each chip's grid.")
+
+
+def dataset_options(func: Any) -> Any:
+    """How a training dataset is read (``DatasetConfig`` fields)."""
+    for option in reversed((mask_pattern, mask_values, classes, labels_file, line_width,
+                            split_block)):
+        func = option(func)
+    return func

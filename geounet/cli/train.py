@@ -42,6 +42,7 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @click.option("--chip-size", type=int, default=None, callback=options._positive,
               help="Labelled window per sample (default: the largest chip).")
 @options.tile_size
+@options.dataset_options
 @click.option("--class-weights", callback=_weights, default=None,
               help="Cross-entropy weight per class, e.g. 1,2,2.")
 @click.option("--loss", type=click.Choice(choices(LossType)), default="ce", show_default=True,
@@ -67,12 +68,19 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @options.overwrite
 @click.pass_context
 def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
-          overwrite: bool, **kwargs: Any) -> None:
-    """Train the U-Net on CHIPS_DIR (images/ + masks/ GeoTIFF pairs, e.g. from geounet chips)."""
+          overwrite: bool, mask_pattern: str | None, mask_values: tuple[int, ...] | None,
+          classes: tuple[str, ...] | None, labels: str | None, line_width: float | None,
+          split_block: int, **kwargs: Any) -> None:
+    """Train the U-Net on CHIPS_DIR: images with masks or vector labels in any common layout
+    (images/ + masks/ as geounet chips writes, NAME.tif + NAME.mask.tif, img/ + gt/, per-chip
+    GeoJSON, ...); the detected pairing rule, mask values and classes are logged."""
+    from geounet.training.layout import DatasetConfig
     from geounet.training.loop import TrainConfig
     from geounet.training.loop import train as run_train
 
     config = TrainConfig(**kwargs)
+    dataset = DatasetConfig(mask_pattern=mask_pattern, mask_values=mask_values, classes=classes,
+                            labels=labels, line_width=line_width, split_block=split_block)
     quiet = bool((ctx.find_root().obj or {}).get("quiet", False))
     draw = sys.stderr.isatty() and not quiet
 
@@ -91,8 +99,9 @@ def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
                        f"{event.step}/{event.steps} loss {event.loss:.4f}", nl=False, err=True)
 
     result = run_train(chips_dir, out, config=config, resume=resume, overwrite=overwrite,
-                       progress=progress)
+                       progress=progress, dataset=dataset)
     best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
     click.echo(f"best epoch {result.best_epoch} (val loss {best.val_loss:.4f}, mean IoU "
                f"{best.mean_iou:.3f}) -> {result.best_path}"
-               + ("  (stopped early)" if result.stopped_early else ""))
+               + ("  (stopped early)" if result.stopped_early else "")
+               + f"  classes {','.join(result.classes)}")
