@@ -79,8 +79,8 @@ def main(argv: list[str] | None = None) -> None:
         rates = {}
         for workers in (1, 2):
             with DaskProcesses(tmp / f"dask-t{workers}", workers=workers) as procs:
-                result, wall, _ = _timed(lambda: predict(
-                    big, tmp / f"t{workers}.zarr", client=procs.address, precision="fp32",
+                result, wall, _ = _timed(lambda n=workers, on=procs.address: predict(
+                    big, tmp / f"t{n}.zarr", client=on, precision="fp32",
                     chunk_size=args.throughput_chunk))
             rates[workers] = result.pixels / 1e6 / wall
             rows.append((f"throughput, {workers} worker process(es) x 1 thread, built-in model",

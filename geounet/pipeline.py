@@ -18,7 +18,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator
+from typing import TYPE_CHECKING, Any, Callable
 
 from geounet.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.config import Precision, ProbabilityDtype, choices
