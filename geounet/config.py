@@ -37,3 +37,13 @@ LossType = Literal["ce", "bce"]
 VectorFormat = Literal["gpkg", "parquet", "fgb"]
 """Vector output formats, picked by the output suffix: GeoPackage (every layer in one file),
 GeoParquet and FlatGeobuf (one file per layer)."""
+
+ResampleMode = Literal["error", "auto", "always"]
+"""When a scene is read through a warp at the model's pixel size: ``error`` never (refuse a
+scene more than 2x off), ``auto`` when it is more than 1.25x off (the default), ``always``
+whenever the pixel sizes differ."""
+
+Resampling = Literal["auto", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "nearest"]
+"""GDAL resampling for warping imagery; ``auto`` (the default) is bilinear when the scene is
+finer than the model (GDAL then averages over each target pixel's footprint) and lanczos when
+it is coarser (sharper edges when enlarging: see docs/predict.md for the measured IoU)."""

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from geounet.config import Precision, ProbabilityDtype, choices
+from geounet.config import Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -197,6 +197,48 @@ allow_no_crs = click.option(
     help="Accept a scene without CRS; outputs are then in pixel coordinates.",
 )
 
+# ---- fitting a scene to the model (predict / segment / batch) ----------------------------
+
+
+def _rescale(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from geounet.errors import InputError
+    from geounet.fitting import parse_rescale
+
+    try:
+        parse_rescale(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+    return value
+
+
+resample = click.option(
+    "--resample",
+    type=click.Choice(choices(ResampleMode)),
+    default="auto",
+    show_default=True,
+    help="Read the scene warped to the model's pixel size: auto when it is more than 1.25x "
+    "off, always when it differs at all, error to refuse a scene more than 2x off.",
+)
+resampling = click.option(
+    "--resampling",
+    type=click.Choice(choices(Resampling)),
+    default="auto",
+    show_default=True,
+    help="GDAL resampling used by --resample; auto: bilinear for a finer scene, lanczos for a "
+    "coarser one.",
+)
+rescale = click.option(
+    "--rescale",
+    callback=_rescale,
+    default=None,
+    metavar="percentile[:LOW,HIGH]|bits[:N]|MIN,MAX",
+    help="Map the scene's values into the model's range (needed when its data type differs "
+    "from the model's): per-band percentiles of a sample (default 2,98), 0..2**N-1 "
+    "(bits: N from the file or its maximum, e.g. 11-bit data), or MIN,MAX.",
+)
+
 # ---- vectorize options (shared by `vectorize` and `segment`) -----------------------------
 
 
@@ -274,8 +316,8 @@ def prediction_options(func: Any) -> Any:
     """
     for decorator in reversed(
         [model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-         threshold, workers, scheduler, in_process, scheduler_address, resume, allow_no_crs,
-         overwrite]
+         threshold, resample, resampling, rescale, workers, scheduler, in_process,
+         scheduler_address, resume, allow_no_crs, overwrite]
     ):
         func = decorator(func)
     return func
