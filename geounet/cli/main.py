@@ -51,7 +51,7 @@ class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
-        ctx.meta["geounet.argv"] = list(args)  # for the resume command of a failed run
+        ctx.meta["geounet_argv"] = list(args)  # for the exact --resume command
         return super().parse_args(ctx, args)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
@@ -98,19 +98,25 @@ def _translating(command: click.Command) -> click.Command:
     return command
 
 
+def resume_command() -> str:
+    """The command line of the running geounet command with ``--resume`` added (the exact
+    command that finishes a job whose prediction was kept)."""
+    import shlex
+
+    ctx = click.get_current_context(silent=True)
+    argv = list(ctx.find_root().meta.get("geounet_argv", [])) if ctx is not None else []
+    if not argv:
+        return "the same geounet command with --resume"
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["geounet", *argv])
+
+
 def _resume_command(exc: BaseException) -> str:
     """`` Resume with: geounet ... --resume`` for an error that kept a run's chunks, else ''."""
     if not getattr(exc, "resume_store", None):
         return ""
-    import shlex
-
-    ctx = click.get_current_context(silent=True)
-    argv = ctx.meta.get("geounet.argv") if ctx is not None else None
-    if not argv:
-        return ""
-    if "--resume" not in argv:
-        argv.append("--resume")
-    return " Resume with: " + shlex.join(["geounet", *argv])
+    return " Resume with: " + resume_command()
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
