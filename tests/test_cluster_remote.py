@@ -76,7 +76,7 @@ def _done_markers(store: Path) -> int:
     return len(list(folder.glob("*.json"))) if folder.is_dir() else 0
 
 
-def _wait_until(condition: Any, timeout: float = 60.0, what: str = "") -> None:
+def _wait_until(condition: Any, timeout: float = 180.0, what: str = "") -> None:
     deadline = time.monotonic() + timeout
     while not condition():
         if time.monotonic() > deadline:
