@@ -104,7 +104,7 @@ class DaskProcesses:
     """
 
     def __init__(self, folder: str | Path, *, workers: int = 2, worker_cwd: str | Path | None = None,
-                 env: dict[str, str] | None = None, timeout: float = 60.0) -> None:
+                 env: dict[str, str] | None = None, timeout: float = 120.0) -> None:
         self.folder = Path(folder)
         self.folder.mkdir(parents=True, exist_ok=True)
         self.worker_cwd = Path(worker_cwd) if worker_cwd else self.folder / "worker-cwd"

@@ -191,7 +191,7 @@ def test_worker_killed_mid_run_gives_identical_output(
     dask_processes.kill_worker(victim)
     assert _done_markers(store) < 36, "the run finished before the worker was killed"
     dask_processes.start_worker(wait=False)  # a replacement joins (and gets the model)
-    thread.join(120)
+    thread.join(300)
     assert "error" not in outcome, outcome.get("error")
     assert outcome["result"].chunks == 36
     _assert_same_store(out, reference)
