@@ -63,3 +63,7 @@ class TransientError(GeounetError, OSError):
 
 class ClusterError(GeounetError, RuntimeError):
     """A Dask scheduler or its workers cannot run geounet (unreachable, versions differ)."""
+
+
+class EngineError(DeviceError):
+    """A requested inference engine (ONNX Runtime, OpenVINO) is not installed or cannot run."""

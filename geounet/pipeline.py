@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from geounet.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
-from geounet.config import Precision, ProbabilityDtype, ResampleMode, Resampling, choices
+from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 from geounet.errors import (
     GeoreferenceError,
     GeounetError,
@@ -92,6 +92,7 @@ class RunnerSpec:
     device: str = "auto"
     precision: Precision = "auto"
     bands: tuple[int, ...] | None = None
+    engine: Engine = "torch"
     model_sha256: str | None = None
     """The checkpoint's content hash: workers load the copy shipped under it (geounet.worker)."""
 
@@ -191,7 +192,7 @@ def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     chunk = task.chunk
     spec = task.runner
     runner = get_runner(model_path(spec.model, spec.model_sha256), spec.device, spec.precision,
-                        spec.bands)
+                        spec.bands, engine=spec.engine)
     result = predict_chunk(task.info, chunk, task.grid, runner,
                            batch_size=_batch_size(runner, task.batch_size))
     pixels = int(chunk.height * chunk.width)
@@ -229,6 +230,18 @@ def _check_device(device: str, precision: Precision) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
         resolve_precision(precision, resolve_device(device))
+
+
+def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
+    """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
+    from geounet.engines import resolve_engine
+    from geounet.inference import resolve_device, resolve_precision
+
+    torch_device = resolve_device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
+        resolved = resolve_precision(precision, torch_device)
+    resolve_engine(engine, torch_device.type, precision=resolved)
 
 
 def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -297,6 +310,7 @@ def plan_prediction(
     resample: ResampleMode = "auto",
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
+    engine: Engine = "torch",
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward) and plan its grid.
 
@@ -330,6 +344,11 @@ def plan_prediction(
         raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
     if check_device:
         _check_device(device, precision)
+        _check_engine(engine, device, precision)
+    elif engine not in choices(Engine):
+        raise InputError(
+            f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one."
+        )
     info = open_scene(str(scene))
     if info.georef == "rpcs" and not allow_no_crs:
         raise GeoreferenceError(
@@ -375,8 +394,9 @@ def plan_prediction(
         card.architecture, info.height, info.width, chunk_size=chunk_size, tile_size=tile_size
     )
     tile_size = grid.tile_size
+    chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
     model_print = _model_fingerprint(model_path)
-    runner = RunnerSpec(str(model_path.absolute()), device, precision, bands,
+    runner = RunnerSpec(str(model_path.absolute()), device, precision, bands, engine,
                         model_print["sha256"])
     run = {
         "scene": _fingerprint(scene),
@@ -385,6 +405,7 @@ def plan_prediction(
         "chunk_size": chunk_size,
         "tile_size": tile_size,
         "precision": precision,
+        "engine": engine,
         "probability_dtype": probability_dtype,
         "threshold": threshold,
         # as JSON gives them back, so a resumed run compares equal to its stored record
@@ -559,6 +580,7 @@ def predict(
     resample: ResampleMode = "auto",
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
+    engine: Engine = "torch",
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -592,6 +614,9 @@ def predict(
     rescale : map the scene's values into the model's range: ``"percentile"``,
         ``"percentile:LOW,HIGH"``, ``"bits"``, ``"bits:N"``, ``"MIN,MAX"`` or ``(min, max)``;
         required when the scene's data type differs from the model's.
+    engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto`` (a rule on the
+        CPU and the installed packages) (:mod:`geounet.engines`; exported on the worker,
+        cached next to the checkpoint).
 
     Returns
     -------
@@ -612,6 +637,7 @@ def predict(
         device=device, precision=precision, probability_dtype=probability_dtype,
         threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
         resample=resample, resampling=resampling, rescale=rescale,
+        engine=engine,
     )
     out = Path(out)
     store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")

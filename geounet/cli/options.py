@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from geounet.config import Precision, ProbabilityDtype, ResampleMode, Resampling, choices
+from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -97,6 +97,14 @@ precision = click.option(
     default="auto",
     show_default=True,
     help="Model compute precision; auto uses bf16 where the CPU or GPU supports it.",
+)
+engine = click.option(
+    "--engine",
+    type=click.Choice(choices(Engine)),
+    default="torch",
+    show_default=True,
+    help="Inference runtime: torch, onnxruntime, openvino (optional extras), or auto "
+    "(by the CPU's instruction sets and the installed packages; see docs/engine.md).",
 )
 probability_dtype = click.option(
     "--probability-dtype",
@@ -315,8 +323,9 @@ def prediction_options(func: Any) -> Any:
     them out with :func:`pop_client`).
     """
     for decorator in reversed(
-        [model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-         threshold, resample, resampling, rescale, workers, scheduler, in_process,
+        [model, bands, chunk_size, tile_size, batch_size, device, precision, engine,
+         probability_dtype, threshold, resample, resampling, rescale, workers, scheduler,
+         in_process,
          scheduler_address, resume, allow_no_crs, overwrite]
     ):
         func = decorator(func)
