@@ -51,3 +51,11 @@ Resampling = Literal["auto", "bilinear", "cubic", "cubic_spline", "lanczos", "av
 """GDAL resampling for warping imagery; ``auto`` (the default) is bilinear when the scene is
 finer than the model (GDAL then averages over each target pixel's footprint) and lanczos when
 it is coarser (sharper edges when enlarging: see docs/predict.md for the measured IoU)."""
+
+NODATA_CLASS = 255
+"""Class-mask value where the scene has no valid data (Zarr ``mask``, COG band 1, label masks,
+training targets): the one definition every module imports."""
+
+DEFAULT_CLASSES: tuple[str, ...] = ("background", "buildings", "roads")
+"""Class names, index = class value, when a prediction or label set names none (the built-in
+model's classes)."""

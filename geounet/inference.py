@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, weight_window
-from geounet.config import BlendWindow, Engine, Precision, choices
+from geounet.config import NODATA_CLASS, BlendWindow, Engine, Precision, choices
 from geounet.errors import DeviceError, InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
 from geounet.tiling import ChunkWindow, TileGrid
@@ -39,9 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from geounet.model import ModelCard, UNet, UNetConfig
 
 log = logging.getLogger(__name__)
-
-NODATA_CLASS = 255
-"""Class-mask value of nodata pixels."""
 
 
 # ---- device, precision ------------------------------------------------------------------

@@ -127,7 +127,8 @@ def test_segment_writes_gpkg_and_optional_raster(make_scene: Callable[..., Path]
     assert {"buildings", "roads"} <= layers
     with rasterio.open(scene) as src:
         assert pyogrio.read_info(out, layer="buildings")["crs"] == f"EPSG:{src.crs.to_epsg()}"
-    expected = sorted([scene.name, out.name, *([raster] if raster else [])])
+    sidecar = [f"{raster}.aux.xml"] if raster and raster.endswith(".tif") else []
+    expected = sorted([scene.name, out.name, *([raster] if raster else []), *sidecar])
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
 
 

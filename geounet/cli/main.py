@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from geounet._version import __version__
-from geounet.errors import GeounetError
+from geounet.errors import GeounetError, PredictionKeptError
 
 # command name -> "module:attribute"; modules are imported only when the command runs,
 # so `geounet --help` never imports torch, dask or GDAL.
@@ -88,9 +88,19 @@ def _translating(command: click.Command) -> click.Command:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
+        except PredictionKeptError as exc:
+            logging.getLogger("geounet").debug("error details", exc_info=True)
+            raise GeounetCommandError(f"{exc} Finish with: {resume_command()}") from exc
         except GeounetError as exc:
             logging.getLogger("geounet").debug("error details", exc_info=True)
             raise GeounetCommandError(str(exc) + _resume_command(exc)) from exc
+        except KeyboardInterrupt as exc:
+            store = getattr(exc, "geounet_kept_store", None)
+            if store is None:
+                raise
+            click.echo(f"Interrupted; the finished prediction is kept in {store}. "
+                       f"Finish the job with: {resume_command()}", err=True)
+            raise click.exceptions.Exit(130) from None
 
     wrapped._geounet_wrapped = True  # type: ignore[attr-defined]
     wrapped.__doc__ = callback.__doc__

@@ -196,7 +196,8 @@ resume = click.option(
     "--resume",
     is_flag=True,
     default=False,
-    help="Finish an interrupted run with the same settings, computing only missing chunks.",
+    help="Finish an interrupted run with the same settings, computing only missing chunks "
+    "(or none, when it stopped after predicting).",
 )
 allow_no_crs = click.option(
     "--allow-no-crs",
