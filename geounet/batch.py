@@ -441,6 +441,10 @@ def _cluster(client: SchedulerLike, workers: int | None, device: str) -> Iterato
             yield made
         return
     with scheduler(client, workers=workers, device=device) as made:
+        if isinstance(made, str):  # one local worker runs in this process: futures need a client
+            with in_process_client(1) as local:
+                yield local
+            return
         yield made
 
 

@@ -115,7 +115,7 @@ def test_batch_one_corrupt_scene_fails_alone(make_scene: Callable[..., Path], tm
     out = tmp_path / "out"
     result = CliRunner().invoke(cli, [
         "batch", str(a), str(b), str(corrupt), str(two), str(no_crs), "--out-dir", str(out),
-        "--model", str(model), "--scheduler-address", "threads", "--precision", "fp32",
+        "--model", str(model), "--in-process", "--precision", "fp32",
         "--chunk-size", "64", "--min-area", "8", "--raster", "cog"])
     assert result.exit_code == 1, result.output
     assert "Traceback" not in result.output

@@ -61,8 +61,8 @@ def test_shell_scripts_parse(script: str) -> None:
     subprocess.run(["bash", "-n", str(path)], check=True)
     if script != "kubernetes/build.sh":
         text = path.read_text()
-        assert re.search(r'geounet batch "\$@" --scheduler-address "\$ADDRESS"', text) or \
-            re.search(r'\$GEOUNET batch "\$@" --scheduler-address "\$ADDRESS"', text)
+        assert re.search(r'geounet batch "\$@" --scheduler "\$ADDRESS"', text) or \
+            re.search(r'\$GEOUNET batch "\$@" --scheduler "\$ADDRESS"', text)
 
 
 def test_slurm_job_script() -> None:

@@ -52,7 +52,7 @@ def batch(ctx: click.Context, scenes: tuple[str, ...], out_dir: str, **kwargs: A
     from geounet.cli.progress import progress_for
 
     vectorize_options = {key: kwargs.pop(key) for key in options.VECTORIZE_KEYWORDS}
-    client = kwargs.pop("scheduler_address")
+    client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:
         result = run_batch(scenes, out_dir, client=client, progress=bar,
                            vectorize_options=vectorize_options, **kwargs)

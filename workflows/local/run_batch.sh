@@ -61,5 +61,5 @@ PY
 echo "Dask scheduler $ADDRESS with $WORKERS worker(s)" >&2
 
 status=0
-$GEOUNET batch "$@" --scheduler-address "$ADDRESS" || status=$?
+$GEOUNET batch "$@" --scheduler "$ADDRESS" || status=$?
 exit "$status"

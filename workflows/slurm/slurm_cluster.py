@@ -82,7 +82,7 @@ def main(argv: list[str] | None = None) -> int:
     with Client(cluster) as client:
         print(f"dashboard: {client.dashboard_link}", file=sys.stderr)
         command = ["batch", *args.scenes, "--out-dir", args.out_dir,
-                   "--scheduler-address", cluster.scheduler_address, *extra]
+                   "--scheduler", cluster.scheduler_address, *extra]
         try:
             cli.main(command, prog_name="geounet", standalone_mode=True)
         except SystemExit as exit_:
