@@ -710,7 +710,10 @@ def run_batch(
             if others:
                 on.cancel(others)
             note = ""
-            if isinstance(exc, GeounetError) or kind == "finish":
+            from geounet.errors import TransientError
+
+            user_error = isinstance(exc, GeounetError) and not isinstance(exc, TransientError)
+            if user_error or kind == "finish":
                 output.remove_path(job.store_path)  # a bad input: nothing to resume
             else:
                 note = (f" (its {job.finished + job.resumed} completed chunk(s) are kept; rerun "
