@@ -257,10 +257,16 @@ def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
            "AWS_VIRTUAL_HOSTING": "FALSE"}
     for key, value in env.items():
         monkeypatch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
     try:
         yield f"http://{host}:{port}"
     finally:
         server.stop()
+        # fsspec caches S3FileSystem instances with the endpoint they were made with: drop
+        # the ones bound to this server so later tests reach their own
+        s3fs.S3FileSystem.clear_instance_cache()
 
 
 def test_s3_round_trip(make_scene: Callable[..., Path], tmp_path: Path, model: Path,
