@@ -37,3 +37,12 @@ LossType = Literal["ce", "bce"]
 VectorFormat = Literal["gpkg", "parquet", "fgb"]
 """Vector output formats, picked by the output suffix: GeoPackage (every layer in one file),
 GeoParquet and FlatGeobuf (one file per layer)."""
+
+LRSchedule = Literal["one-cycle", "cosine", "plateau"]
+"""Learning-rate schedule of training: ``one-cycle`` (cosine warm-up from lr/25 to lr, then
+cosine annealing to lr/1e4), ``cosine`` (linear warm-up from 0, cosine annealing to 0) or
+``plateau`` (constant lr, halved when the monitored score stalls; the pre-0.x behaviour)."""
+
+Monitor = Literal["iou", "loss"]
+"""What picks the best checkpoint and drives early stopping: the validation mean foreground
+IoU (``iou``) or the validation loss (``loss``)."""
