@@ -77,11 +77,23 @@ def test_short_run_learns_and_writes_card(chips, tmp_path):
 def test_resume_continues_with_same_optimizer_state(small_chips, tmp_path):
     config = dict(TINY, base_channels=4)
     whole = train(small_chips, tmp_path / "whole.pt", config=TrainConfig(epochs=3, **config))
-    part = train(small_chips, tmp_path / "part.pt", config=TrainConfig(epochs=2, **config))
-    saved = read_checkpoint(part.last_path)["extra"]["train_state"]
+    # the same 3-epoch run killed after epoch 2 (the schedule spans the 3 epochs)
+
+    class Killed(Exception):
+        pass
+
+    def kill_after_2(event):
+        if event.record is not None and event.record.epoch == 2:
+            raise Killed
+
+    with pytest.raises(Killed):
+        train(small_chips, tmp_path / "part.pt", config=TrainConfig(epochs=3, **config),
+              progress=kill_after_2)
+    part_last = tmp_path / "part.last.pt"
+    saved = read_checkpoint(part_last)["extra"]["train_state"]
     assert saved["epoch"] == 2
     resumed = train(small_chips, tmp_path / "part.pt", config=TrainConfig(epochs=3, **config),
-                    resume=part.last_path)
+                    resume=part_last)
     assert [h.epoch for h in resumed.history] == [1, 2, 3]
     # the resumed run restarted from the saved optimizer state: after its one epoch it is
     # where the uninterrupted run is (weights and Adam moments)
