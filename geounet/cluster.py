@@ -62,6 +62,31 @@ def torch_threads_per_worker(workers: int, threads_per_worker: int = 1) -> int:
     return max(1, available_cores() // max(1, workers * threads_per_worker))
 
 
+def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
+    """Set torch's intra-op threads so Dask threads x torch threads <= the cores.
+
+    Call once in each worker process (:func:`get_client` runs it on every worker). With
+    ``workers`` worker processes of ``threads_per_worker`` Dask threads each on a machine
+    with ``C`` cores, every task gets ``max(1, C // (workers * threads_per_worker))`` torch
+    threads. Returns that number.
+
+    Examples
+    --------
+    >>> configure_threads(threads_per_worker=1, workers=1) >= 1
+    True
+    """
+    import torch
+
+    if threads_per_worker < 1 or workers < 1:
+        raise InputError(
+            f"threads_per_worker {threads_per_worker} / workers {workers} must be >= 1."
+        )
+    threads = torch_threads_per_worker(workers, threads_per_worker)
+    torch.set_num_threads(threads)
+    log.debug("torch threads set to %d", threads)
+    return threads
+
+
 def get_client(
     workers: int | None = None,
     threads_per_worker: int = 1,
@@ -116,8 +141,6 @@ def get_client(
         env={"OMP_NUM_THREADS": str(torch_threads), "MKL_NUM_THREADS": str(torch_threads)},
     )
     client = Client(cluster)
-    from geounet.inference import configure_threads
-
     client.run(configure_threads, threads_per_worker, workers)  # OMP_NUM_THREADS covers restarts
     return client
 

@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, weight_window
-from geounet.cluster import torch_threads_per_worker
 from geounet.config import BlendWindow, Precision, choices
 from geounet.errors import DeviceError, InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
@@ -45,7 +44,7 @@ NODATA_CLASS = 255
 """Class-mask value of nodata pixels."""
 
 
-# ---- device, precision, threads ---------------------------------------------------------
+# ---- device, precision ------------------------------------------------------------------
 def resolve_device(device: str = "auto") -> torch.device:
     """Turn ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a usable :class:`torch.device`.
 
@@ -121,31 +120,6 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
             stacklevel=3,
         )
     return str(precision)
-
-
-def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
-    """Set torch's intra-op threads so Dask threads x torch threads <= the cores.
-
-    Call once in each worker process (``cluster.get_client`` runs it on every worker). With
-    ``workers`` worker processes of ``threads_per_worker`` Dask threads each on a machine
-    with ``C`` cores, every task gets ``max(1, C // (workers * threads_per_worker))`` torch
-    threads. Returns that number.
-
-    Examples
-    --------
-    >>> configure_threads(threads_per_worker=1, workers=1) >= 1
-    True
-    """
-    import torch
-
-    if threads_per_worker < 1 or workers < 1:
-        raise InputError(
-            f"threads_per_worker {threads_per_worker} / workers {workers} must be >= 1."
-        )
-    threads = torch_threads_per_worker(workers, threads_per_worker)
-    torch.set_num_threads(threads)
-    log.debug("torch threads set to %d", threads)
-    return threads
 
 
 # ---- the runner -------------------------------------------------------------------------
@@ -284,7 +258,7 @@ def get_runner(
     precision: Precision = "auto",
     bands: tuple[int, ...] | None = None,
 ) -> ModelRunner:
-    """The process-wide runner for a checkpoint, loaded on first use and reused (invariant 9).
+    """The process-wide runner for a checkpoint, loaded once, reused (ARCHITECTURE invariant 9).
 
     Parameters
     ----------

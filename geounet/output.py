@@ -1,7 +1,7 @@
 """Prediction outputs: the georeferenced Zarr v3 store written chunk by chunk, and the COG made from it.
 
 The store is the one place chunk results land: each task writes whole Zarr chunks of its own
-region (Zarr chunks equal the Dask chunks, so concurrent writers never share a chunk) and then
+region (Zarr chunks equal geounet's chunks, so concurrent writers never share a chunk) and then
 leaves a small completion marker, which is what resume reads. Outputs are built under a
 temporary name in the same directory and renamed into place only when complete.
 
@@ -186,7 +186,7 @@ def create_store(
     path : directory to create (must not exist).
     height, width : scene size in pixels.
     classes : class names; ``len(classes)`` probability layers.
-    chunk_size : Zarr chunk side; equal to the Dask chunk side so each task writes whole chunks.
+    chunk_size : Zarr chunk side; equal to the chunk side so each chunk task writes whole chunks.
     crs_wkt, transform : georeferencing of the scene (affine ``a, b, c, d, e, f``); with
         ``crs_wkt=None`` and ``transform=None`` the store is in pixel space.
     probability_dtype : ``uint8`` (0-255) or ``float32``.

@@ -31,13 +31,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from geounet.config import Padding
 from geounet.errors import TileSizeError
-
-if TYPE_CHECKING:  # pragma: no cover
-    from geounet.model import UNetConfig
 
 DEFAULT_CHUNK_SIZE = 2048
 """Default chunk core side in pixels (a multiple of every alignment up to 2**11)."""
@@ -49,11 +46,45 @@ DEFAULT_SAME_TILE = 512
 """Default tile side for same-padding models (input = output)."""
 
 
+class SizeRules(Protocol):
+    """The model's size rules the tile grid needs, and nothing else of the model.
+
+    :class:`geounet.model.UNetConfig` has them; the grid is planned from any object that does,
+    so this module stays pure geometry (it imports neither torch nor :mod:`geounet.model`;
+    an import contract in ``pyproject.toml`` checks that).
+    """
+
+    @property
+    def padding(self) -> Padding:
+        """``valid`` (tiles exact, no blending) or ``same`` (tiles overlap and are blended)."""
+
+    @property
+    def depth(self) -> int:
+        """Number of poolings; named in messages."""
+
+    @property
+    def alignment(self) -> int:
+        """``2**depth``: tile and chunk cores start at multiples of it."""
+
+    @property
+    def halo(self) -> int:
+        """Context pixels per side the model needs around an output pixel."""
+
+    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
+        """Input sides in ``[lo, hi]`` the model accepts (``valid`` padding)."""
+
+    def check_input_size(self, input_size: int) -> None:
+        """Raise :class:`~geounet.errors.TileSizeError` for an input side the model rejects."""
+
+    def output_size(self, input_size: int) -> int:
+        """Output side for an input side ``input_size``."""
+
+
 @dataclass(frozen=True)
 class ChunkWindow:
     """One chunk core: rows ``y0:y0+height``, columns ``x0:x0+width`` of the scene.
 
-    ``row``/``col`` are the chunk's index in the chunk grid (the Dask block index).
+    ``row``/``col`` are the chunk's index in the chunk grid (one delayed chunk task each).
     """
 
     row: int
@@ -203,30 +234,11 @@ class TileGrid:
         """Number of tile columns of the global grid."""
         return math.ceil(self.width / self.stride)
 
-    @property
-    def dask_chunks(self) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        """Chunk sizes along y and x in Dask's ``chunks=`` form."""
-        return (_split(self.height, self.chunk_size), _split(self.width, self.chunk_size))
-
     # ---- chunks ------------------------------------------------------------------------
     def chunks(self) -> list[ChunkWindow]:
         """All chunk cores in row-major order; they partition the scene exactly."""
-        out = []
-        for row in range(self.chunk_rows):
-            y0 = row * self.chunk_size
-            for col in range(self.chunk_cols):
-                x0 = col * self.chunk_size
-                out.append(
-                    ChunkWindow(
-                        row,
-                        col,
-                        y0,
-                        x0,
-                        min(self.chunk_size, self.height - y0),
-                        min(self.chunk_size, self.width - x0),
-                    )
-                )
-        return out
+        return [self.chunk(row, col) for row in range(self.chunk_rows)
+                for col in range(self.chunk_cols)]
 
     def chunk(self, row: int, col: int) -> ChunkWindow:
         """The chunk core at chunk-grid index ``(row, col)``."""
@@ -310,11 +322,6 @@ class TileGrid:
         return total * self.tile_size**2 / (self.height * self.width)
 
 
-def _split(length: int, size: int) -> tuple[int, ...]:
-    full, rest = divmod(length, size)
-    return (size,) * full + ((rest,) if rest else ())
-
-
 def _nearest_multiples(value: int, step: int) -> str:
     """Say which multiples of ``step`` are nearest to ``value``: ``"496 or 512"``."""
     low = (value // step) * step
@@ -325,7 +332,7 @@ def _nearest_multiples(value: int, step: int) -> str:
     return f"{low} or {low + step}"
 
 
-def default_tile_size(config: UNetConfig, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
+def default_tile_size(config: SizeRules, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
     """Default model input side for ``config`` within chunks of ``chunk_size``.
 
     ``valid``: the smallest valid input whose core (stride) is the largest multiple of the
@@ -358,7 +365,7 @@ def _default_core(chunk_size: int, alignment: int) -> int:
     return best
 
 
-def _valid_input_for_core(config: UNetConfig, core: int) -> int:
+def _valid_input_for_core(config: SizeRules, core: int) -> int:
     """Smallest valid input size whose output covers ``core`` pixels."""
     lo = core + 2 * config.halo
     sizes = config.valid_input_sizes(lo, lo + 4 * config.alignment)
@@ -368,7 +375,7 @@ def _valid_input_for_core(config: UNetConfig, core: int) -> int:
 
 
 def plan_tiles(
-    config: UNetConfig,
+    config: SizeRules,
     height: int,
     width: int,
     *,
@@ -380,7 +387,7 @@ def plan_tiles(
 
     Parameters
     ----------
-    config : the model's :class:`~geounet.model.UNetConfig` (padding, alignment, halo).
+    config : the model's size rules (:class:`SizeRules`; a :class:`~geounet.model.UNetConfig`).
     height, width : scene size.
     chunk_size : chunk core side, a multiple of ``config.alignment``.
     tile_size : model input side; None picks :func:`default_tile_size`.

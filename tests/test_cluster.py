@@ -16,6 +16,20 @@ def test_default_workers_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) ->
         assert workers * cluster.torch_threads_per_worker(workers) <= max(cores, workers)
 
 
+def test_configure_threads_never_oversubscribes() -> None:
+    import torch
+
+    old = torch.get_num_threads()
+    try:
+        cores = cluster.available_cores()
+        assert cluster.configure_threads(1, 1) == cores == torch.get_num_threads()
+        n = cluster.configure_threads(threads_per_worker=2, workers=1)
+        assert n == max(1, cores // 2) and n * 2 <= max(cores, 2)
+        assert cluster.configure_threads(threads_per_worker=4, workers=4) == 1
+    finally:
+        torch.set_num_threads(old)
+
+
 @pytest.mark.cluster
 def test_local_cluster_never_has_more_workers_than_tasks() -> None:
     import torch

@@ -15,7 +15,6 @@ from geounet.inference import (
     ModelRunner,
     classify,
     clear_runner_cache,
-    configure_threads,
     get_runner,
     measure_seam_error,
     predict_array,
@@ -73,7 +72,7 @@ def _whole(path: Path, runner: ModelRunner) -> tuple[np.ndarray, np.ndarray]:
 
 @pytest.mark.parametrize("depth", [2, 3])
 def test_valid_tiling_is_exact(make_scene: Callable[..., Path], depth: int) -> None:
-    """DESIGN invariant 2: tiled output == whole-scene inference on the mirrored scene."""
+    """ARCHITECTURE invariant 2: tiled output == whole-scene inference on the mirrored scene."""
     path = make_scene(301, 257)
     runner = make_runner(depth=depth)
     whole, _ = _whole(path, runner)
@@ -106,7 +105,7 @@ def test_batch_norm_model_keeps_valid_tiling_exact(make_scene: Callable[..., Pat
 
 
 def test_valid_tiling_independent_of_chunk_and_batch(make_scene: Callable[..., Path]) -> None:
-    """DESIGN invariant 1 with one tile grid: chunk size and batch size change nothing."""
+    """ARCHITECTURE invariant 1 with one tile grid: chunk size and batch size change nothing."""
     path = make_scene(150, 131)
     runner = make_runner(depth=2)
     info = open_scene(path)
@@ -120,7 +119,7 @@ def test_valid_tiling_independent_of_chunk_and_batch(make_scene: Callable[..., P
 
 
 def test_same_padding_blend_independent_of_chunk_size(make_scene: Callable[..., Path]) -> None:
-    """DESIGN invariant 1/3: blended same-padding output does not depend on chunk size."""
+    """ARCHITECTURE invariants 1 and 3: blended same-padding output ignores the chunk size."""
     path = make_scene(301, 257)
     runner = make_runner(depth=2, padding="same")
     info = open_scene(path)
@@ -289,20 +288,6 @@ def test_device_and_precision_resolution() -> None:
         resolve_precision("fp16", cpu)
     with pytest.raises(InputError):
         resolve_precision("int8", cpu)  # type: ignore[arg-type]
-
-
-def test_configure_threads_never_oversubscribes() -> None:
-    from geounet.cluster import available_cores
-
-    old = torch.get_num_threads()
-    try:
-        cores = available_cores()
-        assert configure_threads(1, 1) == cores == torch.get_num_threads()
-        n = configure_threads(threads_per_worker=2, workers=1)
-        assert n == max(1, cores // 2) and n * 2 <= max(cores, 2)
-        assert configure_threads(threads_per_worker=4, workers=4) == 1
-    finally:
-        torch.set_num_threads(old)
 
 
 def test_classify_threshold_and_nodata() -> None:

@@ -400,3 +400,29 @@ def test_segment_rejects_unknown_options_before_work(
         pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], client="threads",
                          vectorize_options={"min_aera": 3})
     assert _listing(tmp_path) == before
+
+
+def test_chunk_tasks_carry_windows_not_pixels(make_scene: Callable[..., Path], tmp_path: Path,
+                                              models: dict[str, Path],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """ARCHITECTURE invariant 4: a delayed chunk task pickles to the same few bytes whatever
+    the scene size (paths and windows, never scene-sized arrays)."""
+    import cloudpickle
+
+    from geounet import cluster
+
+    sizes: dict[str, list[int]] = {}
+    real_run_tasks = cluster.run_tasks
+
+    def measured(tasks: Any, on: Any, **kwargs: Any) -> list[Any]:
+        sizes[current] = [len(cloudpickle.dumps(task)) for task in tasks]
+        return real_run_tasks(tasks, on, **kwargs)
+
+    monkeypatch.setattr(cluster, "run_tasks", measured)
+    for current, (height, width) in {"small": (64, 96), "large": (320, 288)}.items():
+        run(make_scene(height, width), tmp_path / f"{current}.zarr", models["valid"],
+            chunk_size=64)
+    assert len(sizes["small"]) == 2 and len(sizes["large"]) == 25
+    # a 64 x 96 x 3 uint8 scene alone would be 18 KB; the large scene's 276 KB
+    assert max(sizes["large"]) < 8_000
+    assert max(sizes["large"]) <= max(sizes["small"]) + 64

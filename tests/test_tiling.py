@@ -37,8 +37,7 @@ def test_chunk_cores_partition_scene(geometry: tuple) -> None:
         assert chunk.y0 % grid.chunk_size == 0 and chunk.x0 % grid.chunk_size == 0
         count[chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] += 1
     assert (count == 1).all()
-    assert tuple(len(c) for c in grid.dask_chunks) == (grid.chunk_rows, grid.chunk_cols)
-    assert sum(grid.dask_chunks[0]) == grid.height and sum(grid.dask_chunks[1]) == grid.width
+    assert len(grid.chunks()) == grid.chunk_rows * grid.chunk_cols
 
 
 @pytest.mark.parametrize("geometry", GEOMETRIES)

@@ -1,4 +1,4 @@
-"""Per-chunk polygons with exact seam merge (DESIGN invariant 6).
+"""Per-chunk polygons with exact seam merge (ARCHITECTURE invariant 6).
 
 Objects are 4-connected components of equal class value. Each chunk is labelled and traced in
 integer pixel coordinates; a component that does not touch a soft seam of its chunk is complete

@@ -1,0 +1,92 @@
+"""docs/ARCHITECTURE.md held to the code: the import contracts and the invariant references.
+
+The layers are import-linter contracts in ``pyproject.toml``; this test runs them so that
+``make test`` fails when a module imports across a layer, makes a cycle, when ``tiling``
+imports torch or the model, or when anything outside ``geounet.cli`` imports click.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+ARCHITECTURE = ROOT / "docs" / "ARCHITECTURE.md"
+
+
+def _lint_imports(config: Path) -> subprocess.CompletedProcess[str]:
+    """Run import-linter on ``config`` against this checkout's ``geounet``."""
+    try:
+        import importlinter  # noqa: F401
+    except ImportError:  # pragma: no cover - the test extra installs it
+        pytest.fail("import-linter is missing: install the test extra (pip install -e '.[test]')")
+    env = dict(os.environ)
+    env["PYTHONPATH"] = os.pathsep.join([str(ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    code = (
+        "import sys; from importlinter.cli import lint_imports_command as run; "
+        "run(['--no-cache', '--no-logo', sys.argv[1]])"
+    )
+    return subprocess.run(
+        [sys.executable, "-c", code, str(config)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+
+def test_import_contracts_are_kept() -> None:
+    result = _lint_imports(ROOT / "pyproject.toml")
+    report = result.stdout + result.stderr
+    assert result.returncode == 0, f"import contracts broken (see docs/ARCHITECTURE.md):\n{report}"
+    kept = re.search(r"Contracts: (\d+) kept, (\d+) broken", report)
+    assert kept is not None, report
+    assert int(kept.group(1)) >= 4 and kept.group(2) == "0", report
+
+
+def _invariant_numbers() -> dict[int, str]:
+    """``{N: section text}`` of the numbered invariants in docs/ARCHITECTURE.md."""
+    text = ARCHITECTURE.read_text(encoding="utf-8")
+    section = text.split("## Invariants", 1)[1].split("\n## ", 1)[0]
+    parts = re.split(r"^(\d+)\. ", section, flags=re.MULTILINE)
+    return {int(n): body for n, body in zip(parts[1::2], parts[2::2])}
+
+
+def _repo_texts() -> list[tuple[Path, str]]:
+    files = [*ROOT.glob("geounet/**/*.py"), *ROOT.glob("tests/**/*.py")]
+    files += [*ROOT.glob("docs/*.md"), ROOT / "README.md"]
+    files += [*ROOT.glob("examples/**/*.py"), *ROOT.glob("benchmarks/**/*.py")]
+    files += [*ROOT.glob("benchmarks/*.md"), *ROOT.glob("workflows/**/*")]
+    return [(p, p.read_text(encoding="utf-8")) for p in files if p.is_file()]
+
+
+def test_every_invariant_reference_points_into_architecture_md() -> None:
+    numbers = _invariant_numbers()
+    assert sorted(numbers) == list(range(1, len(numbers) + 1)), sorted(numbers)
+    outside = []
+    here = Path(__file__).resolve()
+    for path, text in _repo_texts():
+        if path != here and ("DESIGN invariant" in text or "DESIGN.md" in text):
+            outside.append(str(path.relative_to(ROOT)))
+        for ref in re.findall(r"ARCHITECTURE invariants? ([\d, and]+)", text):
+            for n in map(int, re.findall(r"\d+", ref)):
+                assert n in numbers, f"{path.relative_to(ROOT)} cites ARCHITECTURE invariant {n}"
+    assert not outside, f"references to the old DESIGN document remain in {outside}"
+
+
+def test_every_invariant_names_tests_that_exist() -> None:
+    """Each invariant names its guarding tests as ``tests/test_x.py::test_name``; they exist."""
+    for number, body in _invariant_numbers().items():
+        named = re.findall(r"`(tests/test_\w+\.py)::(test_\w+)`", body)
+        assert named, f"ARCHITECTURE invariant {number} names no test"
+        for path, name in named:
+            source = (ROOT / path).read_text(encoding="utf-8")
+            assert re.search(rf"^\s*(async )?def {name}\(", source, re.MULTILINE), (
+                f"ARCHITECTURE invariant {number} names {path}::{name}, which does not exist"
+            )
