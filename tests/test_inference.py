@@ -90,7 +90,7 @@ def test_valid_tiling_is_exact(make_scene: Callable[..., Path], depth: int) -> N
 def test_batch_norm_model_keeps_valid_tiling_exact(make_scene: Callable[..., Path],
                                                    depth: int) -> None:
     """The default training recipe's batch norm (eval mode: a per-channel affine map) keeps
-    DESIGN invariant 2: tiled output == whole-scene inference, for any chunk and batch size."""
+    ARCHITECTURE invariant 2: tiled output == whole-scene inference, for any chunk and batch size."""
     path = make_scene(301, 257)
     runner = make_runner(depth=depth, batch_norm=True, seed=depth)
     assert any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.model.modules())
