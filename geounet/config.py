@@ -46,3 +46,13 @@ cosine annealing to lr/1e4), ``cosine`` (linear warm-up from 0, cosine annealing
 Monitor = Literal["iou", "loss"]
 """What picks the best checkpoint and drives early stopping: the validation mean foreground
 IoU (``iou``) or the validation loss (``loss``)."""
+
+ResampleMode = Literal["error", "auto", "always"]
+"""When a scene is read through a warp at the model's pixel size: ``error`` never (refuse a
+scene more than 2x off), ``auto`` when it is more than 1.25x off (the default), ``always``
+whenever the pixel sizes differ."""
+
+Resampling = Literal["auto", "bilinear", "cubic", "cubic_spline", "lanczos", "average", "nearest"]
+"""GDAL resampling for warping imagery; ``auto`` (the default) is bilinear when the scene is
+finer than the model (GDAL then averages over each target pixel's footprint) and lanczos when
+it is coarser (sharper edges when enlarging: see docs/predict.md for the measured IoU)."""

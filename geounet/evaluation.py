@@ -322,7 +322,7 @@ class _VectorSource:
         self.grid: Grid | None = None
 
     def attach(self, grid: Grid) -> None:
-        from geounet.training.chips import load_label_shapes
+        from geounet.labels import load_label_shapes
 
         self.grid = grid
         self.shapes = load_label_shapes(self.path, grid.crs, class_layers=self.class_layers,
@@ -337,7 +337,7 @@ class _VectorSource:
         from rasterio.transform import array_bounds
         from shapely.geometry import box
 
-        from geounet.training.chips import ClassShapes, rasterize_shapes
+        from geounet.labels import ClassShapes, rasterize_shapes
 
         transform = window_transform(Window(x0, y0, width, height), self.grid.transform)
         window = box(*array_bounds(height, width, transform))

@@ -615,11 +615,11 @@ class ModelCard:
         """Raise :class:`IncompatibleSceneError` if a scene does not fit this model.
 
         Rules: every card band index must exist in the scene (``max(bands) <= count``); the
-        card's training value range must fit in the scene data type (a model trained on
-        12-bit uint16 cannot read a uint8 scene); the scene pixel size must be within a
-        factor 2 of the card's (a warning between 1.25x and 2x). Unknown pixel sizes skip
-        the resolution check. A different data type whose range still holds the training
-        values only warns.
+        scene data type must be the card's (a uint16 scene given to a uint8 model would be
+        normalised with uint8 statistics: pass the type after ``--rescale``, i.e. the card's,
+        when values are mapped); the scene pixel size must be within a factor 2 of the
+        card's (a warning between 1.25x and 2x; ``--resample`` reads a warped view instead).
+        Unknown pixel sizes skip the resolution check.
 
         Parameters
         ----------
@@ -649,15 +649,16 @@ class ModelCard:
                 f"scene data type {scene_dtype} holds values {low:g}..{high:g} but the model was "
                 f"trained on {self.dtype} values {v_lo:g}..{v_hi:g}: the training value range "
                 f"must fit in the scene's data type; use a {self.dtype} scene (e.g. the original "
-                f"product, not a rescaled 8-bit preview) or a model trained on {scene_dtype}"
+                f"product, not a rescaled 8-bit preview), map the values with --rescale "
+                f"(e.g. --rescale percentile) or use a model trained on {scene_dtype}"
             )
         if scene_dtype != self.dtype:
-            warnings.warn(
+            raise IncompatibleSceneError(
                 f"scene data type {scene_dtype} differs from the model's training type "
-                f"{self.dtype} (values {v_lo:g}..{v_hi:g}); results may be poor if the scene's "
-                f"values are scaled differently",
-                UserWarning,
-                stacklevel=2,
+                f"{self.dtype} (values {v_lo:g}..{v_hi:g}); reading it unchanged would normalise "
+                f"it with another range's statistics: map its values into the model's range with "
+                f"--rescale (percentile, bits or MIN,MAX, e.g. --rescale 0,2047) or use a model "
+                f"trained on {scene_dtype}"
             )
         if pixel_size is None or self.pixel_size is None:
             if pixel_size is None and self.pixel_size is not None:
@@ -673,8 +674,8 @@ class ModelCard:
             raise IncompatibleSceneError(
                 f"scene pixel size {pixel_size:g} m is {ratio:.2g}x {relation} than the model's "
                 f"{self.pixel_size:g} m: it must be within a factor {PIXEL_SIZE_MAX_RATIO:g}; "
-                f"resample the scene to about {self.pixel_size:g} m (e.g. gdalwarp -tr) or use "
-                f"a model trained at this resolution"
+                f"read it resampled to {self.pixel_size:g} m with --resample auto "
+                f"(resample=\"auto\") or use a model trained at this resolution"
             )
         if ratio > PIXEL_SIZE_WARN_RATIO:
             warnings.warn(

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
 
 from geounet.cluster import LocalScheduler, SchedulerLike
-from geounet.config import Precision, ProbabilityDtype, choices
+from geounet.config import Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 from geounet.errors import (
     GeoreferenceError,
     GeounetError,
@@ -188,6 +188,13 @@ def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": int(stat.st_mtime)}
 
 
+def _plain(value: Any) -> Any:
+    """A dataclass as the plain JSON types its run record is stored in (None stays None)."""
+    import json
+
+    return None if value is None else json.loads(json.dumps(dataclasses.asdict(value)))
+
+
 def plan_prediction(
     scene: str | os.PathLike[str],
     *,
@@ -201,11 +208,18 @@ def plan_prediction(
     threshold: float | None = None,
     allow_no_crs: bool = False,
     check_device: bool = True,
+    resample: ResampleMode = "auto",
+    resampling: Resampling = "auto",
+    rescale: str | tuple[float, float] | None = None,
 ) -> Plan:
-    """Validate a prediction run cheaply (no model forward, no pixels read) and plan its grid.
+    """Validate a prediction run cheaply (no model forward) and plan its grid.
 
     ``check_device=False`` skips checking that this machine has the device (for a remote
-    scheduler whose workers have GPUs this machine lacks).
+    scheduler whose workers have GPUs this machine lacks). ``resample``/``resampling`` and
+    ``rescale`` fit the scene to the model card (:mod:`geounet.fitting`): the planned scene
+    may be a warped view at the card's pixel size, and its values may be mapped into the
+    card's range (percentile and bit-depth rescales read a sample of windows, nothing else
+    reads pixels).
 
     Raises
     ------
@@ -231,6 +245,13 @@ def plan_prediction(
     if check_device:
         _check_device(device, precision)
     info = open_scene(str(scene))
+    if info.georef == "rpcs" and not allow_no_crs:
+        raise GeoreferenceError(
+            f"scene {str(scene)!r} is georeferenced by RPCs only (rational polynomial "
+            "coefficients, no geotransform or CRS); geounet does not orthorectify: make an "
+            "orthorectified copy with a DEM first, e.g. gdalwarp -rpc -to RPC_DEM=dem.tif "
+            "-t_srs EPSG:XXXX scene.tif ortho.tif, and segment that."
+        )
     if info.crs_wkt is None:
         if not allow_no_crs:
             raise GeoreferenceError(
@@ -256,7 +277,12 @@ def plan_prediction(
         if any(b < 1 for b in bands):
             raise InputError(f"bands {list(bands)} has a band below 1; bands are 1-based.")
         card = dataclasses.replace(card, bands=bands)
-    card.check_scene(info.count, info.dtype, info.pixel_size)
+    from geounet.fitting import plan_resample, plan_rescale
+
+    if max(card.bands) <= info.count:  # else check_scene names the band problem
+        info = plan_resample(info, card.pixel_size, resample, resampling=resampling)
+        info = dataclasses.replace(info, rescale=plan_rescale(info, card, rescale))
+    card.check_scene(info.count, info.read_dtype, info.pixel_size)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise TileSizeError(f"chunk size {chunk_size!r} is not a positive whole number of pixels.")
     grid = plan_tiles(
@@ -273,6 +299,9 @@ def plan_prediction(
         "precision": precision,
         "probability_dtype": probability_dtype,
         "threshold": threshold,
+        # as JSON gives them back, so a resumed run compares equal to its stored record
+        "warp": _plain(info.warp),
+        "rescale": _plain(info.rescale),
     }
     return Plan(info, card, grid, runner, chunk_size, tile_size, run)
 
@@ -290,6 +319,10 @@ def _store_attrs(plan: Plan) -> dict[str, Any]:
         "tile_size": plan.tile_size,
         "version": __version__,
         "scene": os.path.basename(plan.info.path),
+        # how the scene was fitted to the model: the grid of a warped view (the store's own
+        # grid then), the value map; None for a scene read as it is
+        "scene_warp": _plain(plan.info.warp),
+        "scene_rescale": _plain(plan.info.rescale),
     }
 
 
@@ -402,6 +435,9 @@ def predict(
     client: SchedulerLike = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
+    resample: ResampleMode = "auto",
+    resampling: Resampling = "auto",
+    rescale: str | tuple[float, float] | None = None,
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -426,6 +462,15 @@ def predict(
         default: a local cluster of worker processes on this machine.
     workers : worker processes of the local cluster (threads for ``"threads"``).
     progress : ``callback(chunks_done, chunks_total, pixels_done)``.
+    resample : ``auto`` (default): a scene more than 1.25x off the model's pixel size is read
+        through a GDAL WarpedVRT at the model's pixel size; ``always``: whenever they differ;
+        ``error``: never (a scene more than 2x off is refused). The outputs are then on the
+        warped grid (same CRS, the model's pixel size).
+    resampling : GDAL resampling of that warp; ``auto`` (default): bilinear when the scene is
+        finer than the model, lanczos when it is coarser.
+    rescale : map the scene's values into the model's range: ``"percentile"``,
+        ``"percentile:LOW,HIGH"``, ``"bits"``, ``"bits:N"``, ``"MIN,MAX"`` or ``(min, max)``;
+        required when the scene's data type differs from the model's.
 
     Returns
     -------
@@ -445,6 +490,7 @@ def predict(
         scene, model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
         device=device, precision=precision, probability_dtype=probability_dtype,
         threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
+        resample=resample, resampling=resampling, rescale=rescale,
     )
     out = Path(out)
     store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")

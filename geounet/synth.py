@@ -977,6 +977,8 @@ def _render(config: SynthConfig, plan: ScenePlan, scene_path: Path, mask_path: P
     scene_profile = dict(
         common, count=config.band_count, dtype=config.dtype, predictor=2, nodata=config.nodata
     )
+    if config.band_count == 4:  # NIR, not GDAL's default alpha for a 4th band (a mask)
+        scene_profile.update(photometric="RGB", alpha="UNSPECIFIED")
     mask_profile = dict(common, count=1, dtype="uint8", nodata=MASK_NODATA)
     indexes = _indexes(plan)
     counts = np.zeros(256, dtype=np.int64)

@@ -75,6 +75,8 @@ def write_scene(
         "blockysize": blocksize,
         "compress": compress,
     }
+    if count == 4:  # a 4th band of data, not GDAL's default alpha (a mask) for 4 bands
+        profile.update(photometric="RGB", alpha="UNSPECIFIED")
     if crs is not None:
         profile["crs"] = crs
         profile["transform"] = from_origin(origin[0], origin[1], pixel_size, pixel_size)

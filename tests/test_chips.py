@@ -86,13 +86,32 @@ def test_split_is_disjoint_and_spatially_blocked(make_scene, tmp_path):
         rows = list(csv.DictReader(fh))
     assert len({r["name"] for r in rows}) == len(rows) == 256
     split = {(int(r["row"]), int(r["col"])): r["split"] for r in rows}
-    assert set(split.values()) == {"train", "val"}
+    assert set(split.values()) == {"train", "val", "buffer"}
     assert summary.n_val == sum(v == "val" for v in split.values())
-    # every 4x4 block of chips is wholly train or wholly val
+    assert summary.n_buffer == sum(v == "buffer" for v in split.values()) > 0
+    # every 4x4 block of chips is wholly val or wholly not val
     for (row, col), value in split.items():
-        assert split[(row // 4 * 4, col // 4 * 4)] == value
+        assert (split[(row // 4 * 4, col // 4 * 4)] == "val") == (value == "val")
     # a quarter of the 16 blocks go to validation
     assert summary.n_val == 4 * 16
+    # geometric check on the chips' real bounds: no validation chip shares an edge with (or
+    # overlaps) a training chip; buffer chips are exactly the training-side chips that would
+    bounds = {}
+    for r in rows:
+        with rasterio.open(tmp_path / "chips" / "images" / f"{r['name']}.tif") as src:
+            bounds[r["name"]] = (src.bounds, r["split"])
+    def touch(a, b):
+        ox = min(a.right, b.right) - max(a.left, b.left)
+        oy = min(a.top, b.top) - max(a.bottom, b.bottom)
+        return ox >= 0 and oy >= 0 and max(ox, oy) > 0
+    vals = [b for b, s in bounds.values() if s == "val"]
+    for b, s in bounds.values():
+        if s == "train":
+            assert not any(touch(b, v) for v in vals)
+        if s == "buffer":
+            assert any(touch(b, v) for v in vals)
+    # the best of the seeded draws keeps the buffer small: at most 2 block sides per val block
+    assert summary.n_buffer <= 4 * 2 * 4
 
 
 def test_labels_in_other_crs_land_in_place(make_scene, tmp_path):

@@ -471,8 +471,9 @@ def test_check_scene_dtype_range(make_scene) -> None:
     with pytest.raises(IncompatibleSceneError, match=r"uint8.*4095"):
         card.check_scene(3, dtype, 0.5)
     card.check_scene(3, "uint16", 0.5)
-    # a wider type that still holds the training range: allowed, with a warning
-    with pytest.warns(UserWarning, match="differs"):
+    # a wider type that still holds the training range: refused too (its values would be
+    # normalised with the card's statistics), naming --rescale
+    with pytest.raises(IncompatibleSceneError, match=r"uint16 differs.*--rescale"):
         make_card(UNetConfig()).check_scene(3, "uint16", 0.5)
 
 
@@ -484,7 +485,7 @@ def test_check_scene_dtype_range(make_scene) -> None:
 def test_check_scene_pixel_size(scene_pixel: float | None, outcome: str) -> None:
     card = make_card(UNetConfig(), pixel_size=0.5)
     if outcome == "error":
-        with pytest.raises(IncompatibleSceneError, match="within a factor 2"):
+        with pytest.raises(IncompatibleSceneError, match="within a factor 2.*--resample auto"):
             card.check_scene(3, "uint8", scene_pixel)
     elif outcome == "warn":
         with pytest.warns(UserWarning, match="pixel size"):

@@ -184,3 +184,206 @@ def test_rewritten_file_is_reread(make_scene: Callable[..., Path]) -> None:
     second, _ = read_window(open_scene(path), 0, 0, 40, 40)
     np.testing.assert_array_equal(second, _full(path))
     assert not np.array_equal(first, second)
+
+
+# ---- sidecars, per-band dtype/nodata, warped views (issue 9) ---------------------------
+
+
+def _plain_tiff(path: Path, data: np.ndarray, **profile: object) -> Path:
+    """A GeoTIFF written without any georeferencing of its own (sidecars give it)."""
+    import warnings
+
+    from rasterio.errors import NotGeoreferencedWarning
+
+    count, height, width = data.shape
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", NotGeoreferencedWarning)
+        with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=count,
+                           dtype=str(data.dtype), **profile) as dst:
+            dst.write(data)
+    return path
+
+
+def test_msk_sidecar_marks_invalid_pixels(make_scene: Callable[..., Path]) -> None:
+    path = make_scene(120, 140)
+    with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=False), rasterio.open(path, "r+") as ds:
+        mask = np.full((120, 140), 255, np.uint8)
+        mask[30:60, 40:90] = 0
+        ds.write_mask(mask)
+    assert Path(f"{path}.msk").exists()  # an external mask, not an internal one
+    info = open_scene(path)
+    assert info.has_mask
+    _, valid = read_window(info, 0, 0, 120, 140)
+    assert np.array_equal(valid, mask > 0)
+
+
+def test_aux_xml_and_world_file_give_georeferencing(tmp_path: Path) -> None:
+    data = np.random.default_rng(0).integers(1, 255, (3, 50, 60), dtype=np.uint8)
+    # .aux.xml (GDAL's PAM sidecar) carrying the CRS and geotransform
+    aux = _plain_tiff(tmp_path / "aux.tif", data)
+    crs = rasterio.crs.CRS.from_epsg(32633)
+    (tmp_path / "aux.tif.aux.xml").write_text(
+        "<PAMDataset>\n"
+        f"  <SRS>{crs.to_wkt()}</SRS>\n"
+        "  <GeoTransform>500000, 0.5, 0, 5000000, 0, -0.5</GeoTransform>\n"
+        "</PAMDataset>\n"
+    )
+    info = open_scene(aux)
+    assert rasterio.crs.CRS.from_wkt(info.crs_wkt) == crs
+    assert info.transform == (0.5, 0.0, 500000.0, 0.0, -0.5, 5000000.0)
+    assert info.pixel_size == pytest.approx(0.5)
+    # world files (.tfw, .wld, .tifw): transform of pixel centres; the CRS from .aux.xml
+    for suffix in (".tfw", ".wld", ".tifw"):
+        stem = f"world{suffix[1:]}"
+        tif = _plain_tiff(tmp_path / f"{stem}.tif", data)
+        world = tmp_path / (f"{stem}.tif{suffix[4:]}" if suffix == ".tifw" else f"{stem}{suffix}")
+        world.write_text("2.0\n0\n0\n-2.0\n600001.0\n5100001.0\n")
+        (tmp_path / f"{stem}.tif.aux.xml").write_text(
+            f"<PAMDataset><SRS>{crs.to_wkt()}</SRS></PAMDataset>"
+        )
+        info = open_scene(tif)
+        assert info.transform == (2.0, 0.0, 600000.0, 0.0, -2.0, 5100002.0), suffix
+        assert info.georef == "transform" and info.pixel_size == pytest.approx(2.0)
+
+
+def test_remote_paths_skip_directory_listing_local_ones_do_not(
+    make_scene: Callable[..., Path],
+) -> None:
+    from geounet.raster import gdal_env, is_remote
+
+    for path in ("/vsicurl/https://x/s.tif", "/vsis3/b/s.tif", "s3://b/s.tif", "https://x/s.tif"):
+        assert is_remote(path)
+        with gdal_env(path=path):
+            assert rasterio.env.getenv()["GDAL_DISABLE_READDIR_ON_OPEN"] == "EMPTY_DIR"
+    info = open_scene(make_scene(20, 20))
+    assert not is_remote(info.path)
+    with gdal_env(info):
+        assert "GDAL_DISABLE_READDIR_ON_OPEN" not in rasterio.env.getenv()
+
+
+def _band_vrt(path: Path, source: str, kind: str, nodata: list, height: int, width: int) -> Path:
+    """A VRT of ``source``'s bands with per-band nodata (a GeoTIFF holds one value only)."""
+    with rasterio.open(path.parent / source) as src:
+        srs = f"<SRS>{src.crs.to_wkt()}</SRS>" if src.crs else ""
+        gt = ", ".join(str(v) for v in src.transform.to_gdal())
+    bands = "".join(
+        f'<VRTRasterBand dataType="{kind}" band="{i}">'
+        + (f"<NoDataValue>{value}</NoDataValue>" if value is not None else "")
+        + f'<SimpleSource><SourceFilename relativeToVRT="1">{source}</SourceFilename>'
+        f"<SourceBand>{i}</SourceBand></SimpleSource></VRTRasterBand>"
+        for i, value in enumerate(nodata, start=1)
+    )
+    path.write_text(f'<VRTDataset rasterXSize="{width}" rasterYSize="{height}">{srs}'
+                    f"<GeoTransform>{gt}</GeoTransform>{bands}</VRTDataset>")
+    return path
+
+
+def test_mixed_per_band_nodata(tmp_path: Path) -> None:
+    data = np.full((3, 40, 50), 100, np.uint16)
+    data[0, :10, :] = 0  # band 1's nodata: these rows are nodata
+    data[1, :, :5] = 7  # band 2's nodata: these columns are nodata
+    data[2, 20:, :] = 0  # band 3 has no nodata: a 0 there is data
+    _plain_tiff(tmp_path / "mixed.tif", data, crs="EPSG:32633",
+                transform=rasterio.transform.from_origin(0, 0, 0.5, 0.5))
+    path = _band_vrt(tmp_path / "mixed.vrt", "mixed.tif", "UInt16", [0, 7, None], 40, 50)
+    info = open_scene(path)
+    assert info.nodatavals == (0.0, 7.0, None)
+    _, valid = read_window(info, 0, 0, 40, 50)
+    want = np.ones((40, 50), bool)
+    want[:10, :] = False
+    want[:, :5] = False
+    assert np.array_equal(valid, want)
+    # reading only band 3: nothing of it is nodata
+    _, valid3 = read_window(info, 0, 0, 40, 50, bands=[3])
+    assert valid3.all()
+
+
+def test_mixed_per_band_dtypes_are_refused(tmp_path: Path) -> None:
+    from geounet.errors import UnsupportedFormatError
+
+    _plain_tiff(tmp_path / "a.tif", np.ones((1, 8, 8), np.uint8))
+    _plain_tiff(tmp_path / "b.tif", np.ones((1, 8, 8), np.uint16))
+    bands = "".join(
+        f'<VRTRasterBand dataType="{kind}" band="{i}"><SimpleSource>'
+        f'<SourceFilename relativeToVRT="1">{name}</SourceFilename><SourceBand>1</SourceBand>'
+        f"</SimpleSource></VRTRasterBand>"
+        for i, (kind, name) in enumerate((("Byte", "a.tif"), ("UInt16", "b.tif")), start=1)
+    )
+    vrt = tmp_path / "mixed.vrt"
+    vrt.write_text(f'<VRTDataset rasterXSize="8" rasterYSize="8">{bands}</VRTDataset>')
+    with pytest.raises(UnsupportedFormatError, match=r"uint8, uint16.*gdal_translate -ot UInt16"):
+        open_scene(vrt)
+
+
+def _gcp_scene(path: Path, height: int = 90, width: int = 110) -> Path:
+    from rasterio.control import GroundControlPoint as Gcp
+
+    data = np.random.default_rng(3).integers(1, 255, (3, height, width), dtype=np.uint8)
+    _plain_tiff(path, data)
+    # a slightly rotated 0.5 m grid given by four corner GCPs
+    gcps = [Gcp(row=r, col=c, x=500000 + 0.5 * c + 0.05 * r, y=5000000 - 0.5 * r + 0.05 * c)
+            for r, c in ((0, 0), (0, width), (height, 0), (height, width))]
+    with rasterio.open(path, "r+") as ds:
+        ds.gcps = (gcps, rasterio.crs.CRS.from_epsg(32633))
+    return path
+
+
+def test_gcp_scene_is_read_through_the_gcp_warp(tmp_path: Path) -> None:
+    from rasterio.enums import Resampling
+    from rasterio.vrt import WarpedVRT
+
+    path = _gcp_scene(tmp_path / "gcp.tif")
+    info = open_scene(path)
+    assert info.georef == "gcps" and info.warp is not None and info.warp.gcps
+    assert info.crs_wkt is not None and info.pixel_size == pytest.approx(0.5, rel=0.1)
+    pixels, valid = read_window(info, 0, 0, info.height, info.width)
+    with rasterio.open(path) as src, WarpedVRT(src, add_alpha=True,
+                                               resampling=Resampling.bilinear) as vrt:
+        assert (vrt.height, vrt.width) == (info.height, info.width)
+        assert tuple(vrt.transform)[:6] == pytest.approx(info.transform)
+        want = vrt.read()
+    assert np.abs(pixels.astype(int) - want[:3])[:, valid].max() <= 1  # GDAL's rounding
+    assert np.array_equal(valid, want[3] > 0) and 0 < valid.mean() < 1  # corners are outside
+
+
+def test_rpc_only_scene_is_described_as_such(tmp_path: Path) -> None:
+    from rasterio.rpc import RPC
+
+    path = _plain_tiff(tmp_path / "rpc.tif", np.ones((3, 20, 20), np.uint8))
+    coeffs = [0.0] * 20
+    rpc = RPC(height_off=0, height_scale=100, lat_off=45, lat_scale=0.01, long_off=15,
+              long_scale=0.01, line_off=10, line_scale=10, samp_off=10, samp_scale=10,
+              line_num_coeff=[0, 0, 1] + coeffs[3:], line_den_coeff=[1] + coeffs[1:],
+              samp_num_coeff=[0, 1] + coeffs[2:], samp_den_coeff=[1] + coeffs[1:])
+    with rasterio.open(path, "r+") as ds:
+        ds.rpcs = rpc
+    info = open_scene(path)
+    assert info.georef == "rpcs" and info.crs_wkt is None
+
+
+@pytest.mark.parametrize("scale", [0.4, 2.5])
+def test_warped_windows_equal_the_whole_warped_read(
+    make_scene: Callable[..., Path], scale: float
+) -> None:
+    from geounet.fitting import warp_to_pixel_size
+
+    path = make_scene(301, 257, pixel_size=0.5, nodata=0, nodata_border=6, seed=4)
+    info = warp_to_pixel_size(open_scene(path), 0.5 * scale)
+    assert info.pixel_size == pytest.approx(0.5 * scale)
+    whole, whole_valid = read_window(info, 0, 0, info.height, info.width)
+    assert 0 < whole_valid.mean() < 1  # the nodata border is nodata in the view
+    rng = np.random.default_rng(0)
+    for _ in range(25):
+        y0 = int(rng.integers(-20, info.height - 1))
+        x0 = int(rng.integers(-20, info.width - 1))
+        height = int(rng.integers(1, info.height + 20 - max(y0, 0)))
+        width = int(rng.integers(1, info.width + 20 - max(x0, 0)))
+        halo = int(rng.integers(0, 30))
+        got, got_valid = read_window(info, y0, x0, height, width, halo=halo)
+        pad = ((0, 0), (64, 64), (64, 64))
+        ref = np.pad(whole, pad, mode="symmetric")
+        ref_valid = np.pad(whole_valid, pad[1:], mode="symmetric")
+        ys = slice(y0 - halo + 64, y0 + height + halo + 64)
+        xs = slice(x0 - halo + 64, x0 + width + halo + 64)
+        assert np.array_equal(got, ref[:, ys, xs])
+        assert np.array_equal(got_valid, ref_valid[ys, xs])

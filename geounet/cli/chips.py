@@ -23,8 +23,8 @@ def _class_layers(ctx: click.Context, param: click.Parameter,
 
 
 @click.command()
-@click.argument("scene", type=click.Path(exists=True, dir_okay=False))
-@click.argument("labels", type=click.Path(exists=True, dir_okay=False))
+@click.argument("scene", type=click.Path(exists=True))
+@click.argument("labels", type=click.Path(exists=True, dir_okay=False), required=False)
 @click.option("--out", "out_dir", type=click.Path(file_okay=False), required=True,
               help="Output directory (images/, masks/, split.csv, chips.json).")
 @click.option("--chip-size", type=int, default=256, show_default=True, callback=options._positive,
@@ -32,26 +32,50 @@ def _class_layers(ctx: click.Context, param: click.Parameter,
 @click.option("--class-layer", "class_layers", multiple=True, callback=_class_layers,
               help="CLASS=LAYER, repeatable, in class order (index 1, 2, ...). "
                    "Default: buildings=buildings, roads=roads.")
-@click.option("--line-width", type=click.FloatRange(0.0, min_open=True), default=None,
-              help="Metres; buffer width of line labels without a 'width' attribute.")
+@options.line_width
 @click.option("--min-labelled", type=click.FloatRange(0.0, 1.0), default=0.0, show_default=True,
               help="Skip chips with a smaller labelled (non-background) share.")
 @click.option("--max-nodata", type=click.FloatRange(0.0, 1.0), default=0.5, show_default=True,
               help="Skip chips with a larger nodata share.")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0), default=0.2, show_default=True,
               help="Share of split blocks held out for validation.")
-@click.option("--split-block", type=int, default=4, show_default=True,
-              callback=options._positive,
-              help="Chips per block side; whole blocks go to train or val (no leakage).")
+@options.split_block
+@options.mask_pattern
+@options.mask_values
+@options.classes
 @options.seed
 @options.overwrite
-def chips(scene: str, labels: str, out_dir: str, chip_size: int,
+def chips(scene: str, labels: str | None, out_dir: str, chip_size: int,
           class_layers: dict[str, str] | None, line_width: float | None, min_labelled: float,
-          max_nodata: float, val_fraction: float, split_block: int, seed: int,
-          overwrite: bool) -> None:
+          max_nodata: float, val_fraction: float, split_block: int,
+          mask_pattern: str | None, mask_values: tuple[int, ...] | None,
+          classes: tuple[str, ...] | None, seed: int, overwrite: bool) -> None:
     """Cut SCENE and vector LABELS (GeoPackage, any CRS) into image + mask GeoTIFF chips with
-    the scene's georeferencing and a spatially blocked train/val split."""
+    the scene's georeferencing and a spatially blocked train/val split.
+
+    SCENE may also be a folder of labelled chips in any layout `geounet train` reads (LABELS
+    then optional: one labels file for all chips); it is rewritten as a chips directory with
+    class-index masks, split.csv and chips.json (--mask-pattern, --mask-values, --classes)."""
+    from pathlib import Path
+
     from geounet.training.chips import make_chips
+
+    if Path(scene).is_dir():
+        from geounet.training.layout import DatasetConfig, export_chips
+
+        config = DatasetConfig(mask_pattern=mask_pattern, mask_values=mask_values,
+                               classes=classes, labels=labels, line_width=line_width,
+                               split_block=split_block)
+        found = export_chips(scene, out_dir, config, val_fraction=val_fraction, seed=seed,
+                             overwrite=overwrite)
+        n_val = sum(r.split == "val" for r in found.records)
+        click.echo(f"{len(found.records)} chips ({len(found.records) - n_val} train, {n_val} "
+                   f"val, {found.n_buffer} buffer left out) in {out_dir}; classes "
+                   f"{','.join(found.classes)}")
+        return
+    if labels is None:
+        raise click.UsageError("give LABELS (a GeoPackage) with a SCENE file, e.g. "
+                               "geounet chips scene.tif truth.gpkg --out chips.")
 
     summary = make_chips(scene, labels, out_dir, chip_size=chip_size, class_layers=class_layers,
                          line_width=line_width, min_labelled=min_labelled,

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from geounet.config import Precision, ProbabilityDtype, choices
+from geounet.config import Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -155,6 +155,48 @@ allow_no_crs = click.option(
     help="Accept a scene without CRS; outputs are then in pixel coordinates.",
 )
 
+# ---- fitting a scene to the model (predict / segment / batch) ----------------------------
+
+
+def _rescale(ctx: click.Context, param: click.Parameter, value: str | None) -> str | None:
+    if value is None:
+        return None
+    from geounet.errors import InputError
+    from geounet.fitting import parse_rescale
+
+    try:
+        parse_rescale(value)
+    except InputError as exc:
+        raise click.BadParameter(str(exc), param=param) from None
+    return value
+
+
+resample = click.option(
+    "--resample",
+    type=click.Choice(choices(ResampleMode)),
+    default="auto",
+    show_default=True,
+    help="Read the scene warped to the model's pixel size: auto when it is more than 1.25x "
+    "off, always when it differs at all, error to refuse a scene more than 2x off.",
+)
+resampling = click.option(
+    "--resampling",
+    type=click.Choice(choices(Resampling)),
+    default="auto",
+    show_default=True,
+    help="GDAL resampling used by --resample; auto: bilinear for a finer scene, lanczos for a "
+    "coarser one.",
+)
+rescale = click.option(
+    "--rescale",
+    callback=_rescale,
+    default=None,
+    metavar="percentile[:LOW,HIGH]|bits[:N]|MIN,MAX",
+    help="Map the scene's values into the model's range (needed when its data type differs "
+    "from the model's): per-band percentiles of a sample (default 2,98), 0..2**N-1 "
+    "(bits: N from the file or its maximum, e.g. 11-bit data), or MIN,MAX.",
+)
+
 # ---- vectorize options (shared by `vectorize` and `segment`) -----------------------------
 
 
@@ -231,7 +273,66 @@ def prediction_options(func: Any) -> Any:
     """
     for decorator in reversed(
         [model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-         threshold, workers, scheduler_address, resume, allow_no_crs, overwrite]
+         threshold, resample, resampling, rescale, workers, scheduler_address, resume,
+         allow_no_crs, overwrite]
     ):
         func = decorator(func)
+    return func
+
+
+# --- training datasets (train, chips) ---------------------------------------------------------
+
+def _int_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        values = tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of whole numbers, one mask value per "
+            "class in class order; use e.g. 0,255.", param=param) from None
+    return values
+
+
+def _name_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    names = tuple(v.strip() for v in value.split(","))
+    if not all(names):
+        raise click.BadParameter(f"{value!r} has an empty class name; use e.g. "
+                                 "background,buildings.", param=param)
+    return names
+
+
+line_width = click.option(
+    "--line-width", type=click.FloatRange(0.0, min_open=True), default=None,
+    help="Metres; buffer width of line labels without a 'width' attribute.")
+split_block = click.option(
+    "--split-block", type=int, default=4, show_default=True, callback=_positive,
+    help="Chips per block side; whole blocks go to train or val, and training chips that "
+         "touch a validation chip are left out (no leakage).")
+
+
+mask_pattern = click.option(
+    "--mask-pattern", default=None,
+    help="Mask path from the image's, relative to its folder, e.g. '{stem}.mask.tif' or "
+         "'../gt/{stem}.tif'. Default: detected.")
+mask_values = click.option(
+    "--mask-values", callback=_int_list, default=None,
+    help="Mask value of each class in class order, e.g. 0,255. Default: 0/1 and 0/255 are "
+         "binary, else class indices (255 nodata).")
+classes = click.option(
+    "--classes", callback=_name_list, default=None,
+    help="Class names, e.g. background,buildings (background is added when missing). "
+         "Default: chips.json, else detected (binary masks: background,buildings).")
+labels_file = click.option(
+    "--labels", "labels", type=click.Path(exists=True, dir_okay=False), default=None,
+    help="One vector labels file (GeoJSON/GPKG) for all chips, burnt onto each chip's grid.")
+
+
+def dataset_options(func: Any) -> Any:
+    """How a training dataset is read (``DatasetConfig`` fields)."""
+    for option in reversed((mask_pattern, mask_values, classes, labels_file, line_width,
+                            split_block)):
+        func = option(func)
     return func

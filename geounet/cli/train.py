@@ -53,6 +53,7 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @click.option("--chip-size", type=int, default=None, callback=options._positive,
               help="Labelled window per sample (default: the largest chip).")
 @options.tile_size
+@options.dataset_options
 @click.option("--class-weights", callback=_weights, default=None,
               help="Cross-entropy weight per class, e.g. 1,2,2.")
 @click.option("--loss", type=click.Choice(choices(LossType)), default="ce", show_default=True,
@@ -81,14 +82,21 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @options.overwrite
 @click.pass_context
 def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
-          overwrite: bool, **kwargs: Any) -> None:
-    """Train the U-Net on CHIPS_DIR (images/ + masks/ GeoTIFF pairs, e.g. from geounet chips)."""
+          overwrite: bool, mask_pattern: str | None, mask_values: tuple[int, ...] | None,
+          classes: tuple[str, ...] | None, labels: str | None, line_width: float | None,
+          split_block: int, **kwargs: Any) -> None:
+    """Train the U-Net on CHIPS_DIR: images with masks or vector labels in any common layout
+    (images/ + masks/ as geounet chips writes, NAME.tif + NAME.mask.tif, img/ + gt/, per-chip
+    GeoJSON, ...); the detected pairing rule, mask values and classes are logged."""
+    from geounet.training.layout import DatasetConfig
     from geounet.training.loop import TrainConfig
     from geounet.training.loop import train as run_train
 
     if kwargs.pop("no_time_limit"):
         kwargs["max_minutes"] = None
     config = TrainConfig(**kwargs)
+    dataset = DatasetConfig(mask_pattern=mask_pattern, mask_values=mask_values, classes=classes,
+                            labels=labels, line_width=line_width, split_block=split_block)
     quiet = bool((ctx.find_root().obj or {}).get("quiet", False))
     draw = sys.stderr.isatty() and not quiet
 
@@ -107,5 +115,5 @@ def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
                        f"{event.step}/{event.steps} loss {event.loss:.4f}", nl=False, err=True)
 
     result = run_train(chips_dir, out, config=config, resume=resume, overwrite=overwrite,
-                       progress=progress)
-    click.echo(result.summary())
+                       progress=progress, dataset=dataset)
+    click.echo(result.summary() + f"  classes {','.join(result.classes)}")

@@ -1,7 +1,7 @@
 """Cut a scene and vector labels into georeferenced training chips with a spatially blocked split.
 
-Also home of the label rasterizer shared with :mod:`geounet.evaluation`: polygons are burnt as
-they are, lines are buffered by their ``width`` attribute (metres) or ``line_width``.
+Label rasterization lives in :mod:`geounet.labels` (shared with :mod:`geounet.evaluation`);
+its names are re-exported here for older imports.
 """
 
 from __future__ import annotations
@@ -22,12 +22,16 @@ from typing import Any
 import numpy as np
 
 from geounet.errors import GeoreferenceError, InputError, LabelError, OutputExistsError
+from geounet.labels import (  # noqa: F401  (re-exported)
+    DEFAULT_CLASS_LAYERS,
+    ClassShapes,
+    _check_class_layers,
+    load_label_shapes,
+    rasterize_shapes,
+)
 from geounet.training.metrics import NODATA
 
 log = logging.getLogger(__name__)
-
-DEFAULT_CLASS_LAYERS: dict[str, str] = {"buildings": "buildings", "roads": "roads"}
-"""Class name -> GeoPackage layer; class indices follow this order after ``background`` (0)."""
 
 SPLIT_FILE = "split.csv"
 CHIPS_META = "chips.json"
@@ -35,22 +39,6 @@ SPLIT_COLUMNS = (
     "name", "split", "row", "col", "block", "y0", "x0", "height", "width",
     "labelled_fraction", "nodata_fraction",
 )
-
-
-@dataclass(frozen=True)
-class ClassShapes:
-    """Label geometries of one class, in the target CRS, ready to burn.
-
-    Attributes
-    ----------
-    index : class index burnt into the mask (1 for the first class layer).
-    name : class name.
-    geometries : shapely polygons (lines already buffered).
-    """
-
-    index: int
-    name: str
-    geometries: tuple[Any, ...]
 
 
 @dataclass(frozen=True)
@@ -63,6 +51,8 @@ class ChipSummary:
     classes : class names in index order, ``background`` first.
     n_train, n_val : chips written per split.
     n_skipped : chip windows skipped (mostly nodata, or fewer labelled pixels than asked).
+    n_buffer : chips written but used by neither split: training-side chips that touch a
+        validation chip (``split.csv`` says ``buffer``).
     """
 
     out_dir: Path
@@ -70,190 +60,12 @@ class ChipSummary:
     n_train: int
     n_val: int
     n_skipped: int
+    n_buffer: int = 0
 
     @property
     def n_chips(self) -> int:
         """Total chips written."""
-        return self.n_train + self.n_val
-
-
-def _check_class_layers(class_layers: Mapping[str, str]) -> None:
-    if not class_layers:
-        raise InputError("class_layers is empty; give at least one, e.g. {'buildings': 'buildings'}.")
-    if len(class_layers) > 254:
-        raise InputError(f"{len(class_layers)} classes do not fit a uint8 mask; use at most 254.")
-    if "background" in class_layers:
-        raise InputError(
-            "class 'background' is reserved for index 0; name the class layers otherwise."
-        )
-
-
-def load_label_shapes(
-    labels: str | os.PathLike[str],
-    crs: Any,
-    *,
-    class_layers: Mapping[str, str] | None = None,
-    line_width: float | None = None,
-) -> list[ClassShapes]:
-    """Read label layers, reproject them to ``crs`` and buffer lines into polygons.
-
-    Parameters
-    ----------
-    labels : GeoPackage (or any multi-layer vector file pyogrio reads).
-    crs : target CRS (the scene's), anything :mod:`pyproj` accepts.
-    class_layers : class name -> layer name; class index = position + 1.
-    line_width : metres; width of line features without a ``width`` attribute.
-
-    Returns
-    -------
-    One :class:`ClassShapes` per class layer found (missing layers warn; all missing raises).
-
-    Examples
-    --------
-    >>> shapes = load_label_shapes("truth.gpkg", "EPSG:32633")  # doctest: +SKIP
-    """
-    import geopandas as gpd
-    import pyogrio
-    from pyproj import CRS
-
-    class_layers = dict(DEFAULT_CLASS_LAYERS if class_layers is None else class_layers)
-    _check_class_layers(class_layers)
-    path = Path(labels)
-    if not path.exists():
-        raise LabelError(f"label file {str(path)!r} does not exist; give a GeoPackage path.")
-    try:
-        available = {str(row[0]) for row in pyogrio.list_layers(path)}
-    except Exception as exc:  # pyogrio raises DataSourceError and friends
-        raise LabelError(
-            f"label file {str(path)!r} cannot be read as a vector file ({exc}); "
-            "give a GeoPackage with one layer per class."
-        ) from exc
-    if crs is None:
-        raise GeoreferenceError(
-            "the scene has no CRS, so labels cannot be placed on it; georeference the scene first."
-        )
-    target = CRS.from_user_input(crs)
-    result: list[ClassShapes] = []
-    for index, (name, layer) in enumerate(class_layers.items(), start=1):
-        if layer not in available:
-            warnings.warn(
-                f"label layer {layer!r} for class {name!r} is not in {str(path)!r} "
-                f"(layers: {sorted(available)}); the class gets no labels.",
-                stacklevel=2,
-            )
-            result.append(ClassShapes(index, name, ()))
-            continue
-        gdf = gpd.read_file(path, layer=layer)
-        if gdf.crs is None:
-            raise LabelError(
-                f"label layer {layer!r} has no CRS; set one (e.g. with ogr2ogr -a_srs) first."
-            )
-        gdf = gdf[gdf.geometry.notna() & ~gdf.geometry.is_empty]
-        result.append(ClassShapes(index, name, tuple(_to_polygons(gdf, target, line_width, layer))))
-    if not any(layer in available for layer in class_layers.values()):
-        raise LabelError(
-            f"none of the label layers {sorted(class_layers.values())} is in {str(path)!r} "
-            f"(layers: {sorted(available)}); pass class_layers naming them."
-        )
-    return result
-
-
-def _to_polygons(gdf: Any, target: Any, line_width: float | None, layer: str) -> list[Any]:
-    """Reproject to ``target``; buffer lines by ``width`` (metres) or ``line_width``."""
-    import geopandas as gpd
-
-    if len(gdf) == 0:
-        return []
-    kinds = gdf.geometry.geom_type
-    is_line = kinds.isin(["LineString", "MultiLineString", "LinearRing"]).to_numpy()
-    is_area = kinds.isin(["Polygon", "MultiPolygon"]).to_numpy()
-    if not (is_line | is_area).all():
-        bad = sorted(set(kinds[~(is_line | is_area)]))
-        raise LabelError(
-            f"layer {layer!r} has {bad} geometries; labels must be polygons or lines."
-        )
-    out: list[Any] = list(gdf[is_area].to_crs(target).geometry)
-    if is_line.any():
-        lines = gdf[is_line]
-        if "width" in lines.columns:
-            widths = lines["width"].astype(float).to_numpy()
-        else:
-            widths = np.full(len(lines), np.nan)
-        if line_width is not None:
-            widths = np.where(np.isnan(widths), float(line_width), widths)
-        if np.isnan(widths).any() or (widths <= 0).any():
-            raise LabelError(
-                f"layer {layer!r} has line features without a positive 'width' attribute; "
-                "give line_width (metres), e.g. --line-width 6."
-            )
-        metric = target if (target.is_projected and _unit_is_metre(target)) else None
-        if metric is None:
-            metric = gpd.GeoSeries(lines.geometry, crs=lines.crs).to_crs(4326).estimate_utm_crs()
-        buffered = gpd.GeoSeries(lines.geometry, crs=lines.crs).to_crs(metric).buffer(widths / 2.0)
-        out.extend(buffered.to_crs(target))
-    return [g for g in out if g is not None and not g.is_empty]
-
-
-def _unit_is_metre(crs: Any) -> bool:
-    try:
-        return crs.axis_info[0].unit_name in ("metre", "meter")
-    except (IndexError, AttributeError):
-        return False
-
-
-def rasterize_shapes(
-    shapes: Sequence[ClassShapes], transform: Any, height: int, width: int
-) -> np.ndarray:
-    """Burn class shapes onto a grid: uint8 mask, 0 background, later classes on top.
-
-    Parameters
-    ----------
-    shapes : from :func:`load_label_shapes`, in the grid's CRS.
-    transform : affine transform of the grid (e.g. a chip window's transform).
-    height, width : grid size in pixels.
-
-    Examples
-    --------
-    >>> mask = rasterize_shapes(shapes, transform, 256, 256)  # doctest: +SKIP
-    """
-    from rasterio.features import rasterize
-    from rasterio.transform import array_bounds
-    from shapely.geometry import box
-
-    mask = np.zeros((height, width), dtype=np.uint8)
-    if height == 0 or width == 0:
-        return mask
-    window = box(*array_bounds(height, width, transform))
-    for cls in sorted(shapes, key=lambda c: c.index):
-        geoms = [g for g in cls.geometries if g.intersects(window)]
-        if geoms:
-            rasterize(
-                [(g, cls.index) for g in geoms], out=mask, transform=transform, dtype=np.uint8
-            )
-    return mask
-
-
-def _assign_blocks(
-    blocks: Sequence[tuple[int, int]], val_fraction: float, seed: int
-) -> dict[tuple[int, int], str]:
-    """Map each block (block_row, block_col) holding chips to ``train`` or ``val``, seeded.
-
-    ``round(len(blocks) * val_fraction)`` blocks go to validation, at least one (and at least
-    one stays for training) when there are two or more blocks and ``val_fraction > 0``.
-    """
-    blocks = sorted(set(blocks))
-    rng = np.random.default_rng(seed)
-    order = rng.permutation(len(blocks))
-    n_val = int(round(len(blocks) * val_fraction))
-    if val_fraction > 0 and len(blocks) > 1:
-        n_val = min(max(n_val, 1), len(blocks) - 1)
-    val = {blocks[i] for i in order[:n_val]}
-    if val_fraction > 0 and not val:
-        warnings.warn(
-            f"all chips fall in {len(blocks)} split block; no validation chips. Use a smaller "
-            "split_block (--split-block) or a larger scene.", stacklevel=3,
-        )
-    return {b: ("val" if b in val else "train") for b in blocks}
+        return self.n_train + self.n_val + self.n_buffer
 
 
 def make_chips(
@@ -276,7 +88,9 @@ def make_chips(
     Chips lie on a grid anchored at the scene origin; edge chips are clipped to the scene (the
     trainer mirror-pads them). Masks hold the class index (0 background, 1.. the class layers
     in order), 255 where the scene is nodata. Blocks of ``split_block`` x ``split_block`` chips
-    go wholly to train or val so that neighbouring chips do not leak across the split.
+    go wholly to train or val, and training chips that share an edge with a validation chip
+    are marked ``buffer`` (used by neither), so no validation chip touches a training chip
+    (:mod:`geounet.training.split`).
 
     Parameters
     ----------
@@ -410,9 +224,9 @@ def make_chips(
                     f"every chip of {str(scene)!r} was skipped (max_nodata={max_nodata}, "
                     f"min_labelled={min_labelled}); relax these limits or check the labels."
                 )
-            blocks = _assign_blocks([r["split"] for r in records], val_fraction, seed)
-            for record in records:
-                record["split"] = blocks[record["split"]]
+            for record, split in zip(records, _split_blocks(records, src.transform,
+                                                            val_fraction, seed)):
+                record["split"] = split
             with open(tmp / SPLIT_FILE, "w", newline="") as fh:
                 writer = csv.DictWriter(fh, fieldnames=SPLIT_COLUMNS)
                 writer.writeheader()
@@ -430,5 +244,26 @@ def make_chips(
             shutil.rmtree(tmp, ignore_errors=True)
             raise
     n_val = sum(r["split"] == "val" for r in records)
-    log.info("wrote %d chips (%d val), skipped %d, to %s", len(records), n_val, skipped, out_dir)
-    return ChipSummary(out_dir, classes, len(records) - n_val, n_val, skipped)
+    n_buffer = sum(r["split"] == "buffer" for r in records)
+    log.info("wrote %d chips (%d val, %d buffer), skipped %d, to %s", len(records), n_val,
+             n_buffer, skipped, out_dir)
+    return ChipSummary(out_dir, classes, len(records) - n_val - n_buffer, n_val, skipped,
+                       n_buffer)
+
+
+def _split_blocks(records: Sequence[dict[str, Any]], transform: Any, val_fraction: float,
+                  seed: int) -> list[str]:
+    """Whole blocks to train or val; training chips touching a val chip become ``buffer``."""
+    from geounet.training.split import assign_units, touching_pairs
+
+    blocks = [r["split"] for r in records]
+    if val_fraction > 0 and len(set(blocks)) < 2:
+        warnings.warn(
+            f"all chips fall in {len(set(blocks))} split block; no validation chips. Use a "
+            "smaller split_block (--split-block) or a larger scene.", stacklevel=3,
+        )
+        return ["train"] * len(records)
+    # pixel boxes (x0, -y0-h, x0+w, -y0): touching in pixels is touching on the ground
+    boxes = [(r["x0"], -r["y0"] - r["height"], r["x0"] + r["width"], -r["y0"])
+             for r in records]
+    return assign_units(blocks, touching_pairs(boxes, 0.5), val_fraction, seed)

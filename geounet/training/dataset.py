@@ -1,13 +1,13 @@
-"""Find chip pairs, compute normalization stats, and serve padded, augmented training samples.
+"""Chip records, normalization stats, and padded, augmented training samples.
 
-A chips directory holds ``images/NAME.tif`` and ``masks/NAME.tif`` (optionally under
-``train/`` and ``val/`` subfolders), and optionally ``split.csv`` (written by
-:func:`geounet.training.chips.make_chips`) and ``chips.json`` (class names).
+Which files pair up, what mask values mean, the classes and the split are decided by
+:func:`geounet.training.layout.open_dataset` (any common layout: ``images/`` + ``masks/`` as
+``geounet chips`` writes, ``NAME.tif`` + ``NAME.mask.tif``, per-chip GeoJSON, ...); this
+module reads the records it returns.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -21,22 +21,18 @@ import numpy as np
 
 from geounet.errors import LabelError
 from geounet.georef import pixel_size_m
-from geounet.training.chips import CHIPS_META, NODATA, SPLIT_FILE
+from geounet.training.chips import CHIPS_META, NODATA
+from geounet.training.layout import (  # noqa: F401  (ChipRecord and readers re-exported)
+    ChipRecord,
+    decode_mask,
+    open_dataset,
+    read_target,
+)
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CLASSES = ("background", "buildings", "roads")
 RASTER_SUFFIXES = (".tif", ".tiff")
-
-
-@dataclass(frozen=True)
-class ChipRecord:
-    """One image/mask pair and the split it belongs to (``train`` or ``val``)."""
-
-    name: str
-    image: Path
-    mask: Path
-    split: str
 
 
 @dataclass(frozen=True)
@@ -65,22 +61,6 @@ class ChipStats:
     class_pixels: tuple[int, ...]
 
 
-def _pairs(folder: Path) -> dict[str, tuple[Path, Path]]:
-    images_dir, masks_dir = folder / "images", folder / "masks"
-    if not images_dir.is_dir() or not masks_dir.is_dir():
-        return {}
-    images = {p.stem: p for p in images_dir.iterdir() if p.suffix.lower() in RASTER_SUFFIXES}
-    masks = {p.stem: p for p in masks_dir.iterdir() if p.suffix.lower() in RASTER_SUFFIXES}
-    lonely = sorted(set(images) ^ set(masks))
-    if lonely:
-        side = "mask" if lonely[0] in images else "image"
-        raise LabelError(
-            f"{len(lonely)} chip(s) in {str(folder)!r} lack a partner, e.g. {lonely[0]!r} has no "
-            f"{side}; every images/NAME.tif needs masks/NAME.tif (same name)."
-        )
-    return {name: (images[name], masks[name]) for name in sorted(images)}
-
-
 def read_classes(chips_dir: str | os.PathLike[str]) -> tuple[str, ...]:
     """Class names of a chips directory: ``chips.json``, mask tags, else the default three."""
     chips_dir = Path(chips_dir)
@@ -95,68 +75,37 @@ def read_classes(chips_dir: str | os.PathLike[str]) -> tuple[str, ...]:
 def find_chips(
     chips_dir: str | os.PathLike[str], *, val_fraction: float = 0.2, seed: int = 0
 ) -> list[ChipRecord]:
-    """List the chip pairs of ``chips_dir`` with their split.
+    """List the chip pairs of ``chips_dir`` with their split (default layout rules).
 
-    The split comes from ``split.csv`` if present, else from ``train/`` and ``val/``
-    subfolders, else a seeded random ``val_fraction`` of the chips.
+    See :func:`geounet.training.layout.open_dataset`, which this calls with the default
+    :class:`~geounet.training.layout.DatasetConfig`.
 
     Raises
     ------
-    LabelError : no pairs, unpaired files, or a split file naming missing chips.
+    LabelError : no pairs, unreadable or ambiguous masks, or a bad split file.
     """
-    chips_dir = Path(chips_dir)
-    if not chips_dir.is_dir():
-        raise LabelError(f"chips directory {str(chips_dir)!r} does not exist; run geounet chips.")
-    records: list[ChipRecord] = []
-    subfolders = (chips_dir / "train").is_dir() or (chips_dir / "val").is_dir()
-    if subfolders and not (chips_dir / "images").is_dir():
-        for split in ("train", "val"):
-            for name, (image, mask) in _pairs(chips_dir / split).items():
-                records.append(ChipRecord(name, image, mask, split))
-        both = sorted({r.name for r in records if r.split == "train"}
-                      & {r.name for r in records if r.split == "val"})
-        if both:
-            warnings.warn(
-                f"{len(both)} chip name(s) are in both train/ and val/ of {str(chips_dir)!r}, "
-                f"e.g. {both[0]!r}; if they are the same chip, validation scores are inflated.",
-                stacklevel=2,
-            )
-    else:
-        pairs = _pairs(chips_dir)
-        split_file = chips_dir / SPLIT_FILE
-        if split_file.exists() and pairs:
-            with open(split_file, newline="") as fh:
-                split = {row["name"]: row["split"] for row in csv.DictReader(fh)}
-            missing = sorted(set(pairs) - set(split))
-            if missing:
+    return list(open_dataset(chips_dir, val_fraction=val_fraction, seed=seed).records)
+
+
+def _check_mask_grid(rec: ChipRecord, img: Any) -> None:
+    """A georeferenced raster mask must sit on its image's grid (one without takes it)."""
+    import rasterio
+
+    if rec.mask is None or rec.mask.suffix.lower() not in (".tif", ".tiff"):
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(rec.mask) as msk:
+            if msk.crs is None or msk.transform.is_identity or img.crs is None:
+                return
+            if msk.crs != img.crs or not msk.transform.almost_equals(
+                    img.transform, precision=abs(img.transform.a) * 1e-3):
                 raise LabelError(
-                    f"{SPLIT_FILE} in {str(chips_dir)!r} does not list {len(missing)} chip(s), "
-                    f"e.g. {missing[0]!r}; regenerate it with geounet chips or delete it."
+                    f"chip {rec.name!r}: mask {rec.mask.name!r} is georeferenced on another grid "
+                    f"than its image ({msk.crs} {tuple(msk.transform)[:6]} vs {img.crs} "
+                    f"{tuple(img.transform)[:6]}); give masks on the image grid (or without "
+                    "georeferencing: they then take the image's)."
                 )
-            bad = sorted({v for v in split.values()} - {"train", "val"})
-            if bad:
-                raise LabelError(f"{SPLIT_FILE} has split values {bad}; use train or val.")
-            records = [ChipRecord(n, i, m, split[n]) for n, (i, m) in pairs.items()]
-        else:
-            names = list(pairs)
-            rng = np.random.default_rng(seed)
-            n_val = int(round(len(names) * val_fraction))
-            if val_fraction > 0 and len(names) > 1:
-                n_val = min(max(n_val, 1), len(names) - 1)
-            val = {names[i] for i in rng.permutation(len(names))[:n_val]}
-            records = [ChipRecord(n, i, m, "val" if n in val else "train")
-                       for n, (i, m) in pairs.items()]
-    if not records:
-        raise LabelError(
-            f"no chip pairs in {str(chips_dir)!r}; expected images/NAME.tif + masks/NAME.tif "
-            "(or train/ and val/ with those) as written by geounet chips."
-        )
-    if not any(r.split == "train" for r in records):
-        raise LabelError(
-            f"no training chips in {str(chips_dir)!r}: all {len(records)} are validation chips; "
-            "put some under train/ (or mark them train in split.csv)."
-        )
-    return records
 
 
 def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
@@ -177,12 +126,11 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
     max_size = 0
     class_pixels = np.zeros(num_classes, dtype=np.int64)
     for rec in records:
-        with rasterio.open(rec.image) as img, rasterio.open(rec.mask) as msk:
-            if (img.height, img.width) != (msk.height, msk.width):
-                raise LabelError(
-                    f"chip {rec.name!r}: image is {img.height}x{img.width} px but its mask is "
-                    f"{msk.height}x{msk.width}; image and mask must be the same size."
-                )
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            img = rasterio.open(rec.image)
+        with img:
+            _check_mask_grid(rec, img)
             if count is None:
                 count, dtype = img.count, img.dtypes[0]
                 sums, sumsq = np.zeros(count), np.zeros(count)
@@ -195,7 +143,7 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
                     f"chips have {count} of {dtype}; all chips must come from alike scenes."
                 )
             max_size = max(max_size, img.height, img.width)
-            mask = msk.read(1)
+            mask = read_target(rec, img)
             labelled = mask != NODATA
             values = np.unique(mask[labelled])
             if values.size and values.max() >= num_classes:
@@ -303,7 +251,7 @@ class ChipDataset:
         else:
             self.items = []
             for i, rec in enumerate(self.records):
-                height, width = _shape(rec.mask)
+                height, width = _shape(rec.image)
                 self.items.extend((i, y, x) for y, x in
                                   _windows(height, width, spec.output_size))
 
@@ -327,14 +275,17 @@ class ChipDataset:
         rec = self.records[chip]
         rng = np.random.default_rng((self.seed, self.epoch, index))
         size = self.spec.output_size
-        with rasterio.open(rec.image) as img, rasterio.open(rec.mask) as msk:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+            img = rasterio.open(rec.image)
+        with img:
             height, width = img.height, img.width
             if y0 < 0:
                 y0 = int(rng.integers(0, max(0, height - size) + 1))
                 x0 = int(rng.integers(0, max(0, width - size) + 1))
             window = Window(x0, y0, min(size, width - x0), min(size, height - y0))
             image = img.read(window=window).astype(np.float32)
-            mask = msk.read(1, window=window)
+            mask = read_target(rec, img, window)
         if mask.size and (mask[mask != NODATA].max(initial=0) >= self.num_classes):
             raise LabelError(
                 f"mask of chip {rec.name!r} holds a class >= {self.num_classes}; the model has "
@@ -371,8 +322,10 @@ class ChipDataset:
 def _shape(path: Path) -> tuple[int, int]:
     import rasterio
 
-    with rasterio.open(path) as src:
-        return src.height, src.width
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(path) as src:
+            return src.height, src.width
 
 
 def warn_if_unbalanced(stats: ChipStats, classes: Sequence[str]) -> None:

@@ -341,6 +341,7 @@ def train(
     resume: str | os.PathLike[str] | None = None,
     overwrite: bool = False,
     progress: Callable[[TrainProgress], None] | None = None,
+    dataset: Any = None,
 ) -> TrainResult:
     """Train a U-Net on the chip pairs of ``chips_dir``; write ``out`` (best) and friends.
 
@@ -359,6 +360,9 @@ def train(
         epoch with its weights, optimizer, scheduler and RNG state, up to ``config.epochs``.
     overwrite : replace existing outputs (implied for the files of the run being resumed).
     progress : called after every step with a :class:`TrainProgress`.
+    dataset : :class:`geounet.training.layout.DatasetConfig`: pairing rule, mask values,
+        class names, labels file, split blocks (default: detected, see
+        :func:`geounet.training.layout.open_dataset`).
 
     Returns
     -------
@@ -372,13 +376,8 @@ def train(
 
     from geounet.inference import resolve_device
     from geounet.model import ModelCard, UNet, UNetConfig, read_checkpoint, save_checkpoint
-    from geounet.training.dataset import (
-        ChipDataset,
-        compute_stats,
-        find_chips,
-        read_classes,
-        warn_if_unbalanced,
-    )
+    from geounet.training.dataset import ChipDataset, compute_stats, warn_if_unbalanced
+    from geounet.training.layout import DatasetConfig, open_dataset
     from geounet.training.losses import segmentation_loss
     from geounet.training.metrics import ConfusionMatrix
     from geounet.training.schedule import lr_factor, run_progress
@@ -400,10 +399,11 @@ def train(
                 "from the .last.pt written by geounet train."
             )
         card = ModelCard.from_dict(payload["card"])
-        classes = card.classes
-    else:
-        classes = read_classes(chips_dir)
-    records = find_chips(chips_dir, val_fraction=config.val_fraction, seed=config.seed)
+        if dataset is None or dataset.classes is None:  # read the labels as the model did
+            dataset = dataclasses.replace(dataset or DatasetConfig(), classes=card.classes)
+    found = open_dataset(chips_dir, dataset, val_fraction=config.val_fraction, seed=config.seed)
+    classes = card.classes if resume is not None else found.classes
+    records = list(found.records)
     stats = compute_stats(records, len(classes))
     warn_if_unbalanced(stats, classes)
     if resume is None:
