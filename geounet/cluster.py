@@ -159,9 +159,17 @@ def scheduler(
     ``"threads"`` / ``"synchronous"`` (in-process), or None (a new local cluster). A new local
     cluster gets ``workers`` processes, by default :func:`default_workers` but never more than
     ``tasks`` (an idle worker would only take cores from the busy ones' torch threads).
+    When that leaves one worker and ``workers`` was not given (a scene of one chunk, or a CUDA
+    run), the same delayed chunk tasks run in this process (``"synchronous"``, torch threads =
+    cores): no worker process to start, no second model load, and the loaded model is reused
+    by the next run in this process (issue 11: fixed cost per run).
     """
     if client is None or (isinstance(client, str) and client not in get_args(LocalScheduler)):
         if workers is None and client is None and tasks is not None:
+            if max(1, min(default_workers(device), tasks)) == 1:
+                configure_threads(1, 1)
+                yield "synchronous"
+                return
             workers = max(1, min(default_workers(device), tasks))
         made = get_client(workers=workers, address=client, device=device)
         try:

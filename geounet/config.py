@@ -23,6 +23,10 @@ DType = Literal["uint8", "uint16"]
 BlendWindow = Literal["hann", "spline", "uniform"]
 """Tapered weight windows for blending overlapping same-padding tiles."""
 
+Engine = Literal["torch", "onnxruntime", "openvino", "auto"]
+"""Inference runtime of the forward pass (:mod:`geounet.engines`); ``auto`` picks by the CPU's
+instruction sets and the installed packages (docs/engine.md)."""
+
 
 
 def choices(alias: object) -> tuple[str, ...]:
@@ -56,3 +60,11 @@ Resampling = Literal["auto", "bilinear", "cubic", "cubic_spline", "lanczos", "av
 """GDAL resampling for warping imagery; ``auto`` (the default) is bilinear when the scene is
 finer than the model (GDAL then averages over each target pixel's footprint) and lanczos when
 it is coarser (sharper edges when enlarging: see docs/predict.md for the measured IoU)."""
+
+NODATA_CLASS = 255
+"""Class-mask value where the scene has no valid data (Zarr ``mask``, COG band 1, label masks,
+training targets): the one definition every module imports."""
+
+DEFAULT_CLASSES: tuple[str, ...] = ("background", "buildings", "roads")
+"""Class names, index = class value, when a prediction or label set names none (the built-in
+model's classes)."""

@@ -51,3 +51,17 @@ class LabelError(InputError):
 
 class DeviceError(GeounetError, RuntimeError):
     """A requested compute device is not available."""
+
+
+class EngineError(DeviceError):
+    """A requested inference engine (ONNX Runtime, OpenVINO) is not installed or cannot run."""
+
+
+class PredictionKeptError(GeounetError, RuntimeError):
+    """A step after prediction (vectorizing, writing the COG) failed; the finished prediction
+    is kept under its resumable name (:attr:`store`) and ``resume=True`` (``--resume``)
+    finishes the job without predicting again."""
+
+    def __init__(self, message: str, store: str = "") -> None:
+        super().__init__(message)
+        self.store = store

@@ -9,10 +9,12 @@ seams, road skeletons are compared inside windows with a halo, so memory stays b
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
+import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from geounet.config import DEFAULT_CLASSES, NODATA_CLASS
 from geounet.errors import (
     GeoreferenceError,
     InputError,
@@ -28,7 +31,6 @@ from geounet.errors import (
     UnsupportedFormatError,
 )
 from geounet.training.metrics import (
-    NODATA,
     ClassScores,
     ConfusionMatrix,
     CountScores,
@@ -40,7 +42,6 @@ from geounet.training.metrics import (
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLASSES: tuple[str, ...] = ("background", "buildings", "roads")
 VECTOR_SUFFIXES = (".gpkg", ".geojson", ".json", ".shp", ".fgb")
 
 
@@ -74,7 +75,7 @@ class CenterlineScores:
     ----------
     pred_total, pred_matched : predicted skeleton pixels, and those within tolerance of truth.
     true_total, true_matched : true skeleton pixels, and those within tolerance of prediction.
-    tolerance : metres (or CRS units).
+    tolerance : metres on the ground (geodesic for a geographic CRS).
     """
 
     pred_total: int
@@ -176,7 +177,7 @@ class EvaluationReport:
                          f"F1 {_fmt(o.f1).strip()}  (tp {o.tp}, fp {o.fp}, fn {o.fn})")
         if self.centerline is not None:
             c = self.centerline
-            lines.append(f"roads centerline (within {c.tolerance:g} CRS units): precision "
+            lines.append(f"roads centerline (within {c.tolerance:g} m): precision "
                          f"{_fmt(c.precision).strip()}  recall {_fmt(c.recall).strip()}  "
                          f"F1 {_fmt(c.f1).strip()}")
         return "\n".join(lines)
@@ -206,7 +207,7 @@ def _fmt(value: float) -> str:
 
 @dataclass(frozen=True)
 class Grid:
-    """A raster grid: CRS, affine transform and size."""
+    """A raster grid: CRS, affine transform and size; ground sizes from :mod:`geounet.georef`."""
 
     crs: Any
     transform: Any
@@ -214,100 +215,52 @@ class Grid:
     width: int
 
     @property
-    def pixel_size(self) -> float:
-        """Pixel side in CRS units (mean of x and y)."""
-        return float((abs(self.transform.a) + abs(self.transform.e)) / 2)
+    def crs_unit_step(self) -> float:
+        """Length of one pixel step along columns in CRS units (for transform comparisons)."""
+        return float(math.hypot(self.transform.a, self.transform.d))
+
+    def pixel_sides_m(self, col: float, row: float) -> tuple[float, float]:
+        """Ground metres of one pixel step along columns and along rows near ``(col, row)``:
+        rotation-aware, geodesic in a geographic CRS. Without a CRS the transform's units are
+        taken as metres (a warning says so once, in :func:`evaluate`)."""
+        from geounet.georef import pixel_sides_m
+
+        if self.crs is None:
+            t = self.transform
+            return float(math.hypot(t.a, t.d)), float(math.hypot(t.b, t.e))
+        return pixel_sides_m(self.crs.to_wkt(), tuple(self.transform)[:6], col, row)
 
 
 class _RasterSource:
-    """A class-mask raster read window by window (GeoTIFF band 1, or Zarr ``mask``)."""
+    """A class-mask raster read window by window through the shared
+    :class:`geounet.prediction.PredictionReader` (GeoTIFF band 1, COG, Zarr ``mask``)."""
 
     def __init__(self, path: Path) -> None:
-        self.path = path
-        self.classes: tuple[str, ...] | None = None
-        if path.is_dir() or path.suffix.lower() == ".zarr":
-            self._open_zarr(path)
-        else:
-            self._open_tiff(path)
-
-    def _open_tiff(self, path: Path) -> None:
-        import rasterio
-
-        try:
-            self._ds = rasterio.open(path)
-        except Exception as exc:
-            raise SceneError(f"{str(path)!r} cannot be opened as a raster ({exc}).") from exc
-        if self._ds.dtypes[0] not in ("uint8", "int8", "uint16", "int16", "int32"):
-            raise UnsupportedFormatError(
-                f"band 1 of {str(path)!r} is {self._ds.dtypes[0]}; a class mask must be "
-                "integer (uint8 class index, 255 nodata)."
-            )
-        tags = self._ds.tags()
-        if "classes" in tags:
-            self.classes = tuple(tags["classes"].split(","))
-        else:
-            names = [d for d in self._ds.descriptions[1:] if d]
-            if names and len(names) == self._ds.count - 1:
-                self.classes = tuple(names)
-        self.grid = Grid(self._ds.crs, self._ds.transform, self._ds.height, self._ds.width)
-        self._zarr = None
-
-    def _open_zarr(self, path: Path) -> None:
-        import zarr
         from affine import Affine
         from rasterio.crs import CRS
 
-        try:
-            group = zarr.open_group(str(path), mode="r")
-            self._zarr = group["mask"]
-        except Exception as exc:
-            raise SceneError(
-                f"{str(path)!r} is not a geounet Zarr store with a 'mask' array ({exc})."
-            ) from exc
-        attrs = dict(group.attrs).get("geounet", {}) or {}
-        if attrs.get("classes"):
-            self.classes = tuple(attrs["classes"])
-        crs = transform = None
-        if "spatial_ref" in group:
-            ref = dict(group["spatial_ref"].attrs)
-            wkt = ref.get("crs_wkt") or ref.get("spatial_ref")
-            crs = CRS.from_wkt(wkt) if wkt else None
-            gt = ref.get("GeoTransform")
-            if gt:
-                c, a, b, f, d, e = (float(v) for v in str(gt).split())
-                transform = Affine(a, b, c, d, e, f)
-        if transform is None and "x" in group and "y" in group:
-            x = np.asarray(group["x"][:2])
-            y = np.asarray(group["y"][:2])
-            if x.size == 2 and y.size == 2:
-                dx, dy = x[1] - x[0], y[1] - y[0]
-                transform = Affine(dx, 0, x[0] - dx / 2, 0, dy, y[0] - dy / 2)
-        if transform is None:
-            raise GeoreferenceError(
-                f"Zarr store {str(path)!r} has no GeoTransform or x/y coordinates; write it "
-                "with geounet predict."
-            )
-        height, width = self._zarr.shape[-2:]
-        self.grid = Grid(crs, transform, int(height), int(width))
-        self._ds = None
+        from geounet.prediction import PredictionReader
+
+        self.path = path
+        self._reader = PredictionReader(path, require_crs=False)
+        r = self._reader
+        self.classes: tuple[str, ...] | None = r.named_classes
+        crs = CRS.from_wkt(r.crs_wkt) if r.crs_wkt else None
+        self.grid = Grid(crs, Affine(*r.transform), r.height, r.width)
 
     def read(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
-        """Class mask window (uint8-like int, 255 = nodata), inside the grid."""
-        if self._zarr is not None:
-            data = np.asarray(self._zarr[..., y0:y0 + height, x0:x0 + width])
-            return data.reshape(height, width)
-        from rasterio.windows import Window
-
-        window = Window(x0, y0, width, height)
-        data = self._ds.read(1, window=window)
-        valid = self._ds.read_masks(1, window=window) > 0
-        data = data.astype(np.int64) if data.dtype != np.uint8 else data
-        data = np.where(valid, data, NODATA)
-        return data
+        """Class mask window (uint8, 255 = nodata), inside the grid."""
+        return self._reader.read_mask(y0, x0, height, width)
 
     def close(self) -> None:
-        if self._ds is not None:
-            self._ds.close()
+        self._reader.close()
+
+
+def _footprint(height: int, width: int, transform: Any) -> tuple[float, float, float, float]:
+    """Map bounds (minx, miny, maxx, maxy) of a grid from all four corners (rotation-aware)."""
+    xs, ys = zip(*(transform * (c, r) for c, r in ((0, 0), (width, 0), (0, height),
+                                                   (width, height))))
+    return min(xs), min(ys), max(xs), max(ys)
 
 
 class _VectorSource:
@@ -334,13 +287,12 @@ class _VectorSource:
     def read(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
         from rasterio.windows import Window
         from rasterio.windows import transform as window_transform
-        from rasterio.transform import array_bounds
         from shapely.geometry import box
 
         from geounet.labels import ClassShapes, rasterize_shapes
 
         transform = window_transform(Window(x0, y0, width, height), self.grid.transform)
-        window = box(*array_bounds(height, width, transform))
+        window = box(*_footprint(height, width, transform))
         subset = []
         for cls in self.shapes:
             hits = self._trees[cls.index].query(window)
@@ -350,10 +302,9 @@ class _VectorSource:
 
     def objects(self, index: int) -> list[Any]:
         """The original polygons of class ``index`` that touch the grid."""
-        from rasterio.transform import array_bounds
         from shapely.geometry import box
 
-        extent = box(*array_bounds(self.grid.height, self.grid.width, self.grid.transform))
+        extent = box(*_footprint(self.grid.height, self.grid.width, self.grid.transform))
         for cls in self.shapes:
             if cls.index == index:
                 out = []
@@ -384,7 +335,7 @@ def _check_same_grid(a: Grid, b: Grid, names: tuple[str, str]) -> None:
             "both rasters must share one grid (resample one onto the other, or give a "
             "GeoPackage for the truth)."
         )
-    if not a.transform.almost_equals(b.transform, precision=1e-6 * max(1.0, a.pixel_size)):
+    if not a.transform.almost_equals(b.transform, precision=1e-3 * a.crs_unit_step):
         raise GeoreferenceError(
             f"{names[0]} transform {tuple(a.transform)[:6]} differs from {names[1]} "
             f"{tuple(b.transform)[:6]}; both rasters must share one grid."
@@ -514,6 +465,23 @@ def _centerline_counts(pred: np.ndarray, truth: np.ndarray, valid: np.ndarray,
 # --------------------------------------------------------------------------- evaluate
 
 
+def _halo_px(grid: Grid, tolerance_m: float) -> int:
+    """Pixels of context a window's skeleton comparison needs for ``tolerance_m`` metres.
+
+    Taken from the smallest ground pixel side anywhere on the grid (its corners and centre),
+    so the halo, and with it every window's memory, depends on the tolerance and the pixel
+    size, never on the scene's size.
+    """
+    sides = [side
+             for col, row in ((0, 0), (grid.width, 0), (0, grid.height),
+                              (grid.width, grid.height), (grid.width / 2, grid.height / 2))
+             for side in grid.pixel_sides_m(col, row)]
+    smallest = min((s for s in sides if s > 0 and math.isfinite(s)), default=0.0)
+    if smallest <= 0:
+        return 16
+    return int(math.ceil(tolerance_m / smallest)) + 16
+
+
 def evaluate(
     pred: str | os.PathLike[str],
     truth: str | os.PathLike[str],
@@ -534,7 +502,9 @@ def evaluate(
     classes : class names in index order; default from the store / mask tags, else
         ``("background", "buildings", "roads")``.
     iou_threshold : IoU a predicted building needs to match a true one (object F1).
-    centerline_tolerance : metres (CRS units) within which road skeletons count as matching.
+    centerline_tolerance : metres on the ground within which road skeletons count as
+        matching, whatever the CRS: pixel sides in metres come from :mod:`geounet.georef`
+        (rotation-aware, geodesic for a geographic CRS such as EPSG:4326).
     line_width : metres; width of vector road lines without a ``width`` attribute.
     window_size : pixels per window side (bounds memory).
 
@@ -556,14 +526,13 @@ def evaluate(
         raise InputError(f"window size {window_size} is below 64 px; use e.g. 2048.")
     names = tuple(classes) if classes is not None else None
     layers = {c: c for c in (names or DEFAULT_CLASSES)[1:]}
-    p_src = _open_source(pred, layers, line_width)
-    t_src = _open_source(truth, layers, line_width)
-    try:
+    with contextlib.ExitStack() as stack:  # closed in reverse order (nested GDAL envs)
+        p_src = _open_source(pred, layers, line_width)
+        stack.callback(p_src.close)
+        t_src = _open_source(truth, layers, line_width)
+        stack.callback(t_src.close)
         return _evaluate(p_src, t_src, names, iou_threshold, centerline_tolerance, window_size,
                          str(pred), str(truth))
-    finally:
-        p_src.close()
-        t_src.close()
 
 
 def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_threshold: float,
@@ -593,9 +562,14 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
     r_idx = names.index("roads") if "roads" in names else None
     p_objects = _ObjectCollector(grid) if b_idx is not None and not vector_p else None
     t_objects = _ObjectCollector(grid) if b_idx is not None and not vector_t else None
-    pixel = grid.pixel_size
-    halo = int(math.ceil(tolerance / pixel)) + 16 if pixel > 0 else 16
-    sampling = (abs(grid.transform.e), abs(grid.transform.a))
+    if grid.crs is None and r_idx is not None:
+        warnings.warn(
+            f"{str(getattr(t_src if not vector_t else p_src, 'path', ''))!r} has no CRS; the "
+            f"centerline tolerance {tolerance:g} m is measured taking the transform's units "
+            "(pixels for an identity transform) as metres.",
+            UserWarning, stacklevel=3,
+        )
+    halo = _halo_px(grid, tolerance)
     cl = [0, 0, 0, 0]
     for y0, x0, height, width in _windows(grid.height, grid.width, window_size):
         p = p_src.read(y0, x0, height, width)
@@ -615,8 +589,10 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
             else:
                 ph = p_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
                 th = t_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
-            valid = (ph != NODATA) & (th != NODATA)
+            valid = (ph != NODATA_CLASS) & (th != NODATA_CLASS)
             core = (slice(y0 - hy0, y0 - hy0 + height), slice(x0 - hx0, x0 - hx0 + width))
+            col_m, row_m = grid.pixel_sides_m(x0 + width / 2, y0 + height / 2)
+            sampling = (row_m, col_m)  # distance_transform_edt: (rows, cols)
             counts = _centerline_counts((ph == r_idx) & valid, (th == r_idx) & valid, valid,
                                         core, sampling, tolerance)
             cl = [a + b for a, b in zip(cl, counts)]

@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, weight_window
-from geounet.config import BlendWindow, Precision, choices
+from geounet.config import NODATA_CLASS, BlendWindow, Engine, Precision, choices
 from geounet.errors import DeviceError, InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
 from geounet.tiling import ChunkWindow, TileGrid
@@ -39,9 +39,6 @@ if TYPE_CHECKING:  # pragma: no cover
     from geounet.model import ModelCard, UNet, UNetConfig
 
 log = logging.getLogger(__name__)
-
-NODATA_CLASS = 255
-"""Class-mask value of nodata pixels."""
 
 
 # ---- device, precision ------------------------------------------------------------------
@@ -132,6 +129,12 @@ class ModelRunner:
     card : its :class:`~geounet.model.ModelCard` (bands, normalization, classes).
     device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     precision : ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+    engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto``
+        (:func:`geounet.engines.resolve_engine`); the other engines run the model exported
+        from ``checkpoint`` (cached next to it, :func:`geounet.engines.make_backend`).
+    checkpoint : the checkpoint file the model came from (keys the export cache); None for a
+        model built in memory (exported to a temporary folder).
+    backend : an already opened engine backend to share (runners of other bands).
 
     Attributes
     ----------
@@ -140,13 +143,27 @@ class ModelRunner:
     """
 
     def __init__(
-        self, model: UNet, card: ModelCard, device: str = "auto", precision: Precision = "auto"
+        self,
+        model: UNet,
+        card: ModelCard,
+        device: str = "auto",
+        precision: Precision = "auto",
+        engine: Engine = "torch",
+        checkpoint: str | os.PathLike[str] | None = None,
+        backend: Any = None,
     ) -> None:
         import torch
+
+        from geounet.engines import make_backend, resolve_engine
 
         self.card = card
         self.device = resolve_device(device)
         self.precision = resolve_precision(precision, self.device)
+        self.engine = resolve_engine(engine, self.device.type, precision=self.precision)
+        if self.engine != "torch" and backend is None:
+            backend = make_backend(self.engine, model, checkpoint, len(card.bands),
+                                   self.precision, torch.get_num_threads())
+        self.backend = backend if self.engine != "torch" else None
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
@@ -169,7 +186,7 @@ class ModelRunner:
     def __repr__(self) -> str:
         return (
             f"ModelRunner(device={self.device}, precision={self.precision}, "
-            f"config={self.config})"
+            f"engine={self.engine}, config={self.config})"
         )
 
     def normalize(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
@@ -195,6 +212,11 @@ class ModelRunner:
         with self._lock:  # one forward at a time per process; torch threads do the parallelism
             self.calls += 1
             self.tiles += int(batch.shape[0])
+            if self.backend is not None:  # ONNX Runtime / OpenVINO: logits from the engine
+                logits_np = self.backend(np.ascontiguousarray(batch, dtype=np.float32))
+                with torch.inference_mode():
+                    probs = torch.softmax(torch.from_numpy(logits_np), dim=1)
+                    return probs.contiguous().numpy()
             with torch.inference_mode():
                 x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
                 if self.device.type == "cuda":
@@ -257,6 +279,7 @@ def get_runner(
     device: str = "auto",
     precision: Precision = "auto",
     bands: tuple[int, ...] | None = None,
+    engine: Engine = "torch",
 ) -> ModelRunner:
     """The process-wide runner for a checkpoint, loaded once, reused (ARCHITECTURE invariant 9).
 
@@ -266,6 +289,8 @@ def get_runner(
     device, precision : see :class:`ModelRunner`.
     bands : 1-based scene bands to read instead of the model card's (same count). Runners
         for other bands share the one loaded model.
+    engine : ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (:mod:`geounet.engines`);
+        the export is made here, on the worker, once per process and cached on disk.
 
     Examples
     --------
@@ -283,12 +308,13 @@ def get_runner(
         stamp: Any = (stat.st_mtime_ns, stat.st_size)
     except OSError:
         stamp = None
-    key = (str(path.resolve()), stamp, str(device), str(precision))
+    key = (str(path.resolve()), stamp, str(device), str(precision), str(engine))
     with _RUNNER_LOCK:
         runner = _RUNNERS.get(key)
         if runner is None:
             model, card = load_checkpoint(path, map_location="cpu")
-            runner = ModelRunner(model, card, device=device, precision=precision)
+            runner = ModelRunner(model, card, device=device, precision=precision,
+                                 engine=engine, checkpoint=path)
             _LOADS["count"] += 1
             _RUNNERS[key] = runner
             log.info("loaded %s as %r", path, runner)
@@ -299,7 +325,9 @@ def get_runner(
         if view is None:  # the same loaded model; only the card's band list differs
             card = dataclasses.replace(runner.card, bands=band_key[-1])
             view = ModelRunner(runner.model, card, device=str(runner.device),
-                               precision=runner.precision)  # type: ignore[arg-type]
+                               precision=runner.precision,  # type: ignore[arg-type]
+                               engine=runner.engine,  # type: ignore[arg-type]
+                               backend=runner.backend)
             _RUNNERS[band_key] = view
         return view
 

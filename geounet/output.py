@@ -9,7 +9,8 @@ Layout (see docs/CONTRACTS.md, "Prediction store"):
 
 - ``probabilities`` (class, y, x): uint8 0-255 (``p * 255`` rounded) or float32; 0 at nodata
 - ``mask`` (y, x): uint8 class index, 255 = nodata
-- ``x``, ``y``: pixel-centre coordinates; ``spatial_ref``: CF grid mapping
+- ``x``, ``y``: pixel-centre coordinates (degrees lon/lat for a geographic CRS; absent for a
+  rotated grid); ``spatial_ref``: CF grid mapping with the full ``GeoTransform``
 - group attribute ``geounet``: classes, model card, chunk size, version
 """
 
@@ -26,7 +27,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from geounet.config import ProbabilityDtype, choices
+from geounet.config import NODATA_CLASS, ProbabilityDtype, choices
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
 
 log = logging.getLogger(__name__)
@@ -35,11 +36,10 @@ OutputFormat = Literal["zarr", "tif"]
 """Prediction output formats, chosen by the output path's suffix."""
 
 SUFFIXES: dict[str, OutputFormat] = {".zarr": "zarr", ".tif": "tif", ".tiff": "tif"}
-NODATA_CLASS = 255
-"""Value of the class mask (Zarr ``mask``, COG band 1) where the scene has no valid data."""
 COG_BLOCK_SIZE = 512
 _DONE_DIR = "_geounet_done"
 _TMP_TAG = ".geounet-partial"
+_OUTPUTS_FILE = "outputs.record"  # in _DONE_DIR; not *.json, which are chunk markers
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,42 @@ def _pixel_transform(transform: tuple[float, ...] | None) -> tuple[float, ...]:
     return tuple(transform[:6]) if transform is not None else (1.0, 0.0, 0.0, 0.0, 1.0, 0.0)
 
 
+def _axis_coordinates(
+    crs_wkt: str | None, transform: tuple[float, ...], height: int, width: int
+) -> list[tuple[str, np.ndarray, dict[str, Any]]]:
+    """The 1-D ``x``/``y`` pixel-centre coordinates a store gets, with CF attributes.
+
+    A north-up grid gets both, labelled by the CRS: ``longitude``/``latitude`` in
+    ``degrees_east``/``degrees_north`` for a geographic CRS, ``projection_x/y_coordinate`` in
+    the CRS's linear unit otherwise, ``pixel`` without a CRS. A rotated or sheared grid gets
+    none: no 1-D coordinate can say where its pixels are, and one that ignored the rotation
+    would make ``xarray.sel`` silently wrong. The full transform is always in the grid
+    mapping's ``GeoTransform`` (what rioxarray's ``.rio.transform()`` reads).
+    """
+    from geounet.georef import is_geographic, rotated, units_name
+
+    a, b, c, d, e, f = transform
+    if rotated(transform):
+        return []
+    xs = c + a * (np.arange(width) + 0.5)
+    ys = f + e * (np.arange(height) + 0.5)
+    if not crs_wkt:
+        return [(name, values, {"axis": name.upper(), "units": "pixel", "standard_name": name})
+                for name, values in (("x", xs), ("y", ys))]
+    if is_geographic(crs_wkt):
+        return [
+            ("x", xs, {"axis": "X", "units": "degrees_east", "standard_name": "longitude",
+                       "long_name": "longitude"}),
+            ("y", ys, {"axis": "Y", "units": "degrees_north", "standard_name": "latitude",
+                       "long_name": "latitude"}),
+        ]
+    unit = units_name(crs_wkt)
+    return [(name, values, {"axis": name.upper(), "units": unit,
+                            "standard_name": f"projection_{name}_coordinate",
+                            "long_name": f"{name} coordinate of projection"})
+            for name, values in (("x", xs), ("y", ys))]
+
+
 def create_store(
     path: str | os.PathLike[str],
     *,
@@ -237,19 +273,14 @@ def create_store(
         attributes={**geo_attrs, "nodata": NODATA_CLASS, "classes": list(classes),
                     "long_name": "class index"},
     )
-    # Pixel-centre coordinates of a north-up grid (rotation terms are kept in GeoTransform).
-    xs = c + a * (np.arange(width) + 0.5)
-    ys = f + e * (np.arange(height) + 0.5)
-    unit = "metre" if crs_wkt else "pixel"
-    for name, values in (("x", xs), ("y", ys)):
+    for name, values, attributes in _axis_coordinates(crs_wkt, (a, b, c, d, e, f), height, width):
         arr = group.create_array(
             name,
             shape=values.shape,
             chunks=values.shape,
             dtype="float64",
             dimension_names=(name,),
-            attributes={"axis": name.upper(), "units": unit,
-                        "standard_name": f"projection_{name}_coordinate" if crs_wkt else name},
+            attributes=attributes,
         )
         arr[:] = values
     ref_attrs: dict[str, Any] = {"GeoTransform": f"{c} {a} {b} {f} {d} {e}"}
@@ -310,6 +341,39 @@ def done_chunks(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
         except (OSError, ValueError):  # a marker cut short by a kill: recompute that chunk
             continue
     return done
+
+
+def _output_record(path: str | os.PathLike[str]) -> dict[str, Any]:
+    stat = os.stat(path)
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def record_output(store: str | os.PathLike[str], path: str | os.PathLike[str]) -> None:
+    """Note in a (temporary) store that ``path`` was written from it (size and time), so a
+    resumed run does not redo it or refuse it as an existing output."""
+    folder = Path(store) / _DONE_DIR
+    if not folder.is_dir():
+        return
+    (folder / _OUTPUTS_FILE).write_text(
+        json.dumps({**read_outputs(store), os.path.abspath(path): _output_record(path)}))
+
+
+def read_outputs(store: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:
+    """Outputs recorded by :func:`record_output` (absolute path -> record)."""
+    try:
+        data = json.loads((Path(store) / _DONE_DIR / _OUTPUTS_FILE).read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def recorded_output(store: str | os.PathLike[str], path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is still exactly the file :func:`record_output` noted in ``store``."""
+    record = read_outputs(store).get(os.path.abspath(path))
+    try:
+        return record is not None and record == _output_record(path)
+    except OSError:
+        return False
 
 
 def chunk_id(y0: int, x0: int) -> str:
@@ -376,6 +440,57 @@ def finalize_store(path: str | os.PathLike[str]) -> None:
         zarr.consolidate_metadata(str(path))
 
 
+CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
+    "background": (0, 0, 0),
+    "buildings": (255, 40, 40),
+    "roads": (255, 220, 0),
+}
+"""Display colours of known classes in the COG's colour table (others get a fixed palette);
+the same as the quicklook's outlines (``geounet.quicklook.LAYER_COLORS``)."""
+_PALETTE = ((31, 119, 180), (44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194),
+            (127, 127, 127), (188, 189, 34), (23, 190, 207))
+
+
+def class_colours(classes: tuple[str, ...] | list[str]) -> list[tuple[int, int, int]]:
+    """RGB display colour of each class, index = class value."""
+    return [CLASS_COLOURS.get(name, _PALETTE[i % len(_PALETTE)]) for i, name in enumerate(classes)]
+
+
+def class_band_pam(classes: tuple[str, ...] | list[str]) -> str:
+    """GDAL PAM XML (``.aux.xml``) making band 1 categorical: colour table (nodata 255
+    transparent), category names and a thematic raster attribute table."""
+    from xml.etree import ElementTree as ET
+
+    root = ET.Element("PAMDataset")
+    band = ET.SubElement(root, "PAMRasterBand", band="1")
+    names = ET.SubElement(band, "CategoryNames")
+    colours = class_colours(classes)
+    for value in range(NODATA_CLASS + 1):
+        name = classes[value] if value < len(classes) else ""
+        ET.SubElement(names, "Category").text = "nodata" if value == NODATA_CLASS else name
+    table = ET.SubElement(band, "ColorTable")
+    for value in range(NODATA_CLASS + 1):
+        r, g, b = colours[value] if value < len(classes) else (0, 0, 0)
+        alpha = 255 if value < len(classes) else 0
+        ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(alpha))
+    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
+    # GDAL field types: 0 integer, 2 string; usages: 5 MinMax, 2 Name, 6-8 Red/Green/Blue
+    fields = [("value", 0, 5), ("class", 2, 2), ("red", 0, 6), ("green", 0, 7), ("blue", 0, 8)]
+    for index, (name, kind, usage) in enumerate(fields):
+        defn = ET.SubElement(rat, "FieldDefn", index=str(index))
+        ET.SubElement(defn, "Name").text = name
+        ET.SubElement(defn, "Type").text = str(kind)
+        ET.SubElement(defn, "Usage").text = str(usage)
+    rows = [(v, classes[v], *colours[v]) for v in range(len(classes))]
+    rows.append((NODATA_CLASS, "nodata", 0, 0, 0))
+    for index, row in enumerate(rows):
+        element = ET.SubElement(rat, "Row", index=str(index))
+        for value in row:
+            ET.SubElement(element, "F").text = str(value)
+    ET.indent(root)
+    return ET.tostring(root, encoding="unicode") + "\n"
+
+
 def open_prediction(path: str | os.PathLike[str]) -> Any:
     """Open a prediction store as an ``xarray.Dataset`` (CRS via rioxarray's ``.rio``).
 
@@ -403,7 +518,12 @@ def write_cog(
     """Write a Cloud-Optimized GeoTIFF from a prediction store, streaming chunk by chunk.
 
     Band 1 is the class index (255 at nodata), bands 2..K+1 the class probabilities (band
-    descriptions are the class names); nodata is also an internal mask. Memory holds one
+    descriptions are the class names). The bands are grey (band 1) and undefined (TIFF
+    photometric MINISBLACK), never RGB or alpha. Nodata is declared as the dataset's internal
+    mask (one GeoTIFF nodata value would also hide probability 255 = 1.0 in bands 2..K+1).
+    A GDAL sidecar ``OUT.aux.xml`` gives band 1 a colour table, category names and a thematic
+    raster attribute table (value, class, colour), so GIS tools show it as categories; GDAL
+    keeps none of these inside a multi-band GeoTIFF. Memory holds one
     store chunk at a time: the bands are first written block by block into a tiled GeoTIFF,
     then GDAL's COG driver copies it with overviews (nearest resampling) into place.
 
@@ -421,6 +541,7 @@ def write_cog(
     import rasterio.shutil
     import zarr
     from affine import Affine
+    from rasterio.enums import ColorInterp
     from rasterio.windows import Window
 
     out = Path(out)
@@ -450,6 +571,8 @@ def write_cog(
         "blockysize": block_size,
         "compress": "ZSTD" if compress.upper() == "ZSTD" else "DEFLATE",
         "BIGTIFF": "IF_SAFER",
+        # grey + undefined bands: GDAL's default for 4 uint8 bands is RGB + alpha
+        "photometric": "MINISBLACK",
     }
     if crs_wkt:
         profile["crs"] = crs_wkt
@@ -461,6 +584,7 @@ def write_cog(
     try:
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
             with rasterio.open(staging, "w", **profile) as dst:
+                dst.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * num_classes
                 dst.descriptions = ("class", *classes)
                 dst.update_tags(1, classes=",".join(classes), nodata_class=str(NODATA_CLASS))
                 for y0 in range(0, height, chunk):
@@ -487,9 +611,14 @@ def write_cog(
                 OVERVIEW_RESAMPLING="NEAREST",
                 BIGTIFF="IF_SAFER",
             )
+        aux = Path(f"{out}.aux.xml")
+        partial_aux = temporary_path(out, ".aux.xml")
+        partial_aux.write_text(class_band_pam(classes))
+        os.replace(partial_aux, aux)
         replace_path(partial, out)
     finally:
         remove_path(staging)
         remove_path(partial)
+        remove_path(temporary_path(out, ".aux.xml"))
     log.info("wrote COG %s (%d x %d, %d bands)", out, width, height, num_classes + 1)
     return out

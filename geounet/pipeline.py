@@ -21,11 +21,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
 
 from geounet.cluster import LocalScheduler, SchedulerLike
-from geounet.config import Precision, ProbabilityDtype, ResampleMode, Resampling, choices
+from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 from geounet.errors import (
     GeoreferenceError,
     GeounetError,
     InputError,
+    OutputExistsError,
+    PredictionKeptError,
     TileSizeError,
 )
 from geounet.output import StoreSpec
@@ -91,6 +93,7 @@ class RunnerSpec:
     device: str = "auto"
     precision: Precision = "auto"
     bands: tuple[int, ...] | None = None
+    engine: Engine = "torch"
 
 
 @dataclass(frozen=True)
@@ -143,7 +146,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     start = time.perf_counter()
     chunk = task.chunk
     spec = task.runner
-    runner = get_runner(spec.model, spec.device, spec.precision, spec.bands)
+    runner = get_runner(spec.model, spec.device, spec.precision, spec.bands, engine=spec.engine)
     result = predict_chunk(task.info, chunk, task.grid, runner,
                            batch_size=_batch_size(runner, task.batch_size))
     pixels = int(chunk.height * chunk.width)
@@ -176,6 +179,18 @@ def _check_device(device: str, precision: Precision) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
         resolve_precision(precision, resolve_device(device))
+
+
+def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
+    """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
+    from geounet.engines import resolve_engine
+    from geounet.inference import resolve_device, resolve_precision
+
+    torch_device = resolve_device(device)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
+        resolved = resolve_precision(precision, torch_device)
+    resolve_engine(engine, torch_device.type, precision=resolved)
 
 
 def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -211,6 +226,7 @@ def plan_prediction(
     resample: ResampleMode = "auto",
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
+    engine: Engine = "torch",
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward) and plan its grid.
 
@@ -244,6 +260,11 @@ def plan_prediction(
         raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
     if check_device:
         _check_device(device, precision)
+        _check_engine(engine, device, precision)
+    elif engine not in choices(Engine):
+        raise InputError(
+            f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one."
+        )
     info = open_scene(str(scene))
     if info.georef == "rpcs" and not allow_no_crs:
         raise GeoreferenceError(
@@ -289,7 +310,8 @@ def plan_prediction(
         card.architecture, info.height, info.width, chunk_size=chunk_size, tile_size=tile_size
     )
     tile_size = grid.tile_size
-    runner = RunnerSpec(str(model_path), device, precision, bands)
+    chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
+    runner = RunnerSpec(str(model_path), device, precision, bands, engine)
     run = {
         "scene": _fingerprint(scene),
         "model": _fingerprint(model_path),
@@ -297,6 +319,7 @@ def plan_prediction(
         "chunk_size": chunk_size,
         "tile_size": tile_size,
         "precision": precision,
+        "engine": engine,
         "probability_dtype": probability_dtype,
         "threshold": threshold,
         # as JSON gives them back, so a resumed run compares equal to its stored record
@@ -438,6 +461,7 @@ def predict(
     resample: ResampleMode = "auto",
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
+    engine: Engine = "torch",
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -471,6 +495,9 @@ def predict(
     rescale : map the scene's values into the model's range: ``"percentile"``,
         ``"percentile:LOW,HIGH"``, ``"bits"``, ``"bits:N"``, ``"MIN,MAX"`` or ``(min, max)``;
         required when the scene's data type differs from the model's.
+    engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto`` (a rule on the
+        CPU and the installed packages) (:mod:`geounet.engines`; exported on the worker,
+        cached next to the checkpoint).
 
     Returns
     -------
@@ -486,23 +513,23 @@ def predict(
 
     start = time.perf_counter()
     fmt = output.check_output(out, overwrite=overwrite)
+    store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
+    _check_partial_store(store_path, resume=resume, overwrite=overwrite)
     plan = plan_prediction(
         scene, model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
         device=device, precision=precision, probability_dtype=probability_dtype,
         threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
         resample=resample, resampling=resampling, rescale=rescale,
+        engine=engine,
     )
     out = Path(out)
-    store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
     chunks, skipped, resumed = _compute_store(
         plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
         batch_size=batch_size, resume=resume, client=client, workers=workers, progress=progress,
     )
-    try:  # once finalized the store cannot be resumed: a failure from here on removes it
-        output.finalize_store(store_path)
+    with _prediction_kept(store_path, "writing " + str(out)):
         _publish_raster(store_path, out, fmt, overwrite=overwrite)
-    finally:
-        output.remove_path(store_path)
+    output.remove_path(store_path)
     result = PredictResult(
         out=out,
         pixels=plan.info.height * plan.info.width,
@@ -548,8 +575,16 @@ def segment(
         raise InputError(
             f"output {str(out_gpkg)!r} is not a GeoPackage; name it with the .gpkg suffix."
         )
-    output.check_new_path(out_gpkg, overwrite=overwrite)
-    fmt = output.check_output(raster_out, overwrite=overwrite) if raster_out is not None else None
+    fmt = output.output_format(raster_out) if raster_out is not None else None
+    anchor = Path(raster_out) if raster_out is not None else out_gpkg
+    store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
+    # vectors the interrupted run already finished (it stopped later, writing the COG)
+    vectors_done = bool(predict_options.get("resume")) and output.recorded_output(store_path,
+                                                                                  out_gpkg)
+    if not vectors_done:
+        output.check_new_path(out_gpkg, overwrite=overwrite)
+    if raster_out is not None:
+        output.check_output(raster_out, overwrite=overwrite)
     from geounet.vectorization import vectorize
 
     allowed = {name for name, param in inspect.signature(predict).parameters.items()
@@ -573,6 +608,7 @@ def segment(
                                                 "batch_size") if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
     threshold = predict_options.get("threshold")
+    _check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
     plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
     if plan.info.crs_wkt is None:  # allow_no_crs let predict through; polygons need a CRS
         raise GeoreferenceError(
@@ -580,23 +616,26 @@ def segment(
             "need one; assign a CRS to the scene (e.g. gdal_edit.py -a_srs EPSG:32633), or run "
             "`geounet predict --allow-no-crs` for a prediction raster in pixel coordinates."
         )
-    anchor = Path(raster_out) if raster_out is not None else out_gpkg
-    store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
     chunks, skipped, resumed = _compute_store(
         plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
         batch_size=keep.get("batch_size"), resume=keep.get("resume", False),
         client=keep.get("client"), workers=keep.get("workers"), progress=keep.get("progress"),
     )
     extra: tuple[Path, ...] = ()
-    try:  # once finalized the store cannot be resumed: a failure from here on removes it
-        output.finalize_store(store_path)
-        vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
-        if raster_out is not None:
-            raster_out = Path(raster_out)
+    # The store stays resumable (completion markers kept) until every output is written: a
+    # failure or Ctrl-C while vectorizing or writing the COG keeps it for --resume.
+    if vectors_done:
+        log.info("%s was finished by the interrupted run; not vectorizing again", out_gpkg)
+    else:
+        with _prediction_kept(store_path, "vectorizing into " + str(out_gpkg)):
+            vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
+        output.record_output(store_path, out_gpkg)  # a resume after a COG failure keeps it
+    if raster_out is not None:
+        raster_out = Path(raster_out)
+        with _prediction_kept(store_path, "writing " + str(raster_out)):
             _publish_raster(store_path, raster_out, fmt, overwrite=overwrite)
-            extra = (raster_out,)
-    finally:
-        output.remove_path(store_path)
+        extra = (raster_out,)
+    output.remove_path(store_path)
     result = PredictResult(
         out=out_gpkg,
         pixels=plan.info.height * plan.info.width,
@@ -611,10 +650,60 @@ def segment(
 
 
 def _publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> None:
-    """Move a finished store into place as ``out`` (.zarr), or stream it into a COG (.tif)."""
+    """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
+    into a COG (.tif); the store is left in place, still resumable, for a COG."""
     from geounet import output
 
     if fmt == "zarr":
+        output.finalize_store(store)
         output.replace_path(store, out)
     else:
         output.write_cog(store, out, overwrite=overwrite)
+
+
+def _check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to silently discard an interrupted run's store: name ``--resume`` and
+    ``--overwrite`` (which discards it; :func:`_compute_store` does that).
+
+    Raises
+    ------
+    OutputExistsError
+        When ``store_path`` exists and neither ``resume`` nor ``overwrite`` is set.
+    """
+    from geounet import output
+
+    if resume or overwrite or not store_path.exists():
+        return
+    done = len(output.done_chunks(store_path))
+    raise OutputExistsError(
+        f"an interrupted run left a partial prediction in {str(store_path)!r} ({done} "
+        "chunk(s) done); pass resume=True (--resume) to finish it with the same settings, or "
+        "overwrite=True (--overwrite) to discard it and start over."
+    )
+
+
+RESUME_HINT = "rerun the same command with --resume (resume=True) to finish the job"
+
+
+@contextlib.contextmanager
+def _prediction_kept(store_path: Path, step: str) -> Iterator[None]:
+    """Around a step after prediction: any failure or Ctrl-C keeps the finished prediction
+    (its store stays under the resumable name) and says how to finish the job.
+
+    A failure becomes :class:`PredictionKeptError` (``store`` names the kept store); a
+    ``KeyboardInterrupt`` is logged with the same hint, tagged with ``geounet_kept_store`` and
+    re-raised (the CLI prints the exact command to run).
+    """
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        log.error("interrupted while %s; the finished prediction is kept in %s: %s",
+                  step, store_path, RESUME_HINT)
+        exc.geounet_kept_store = str(store_path)  # type: ignore[attr-defined]
+        raise
+    except Exception as exc:
+        raise PredictionKeptError(
+            f"{step} failed ({exc}); the finished prediction is kept in {str(store_path)!r}: "
+            f"fix the cause, then {RESUME_HINT} without predicting again.",
+            store=str(store_path),
+        ) from exc

@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from geounet.config import DType, choices
+from geounet.config import DEFAULT_CLASSES, NODATA_CLASS, DType, choices
 from geounet.errors import GeoreferenceError, InputError, OutputExistsError
 
 logger = logging.getLogger(__name__)
@@ -46,8 +46,8 @@ MASK_NAME = "truth_mask.tif"
 SUMMARY_NAME = "synth.json"
 OUTPUT_NAMES = (SCENE_NAME, TRUTH_NAME, MASK_NAME, SUMMARY_NAME)
 
-CLASS_NAMES = ("background", "buildings", "roads")
-MASK_NODATA = 255
+CLASS_NAMES = DEFAULT_CLASSES
+MASK_NODATA = NODATA_CLASS
 SCENE_NODATA = 0  # valid pixels are always >= 1
 NOISE_BLOCK = 256  # sensor noise is seeded per block of this size on the global grid
 _HALO = 4  # context pixels per side for the blur (radius 2)

@@ -86,3 +86,61 @@ def write_scene(
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
+
+
+def regrid(
+    src: str | Path,
+    dst: str | Path,
+    *,
+    crs: str | None = None,
+    rotation: float = 0.0,
+) -> Path:
+    """Copy a GeoTIFF's pixels, tags and nodata unchanged under another georeferencing.
+
+    The pixels stay where they are on the ground (to well under a pixel over test-sized
+    scenes), so the source's truth stays aligned with the copy:
+
+    - ``crs="EPSG:4326"`` (any geographic CRS): a north-up lon/lat grid centred on the
+      source's centre, with degree steps giving the source's metre pixel sides there
+      (geodesic, :mod:`geounet.georef`);
+    - ``rotation`` (degrees, counter-clockwise, same CRS): the grid turned about its
+      upper-left corner, i.e. a transform with rotation terms.
+
+    Examples
+    --------
+    >>> regrid("scene.tif", "scene_4326.tif", crs="EPSG:4326")  # doctest: +SKIP
+    >>> regrid("scene.tif", "scene_rot.tif", rotation=20)  # doctest: +SKIP
+    """
+    import rasterio
+    from affine import Affine
+    from pyproj import Transformer
+
+    from geounet.georef import pixel_sides_m
+
+    with rasterio.open(src) as s:
+        profile = s.profile.copy()
+        data = s.read()
+        tags = s.tags()
+        band_tags = [s.tags(i + 1) for i in range(s.count)]
+        descriptions = s.descriptions
+        t, height, width = s.transform, s.height, s.width
+        source_crs = s.crs
+    if crs is not None:
+        col_m, row_m = pixel_sides_m(source_crs.to_wkt(), tuple(t)[:6], width / 2, height / 2)
+        centre = t * (width / 2, height / 2)
+        lon, lat = Transformer.from_crs(source_crs.to_wkt(), crs, always_xy=True).transform(
+            *centre)
+        east, north = pixel_sides_m(crs, (1.0, 0.0, lon, 0.0, 1.0, lat), 0, 0)  # m per degree
+        dlon, dlat = col_m / east, row_m / north
+        transform = Affine(dlon, 0.0, lon - dlon * width / 2, 0.0, -dlat, lat + dlat * height / 2)
+        profile.update(crs=crs, transform=transform)
+    if rotation:
+        profile.update(transform=profile["transform"] * Affine.rotation(-rotation))
+    dst = Path(dst)
+    with rasterio.open(dst, "w", **profile) as d:
+        d.write(data)
+        d.update_tags(**tags)
+        for i, band in enumerate(band_tags):
+            d.update_tags(i + 1, **band)
+        d.descriptions = descriptions
+    return dst

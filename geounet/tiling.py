@@ -322,6 +322,33 @@ class TileGrid:
         return total * self.tile_size**2 / (self.height * self.width)
 
 
+def round_chunk_size(chunk_size: int, core: int) -> int:
+    """A chunk side made of whole tile cores: ``chunk_size`` rounded to the nearest multiple
+    of ``core`` (halves round up), at least one core.
+
+    With chunk seams on tile-core boundaries every valid-padding tile belongs to exactly one
+    chunk, so no model pixel is computed twice whatever chunk size is asked for.
+
+    Examples
+    --------
+    >>> round_chunk_size(2048, 1024), round_chunk_size(2000, 448), round_chunk_size(100, 448)
+    (2048, 1792, 448)
+    """
+    if core <= 0:
+        raise TileSizeError(f"tile core {core} is not positive; give a core of 1 pixel or more.")
+    return max(1, (2 * chunk_size + core) // (2 * core)) * core
+
+
+def model_pixels_per_output_pixel(grid: TileGrid) -> float:
+    """Model input pixels computed per scene pixel output by a run over ``grid``.
+
+    A pure count from the tile plan (:meth:`TileGrid.overlap_overhead`): every tile each chunk
+    runs, tiles that two chunks both need counted twice, divided by the scene's pixels.
+    ``benchmarks/bench_plan.py`` reports it for the default settings.
+    """
+    return grid.overlap_overhead()
+
+
 def _nearest_multiples(value: int, step: int) -> str:
     """Say which multiples of ``step`` are nearest to ``value``: ``"496 or 512"``."""
     low = (value // step) * step
@@ -396,6 +423,10 @@ def plan_tiles(
         alignment not above the output (the few extra output pixels are discarded).
         ``same``: a multiple of the alignment larger than ``2*halo``.
         In both modes the tile core (stride) must not exceed ``chunk_size``.
+        ``valid``: the chunk side is then rounded to a whole number of tile cores
+        (:func:`round_chunk_size`: nearest multiple, at least one), so chunk seams lie on
+        tile-core boundaries and no tile is computed by two chunks; ``grid.chunk_size`` is
+        the side used. ``same``: the chunk side is kept (see docs/engine.md for why).
     halo : ``same`` only: blending overlap per side (default ``config.halo``), a multiple of
         the alignment. In ``valid`` mode the halo is the model's and cannot be changed.
 
@@ -438,15 +469,7 @@ def plan_tiles(
                 f"of at most {_valid_input_for_core(config, chunk_size)} or a chunk size of at "
                 f"least {stride}."
             )
-        if chunk_size % stride:
-            import warnings
-
-            warnings.warn(
-                f"tile core {stride} does not divide chunk size {chunk_size}: tiles on chunk "
-                f"seams are computed by both chunks; tile size "
-                f"{_valid_input_for_core(config, _default_core(chunk_size, a))} avoids that.",
-                stacklevel=2,
-            )
+        chunk_size = round_chunk_size(chunk_size, stride)
         return TileGrid(height, width, chunk_size, tile_size, config.halo, stride, "valid", a)
     halo = config.halo if halo is None else halo
     if tile_size % a or tile_size <= 2 * halo:

@@ -120,7 +120,8 @@ def test_segment_writes_gpkg_and_optional_raster(make_scene: Callable[..., Path]
     assert {"buildings", "roads"} <= layers
     with rasterio.open(scene) as src:
         assert pyogrio.read_info(out, layer="buildings")["crs"] == f"EPSG:{src.crs.to_epsg()}"
-    expected = sorted([scene.name, out.name, *([raster] if raster else [])])
+    sidecar = [f"{raster}.aux.xml"] if raster and raster.endswith(".tif") else []
+    expected = sorted([scene.name, out.name, *([raster] if raster else []), *sidecar])
     assert sorted(p.name for p in tmp_path.iterdir()) == expected
 
 
@@ -214,3 +215,21 @@ def test_progress_bar_draws_chunks_and_rate_only_when_enabled() -> None:
     with ChunkProgress(False, stream=quiet) as bar:
         bar(1, 4, 10)
     assert quiet.getvalue() == ""
+
+
+def test_missing_engine_is_one_line_naming_the_extra(
+    make_scene: Callable[..., Path], tmp_path: Path, model: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--engine openvino without the package: one line naming `pip install geounet[openvino]`,
+    before any work (nothing written)."""
+    from geounet import engines
+
+    monkeypatch.setattr(engines, "engine_installed", lambda name: name == "torch")
+    scene = make_scene(70, 60)
+    before = sorted(p.name for p in tmp_path.iterdir())
+    result = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "p.zarr"),
+                                      "--model", str(model), *FAST, "--engine", "openvino"])
+    assert result.exit_code == 1, result.output
+    lines = result.output.strip().splitlines()
+    assert len(lines) == 1 and "pip install geounet[openvino]" in lines[0], lines
+    assert sorted(p.name for p in tmp_path.iterdir()) == before

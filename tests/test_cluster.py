@@ -34,7 +34,24 @@ def test_configure_threads_never_oversubscribes() -> None:
 def test_local_cluster_never_has_more_workers_than_tasks() -> None:
     import torch
 
-    with cluster.scheduler(None, tasks=1) as client:
+    with cluster.scheduler(None, workers=1, tasks=1) as client:
         assert len(client.scheduler_info()["workers"]) == 1
         threads = client.run(torch.get_num_threads)
         assert list(threads.values()) == [cluster.available_cores()]
+
+
+def test_one_worker_job_runs_in_process_without_a_cluster() -> None:
+    """A local run that would get one worker process (one chunk) runs the same delayed tasks
+    in this process: no LocalCluster start (issue 11, fixed cost), torch gets every core."""
+    import dask
+    import torch
+
+    old = torch.get_num_threads()
+    try:
+        with cluster.scheduler(None, tasks=1) as on:
+            assert on == "synchronous"
+            assert torch.get_num_threads() == cluster.available_cores()
+            records = cluster.run_tasks([dask.delayed(sum)([1, 2])], on)
+        assert records == [3]
+    finally:
+        torch.set_num_threads(old)

@@ -188,3 +188,94 @@ def test_match_objects_is_one_to_one():
     pred = [box(0, 0, 10, 10), box(0, 0, 10, 9)]
     scores = match_objects(pred, truth, 0.5)
     assert (scores.tp, scores.fp, scores.fn) == (1, 1, 0)
+
+
+# --------------------------------------------------------------------------- metres in any CRS
+
+
+def _shifted_copy(src: Path, dst: Path, shift: int) -> Path:
+    """The same class mask with every road pixel moved ``shift`` pixels to the right."""
+    with rasterio.open(src) as s:
+        profile, mask = s.profile, s.read(1)
+    roads = mask == 2
+    moved = np.zeros_like(roads)
+    moved[:, shift:] = roads[:, :-shift]
+    out = np.where(roads, 0, mask)
+    out = np.where(moved & (mask != 255), 2, out).astype(np.uint8)
+    with rasterio.open(dst, "w", **profile) as d:
+        d.write(out, 1)
+    return dst
+
+
+@pytest.fixture(scope="module")
+def geo_masks(tmp_path_factory):
+    """Truth masks of two synthetic scene sizes, as UTM and as EPSG:4326 (same pixels), each
+    with a copy whose roads are shifted by 5 px = 2.5 m."""
+    from geounet.synth import synthesize_scene
+    from geounet.testing import regrid
+
+    root = tmp_path_factory.mktemp("geo_masks")
+    out = {}
+    for size in (384, 1024):
+        synthesize_scene(root / f"s{size}", size=size, seed=5)
+        utm = root / f"s{size}" / "truth_mask.tif"
+        geo = regrid(utm, root / f"geo{size}.tif", crs="EPSG:4326")
+        out[size] = {
+            "utm": (utm, _shifted_copy(utm, root / f"utm{size}_shift.tif", 5)),
+            "geo": (geo, _shifted_copy(geo, root / f"geo{size}_shift.tif", 5)),
+        }
+    return out
+
+
+def test_tolerance_is_metres_in_a_geographic_crs(geo_masks):
+    """2 m does not reach a road moved by 2.5 m, 3 m does, in UTM and in EPSG:4326 alike (a
+    tolerance taken as 2 degrees would match everything)."""
+    # roads across the shift stop matching at 2 m; those along it keep matching
+    for tolerance, low, high in ((2.0, 0.0, 0.8), (3.0, 0.9, 1.0)):
+        scores = {}
+        for kind in ("utm", "geo"):
+            truth, pred = geo_masks[384][kind]
+            report = evaluate(pred, truth, centerline_tolerance=tolerance, window_size=128)
+            scores[kind] = report.centerline
+        assert low <= scores["utm"].f1 <= high, (tolerance, scores["utm"])
+        assert scores["geo"].f1 == pytest.approx(scores["utm"].f1, abs=0.01)
+        assert scores["geo"].precision == pytest.approx(scores["utm"].precision, abs=0.01)
+
+
+def test_geographic_evaluate_memory_does_not_grow_with_the_scene(geo_masks):
+    """Peak Python memory of evaluate over a 1024^2 EPSG:4326 scene stays that of a 384^2 one
+    (7x the pixels): windows and their halo are bounded, whatever the scene size."""
+    import tracemalloc
+
+    peaks = {}
+    for size in (384, 1024):
+        truth, pred = geo_masks[size]["geo"]
+        evaluate(pred, truth, window_size=128)  # warm imports and caches
+        tracemalloc.start()
+        report = evaluate(pred, truth, window_size=128)
+        peaks[size] = tracemalloc.get_traced_memory()[1]
+        tracemalloc.stop()
+        assert report.centerline.true_total > 0
+    whole_scene = 1024 * 1024  # one uint8 copy of the larger scene
+    assert peaks[1024] < 1.5 * peaks[384] + 2**20, peaks
+    assert peaks[1024] - peaks[384] < whole_scene, peaks
+
+
+def test_vector_truth_on_a_rotated_grid(tmp_path):
+    """Labels burnt onto a rotated prediction grid land where its transform says, in every
+    window (window footprints are taken from all four corners)."""
+    from affine import Affine
+    from rasterio.features import shapes
+    from shapely.geometry import shape
+
+    rotated = TRANSFORM * Affine.rotation(35)
+    mask = scene_truth()
+    pred = write_mask(tmp_path / "p.tif", mask, rotated)
+    buildings = [shape(g) for g, v in shapes(mask, mask=mask == 1, transform=rotated)]
+    roads = [shape(g) for g, v in shapes(mask, mask=mask == 2, transform=rotated)]
+    gpkg = tmp_path / "t.gpkg"
+    gpd.GeoDataFrame(geometry=buildings, crs=CRS).to_file(gpkg, layer="buildings")
+    gpd.GeoDataFrame(geometry=roads, crs=CRS).to_file(gpkg, layer="roads")
+    report = evaluate(pred, gpkg, window_size=64)
+    assert report.score("buildings").iou > 0.99 and report.score("roads").iou > 0.99
+    assert (report.objects.tp, report.objects.fp, report.objects.fn) == (9, 0, 0)

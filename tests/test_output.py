@@ -109,7 +109,8 @@ def test_cog_from_store_is_valid_and_georeferenced(tmp_path: Path, dtype: str) -
     probs, mask, valid = _fill_store(store, 300, 257, 128, dtype)
     output.finalize_store(store)
     cog = output.write_cog(store, tmp_path / "p.tif", block_size=64)
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "p.zarr"]  # no temporaries
+    # no temporaries; the sidecar carries the class band's categories
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "p.tif.aux.xml", "p.zarr"]
     with rasterio.open(cog) as src:
         assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
         assert src.block_shapes[0] == (64, 64)
@@ -166,3 +167,133 @@ def test_store_chunks_never_exceed_the_scene(tmp_path: Path) -> None:
     probs = np.full((3, 30, 50), 0.5, np.float32)
     output.write_chunk(spec, 0, 0, probs, np.ones((30, 50), np.uint8), np.ones((30, 50), bool))
     assert (group["mask"][:] == 1).all() and group.attrs["geounet"]["chunk_size"] == 1_000_000
+
+
+# --------------------------------------------------------------------------- GIS-clean COG
+
+
+def _gdal() -> object:
+    """The GDAL library rasterio itself runs on, through ctypes (the GDAL Python bindings are
+    not a geounet dependency): category names and raster attribute tables have no rasterio
+    API."""
+    import ctypes
+    import glob
+
+    import rasterio
+
+    base = Path(rasterio.__file__).parent
+    found = sorted(glob.glob(str(base.parent / "rasterio.libs" / "libgdal*.so*")))
+    if not found:
+        found = sorted(glob.glob(str(base / ".dylibs" / "libgdal*")))
+    if not found:
+        pytest.skip("rasterio is not a wheel with a bundled libgdal")
+    lib = ctypes.CDLL(found[0])
+    lib.GDALOpen.restype = ctypes.c_void_p
+    lib.GDALOpen.argtypes = [ctypes.c_char_p, ctypes.c_int]
+    lib.GDALGetRasterBand.restype = ctypes.c_void_p
+    lib.GDALGetRasterBand.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.GDALGetRasterColorInterpretation.argtypes = [ctypes.c_void_p]
+    lib.GDALGetColorInterpretationName.restype = ctypes.c_char_p
+    lib.GDALGetRasterCategoryNames.restype = ctypes.POINTER(ctypes.c_char_p)
+    lib.GDALGetRasterCategoryNames.argtypes = [ctypes.c_void_p]
+    lib.GDALGetRasterColorTable.restype = ctypes.c_void_p
+    lib.GDALGetRasterColorTable.argtypes = [ctypes.c_void_p]
+    lib.GDALGetColorEntryCount.argtypes = [ctypes.c_void_p]
+    lib.GDALGetDefaultRAT.restype = ctypes.c_void_p
+    lib.GDALGetDefaultRAT.argtypes = [ctypes.c_void_p]
+    lib.GDALRATGetRowCount.argtypes = [ctypes.c_void_p]
+    lib.GDALRATGetColumnCount.argtypes = [ctypes.c_void_p]
+    lib.GDALRATGetNameOfCol.restype = ctypes.c_char_p
+    lib.GDALRATGetNameOfCol.argtypes = [ctypes.c_void_p, ctypes.c_int]
+    lib.GDALRATGetValueAsString.restype = ctypes.c_char_p
+    lib.GDALRATGetValueAsString.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_int]
+    lib.GDALGetMaskFlags.argtypes = [ctypes.c_void_p]
+    lib.GDALClose.argtypes = [ctypes.c_void_p]
+    lib.GDALAllRegister()
+    return lib
+
+
+def test_cog_bands_are_grey_with_class_categories(tmp_path: Path) -> None:
+    """Issue 9 item 6: no RGB/alpha bands; nodata declared; the class band has a colour table,
+    category names and a thematic attribute table that GDAL itself reads back."""
+    import shutil
+
+    store = tmp_path / "p.zarr"
+    probs, mask, valid = _fill_store(store, 90, 70, 64)
+    cog = output.write_cog(store, tmp_path / "p.tif", block_size=64)
+    assert (tmp_path / "p.tif.aux.xml").is_file()
+    gdal = _gdal()
+    handle = gdal.GDALOpen(str(cog).encode(), 0)
+    assert handle
+    try:
+        band = gdal.GDALGetRasterBand(handle, 1)
+        # GDAL 3.10's GTiff band loads the .aux.xml lazily: the colour table query loads it,
+        # a first category-name query alone does not
+        assert gdal.GDALGetColorEntryCount(gdal.GDALGetRasterColorTable(band)) == 256
+        names = gdal.GDALGetRasterCategoryNames(band)
+        assert [names[i].decode() for i in range(3)] == list(CLASSES)
+        assert names[255].decode() == "nodata"
+        assert gdal.GDALGetColorEntryCount(gdal.GDALGetRasterColorTable(band)) == 256
+        rat = gdal.GDALGetDefaultRAT(band)
+        assert rat and gdal.GDALRATGetRowCount(rat) == 4
+        columns = [gdal.GDALRATGetNameOfCol(rat, i).decode()
+                   for i in range(gdal.GDALRATGetColumnCount(rat))]
+        assert columns[:2] == ["value", "class"]
+        rows = [(gdal.GDALRATGetValueAsString(rat, r, 0).decode(),
+                 gdal.GDALRATGetValueAsString(rat, r, 1).decode()) for r in range(4)]
+        assert rows == [("0", "background"), ("1", "buildings"), ("2", "roads"), ("255", "nodata")]
+        for index in range(2, 5):
+            b = gdal.GDALGetRasterBand(handle, index)
+            assert gdal.GDALGetColorInterpretationName(
+                gdal.GDALGetRasterColorInterpretation(b)).decode() == "Undefined"
+            assert gdal.GDALGetMaskFlags(b) == 0x02  # GMF_PER_DATASET: the nodata mask
+    finally:
+        gdal.GDALClose(handle)
+    with rasterio.open(cog) as src:
+        interp = src.colorinterp
+        assert interp[0] == rasterio.enums.ColorInterp.palette  # class indices + colour table
+        assert all(c == rasterio.enums.ColorInterp.undefined for c in interp[1:])
+        colours = src.colormap(1)
+        assert colours[1] == (*output.CLASS_COLOURS["buildings"], 255)
+        assert colours[255][3] == 0  # nodata transparent
+        assert src.mask_flag_enums[0] == [rasterio.enums.MaskFlags.per_dataset]
+        assert (src.read_masks(2)[~valid] == 0).all() and (src.read_masks(2)[valid] == 255).all()
+    # the TIFF alone (no sidecar, e.g. copied elsewhere): photometric grey, never RGB + alpha
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(cog, alone / "p.tif")
+    with rasterio.open(alone / "p.tif") as src:
+        assert src.colorinterp[0] == rasterio.enums.ColorInterp.gray
+        assert set(src.colorinterp[1:]) == {rasterio.enums.ColorInterp.undefined}
+        assert src.tags(ns="IMAGE_STRUCTURE").get("LAYOUT") == "COG"
+
+
+@pytest.mark.parametrize("geographic", [True, False])
+def test_zarr_axis_coordinates_follow_the_crs(tmp_path: Path, geographic: bool) -> None:
+    from rasterio.crs import CRS
+
+    wkt = CRS.from_epsg(4326 if geographic else 32633).to_wkt()
+    transform = (1e-5, 0.0, 15.0, 0.0, -1e-5, 45.0) if geographic else TRANSFORM
+    output.create_store(tmp_path / "p.zarr", height=20, width=30, classes=CLASSES,
+                        chunk_size=16, crs_wkt=wkt, transform=transform)
+    ds = output.open_prediction(tmp_path / "p.zarr")
+    x, y = ds.x.attrs, ds.y.attrs
+    if geographic:
+        assert (x["standard_name"], x["units"]) == ("longitude", "degrees_east")
+        assert (y["standard_name"], y["units"]) == ("latitude", "degrees_north")
+    else:
+        assert (x["standard_name"], x["units"]) == ("projection_x_coordinate", "metre")
+    assert ds.x.values[0] == pytest.approx(transform[2] + transform[0] / 2)
+    assert tuple(ds.rio.transform())[:6] == pytest.approx(transform)
+
+
+def test_rotated_store_has_no_lying_axis_coordinates(tmp_path: Path) -> None:
+    from affine import Affine
+
+    t = Affine(0.5, 0.0, 500_000.0, 0.0, -0.5, 5_000_000.0) * Affine.rotation(30)
+    output.create_store(tmp_path / "p.zarr", height=20, width=30, classes=CLASSES,
+                        chunk_size=16, crs_wkt=_crs_wkt(), transform=tuple(t)[:6])
+    ds = output.open_prediction(tmp_path / "p.zarr")
+    assert "x" not in ds.coords and "y" not in ds.coords
+    assert tuple(ds.rio.transform())[:6] == pytest.approx(tuple(t)[:6])
+    assert ds.mask.rio.crs.to_epsg() == 32633

@@ -16,7 +16,8 @@ from geounet.cli import options
 @click.option("--iou-threshold", type=click.FloatRange(0.0, 1.0, min_open=True), default=0.5,
               show_default=True, help="IoU a predicted building needs to match a true one.")
 @click.option("--centerline-tolerance", type=click.FloatRange(0.0), default=2.0,
-              show_default=True, help="Metres within which road centerlines count as matching.")
+              show_default=True, help="Ground metres within which road centerlines count as matching (any CRS, "
+                   "geodesic for lon/lat).")
 @click.option("--line-width", type=click.FloatRange(0.0, min_open=True), default=None,
               help="Metres; width of vector road lines without a 'width' attribute.")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None,

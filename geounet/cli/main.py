@@ -11,7 +11,7 @@ from typing import Any
 import click
 
 from geounet._version import __version__
-from geounet.errors import GeounetError
+from geounet.errors import GeounetError, PredictionKeptError
 
 # command name -> "module:attribute"; modules are imported only when the command runs,
 # so `geounet --help` never imports torch, dask or GDAL.
@@ -50,6 +50,10 @@ class GeounetCommandError(click.ClickException):
 class LazyGroup(click.Group):
     """A group whose subcommands are imported on first use."""
 
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        ctx.meta["geounet_argv"] = list(args)  # for the exact --resume command
+        return super().parse_args(ctx, args)
+
     def list_commands(self, ctx: click.Context) -> list[str]:
         return [name for name in COMMANDS if _module_exists(COMMANDS[name])]
 
@@ -84,14 +88,38 @@ def _translating(command: click.Command) -> click.Command:
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
+        except PredictionKeptError as exc:
+            logging.getLogger("geounet").debug("error details", exc_info=True)
+            raise GeounetCommandError(f"{exc} Finish with: {resume_command()}") from exc
         except GeounetError as exc:
             logging.getLogger("geounet").debug("error details", exc_info=True)
             raise GeounetCommandError(str(exc)) from exc
+        except KeyboardInterrupt as exc:
+            store = getattr(exc, "geounet_kept_store", None)
+            if store is None:
+                raise
+            click.echo(f"Interrupted; the finished prediction is kept in {store}. "
+                       f"Finish the job with: {resume_command()}", err=True)
+            raise click.exceptions.Exit(130) from None
 
     wrapped._geounet_wrapped = True  # type: ignore[attr-defined]
     wrapped.__doc__ = callback.__doc__
     command.callback = wrapped
     return command
+
+
+def resume_command() -> str:
+    """The command line of the running geounet command with ``--resume`` added (the exact
+    command that finishes a job whose prediction was kept)."""
+    import shlex
+
+    ctx = click.get_current_context(silent=True)
+    argv = list(ctx.find_root().meta.get("geounet_argv", [])) if ctx is not None else []
+    if not argv:
+        return "the same geounet command with --resume"
+    if "--resume" not in argv:
+        argv.append("--resume")
+    return shlex.join(["geounet", *argv])
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

@@ -10,7 +10,7 @@ from typing import Any
 
 import click
 
-from geounet.config import Precision, ProbabilityDtype, ResampleMode, Resampling, choices
+from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 
 
 def _positive(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -98,6 +98,14 @@ precision = click.option(
     show_default=True,
     help="Model compute precision; auto uses bf16 where the CPU or GPU supports it.",
 )
+engine = click.option(
+    "--engine",
+    type=click.Choice(choices(Engine)),
+    default="torch",
+    show_default=True,
+    help="Inference runtime: torch, onnxruntime, openvino (optional extras), or auto "
+    "(by the CPU's instruction sets and the installed packages; see docs/engine.md).",
+)
 probability_dtype = click.option(
     "--probability-dtype",
     type=click.Choice(choices(ProbabilityDtype)),
@@ -146,7 +154,8 @@ resume = click.option(
     "--resume",
     is_flag=True,
     default=False,
-    help="Finish an interrupted run with the same settings, computing only missing chunks.",
+    help="Finish an interrupted run with the same settings, computing only missing chunks "
+    "(or none, when it stopped after predicting).",
 )
 allow_no_crs = click.option(
     "--allow-no-crs",
@@ -272,9 +281,9 @@ def prediction_options(func: Any) -> Any:
     ``scheduler_address`` (the library's ``client``).
     """
     for decorator in reversed(
-        [model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-         threshold, resample, resampling, rescale, workers, scheduler_address, resume,
-         allow_no_crs, overwrite]
+        [model, bands, chunk_size, tile_size, batch_size, device, precision, engine,
+         probability_dtype, threshold, resample, resampling, rescale, workers,
+         scheduler_address, resume, allow_no_crs, overwrite]
     ):
         func = decorator(func)
     return func

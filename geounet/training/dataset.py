@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from geounet.config import DEFAULT_CLASSES
 from geounet.errors import LabelError
 from geounet.georef import pixel_size_m
 from geounet.training.chips import CHIPS_META, NODATA
@@ -31,7 +32,6 @@ from geounet.training.layout import (  # noqa: F401  (ChipRecord and readers re-
 
 log = logging.getLogger(__name__)
 
-DEFAULT_CLASSES = ("background", "buildings", "roads")
 RASTER_SUFFIXES = (".tif", ".tiff")
 
 

@@ -11,11 +11,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from geounet.config import NODATA_CLASS
 from geounet.errors import InputError
 
-NODATA = 255
-"""Class-mask value of pixels without a label or prediction (scene nodata, padding); the one
-definition used by chips, training and evaluation."""
+NODATA = NODATA_CLASS
+"""Class-mask value of pixels without a label or prediction (:data:`geounet.config.NODATA_CLASS`)."""
 
 
 def ratio(num: float, den: float) -> float:

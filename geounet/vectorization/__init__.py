@@ -16,6 +16,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
+from geounet.config import NODATA_CLASS
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
 from geounet.georef import Frame
 from geounet.vectorization._centerlines import LineMerger, trace_centerlines
@@ -565,7 +566,7 @@ def _run_windows(
 
 def _check_classes(raw: np.ndarray, n_classes: int, path: str, y0: int, x0: int) -> None:
     """A class mask holds class indices 0..K-1 and 255 (nodata), nothing else."""
-    top = int(raw.max(initial=0, where=raw != 255))
+    top = int(raw.max(initial=0, where=raw != NODATA_CLASS))
     if top >= n_classes:
         raise InputError(
             f"{path!r} has value {top} near pixel (row {y0}, col {x0}), but its classes are "

@@ -1,0 +1,200 @@
+"""Tests for geounet.engines: the ONNX Runtime / OpenVINO engines behind ModelRunner, the export
+cache and the ``auto`` rule. Exactness (ARCHITECTURE invariant 2) is checked for every engine
+installed; an engine whose package is missing skips its cases (say so in the report)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+import pytest
+
+from geounet import engines
+from geounet.errors import EngineError, InputError
+from geounet.inference import (
+    clear_runner_cache,
+    get_runner,
+    predict_array,
+    predict_tiled,
+    runner_load_count,
+)
+from geounet.model import save_checkpoint
+from geounet.raster import open_scene, read_window
+from geounet.tiling import plan_tiles
+from tests.test_inference import make_runner
+
+ENGINES = [  # torch's own exactness tests are in test_inference.py / test_pipeline.py
+    pytest.param(name, marks=pytest.mark.skipif(
+        not engines.engine_installed(name), reason=f"{name} is not installed"))
+    for name in ("onnxruntime", "openvino")
+]
+
+
+def _checkpoint(folder: Path, padding: str = "valid", depth: int = 2, seed: int = 0) -> Path:
+    runner = make_runner(depth=depth, padding=padding, seed=seed)
+    return save_checkpoint(folder / f"{padding}{depth}-{seed}.pt", runner.model.float(),
+                           runner.card)
+
+
+@pytest.fixture(autouse=True)
+def _fresh_runners() -> None:
+    clear_runner_cache()
+    yield
+    clear_runner_cache()
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+@pytest.mark.parametrize("depth", [2, 3])
+def test_valid_tiling_is_exact_with_every_engine(
+    make_scene: Callable[..., Path], tmp_path: Path, engine: str, depth: int
+) -> None:
+    """ARCHITECTURE invariant 2 per engine: tiled == whole-scene inference with that engine
+    (1e-5, as the torch tests), at chunk sizes that are and are not whole tile cores."""
+    path = make_scene(150, 173)
+    runner = get_runner(_checkpoint(tmp_path, depth=depth), "cpu", "fp32", engine=engine)
+    assert runner.engine == engine
+    info = open_scene(path)
+    pixels, valid = read_window(info, 0, 0, info.height, info.width, bands=runner.card.bands)
+    whole = predict_array(pixels, runner, valid)
+    a = runner.config.alignment
+    for chunk_size in (8 * a, 13 * a):
+        grid = plan_tiles(runner.config, info.height, info.width, chunk_size=chunk_size)
+        calls = runner.tiles
+        probs, valid_t = predict_tiled(info, grid, runner)
+        assert valid_t.all()
+        np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+        assert runner.tiles - calls == grid.tile_rows * grid.tile_cols  # each tile once
+    # the same network as PyTorch's, to rounding
+    reference = get_runner(tmp_path / f"valid{depth}-0.pt", "cpu", "fp32", engine="torch")
+    np.testing.assert_allclose(predict_array(pixels, reference, valid), whole, atol=1e-4)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_same_padding_invariant_to_chunk_size_with_every_engine(
+    make_scene: Callable[..., Path], tmp_path: Path, engine: str
+) -> None:
+    """ARCHITECTURE invariant 1 per engine: same padding, blended, independent of chunk size."""
+    path = make_scene(190, 170)
+    runner = get_runner(_checkpoint(tmp_path, padding="same"), "cpu", "fp32", engine=engine)
+    info = open_scene(path)
+    results = [
+        predict_tiled(info, plan_tiles(runner.config, info.height, info.width,
+                                       chunk_size=c, tile_size=96), runner)[0]
+        for c in (64, 128, 192)
+    ]
+    for other in results[1:]:
+        np.testing.assert_allclose(other, results[0], atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_export_is_cached_next_to_the_checkpoint_and_reused(tmp_path: Path, engine: str) -> None:
+    """First load exports (count), a second load in a fresh runner cache reuses the file."""
+    checkpoint = _checkpoint(tmp_path, seed=3)
+    before = engines.export_count()
+    loads = runner_load_count()
+    first = get_runner(checkpoint, "cpu", "fp32", engine=engine)
+    exported = engines.export_count() - before
+    assert exported >= 1
+    assert first.backend.path.parent == tmp_path / engines.CACHE_DIR_NAME
+    assert first.backend.path.is_file()
+    assert not [p for p in first.backend.path.parent.iterdir() if p.name.startswith(".part-")]
+    clear_runner_cache()
+    second = get_runner(checkpoint, "cpu", "fp32", engine=engine)
+    assert second is not first and runner_load_count() == loads + 2
+    assert engines.export_count() - before == exported  # no re-export
+    assert second.backend.path == first.backend.path
+    # a changed checkpoint (new hash) is exported again
+    _checkpoint(tmp_path, seed=4).replace(checkpoint)
+    clear_runner_cache()
+    third = get_runner(checkpoint, "cpu", "fp32", engine=engine)
+    assert third.backend.path != first.backend.path
+    assert engines.export_count() - before == 2 * exported
+
+
+@pytest.mark.skipif(not engines.engine_installed("onnxruntime"), reason="onnxruntime missing")
+def test_read_only_checkpoint_folder_uses_the_user_cache(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    folder = tmp_path / "ro"
+    folder.mkdir()
+    checkpoint = _checkpoint(folder)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    real = engines._writable_dir  # root may write into a 0o555 folder: refuse it here too
+    monkeypatch.setattr(engines, "_writable_dir",
+                        lambda f: f.parent != folder.resolve() and real(f))
+    folder.chmod(0o555)
+    try:
+        runner = get_runner(checkpoint, "cpu", "fp32", engine="onnxruntime")
+    finally:
+        folder.chmod(0o755)
+    assert runner.backend.path.parent == tmp_path / "cache" / "geounet"
+    assert not (folder / engines.CACHE_DIR_NAME).exists()
+
+
+def test_auto_rule_reads_the_cpu_and_the_installed_packages(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    installed = {"torch", "onnxruntime", "openvino"}
+    monkeypatch.setattr(engines, "engine_installed", lambda name: name in installed)
+    avx2 = frozenset({"sse4_2", "avx", "avx2", "fma"})
+    avx512 = avx2 | {"avx512f", "avx512bw"}
+    arm = frozenset({"fp", "asimd", "neon"})
+    assert engines.resolve_engine("auto", "cpu", arm) == "torch"
+    assert engines.resolve_engine("auto", "cpu", avx2) == "openvino"
+    assert engines.resolve_engine("auto", "cpu", avx512) == "openvino"
+    assert engines.resolve_engine("auto", "cuda", avx512) == "torch"
+    amx = avx512 | {"amx_bf16", "avx512_bf16"}
+    assert engines.resolve_engine("auto", "cpu", amx, precision="bf16") == "openvino"
+    installed.discard("openvino")
+    assert engines.resolve_engine("auto", "cpu", avx2) == "onnxruntime"
+    assert engines.resolve_engine("auto", "cpu", amx, precision="bf16") == "torch"
+    with pytest.raises(EngineError, match="fp32 only"):
+        engines.resolve_engine("onnxruntime", "cpu", amx, precision="bf16")
+    installed.discard("onnxruntime")
+    assert engines.resolve_engine("auto", "cpu", avx512) == "torch"
+    with pytest.raises(EngineError, match=r"pip install geounet\[openvino\]"):
+        engines.resolve_engine("openvino", "cpu", avx512)
+    with pytest.raises(InputError, match="'tensorrt' is not one of"):
+        engines.resolve_engine("tensorrt", "cpu")  # type: ignore[arg-type]
+    installed.add("onnxruntime")
+    with pytest.raises(EngineError, match="CPU only"):
+        engines.resolve_engine("onnxruntime", "cuda")
+
+
+def test_cpu_flags_are_read_at_run_time() -> None:
+    flags = engines.cpu_flags()
+    if os.path.exists("/proc/cpuinfo"):
+        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
+            line = next(x for x in handle if x.startswith("flags"))
+        assert flags == frozenset(line.split(":", 1)[1].split())
+
+
+@pytest.mark.skipif(not engines.engine_installed("onnxruntime"), reason="onnxruntime missing")
+def test_onnxruntime_refuses_bf16(tmp_path: Path) -> None:
+    with pytest.raises(EngineError, match="fp32 only"), pytest.warns(UserWarning):
+        get_runner(_checkpoint(tmp_path), "cpu", "bf16", engine="onnxruntime")
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_predict_with_engine_equals_whole_scene(
+    make_scene: Callable[..., Path], tmp_path: Path, engine: str
+) -> None:
+    """The pipeline runs the engine on its workers (library keyword ``engine``), with a chunk
+    size that is no whole number of tile cores (rounded), and still equals whole-scene
+    inference (ARCHITECTURE invariants 1 and 2)."""
+    from geounet import pipeline
+    from geounet.output import open_prediction
+    from tests.test_pipeline import whole_scene_reference
+
+    scene = make_scene(150, 173)
+    checkpoint = _checkpoint(tmp_path)
+    plan = pipeline.plan_prediction(scene, model=checkpoint, chunk_size=100, tile_size=116,
+                                    precision="fp32", engine=engine)
+    assert plan.grid.stride == 76 and plan.grid.chunk_size == 76  # 100 -> one 76 px core
+    pipeline.predict(scene, tmp_path / "p.zarr", model=checkpoint, chunk_size=100,
+                     tile_size=116, client="threads", precision="fp32",
+                     probability_dtype="float32", engine=engine)
+    got = open_prediction(tmp_path / "p.zarr").probabilities.values
+    np.testing.assert_allclose(got, whole_scene_reference(scene, checkpoint), atol=1e-5, rtol=0)
