@@ -4,6 +4,24 @@ A local run is a cluster of one machine: worker processes on this host, each wit
 the cores for torch. A remote run connects to a ``dask.distributed`` scheduler by address and
 runs the very same tasks. For tests and debugging, Dask's threaded or synchronous scheduler
 runs them in this process.
+
+Which one a run uses (:func:`resolve`): an explicit scheduler address, else the standard
+``DASK_SCHEDULER_ADDRESS`` environment variable (or Dask's ``scheduler-address`` config), else
+a local cluster of ``workers`` processes. An address and a worker count together are refused:
+a remote cluster's size is set where its workers start. At connect the client, scheduler and
+worker versions are compared (:func:`check_versions`), and the model reaches every worker as
+bytes (:func:`ship_model`: a worker plugin, :class:`GeounetPlugin`), never as a client path.
+
+Failures: a task that raises a non-user error (:class:`~geounet.errors.TransientError`, any
+other exception) is rerun by Dask up to :attr:`RetryPolicy.task_retries` times, and the task
+itself retries its reads and writes with backoff (:attr:`RetryPolicy.attempts`). A lost
+worker's tasks are rerun elsewhere by the scheduler (``distributed.scheduler.allowed-failures``).
+
+Examples
+--------
+>>> with scheduler("tcp://127.0.0.1:8786") as client:  # doctest: +SKIP
+...     sha = ship_model(client, "model.pt")
+...     run_tasks(tasks, client)
 """
 
 from __future__ import annotations
@@ -11,9 +29,10 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, Union, get_args
 
-from geounet.errors import InputError
+from geounet.errors import ClusterError, GeounetError, InputError, TransientError
 
 if TYPE_CHECKING:
     from dask.delayed import Delayed
@@ -27,6 +46,39 @@ LocalScheduler = Literal["threads", "synchronous"]
 SchedulerLike = Union["Client", str, None]
 """What ``client=`` accepts: a ``distributed.Client``, a scheduler address
 (``tcp://host:8786``), ``"threads"`` / ``"synchronous"``, or None for a local cluster."""
+
+
+SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
+"""The standard environment variable naming a running scheduler (Dask config ``scheduler-address``)."""
+
+VERSION_PACKAGES = ("python", "dask", "distributed", "cloudpickle", "msgpack", "numpy", "torch",
+                    "geounet")
+"""Packages whose versions must agree between the client and every worker (and the scheduler
+for Dask's own): a task pickled by one and run by the other must mean the same."""
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often transient failures are retried before a run stops (its chunks kept).
+
+    Attributes
+    ----------
+    attempts : tries of one chunk's reads and writes inside its task (backoff between them).
+    backoff : seconds before the second try, doubled for each further one.
+    task_retries : reruns of a failed task by Dask (on any worker) after its own tries.
+    """
+
+    attempts: int = 3
+    backoff: float = 0.5
+    task_retries: int = 2
+
+    def delay(self, attempt: int) -> float:
+        """Seconds to wait after failed try number ``attempt`` (1-based)."""
+        return self.backoff * (2 ** (attempt - 1))
+
+
+DEFAULT_RETRY = RetryPolicy()
+"""The retry policy of every run (read at run time)."""
 
 
 def available_cores() -> int:
@@ -62,6 +114,148 @@ def torch_threads_per_worker(workers: int, threads_per_worker: int = 1) -> int:
     return max(1, available_cores() // max(1, workers * threads_per_worker))
 
 
+def configured_address() -> str | None:
+    """The scheduler address set in the environment (``DASK_SCHEDULER_ADDRESS``) or in Dask's
+    config (``scheduler-address``), or None."""
+    value = os.environ.get(SCHEDULER_ENV, "").strip()
+    if value:
+        return value
+    import dask
+
+    configured = dask.config.get("scheduler-address", None)
+    return str(configured).strip() or None if configured else None
+
+
+def is_in_process(client: SchedulerLike) -> bool:
+    """Whether ``client`` names an in-process scheduler (``"threads"`` / ``"synchronous"``)."""
+    return isinstance(client, str) and client in get_args(LocalScheduler)
+
+
+def resolve(client: SchedulerLike = None, workers: int | None = None) -> SchedulerLike:
+    """What a run will use: ``client`` as given, else the configured address, else None (a
+    local cluster).
+
+    Raises
+    ------
+    InputError
+        A scheduler address and a worker count together (the remote cluster's size is set
+        where its workers are started), or a worker count below 1.
+    """
+    if workers is not None and (isinstance(workers, bool) or workers < 1):
+        raise InputError(f"workers={workers} is not positive; use 1 or more worker processes.")
+    if client is not None and not isinstance(client, str):
+        source = "a distributed.Client"
+    elif client is not None and not is_in_process(client):
+        source = f"the scheduler address {client!r}"
+    elif client is None and configured_address() is not None:
+        client = configured_address()
+        source = (f"the scheduler address {client!r} from {SCHEDULER_ENV}"
+                  if os.environ.get(SCHEDULER_ENV, "").strip()
+                  else f"the scheduler address {client!r} from Dask's scheduler-address config")
+    else:
+        return client
+    if workers is not None:
+        raise InputError(
+            f"workers={workers} cannot be combined with {source}: the worker count sets the "
+            "size of a local cluster, and a running scheduler's workers are started where it "
+            f"runs; drop --workers (workers=), or drop the address (unset {SCHEDULER_ENV}) to "
+            "run a local cluster."
+        )
+    return client
+
+
+def check_versions(client: Client) -> dict[str, Any]:
+    """Compare the client's, scheduler's and workers' versions of :data:`VERSION_PACKAGES`.
+
+    Returns the versions seen. Raises :class:`ClusterError` naming each package that differs
+    (or is missing on a worker, e.g. a worker without geounet installed).
+    """
+    versions = client.get_versions(packages=["geounet", "torch", "numpy", "cloudpickle"])
+
+    def flat(entry: Any) -> dict[str, Any]:
+        if not isinstance(entry, dict):
+            return {}
+        merged: dict[str, Any] = {}
+        for key in ("packages", "host"):
+            if isinstance(entry.get(key), dict):
+                merged.update(entry[key])
+        return merged
+
+    mine = flat(versions.get("client"))
+    sides = {"scheduler": flat(versions.get("scheduler"))}
+    sides.update({f"worker {addr}": flat(v) for addr, v in versions.get("workers", {}).items()})
+    problems = []
+    for package in VERSION_PACKAGES:
+        want = _normalized(package, mine.get(package))
+        for side, found in sides.items():
+            if side == "scheduler" and package not in ("python", "dask", "distributed",
+                                                      "cloudpickle", "msgpack"):
+                continue  # the scheduler never runs geounet's tasks
+            got = _normalized(package, found.get(package))
+            if got != want:
+                problems.append(f"{package} {want or 'missing'} here but "
+                                f"{got or 'missing'} on the {side}")
+    if problems:
+        raise ClusterError(
+            "the Dask cluster does not match this client: " + "; ".join(problems) + ". "
+            "Install the same versions everywhere (one environment or container image for the "
+            "client, scheduler and workers), then reconnect."
+        )
+    return versions
+
+
+def _normalized(package: str, version: Any) -> str | None:
+    if version is None:
+        return None
+    text = str(version)
+    if package == "python":  # a bug-fix release does not change pickles
+        return ".".join(text.split(".")[:2])
+    return text
+
+
+def connect(address: str, *, timeout: str = "30s") -> Client:
+    """Connect to a running scheduler, check versions and log its dashboard link.
+
+    Raises
+    ------
+    ClusterError
+        The scheduler cannot be reached, or versions differ (see :func:`check_versions`).
+    """
+    from distributed import Client
+
+    log.info("connecting to Dask scheduler %s", address)
+    try:
+        client = Client(address, timeout=timeout)
+    except (OSError, TimeoutError) as exc:
+        raise ClusterError(
+            f"cannot reach the Dask scheduler at {address!r} ({exc}); check the address "
+            "(e.g. tcp://host:8786) and that the scheduler is running."
+        ) from exc
+    try:
+        check_versions(client)
+        workers = client.scheduler_info(n_workers=-1).get("workers", {})
+        log.info("scheduler %s: %d worker(s), %d thread(s)", address, len(workers),
+                 sum(int(w.get("nthreads", 0)) for w in workers.values()))
+        if not workers:
+            log.warning("the scheduler at %s has no workers yet; tasks wait until one joins",
+                        address)
+        _log_dashboard(client)
+    except BaseException:
+        client.close()
+        raise
+    return client
+
+
+def _log_dashboard(client: Client) -> None:
+    try:
+        has_dashboard = "dashboard" in client.scheduler_info(n_workers=0).get("services", {})
+        link = client.dashboard_link if has_dashboard else None
+    except (KeyError, AttributeError, TypeError):  # no dashboard (bokeh not installed)
+        link = None
+    if link:
+        log.info("Dask dashboard: %s", link)
+
+
 def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
     """Set torch's intra-op threads so Dask threads x torch threads <= the cores.
 
@@ -94,14 +288,16 @@ def get_client(
     *,
     device: str = "auto",
 ) -> Client:
-    """Create a ``distributed.Client``: on a new local cluster, or connected to ``address``.
+    """Create a ``distributed.Client``: connected to ``address``, or on a new local cluster.
 
     Parameters
     ----------
     workers : worker processes of the local cluster (default: :func:`default_workers`).
+        Refused together with an address.
     threads_per_worker : Dask threads per worker; each gets
         ``cores // (workers * threads_per_worker)`` torch threads.
-    address : a running scheduler (``tcp://host:8786``); its workers keep their own settings.
+    address : a running scheduler (``tcp://host:8786``); its workers keep their own settings
+        (torch threads are set on them by :func:`ship_model`'s plugin).
     device : the compute device, used to pick the default worker count.
 
     Examples
@@ -112,14 +308,8 @@ def get_client(
     from distributed import Client, LocalCluster
 
     if address is not None:
-        log.info("connecting to Dask scheduler %s", address)
-        try:
-            return Client(address, timeout="30s")
-        except (OSError, TimeoutError) as exc:
-            raise InputError(
-                f"cannot reach the Dask scheduler at {address!r} ({exc}); check the address "
-                "(e.g. tcp://host:8786) and that the scheduler is running."
-            ) from exc
+        resolve(address, workers)
+        return connect(address)
     if workers is not None and workers < 1:
         raise InputError(f"workers={workers} is not positive; use 1 or more worker processes.")
     if threads_per_worker < 1:
@@ -142,6 +332,7 @@ def get_client(
     )
     client = Client(cluster)
     client.run(configure_threads, threads_per_worker, workers)  # OMP_NUM_THREADS covers restarts
+    _log_dashboard(client)
     return client
 
 
@@ -156,15 +347,22 @@ def scheduler(
     """Yield what :func:`run_tasks` runs on; a cluster or client made here is closed on exit.
 
     ``client`` may be a ``distributed.Client`` (used as is, left open), a scheduler address,
-    ``"threads"`` / ``"synchronous"`` (in-process), or None (a new local cluster). A new local
-    cluster gets ``workers`` processes, by default :func:`default_workers` but never more than
-    ``tasks`` (an idle worker would only take cores from the busy ones' torch threads).
+    ``"threads"`` / ``"synchronous"`` (in-process), or None: the address in
+    ``DASK_SCHEDULER_ADDRESS`` if set, else a new local cluster. A new local cluster gets
+    ``workers`` processes, by default :func:`default_workers` but never more than ``tasks``
+    (an idle worker would only take cores from the busy ones' torch threads).
     When that leaves one worker and ``workers`` was not given (a scene of one chunk, or a CUDA
     run), the same delayed chunk tasks run in this process (``"synchronous"``, torch threads =
     cores): no worker process to start, no second model load, and the loaded model is reused
     by the next run in this process (issue 11: fixed cost per run).
+
+    Examples
+    --------
+    >>> with scheduler(workers=2) as client:  # doctest: +SKIP
+    ...     run_tasks(tasks, client)
     """
-    if client is None or (isinstance(client, str) and client not in get_args(LocalScheduler)):
+    client = resolve(client, workers)
+    if client is None or (isinstance(client, str) and not is_in_process(client)):
         if workers is None and client is None and tasks is not None:
             if max(1, min(default_workers(device), tasks)) == 1:
                 configure_threads(1, 1)
@@ -183,23 +381,161 @@ def scheduler(
     yield client
 
 
+def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
+               sha256: str | None = None) -> str:
+    """Make the checkpoint at ``path`` (a file on this machine) available on every worker.
+
+    On a ``distributed.Client`` its bytes go to each worker once, by a worker plugin that also
+    sets the worker's torch threads (workers joining later get it too); tasks then load the
+    copy named by the returned SHA-256 (:func:`geounet.worker.model_path`). In-process
+    schedulers read ``path`` directly. Registering the same model again is free.
+
+    Returns
+    -------
+    str
+        The checkpoint's SHA-256 (hex).
+    """
+    from geounet.worker import file_sha256
+
+    sha256 = sha256 or file_sha256(path)
+    if isinstance(on, str):
+        return sha256
+    name = f"geounet-model-{sha256[:16]}"
+    known: set[str] = getattr(on, "_geounet_models", set())
+    if name in known:
+        return sha256
+    with open(path, "rb") as handle:
+        data = handle.read()
+    if file_sha256_bytes(data) != sha256:
+        raise InputError(
+            f"checkpoint {str(path)!r} changed while the run was being planned; keep the "
+            "model file unchanged during a run and start again."
+        )
+    try:
+        plugin = __getattr__("GeounetPlugin")(data, sha256, os.path.basename(str(path)))
+        on.register_plugin(plugin, name=name)
+    except Exception as exc:  # noqa: BLE001 - a worker that cannot load geounet
+        raise ClusterError(
+            f"the Dask workers could not install the model {os.path.basename(str(path))!r} "
+            f"({type(exc).__name__}: {exc}); check that geounet is installed on every worker "
+            "and that their local directory is writable."
+        ) from exc
+    known.add(name)
+    with contextlib.suppress(AttributeError):
+        on._geounet_models = known  # type: ignore[union-attr]
+    log.debug("model %s (sha256 %s) shipped to the workers", path, sha256[:12])
+    return sha256
+
+
+def set_torch_threads(host_threads: int) -> int:
+    """Give each Dask thread ``cores // host_threads`` torch threads; return that number.
+
+    Run on a worker (by :class:`GeounetPlugin`, and by :func:`get_client` on a local
+    cluster). ``OMP_NUM_THREADS`` set on the worker (a user's explicit choice, or the local
+    cluster's) wins.
+    """
+    import torch
+
+    explicit = os.environ.get("OMP_NUM_THREADS", "")
+    threads = int(explicit) if explicit.isdigit() and int(explicit) > 0 else max(
+        1, available_cores() // max(1, host_threads))
+    torch.set_num_threads(threads)
+    return threads
+
+
+def _host_threads(identity: dict[str, Any], host: str) -> int:
+    workers = identity.get("workers", {}) if isinstance(identity, dict) else {}
+    return sum(int(w.get("nthreads", 1)) for w in workers.values() if w.get("host") == host)
+
+
+def _make_plugin_class() -> type:
+    """Build :class:`GeounetPlugin` on first use, so importing this module does not import
+    ``distributed`` (the class pickles by reference as ``geounet.cluster.GeounetPlugin``)."""
+    from distributed.diagnostics.plugin import WorkerPlugin
+
+    class GeounetPlugin(WorkerPlugin):
+        """Ship a checkpoint's bytes to every worker (once) and set its torch threads.
+
+        Parameters
+        ----------
+        data : the checkpoint file's bytes.
+        sha256 : their SHA-256 (hex).
+        name : the checkpoint's file name (for logs).
+        """
+
+        def __init__(self, data: bytes, sha256: str, name: str) -> None:
+            self.data = data
+            self.sha256 = sha256
+            self.filename = name
+            self.name = f"geounet-model-{sha256[:16]}"  # one plugin (and copy) per model
+
+        async def setup(self, worker: Any) -> None:
+            from pathlib import Path
+
+            from geounet.worker import file_sha256, register_shipped
+
+            folder = Path(worker.local_directory) / "geounet-models"
+            folder.mkdir(parents=True, exist_ok=True)
+            target = folder / f"{self.sha256}.pt"
+            if not target.is_file() or file_sha256(target) != self.sha256:
+                partial = folder / f".{target.name}.{os.getpid()}"
+                partial.write_bytes(self.data)
+                os.replace(partial, target)
+            register_shipped(self.sha256, target)
+            self.data = b""  # the worker keeps the file, not a second copy in memory
+            log.debug("model %s (%s) shipped to %s", self.filename, self.sha256[:12], target)
+            try:
+                identity = await worker.scheduler.identity()
+                host = worker.address.split("://")[-1].rsplit(":", 1)[0]
+                host_threads = _host_threads(identity, host)
+            except Exception:  # noqa: BLE001 - an older scheduler: count this worker alone
+                host_threads = 0
+            set_torch_threads(max(host_threads, int(worker.state.nthreads)))
+
+    GeounetPlugin.__module__ = __name__
+    GeounetPlugin.__qualname__ = "GeounetPlugin"
+    return GeounetPlugin
+
+
+def __getattr__(name: str) -> Any:
+    if name == "GeounetPlugin":
+        cls = _make_plugin_class()
+        globals()["GeounetPlugin"] = cls
+        return cls
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+def file_sha256_bytes(data: bytes) -> str:
+    """Hex SHA-256 of ``data``."""
+    import hashlib
+
+    return hashlib.sha256(data).hexdigest()
+
+
 def run_tasks(
     tasks: Sequence[Delayed],
     on: Client | LocalScheduler,
     *,
     workers: int | None = None,
     on_result: Callable[[Any], None] | None = None,
+    retries: int | None = None,
 ) -> list[Any]:
     """Compute independent Dask tasks and call ``on_result`` as each one finishes.
 
     Results are returned in completion order. On the first failing task the others are
-    cancelled and its exception is raised.
+    cancelled and its exception is raised. On a ``distributed.Client`` a failing task is rerun
+    up to ``retries`` times (default :data:`DEFAULT_RETRY`'s ``task_retries``) and a task whose
+    workers keep dying raises :class:`~geounet.errors.TransientError`. A task may return a
+    :class:`TaskFailure` for an error that must not be retried (a user error): it is raised
+    here at once.
     """
     if not tasks:
         return []
     results: list[Any] = []
 
     def record(value: Any) -> None:
+        if isinstance(value, TaskFailure):
+            raise value.error
         results.append(value)
         if on_result is not None:
             on_result(value)
@@ -223,12 +559,28 @@ def run_tasks(
         return results
 
     from distributed import as_completed
+    from distributed.scheduler import KilledWorker
 
-    futures = on.compute(list(tasks))
+    retries = DEFAULT_RETRY.task_retries if retries is None else retries
+    futures = on.compute(list(tasks), retries=retries)
     try:
         for future in as_completed(futures):
-            record(future.result())
+            try:
+                value = future.result()
+            except KilledWorker as exc:
+                raise TransientError(
+                    f"the workers running task {future.key!r} died repeatedly ({exc}); check "
+                    "the workers' memory limits and logs, then resume the run."
+                ) from exc
+            record(value)
     except BaseException:
         on.cancel(futures)
         raise
     return results
+
+
+@dataclass(frozen=True)
+class TaskFailure:
+    """A task's user error, returned (not raised) so Dask does not retry it."""
+
+    error: GeounetError

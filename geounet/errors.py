@@ -53,6 +53,18 @@ class DeviceError(GeounetError, RuntimeError):
     """A requested compute device is not available."""
 
 
+class TransientError(GeounetError, OSError):
+    """An I/O failure that may pass (a remote read, a network hiccup, a lost worker).
+
+    Retried with backoff a bounded number of times before it ends a run; the run's completed
+    chunks are kept for ``--resume``.
+    """
+
+
+class ClusterError(GeounetError, RuntimeError):
+    """A Dask scheduler or its workers cannot run geounet (unreachable, versions differ)."""
+
+
 class EngineError(DeviceError):
     """A requested inference engine (ONNX Runtime, OpenVINO) is not installed or cannot run."""
 

@@ -322,11 +322,26 @@ def check_resumable(path: str | os.PathLike[str], run: dict[str, Any]) -> bool:
     changed = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
     if changed:
         raise InputError(
-            f"cannot resume: the interrupted run in {str(path)!r} used other settings "
-            f"({', '.join(f'{k}: {stored.get(k)!r} -> {run.get(k)!r}' for k in changed)}); "
-            "rerun with the same settings, or without --resume to start over."
+            f"cannot resume: since the interrupted run in {str(path)!r} "
+            f"{'; '.join(_describe_change(k, stored.get(k), run.get(k)) for k in changed)}; "
+            "mixing them would give a wrong output. Rerun with the same scene, model and "
+            "settings, or without --resume to start over."
         )
     return True
+
+
+def _describe_change(key: str, before: Any, after: Any) -> str:
+    """One change between a stored run fingerprint and the new one, in words."""
+    if key == "model" and isinstance(before, dict) and isinstance(after, dict):
+        if before.get("sha256") != after.get("sha256"):
+            return (f"the model changed (content sha256 {str(before.get('sha256'))[:12]} -> "
+                    f"{str(after.get('sha256'))[:12]}, {before.get('name')} -> "
+                    f"{after.get('name')})")
+    if key == "scene" and isinstance(before, dict) and isinstance(after, dict):
+        fields = sorted(k for k in set(before) | set(after) if before.get(k) != after.get(k))
+        return "the scene changed (" + ", ".join(
+            f"{k} {before.get(k)!r} -> {after.get(k)!r}" for k in fields) + ")"
+    return f"setting {key} changed ({before!r} -> {after!r})"
 
 
 def done_chunks(path: str | os.PathLike[str]) -> dict[str, dict[str, Any]]:

@@ -18,9 +18,9 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable, Iterator, get_args
+from typing import TYPE_CHECKING, Any, Callable
 
-from geounet.cluster import LocalScheduler, SchedulerLike
+from geounet.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 from geounet.errors import (
     GeoreferenceError,
@@ -29,6 +29,7 @@ from geounet.errors import (
     OutputExistsError,
     PredictionKeptError,
     TileSizeError,
+    TransientError,
 )
 from geounet.output import StoreSpec
 
@@ -94,6 +95,8 @@ class RunnerSpec:
     precision: Precision = "auto"
     bands: tuple[int, ...] | None = None
     engine: Engine = "torch"
+    model_sha256: str | None = None
+    """The checkpoint's content hash: workers load the copy shipped under it (geounet.worker)."""
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,7 @@ class ChunkTask:
     store: StoreSpec
     batch_size: int | None = None
     threshold: float | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
 
 
 @dataclass(frozen=True)
@@ -138,15 +142,59 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Predict one chunk, write its region of the store and mark it done; return small stats.
 
     Runs on a worker. The model runner is built once per worker process and reused
-    (``get_runner`` caches it).
+    (``get_runner`` caches it, keyed by the shipped checkpoint's content hash). Transient
+    errors (:class:`TransientError`, other ``OSError``) are retried in the task with backoff
+    (``task.retry``), then raised as :class:`TransientError` (for Dask to rerun the task); a
+    user error (any other :class:`GeounetError`) is raised at once.
     """
+    policy = task.retry
+    attempt = 1
+    while True:
+        try:
+            return _run_chunk_once(task)
+        except TransientError as exc:
+            error: BaseException = exc
+        except GeounetError:
+            raise
+        except OSError as exc:  # zarr/fsspec writes, network file systems
+            error = exc
+        if attempt >= policy.attempts:
+            if isinstance(error, TransientError):
+                raise error
+            raise TransientError(
+                f"chunk at row {task.chunk.y0}, column {task.chunk.x0} failed {attempt} times "
+                f"({type(error).__name__}: {error})"
+            ) from error
+        log.warning("chunk at row %d, column %d: %s; retry %d of %d in %.1f s", task.chunk.y0,
+                    task.chunk.x0, error, attempt, policy.attempts - 1, policy.delay(attempt))
+        time.sleep(policy.delay(attempt))
+        attempt += 1
+
+
+def run_chunk_task(task: ChunkTask) -> Any:
+    """:func:`run_chunk` as a Dask task submitted with ``retries=``: a user error is returned
+    as a :class:`geounet.cluster.TaskFailure` (raised by :func:`geounet.cluster.run_tasks`),
+    so Dask reruns only transient failures."""
+    from geounet.cluster import TaskFailure
+
+    try:
+        return run_chunk(task)
+    except TransientError:
+        raise
+    except GeounetError as exc:
+        return TaskFailure(exc)
+
+
+def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     from geounet import output
     from geounet.inference import classify, get_runner, predict_chunk
+    from geounet.worker import model_path
 
     start = time.perf_counter()
     chunk = task.chunk
     spec = task.runner
-    runner = get_runner(spec.model, spec.device, spec.precision, spec.bands, engine=spec.engine)
+    runner = get_runner(model_path(spec.model, spec.model_sha256), spec.device, spec.precision,
+                        spec.bands, engine=spec.engine)
     result = predict_chunk(task.info, chunk, task.grid, runner,
                            batch_size=_batch_size(runner, task.batch_size))
     pixels = int(chunk.height * chunk.width)
@@ -168,8 +216,13 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
 
 
 def runs_here(client: SchedulerLike) -> bool:
-    """Whether tasks run on this machine (local cluster or in-process), not a remote scheduler."""
-    return client is None or (isinstance(client, str) and client in get_args(LocalScheduler))
+    """Whether tasks run on this machine (local cluster or in-process), not a remote scheduler
+    (given, or set in ``DASK_SCHEDULER_ADDRESS``)."""
+    from geounet.cluster import configured_address, is_in_process
+
+    if client is None:
+        return configured_address() is None
+    return is_in_process(client)
 
 
 def _check_device(device: str, precision: Precision) -> None:
@@ -194,13 +247,46 @@ def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
 
 
 def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
+    """What identifies a scene between a run and its resume: size and mtime of a local file,
+    size and ETag (or last-modified) of a URL."""
     if path is None:
         return {}
+    text = os.fspath(path)
+    if "://" in text or text.startswith("/vsi"):
+        return {"path": text, **_remote_stamp(text)}
     try:
         stat = os.stat(path)
     except OSError:
-        return {"path": str(path)}
-    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime": int(stat.st_mtime)}
+        return {"path": text}
+    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
+
+
+def _remote_stamp(url: str) -> dict[str, Any]:
+    """Size and ETag / last-modified of a URL, as fsspec reports them ({} if it cannot)."""
+    for prefix, scheme in (("/vsis3/", "s3://"), ("/vsigs/", "gs://"), ("/vsiaz/", "az://"),
+                           ("/vsicurl/", "")):
+        if url.startswith(prefix):
+            url = scheme + url[len(prefix):]
+    if "://" not in url:
+        return {}
+    try:
+        import fsspec
+
+        fs, target = fsspec.core.url_to_fs(url)
+        meta = fs.info(target)
+    except Exception:  # noqa: BLE001 - no fsspec backend or no access: size/ETag unknown
+        return {}
+    stamp = {}
+    for key in ("size", "ETag", "etag", "LastModified", "last_modified", "mtime"):
+        if meta.get(key) is not None:
+            stamp[key.lower().replace("_", "")] = str(meta[key]).strip('"')
+    return stamp
+
+
+def _model_fingerprint(path: Path) -> dict[str, Any]:
+    from geounet.worker import file_sha256
+
+    return {"name": path.name, "sha256": file_sha256(path)}
 
 
 def _plain(value: Any) -> Any:
@@ -311,10 +397,12 @@ def plan_prediction(
     )
     tile_size = grid.tile_size
     chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
-    runner = RunnerSpec(str(model_path), device, precision, bands, engine)
+    model_print = _model_fingerprint(model_path)
+    runner = RunnerSpec(str(model_path.absolute()), device, precision, bands, engine,
+                        model_print["sha256"])
     run = {
         "scene": _fingerprint(scene),
-        "model": _fingerprint(model_path),
+        "model": model_print,
         "bands": list(card.bands),
         "chunk_size": chunk_size,
         "tile_size": tile_size,
@@ -349,19 +437,35 @@ def _store_attrs(plan: Plan) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
-def _removed_on_user_error() -> Iterator[list[Path]]:
-    """Yield a list; the paths put in it are deleted if a :class:`GeounetError` (a bad input
-    found mid-run) ends the block. An interruption or crash keeps them for ``resume``."""
+def client_path(path: str | os.PathLike[str]) -> str:
+    """A path every worker can open: local paths made absolute on the client (workers run in
+    other directories, on other machines sharing the file system); URLs and GDAL ``/vsi``
+    paths unchanged."""
+    text = os.fspath(path)
+    if "://" in text or text.startswith("/vsi"):
+        return text
+    return os.path.abspath(text)
+
+
+def _keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
+    """The error a failed run raises: ``exc`` with where its completed chunks are kept and how
+    to resume (the CLI adds the exact command from ``exc.resume_store``)."""
     from geounet import output
 
-    made: list[Path] = []
-    try:
-        yield made
-    except GeounetError:
-        for path in made:
-            output.remove_path(path)
-        raise
+    done = len(output.done_chunks(store_path))
+    hint = (f" The {done} chunk(s) completed are kept in {str(store_path)!r}; fix the cause "
+            "and run the same command again with --resume (resume=True) to compute only the "
+            "missing chunks.")
+    log.warning("run failed; %d completed chunk(s) kept in %s for --resume", done, store_path)
+    if isinstance(exc, GeounetError):
+        try:
+            annotated: BaseException = type(exc)(f"{exc}{hint}")
+        except Exception:  # noqa: BLE001 - an error class with another signature
+            annotated = exc
+    else:
+        annotated = exc
+    annotated.resume_store = str(store_path)  # type: ignore[attr-defined]
+    return annotated
 
 
 def _compute_store(
@@ -376,13 +480,19 @@ def _compute_store(
     workers: int | None,
     progress: ProgressCallback | None,
 ) -> tuple[int, int, int]:
-    """Fill (or finish) the store at ``store_path``; return (chunks, skipped, resumed)."""
+    """Fill (or finish) the store at ``store_path``; return (chunks, skipped, resumed).
+
+    Every task gets absolute paths (resolved here, on the client) and the model's content
+    hash; the model's bytes are shipped to the workers. A failure keeps the store and its
+    completed chunks for ``resume``.
+    """
     import dask
 
-    from geounet import output
-    from geounet.cluster import run_tasks, scheduler
+    from geounet import cluster, output
 
-    info = plan.info
+    client = cluster.resolve(client, workers)
+    store_path = Path(client_path(store_path))
+    info = dataclasses.replace(plan.info, path=client_path(plan.info.path))
     resuming = resume and output.check_resumable(store_path, plan.run)
     chunks = plan.grid.chunks()
     done = output.done_chunks(store_path) if resuming else {}
@@ -392,11 +502,15 @@ def _compute_store(
     state = {"done": resumed, "pixels": sum(int(r.get("pixels", 0)) for r in done.values())}
     log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
     with contextlib.ExitStack() as stack:
-        made = stack.enter_context(_removed_on_user_error())  # exits after the scheduler closes
         # reach the scheduler (or start the local cluster) before anything is written
         on = stack.enter_context(
-            scheduler(client, workers=workers, device=plan.runner.device, tasks=len(todo))
+            cluster.scheduler(client, workers=workers, device=plan.runner.device,
+                              tasks=len(todo))
         ) if todo else None
+        runner = plan.runner
+        if on is not None and runner.model is not None:
+            runner = dataclasses.replace(runner, model_sha256=cluster.ship_model(
+                on, runner.model, runner.model_sha256))
         if resuming:
             spec = StoreSpec(str(store_path), probability_dtype)
             log.info("resuming the interrupted run in %s", store_path)
@@ -416,7 +530,6 @@ def _compute_store(
                 attrs=_store_attrs(plan),
                 run=plan.run,
             )
-            made.append(store_path)  # a bad input found mid-run leaves nothing to resume
         if progress is not None:
             progress(state["done"], len(chunks), state["pixels"])
 
@@ -426,15 +539,23 @@ def _compute_store(
             if progress is not None:
                 progress(state["done"], len(chunks), state["pixels"])
 
+        policy = cluster.DEFAULT_RETRY
         tasks = [
-            dask.delayed(run_chunk, pure=False)(
-                ChunkTask(info, chunk, plan.grid, plan.runner, spec, batch_size, threshold),
+            dask.delayed(run_chunk_task, pure=False)(
+                ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold, policy),
                 dask_key_name=f"geounet-chunk-{chunk.y0}-{chunk.x0}-{id(spec)}",
             )
             for chunk in todo
         ]
         if on is not None:
-            records = run_tasks(tasks, on, workers=workers, on_result=on_result)
+            try:
+                records = cluster.run_tasks(tasks, on, workers=workers, on_result=on_result,
+                                            retries=policy.task_retries)
+            except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
+                annotated = _keep_for_resume(exc, store_path)
+                if annotated is exc:
+                    raise
+                raise annotated from exc
             skipped += sum(1 for record in records if record.get("skipped"))
     return len(chunks), skipped, resumed
 

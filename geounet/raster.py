@@ -33,12 +33,14 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from geounet import _faults
 from geounet.errors import (
     GeoreferenceError,
     GeounetError,
     IncompatibleSceneError,
     InputError,
     SceneError,
+    TransientError,
     UnsupportedFormatError,
 )
 
@@ -642,6 +644,7 @@ def read_window(
     rx0, rx1 = int(cols.min()), int(cols.max()) + 1
     window = Window(rx0, ry0, rx1 - rx0, ry1 - ry0)
     try:
+        _faults.before_read(info.path)
         with gdal_env(info):
             ds = _dataset(info)
             if info.warp is not None:
@@ -653,12 +656,23 @@ def read_window(
                 data = info.rescale.apply(data, bands)
     except RasterioError as exc:
         close_datasets()
+        if is_remote(info.path):  # a network read may pass: retried (geounet.cluster)
+            raise TransientError(
+                f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
+                f"({exc}); a remote read that may pass on retry."
+            ) from exc
         raise SceneError(
             f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
             f"({exc}); the file is truncated or corrupt: re-download or re-export it."
         ) from exc
     except GeounetError:
         raise
+    except OSError as exc:  # an I/O error outside GDAL's decoding (network file system)
+        close_datasets()
+        raise TransientError(
+            f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
+            f"({exc}); an I/O error that may pass on retry."
+        ) from exc
     except Exception as exc:  # noqa: BLE001 - GDAL/driver errors of any class mean a bad file
         close_datasets()
         raise SceneError(

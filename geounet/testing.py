@@ -7,6 +7,7 @@ truth use :mod:`geounet.synth`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -86,6 +87,140 @@ def write_scene(
     with rasterio.open(path, "w", **profile) as dst:
         dst.write(data)
     return path
+
+
+class DaskProcesses:
+    """A real ``dask scheduler`` and ``dask worker`` processes on 127.0.0.1, for tests.
+
+    The scheduler listens on a free port and writes a scheduler file; each worker is a plain
+    process (no nanny, one thread) started in ``worker_cwd`` (by default a directory of its
+    own, so tasks cannot rely on the client's working directory), with ``env`` added to this
+    process's environment. Use as a context manager, or call :meth:`close`.
+
+    Examples
+    --------
+    >>> with DaskProcesses(tmp_path, workers=2) as dask_cluster:  # doctest: +SKIP
+    ...     geounet.segment("s/scene.tif", "o.gpkg", client=dask_cluster.address)
+    """
+
+    def __init__(self, folder: str | Path, *, workers: int = 2, worker_cwd: str | Path | None = None,
+                 env: dict[str, str] | None = None, timeout: float = 120.0) -> None:
+        self.folder = Path(folder)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.worker_cwd = Path(worker_cwd) if worker_cwd else self.folder / "worker-cwd"
+        self.worker_cwd.mkdir(parents=True, exist_ok=True)
+        self.env = dict(env or {})
+        self.timeout = timeout
+        self.workers: list[Any] = []
+        self.scheduler: Any = None
+        self.address = ""
+        self._logs: list[Any] = []
+        try:
+            self._start_scheduler()
+            for _ in range(workers):
+                self.start_worker(wait=False)
+            self.wait_for_workers(workers)
+        except BaseException:
+            self.close()
+            raise
+
+    def _popen(self, args: list[str], name: str, cwd: Path) -> Any:
+        import os
+        import subprocess
+        import sys
+
+        log = open(self.folder / f"{name}.log", "ab")  # noqa: SIM115 - closed in close()
+        self._logs.append(log)
+        return subprocess.Popen([sys.executable, "-m", "dask", *args], cwd=cwd,
+                                env={**os.environ, **self.env}, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+
+    def _start_scheduler(self) -> None:
+        import json
+        import time
+
+        file = self.folder / "scheduler.json"
+        file.unlink(missing_ok=True)
+        self.scheduler = self._popen(
+            ["scheduler", "--host", "127.0.0.1", "--port", "0", "--no-dashboard",
+             "--scheduler-file", str(file)], "scheduler", self.folder)
+        deadline = time.monotonic() + self.timeout
+        while time.monotonic() < deadline:
+            if self.scheduler.poll() is not None:
+                raise RuntimeError(f"dask scheduler exited; see {self.folder / 'scheduler.log'}")
+            try:
+                self.address = json.loads(file.read_text())["address"]
+                return
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+        raise TimeoutError(f"dask scheduler did not start in {self.timeout} s")
+
+    def start_worker(self, *, wait: bool = True) -> Any:
+        """Start one more worker process; return its ``Popen``."""
+        name = f"worker-{len(self.workers)}"
+        proc = self._popen(
+            ["worker", self.address, "--nthreads", "1", "--no-nanny", "--host", "127.0.0.1",
+             "--no-dashboard", "--name", name, "--local-directory",
+             str(self.folder / name)], name, self.worker_cwd)
+        self.workers.append(proc)
+        if wait:
+            self.wait_for_workers(len(self.alive()))
+        return proc
+
+    def alive(self) -> list[Any]:
+        """The worker processes still running."""
+        return [proc for proc in self.workers if proc.poll() is None]
+
+    def kill_worker(self, proc: Any) -> None:
+        """SIGKILL a worker process (as a pre-empted node would die)."""
+        import signal
+
+        proc.send_signal(signal.SIGKILL)
+        proc.wait(timeout=self.timeout)
+
+    def wait_for_workers(self, count: int) -> None:
+        """Block until ``count`` running workers have registered with the scheduler (read from
+        their logs, so this helper needs no Dask client)."""
+        import time
+
+        deadline = time.monotonic() + self.timeout
+        while True:
+            registered = [
+                proc for proc in self.alive()
+                if b"Registered to" in (self.folder / f"worker-{self.workers.index(proc)}.log")
+                .read_bytes()
+            ]
+            if len(registered) >= count:
+                return
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"only {len(registered)} of {count} worker(s) registered; "
+                                   f"see the logs in {self.folder}")
+            time.sleep(0.1)
+
+    def close(self) -> None:
+        """Stop every process started here (terminate, then kill) and close their logs."""
+        import subprocess
+
+        for proc in [*self.workers, self.scheduler]:
+            if proc is not None and proc.poll() is None:
+                proc.terminate()
+        for proc in [*self.workers, self.scheduler]:
+            if proc is None:
+                continue
+            try:
+                proc.wait(timeout=3)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout=10)
+        for log in self._logs:
+            log.close()
+        self._logs.clear()
+
+    def __enter__(self) -> DaskProcesses:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
 def regrid(

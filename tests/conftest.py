@@ -31,3 +31,20 @@ def make_scene(tmp_path: Path) -> Callable[..., Path]:
         return write_scene(tmp_path / name, height, width, **kwargs)
 
     return factory
+
+
+@pytest.fixture(scope="session")
+def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Any:
+    """A real ``dask scheduler`` and two ``dask worker`` processes on 127.0.0.1 for the whole
+    session, the workers in a working directory of their own. Their environment has
+    ``GEOUNET_FAULTS_DIR`` set to ``dask_processes.faults`` (see ``geounet._faults``).
+    A test that kills a worker starts a replacement."""
+    from geounet._faults import ENV
+    from geounet.testing import DaskProcesses
+
+    folder = tmp_path_factory.mktemp("dask")
+    faults = folder / "faults"
+    faults.mkdir()
+    with DaskProcesses(folder, workers=2, env={ENV: str(faults)}) as processes:
+        processes.faults = faults  # type: ignore[attr-defined]
+        yield processes

@@ -13,7 +13,7 @@ from click.testing import CliRunner
 from geounet.cli.main import cli
 from test_pipeline import make_checkpoint
 
-FAST = ["--scheduler-address", "threads", "--precision", "fp32", "--chunk-size", "64"]
+FAST = ["--in-process", "--precision", "fp32", "--chunk-size", "64"]
 
 
 @pytest.fixture(scope="module")
@@ -93,15 +93,22 @@ def test_overwrite_flag(make_scene: Callable[..., Path], tmp_path: Path, model: 
 def test_option_validation(make_scene: Callable[..., Path], tmp_path: Path) -> None:
     scene = make_scene(70, 60)
     result = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "p.zarr"),
-                                      "--scheduler-address", "nonsense"])
+                                      "--scheduler", "nonsense"])
     assert result.exit_code == 2 and "scheduler address" in result.output
+    both = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "p.zarr"),
+                                    "--scheduler", "tcp://127.0.0.1:1", "--in-process"])
+    assert both.exit_code == 2 and "--in-process" in both.output
+    remote = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "p.zarr"),
+                                      "--scheduler", "tcp://127.0.0.1:1", "--workers", "2"])
+    assert remote.exit_code == 1 and "--workers" in remote.output and "tcp://127.0.0.1:1" in \
+        remote.output
 
 
 def test_segment_help_shares_options() -> None:
     result = CliRunner().invoke(cli, ["segment", "--help"])
     assert result.exit_code == 0
     for option in ("--raster-out", "--chunk-size", "--tile-size", "--resume", "--workers",
-                   "--scheduler-address", "--allow-no-crs", "--overwrite"):
+                   "--scheduler", "--in-process", "--allow-no-crs", "--overwrite"):
         assert option in result.output
 
 

@@ -355,12 +355,39 @@ def test_resume_after_interruption_equals_uninterrupted(
     assert _listing(tmp_path) == sorted([scene.name, full.name, out.name, *sidecars])
 
 
-def test_bad_input_found_mid_run_leaves_nothing(
+def test_resume_names_a_changed_scene_or_model(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path]
+) -> None:
+    """Resuming after the scene or the model's content changed is refused, naming what changed
+    (mixing chunks of two inputs would be a silently wrong output)."""
+    scene = make_scene(150, 173)
+    model = tmp_path / "m.pt"
+    model.write_bytes(models["valid"].read_bytes())
+
+    def stop_after_two(done: int, total: int, pixels: int) -> None:
+        if done >= 2:
+            raise Interrupt
+
+    out = tmp_path / "p.zarr"
+    with pytest.raises(Interrupt):
+        run(scene, out, model, chunk_size=64, progress=stop_after_two)
+    model.unlink()
+    make_checkpoint(model, "valid", seed=1)  # same name and architecture, other weights
+    with pytest.raises(InputError, match=r"the model changed \(content sha256"):
+        run(scene, out, model, chunk_size=64, resume=True)
+    model.write_bytes(models["valid"].read_bytes())
+    make_scene(150, 173, name=scene.name, seed=9)  # the scene rewritten in place
+    with pytest.raises(InputError, match=r"the scene changed \(mtime_ns"):
+        run(scene, out, model, chunk_size=64, resume=True)
+
+
+def test_bad_input_found_mid_run_keeps_completed_chunks(
     make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path],
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """A GeounetError inside a task (e.g. a block that cannot be decoded) removes the partial
-    store: there is nothing to resume from a bad input."""
+    """A GeounetError inside a task (e.g. a block that cannot be decoded) stops the run at once
+    (no retry) but keeps the completed chunks under the temporary name only, and the error
+    says how to resume; the resumed run computes only the missing chunks."""
     from geounet import inference, raster
 
     scene = make_scene(150, 173)
@@ -376,9 +403,19 @@ def test_bad_input_found_mid_run_leaves_nothing(
     before = _listing(tmp_path)
     for suffix in (".zarr", ".tif"):
         calls.clear()
-        with pytest.raises(SceneError, match="truncated"):
-            run(scene, tmp_path / f"p{suffix}", models["valid"], chunk_size=64, workers=1)
-        assert _listing(tmp_path) == before
+        out = tmp_path / f"p{suffix}"
+        with pytest.raises(SceneError, match="truncated") as failure:
+            run(scene, out, models["valid"], chunk_size=64, workers=1)
+        assert len(calls) == 3  # a user error is not retried
+        assert "--resume" in str(failure.value) and "2 chunk(s) completed" in str(failure.value)
+        partial = Path(failure.value.resume_store)  # type: ignore[attr-defined]
+        assert partial.name.startswith(".") and not out.exists()
+        assert _listing(tmp_path) == sorted([*before, partial.name])
+        result = run(scene, out, models["valid"], chunk_size=64, resume=True)
+        assert (result.chunks, result.chunks_resumed) == (9, 2)
+        assert out.exists() and not partial.exists()  # (a COG may bring its .aux.xml)
+        assert set(before) < set(_listing(tmp_path))
+        before = _listing(tmp_path)
 
 
 def test_chunk_size_beyond_the_scene(make_scene: Callable[..., Path], tmp_path: Path,
@@ -428,3 +465,60 @@ def test_chunk_tasks_carry_windows_not_pixels(make_scene: Callable[..., Path], t
     # a 64 x 96 x 3 uint8 scene alone would be 18 KB; the large scene's 276 KB
     assert max(sizes["large"]) < 8_000
     assert max(sizes["large"]) <= max(sizes["small"]) + 64
+
+
+def test_resume_names_a_changed_remote_scene_by_etag(
+    make_scene: Callable[..., Path], tmp_path: Path, models: dict[str, Path],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A scene read from object storage (a real S3-compatible server: moto's server mode on
+    127.0.0.1) is fingerprinted by its ETag: replacing the object between an interrupted run
+    and its resume is refused, naming the scene."""
+    import socket
+    import subprocess
+    import sys
+    import time
+
+    boto3 = pytest.importorskip("boto3")
+    pytest.importorskip("moto.server")
+    pytest.importorskip("s3fs")
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p",
+                               str(port)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        endpoint = f"http://127.0.0.1:{port}"
+        for key, value in {"AWS_ACCESS_KEY_ID": "test", "AWS_SECRET_ACCESS_KEY": "test",
+                           "AWS_DEFAULT_REGION": "us-east-1", "AWS_ENDPOINT_URL": endpoint,
+                           "AWS_S3_ENDPOINT": f"127.0.0.1:{port}", "AWS_HTTPS": "NO",
+                           "AWS_VIRTUAL_HOSTING": "FALSE"}.items():
+            monkeypatch.setenv(key, value)
+        s3 = boto3.client("s3", endpoint_url=endpoint)
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                s3.create_bucket(Bucket="scenes")
+                break
+            except Exception:  # noqa: BLE001 - the server is still starting
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.2)
+        s3.upload_file(str(make_scene(150, 173, name="a.tif")), "scenes", "scene.tif")
+        url = "s3://scenes/scene.tif"
+        fingerprint = pipeline.plan_prediction(url, model=models["valid"]).run["scene"]
+        assert fingerprint["path"] == url and fingerprint["etag"]
+
+        def stop_after_two(done: int, total: int, pixels: int) -> None:
+            if done >= 2:
+                raise Interrupt
+
+        out = tmp_path / "p.zarr"
+        with pytest.raises(Interrupt):
+            run(url, out, models["valid"], chunk_size=64, progress=stop_after_two)
+        s3.upload_file(str(make_scene(150, 173, name="b.tif", seed=4)), "scenes", "scene.tif")
+        with pytest.raises(InputError, match=r"the scene changed \(etag"):
+            run(url, out, models["valid"], chunk_size=64, resume=True)
+    finally:
+        server.terminate()
+        server.wait(10)

@@ -93,7 +93,7 @@ def _translating(command: click.Command) -> click.Command:
             raise GeounetCommandError(f"{exc} Finish with: {resume_command()}") from exc
         except GeounetError as exc:
             logging.getLogger("geounet").debug("error details", exc_info=True)
-            raise GeounetCommandError(str(exc)) from exc
+            raise GeounetCommandError(str(exc) + _resume_command(exc)) from exc
         except KeyboardInterrupt as exc:
             store = getattr(exc, "geounet_kept_store", None)
             if store is None:
@@ -120,6 +120,13 @@ def resume_command() -> str:
     if "--resume" not in argv:
         argv.append("--resume")
     return shlex.join(["geounet", *argv])
+
+
+def _resume_command(exc: BaseException) -> str:
+    """`` Resume with: geounet ... --resume`` for an error that kept a run's chunks, else ''."""
+    if not getattr(exc, "resume_store", None):
+        return ""
+    return " Resume with: " + resume_command()
 
 
 class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]

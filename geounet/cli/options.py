@@ -127,11 +127,13 @@ def _address(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     if value is None:
         return None
     value = value.strip()
-    if value in ("threads", "synchronous") or "://" in value or ":" in value:
+    if param.name == "scheduler_address" and value in ("threads", "synchronous"):
+        return value  # the deprecated alias also named the in-process schedulers
+    if "://" in value or ":" in value:
         return value
     raise click.BadParameter(
         f"{value!r} is not a scheduler address; use e.g. tcp://host:8786 "
-        "(or 'threads' / 'synchronous' to run in this process).",
+        "(and --in-process to run in this process).",
         param=param,
     )
 
@@ -147,9 +149,49 @@ scheduler_address = click.option(
     "--scheduler-address",
     callback=_address,
     default=None,
-    help="Run on a running dask.distributed scheduler (tcp://host:8786) instead of a local "
-    "cluster; 'threads' or 'synchronous' run in this process (debugging).",
+    hidden=True,
+    help="Deprecated: use --scheduler ADDRESS, or --in-process for 'threads'.",
 )
+scheduler = click.option(
+    "--scheduler",
+    callback=_address,
+    default=None,
+    metavar="ADDRESS",
+    help="Run on a running dask.distributed scheduler (tcp://host:8786) instead of a local "
+    "cluster. Default: $DASK_SCHEDULER_ADDRESS if set.",
+)
+in_process = click.option(
+    "--in-process",
+    is_flag=True,
+    default=False,
+    help="Run in this process with Dask's threaded scheduler (--workers threads); debugging.",
+)
+
+
+def pop_client(kwargs: dict[str, Any]) -> Any:
+    """Take the scheduler options out of a command's keyword arguments: the library's
+    ``client`` (an address, ``"threads"``, or None for $DASK_SCHEDULER_ADDRESS / a local
+    cluster). ``--workers`` stays in ``kwargs``; the library refuses it with an address."""
+    address = kwargs.pop("scheduler", None)
+    legacy = kwargs.pop("scheduler_address", None)
+    in_process = kwargs.pop("in_process", False)
+    if legacy is not None:
+        import logging
+
+        logging.getLogger("geounet").info("--scheduler-address is deprecated; use --scheduler "
+                                          "ADDRESS, or --in-process for an in-process run.")
+        if legacy in ("threads", "synchronous"):
+            in_process = in_process or legacy
+        elif address is None:
+            address = legacy
+    if address is not None and in_process:
+        raise click.UsageError(
+            f"--scheduler {address} and --in-process both choose where the run happens; "
+            "give one of them."
+        )
+    if in_process:
+        return in_process if isinstance(in_process, str) else "threads"
+    return address
 resume = click.option(
     "--resume",
     is_flag=True,
@@ -278,11 +320,13 @@ def prediction_options(func: Any) -> Any:
     """The options ``predict`` and ``segment`` share, in help order.
 
     They arrive as keyword arguments named like :func:`geounet.predict`'s keywords, except
-    ``scheduler_address`` (the library's ``client``).
+    ``scheduler``, ``in_process`` and ``scheduler_address`` (the library's ``client``: take
+    them out with :func:`pop_client`).
     """
     for decorator in reversed(
         [model, bands, chunk_size, tile_size, batch_size, device, precision, engine,
-         probability_dtype, threshold, resample, resampling, rescale, workers,
+         probability_dtype, threshold, resample, resampling, rescale, workers, scheduler,
+         in_process,
          scheduler_address, resume, allow_no_crs, overwrite]
     ):
         func = decorator(func)

@@ -31,7 +31,7 @@ def predict(ctx: click.Context, scene: str, out: str, **kwargs: Any) -> None:
     from geounet.cli.progress import progress_for
     from geounet.pipeline import predict as run_predict
 
-    client = kwargs.pop("scheduler_address")
+    client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:
         result = run_predict(scene, out, client=client, progress=bar, **kwargs)
     if not ctx.find_root().obj.get("quiet"):

@@ -41,7 +41,7 @@ def segment(
     from geounet.pipeline import segment as run_segment
 
     vectorize_options = {key: kwargs.pop(key) for key in options.VECTORIZE_KEYWORDS}
-    client = kwargs.pop("scheduler_address")
+    client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:
         result = run_segment(
             scene, out, raster_out=raster_out, vectorize_options=vectorize_options,
