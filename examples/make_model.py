@@ -46,6 +46,11 @@ RECIPE: dict = {
         "precision": "fp32",               # the CPU path; bf16 training is ~10x slower here
         "device": "cpu",
         "seed": 0,
+        # the recipe before issue 8 (the TrainConfig defaults of then), pinned so that
+        # `make model` still reproduces the shipped weights under today's defaults
+        "weight_decay": 0.0, "schedule": "plateau", "warmup": 0.0, "ema": 0.0,
+        "monitor": "loss", "max_minutes": None, "brightness": 0.1, "contrast": 0.1,
+        "gamma": 0.0, "hue": 0.0, "scale": 0.0, "dice_foreground": False,
     },
 }
 

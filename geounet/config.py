@@ -45,6 +45,15 @@ GeoParquet and FlatGeobuf (one file per layer)."""
 BatchRaster = Literal["none", "zarr", "cog"]
 """Which prediction raster ``geounet batch`` keeps per scene: none, a Zarr store or a COG."""
 
+LRSchedule = Literal["one-cycle", "cosine", "plateau"]
+"""Learning-rate schedule of training: ``one-cycle`` (cosine warm-up from lr/25 to lr, then
+cosine annealing to lr/1e4), ``cosine`` (linear warm-up from 0, cosine annealing to 0) or
+``plateau`` (constant lr, halved when the monitored score stalls; the pre-0.x behaviour)."""
+
+Monitor = Literal["iou", "loss"]
+"""What picks the best checkpoint and drives early stopping: the validation mean foreground
+IoU (``iou``) or the validation loss (``loss``)."""
+
 ResampleMode = Literal["error", "auto", "always"]
 """When a scene is read through a warp at the model's pixel size: ``error`` never (refuse a
 scene more than 2x off), ``auto`` when it is more than 1.25x off (the default), ``always``

@@ -37,10 +37,19 @@ def make_runner(
     dtype: str = "uint8",
     seed: int = 0,
     precision: str = "fp32",
+    batch_norm: bool = False,
 ) -> ModelRunner:
-    config = UNetConfig(depth=depth, base_channels=base, padding=padding)  # type: ignore[arg-type]
+    config = UNetConfig(depth=depth, base_channels=base, padding=padding,  # type: ignore[arg-type]
+                        batch_norm=batch_norm)
     torch.manual_seed(seed)
     model = UNet(config)
+    if batch_norm:  # non-trivial statistics and affine terms, as after training
+        for module in model.modules():
+            if isinstance(module, torch.nn.BatchNorm2d):
+                module.running_mean.uniform_(-0.5, 0.5)
+                module.running_var.uniform_(0.5, 2.0)
+                module.weight.data.uniform_(0.5, 1.5)
+                module.bias.data.uniform_(-0.2, 0.2)
     top = 255.0 if dtype == "uint8" else 4095.0
     card = ModelCard(
         architecture=config,
@@ -74,6 +83,24 @@ def test_valid_tiling_is_exact(make_scene: Callable[..., Path], depth: int) -> N
         probs, valid = predict_tiled(info, grid, runner)
         assert valid.all() and probs.dtype == np.float32
         np.testing.assert_allclose(probs.sum(0), 1.0, atol=1e-5)
+        np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("depth", [2, 3])
+def test_batch_norm_model_keeps_valid_tiling_exact(make_scene: Callable[..., Path],
+                                                   depth: int) -> None:
+    """The default training recipe's batch norm (eval mode: a per-channel affine map) keeps
+    ARCHITECTURE invariant 2: tiled output == whole-scene inference, for any chunk and batch size."""
+    path = make_scene(301, 257)
+    runner = make_runner(depth=depth, batch_norm=True, seed=depth)
+    assert any(isinstance(m, torch.nn.BatchNorm2d) for m in runner.model.modules())
+    whole, _ = _whole(path, runner)
+    info = open_scene(path)
+    a = runner.config.alignment
+    for chunk_size, batch in [(8 * a, 1), (16 * a, 3), (24 * a, 2)]:
+        grid = plan_tiles(runner.config, info.height, info.width, chunk_size=chunk_size)
+        probs, valid = predict_tiled(info, grid, runner, batch_size=batch)
+        assert valid.all()
         np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
 
 

@@ -8,7 +8,7 @@ from typing import Any
 import click
 
 from geounet.cli import options
-from geounet.config import LossType, Padding, Precision, choices
+from geounet.config import LossType, LRSchedule, Monitor, Padding, Precision, choices
 
 
 def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -33,12 +33,23 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
               callback=options._positive, help="Channels at level 0 (doubled per level).")
 @click.option("--padding", type=click.Choice(choices(Padding)), default="valid",
               show_default=True)
-@click.option("--batch-norm/--no-batch-norm", default=False, show_default=True)
-@click.option("--epochs", type=int, default=50, show_default=True, callback=options._positive)
+@click.option("--batch-norm/--no-batch-norm", default=True, show_default=True)
+@click.option("--epochs", type=int, default=20, show_default=True, callback=options._positive)
 @click.option("--batch-size", type=int, default=8, show_default=True,
               callback=options._positive, help="Chips per training step.")
-@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=1e-3,
-              show_default=True, help="Adam learning rate.")
+@click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=2e-3,
+              show_default=True, help="Peak AdamW learning rate.")
+@click.option("--weight-decay", type=click.FloatRange(0.0), default=1e-4, show_default=True,
+              help="AdamW weight decay (0 = Adam).")
+@click.option("--schedule", type=click.Choice(choices(LRSchedule)), default="one-cycle",
+              show_default=True, help="Learning-rate schedule (warm-up and annealing).")
+@click.option("--ema", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.98,
+              show_default=True, help="Decay of the weight average validated and saved (0 = off).")
+@click.option("--max-minutes", type=click.FloatRange(0.0, min_open=True), default=27.0,
+              show_default=True,
+              help="Wall-time budget: the schedule anneals by it and training ends in time.")
+@click.option("--no-time-limit", "no_time_limit", is_flag=True, default=False,
+              help="Train all epochs whatever the time (no --max-minutes).")
 @click.option("--chip-size", type=int, default=None, callback=options._positive,
               help="Labelled window per sample (default: the largest chip).")
 @options.tile_size
@@ -54,8 +65,11 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @click.option("--border-sigma", type=click.FloatRange(0.0, min_open=True), default=5.0,
               show_default=True, help="Border weight sigma in pixels.")
 @click.option("--elastic", is_flag=True, default=False, help="Elastic deformation augmentation.")
-@click.option("--patience", type=int, default=10, show_default=True, callback=options._positive,
-              help="Stop after this many epochs without validation improvement.")
+@click.option("--monitor", type=click.Choice(choices(Monitor)), default="iou",
+              show_default=True,
+              help="Best checkpoint by validation foreground IoU (iou) or validation loss.")
+@click.option("--patience", type=int, default=None, callback=options._positive,
+              help="Stop after this many epochs without validation improvement (default: never).")
 @click.option("--val-fraction", type=click.FloatRange(0.0, 1.0, max_open=True), default=0.2,
               show_default=True, help="Held-out share when the chips have no split.")
 @options.seed
@@ -78,6 +92,8 @@ def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
     from geounet.training.loop import TrainConfig
     from geounet.training.loop import train as run_train
 
+    if kwargs.pop("no_time_limit"):
+        kwargs["max_minutes"] = None
     config = TrainConfig(**kwargs)
     dataset = DatasetConfig(mask_pattern=mask_pattern, mask_values=mask_values, classes=classes,
                             labels=labels, line_width=line_width, split_block=split_block)
@@ -100,8 +116,4 @@ def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
 
     result = run_train(chips_dir, out, config=config, resume=resume, overwrite=overwrite,
                        progress=progress, dataset=dataset)
-    best = result.history[result.best_epoch - 1] if result.best_epoch else result.history[-1]
-    click.echo(f"best epoch {result.best_epoch} (val loss {best.val_loss:.4f}, mean IoU "
-               f"{best.mean_iou:.3f}) -> {result.best_path}"
-               + ("  (stopped early)" if result.stopped_early else "")
-               + f"  classes {','.join(result.classes)}")
+    click.echo(result.summary() + f"  classes {','.join(result.classes)}")

@@ -70,3 +70,67 @@ def jitter(
     c = rng.uniform(1.0 - contrast, 1.0 + contrast, size=(bands, 1, 1))
     b = rng.uniform(-brightness, brightness, size=(bands, 1, 1))
     return (image * c + b).astype(image.dtype, copy=False)
+
+
+def rescale(
+    image: np.ndarray, mask: np.ndarray, rng: np.random.Generator, *, amount: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Random zoom about the chip centre by ``s``, log-uniform in ``[1/(1+amount), 1+amount]``.
+
+    Simulates a different ground sampling distance (objects ``s`` times larger in pixels).
+    The image is resampled bilinearly and the mask with nearest neighbour, both mirrored at
+    the borders, so the chip keeps its size.
+
+    Examples
+    --------
+    >>> img, msk = rescale(np.zeros((3, 8, 8)), np.zeros((8, 8)), np.random.default_rng(0),
+    ...                    amount=0.2)
+    >>> img.shape, msk.shape
+    ((3, 8, 8), (8, 8))
+    """
+    from scipy.ndimage import map_coordinates
+
+    height, width = mask.shape
+    if amount <= 0 or height < 4 or width < 4:
+        return image, mask
+    bound = np.log1p(amount)
+    s = float(np.exp(rng.uniform(-bound, bound)))
+    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
+    yy, xx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
+    coords = np.stack([cy + (yy - cy) / s, cx + (xx - cx) / s])
+    warped = np.stack([map_coordinates(band, coords, order=1, mode="mirror") for band in image])
+    warped_mask = map_coordinates(mask, coords, order=0, mode="mirror")
+    return warped.astype(image.dtype, copy=False), warped_mask.astype(mask.dtype, copy=False)
+
+
+def colour(
+    image: np.ndarray, rng: np.random.Generator, *, gamma: float, hue: float
+) -> np.ndarray:
+    """Random gamma and hue shift of a normalized image (band, y, x); per chip.
+
+    - gamma: ``g`` log-uniform in ``[exp(-gamma), exp(gamma)]`` applied to the chip's values
+      rescaled to [0, 1] by its own per-band min/max (so it bends tones, not the range);
+    - hue: on images of 3 or more bands, the first three are rotated about the grey axis
+      ``(1, 1, 1)`` by an angle uniform in ``+- hue * pi`` (a hue shift in normalized units;
+      extra bands such as NIR are left alone).
+
+    Examples
+    --------
+    >>> out = colour(np.ones((3, 4, 4), np.float32), np.random.default_rng(0), gamma=0.2, hue=0.1)
+    >>> out.shape, out.dtype.name
+    ((3, 4, 4), 'float32')
+    """
+    out = image.astype(np.float32, copy=True)
+    if gamma > 0:
+        g = float(np.exp(rng.uniform(-gamma, gamma)))
+        lo = out.min(axis=(1, 2), keepdims=True)
+        span = np.maximum(out.max(axis=(1, 2), keepdims=True) - lo, 1e-6)
+        out = lo + span * ((out - lo) / span) ** g
+    if hue > 0 and out.shape[0] >= 3:
+        theta = float(rng.uniform(-hue, hue) * np.pi)
+        k = np.full(3, 1.0 / np.sqrt(3.0))
+        cross = np.array([[0, -k[2], k[1]], [k[2], 0, -k[0]], [-k[1], k[0], 0]])
+        rot = (np.cos(theta) * np.eye(3) + np.sin(theta) * cross
+               + (1 - np.cos(theta)) * np.outer(k, k)).astype(np.float32)
+        out[:3] = np.tensordot(rot, out[:3], axes=1)
+    return out.astype(image.dtype, copy=False)

@@ -225,6 +225,9 @@ class ChipDataset:
         brightness: float = 0.1,
         contrast: float = 0.1,
         seed: int = 0,
+        scale: float = 0.0,
+        gamma: float = 0.0,
+        hue: float = 0.0,
     ) -> None:
         self.records = list(records)
         self.spec = spec
@@ -241,6 +244,7 @@ class ChipDataset:
         self.brightness = brightness
         self.contrast = contrast
         self.seed = seed
+        self.scale, self.gamma, self.hue = scale, gamma, hue  # see geounet.training.augment
         self.epoch = 0
         if train:
             self.items = [(i, -1, -1) for i in range(len(self.records))]
@@ -264,7 +268,7 @@ class ChipDataset:
 
         from rasterio.windows import Window
 
-        from geounet.training.augment import dihedral, elastic, jitter
+        from geounet.training.augment import colour, dihedral, elastic, jitter, rescale
         from geounet.training.losses import border_weights
 
         chip, y0, x0 = self.items[index]
@@ -291,9 +295,13 @@ class ChipDataset:
             image, mask = dihedral(image, mask, int(rng.integers(8)))
             if self.elastic:
                 image, mask = elastic(image, mask, rng)
+            if self.scale > 0:
+                image, mask = rescale(image, mask, rng, amount=self.scale)
         image = (image - self.mean) / self.std
         if self.train and (self.brightness > 0 or self.contrast > 0):
             image = jitter(image, rng, brightness=self.brightness, contrast=self.contrast)
+        if self.train and (self.gamma > 0 or self.hue > 0):
+            image = colour(image, rng, gamma=self.gamma, hue=self.hue)
         image[:, mask == NODATA] = 0.0
         weights = self.class_weights[np.where(mask == NODATA, self.num_classes, mask)]
         if self.border_weight > 0 and self.border_class is not None:

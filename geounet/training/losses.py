@@ -51,6 +51,7 @@ def segmentation_loss(
     *,
     dice_weight: float = 1.0,
     loss: LossType = "ce",
+    dice_foreground: bool = False,
 ) -> torch.Tensor:
     """Weighted cross-entropy (or BCE) + ``dice_weight`` x (1 - soft Dice), on labelled pixels.
 
@@ -64,6 +65,9 @@ def segmentation_loss(
         binary cross-entropy per class (mean over the K channels), with sigmoid probabilities
         in the Dice term. Both keep the argmax of the logits as the predicted class, which is
         what the inference engine (softmax) uses.
+    dice_foreground : average Dice over the foreground classes only (class 0, background, left
+        out; it dominates small-foreground chips and its Dice is near 1 anyway); with one
+        class, all classes.
 
     The pixel term is ``sum(w * l) / sum(labelled)``; Dice is averaged over the classes
     present in the batch's target or prediction.
@@ -94,6 +98,8 @@ def segmentation_loss(
         inter = (probs * onehot * v).sum(dim=(0, 2, 3))
         sums = (probs * v).sum(dim=(0, 2, 3)) + (onehot * v).sum(dim=(0, 2, 3))
         present = sums > 0
+        if dice_foreground and k > 1:
+            present[0] = False
         dice = (2 * inter + 1.0) / (sums + 1.0)
         if present.any():
             total = total + dice_weight * (1.0 - dice[present].mean())
