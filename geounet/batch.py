@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import dataclasses
 import glob
 import hashlib
 import io
@@ -666,13 +667,26 @@ def run_batch(
             for chunk in todo:
                 if job.failed:
                     break
-                yield job, ChunkTask(job.plan.info, chunk, job.plan.grid, job.plan.runner,
-                                     job.store, batch_size, threshold)
+                yield job, ChunkTask(job.plan.info, chunk, job.plan.grid,
+                                     shipped(job.plan.runner), job.store, batch_size, threshold)
 
-    from geounet.cluster import completion_queue
-    from geounet.pipeline import run_chunk
+    from geounet.cluster import DEFAULT_RETRY, TaskFailure, completion_queue, ship_model
+    from geounet.pipeline import run_chunk_task
+
+    models: dict[str, str] = {}
+    connected: list[Any] = []
+
+    def shipped(runner: Any) -> Any:
+        """The runner spec naming the model by the copy shipped to every worker (once per
+        model for the whole job), so workers never read the client's file system."""
+        if runner.model is None or not connected:
+            return runner
+        if runner.model not in models:
+            models[runner.model] = ship_model(connected[0], runner.model, runner.model_sha256)
+        return dataclasses.replace(runner, model_sha256=models[runner.model])
 
     with _cluster(client, workers, device) as on:
+        connected.append(on)
         if window is None:
             threads = sum(on.nthreads().values()) if hasattr(on, "nthreads") else 1
             window = max(4, 2 * threads)
@@ -699,7 +713,8 @@ def run_batch(
                     submit_finish(job)
                     continue
                 key = f"geounet-chunk-{job.index}-{task.chunk.y0}-{task.chunk.x0}-{token}"
-                future = on.submit(run_chunk, task, key=key, pure=False)
+                future = on.submit(run_chunk_task, task, key=key, pure=False,
+                                   retries=DEFAULT_RETRY.task_retries)
                 inflight[future] = (job, "chunk")
                 job.futures.add(future)
                 pending.add(future)
@@ -734,6 +749,10 @@ def run_batch(
                     value = future.result()
                 except Exception as exc:  # noqa: BLE001 - the scene fails, the batch goes on
                     scene_failed(job, exc, kind)
+                    fill()
+                    continue
+                if isinstance(value, TaskFailure):  # a user error: not retried
+                    scene_failed(job, value.error, kind)
                     fill()
                     continue
                 if kind == "chunk":

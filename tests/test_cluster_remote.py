@@ -294,3 +294,42 @@ def test_transient_error_class_is_retried_but_user_errors_are_not() -> None:
     assert issubclass(TransientError, OSError)
     policy = cluster.RetryPolicy(attempts=3, backoff=0.5)
     assert [policy.delay(i) for i in (1, 2)] == [0.5, 1.0]
+
+
+def test_batch_through_scheduler_ships_the_model_and_equals_in_process(
+    dask_processes: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`geounet batch --scheduler` with relative paths: the user checkpoint reaches the
+    workers as shipped bytes (never as the client's path) and the outputs equal an in-process
+    batch."""
+    from distributed import Client
+
+    from geounet import batch
+    from geounet.worker import file_sha256, shipped_models
+    from test_pipeline import make_checkpoint
+
+    # a model no other test ships: its presence on the workers comes from this batch alone
+    tiny_model = make_checkpoint(tmp_path / "batch_model.pt", seed=17)
+    monkeypatch.chdir(tmp_path)
+    Path("s").mkdir()
+    for seed in (5, 6):
+        write_scene(f"s/scene{seed}.tif", 96, 80, seed=seed)
+    common = ["--precision", "fp32", "--chunk-size", "48", "--model", str(tiny_model)]
+    remote = CliRunner().invoke(cli, ["batch", "s/scene5.tif", "s/scene6.tif", "--out-dir",
+                                      "remote", "--scheduler", dask_processes.address,
+                                      *common])
+    assert remote.exit_code == 0, remote.output
+    table = batch.run_batch(["s/scene5.tif", "s/scene6.tif"], "local", model=tiny_model,
+                            client="threads", precision="fp32", chunk_size=48)
+    assert [row.status for row in table.scenes] == ["done", "done"]
+    import geopandas as gpd
+    import pyogrio
+
+    for name in ("scene5", "scene6"):
+        for layer, _ in pyogrio.list_layers(f"local/{name}.gpkg"):
+            ours = gpd.read_file(f"remote/{name}.gpkg", layer=layer)
+            theirs = gpd.read_file(f"local/{name}.gpkg", layer=layer)
+            assert sorted(ours.geometry.to_wkb()) == sorted(theirs.geometry.to_wkb())
+    sha = file_sha256(tiny_model)
+    with Client(dask_processes.address) as client:
+        assert all(sha in models for models in client.run(shipped_models).values())
