@@ -512,24 +512,9 @@ def _compute_store(
             runner = dataclasses.replace(runner, model_sha256=cluster.ship_model(
                 on, runner.model, runner.model_sha256))
         if resuming:
-            spec = StoreSpec(str(store_path), probability_dtype)
             log.info("resuming the interrupted run in %s", store_path)
-        else:
-            if store_path.exists():
-                log.info("discarding the partial store of an earlier run: %s", store_path)
-                output.remove_path(store_path)
-            spec = output.create_store(
-                store_path,
-                height=info.height,
-                width=info.width,
-                classes=plan.card.classes,
-                chunk_size=plan.chunk_size,
-                crs_wkt=info.crs_wkt,
-                transform=tuple(info.transform) if info.crs_wkt else None,
-                probability_dtype=probability_dtype,
-                attrs=_store_attrs(plan),
-                run=plan.run,
-            )
+        spec, _ = prepare_store(plan, store_path, probability_dtype=probability_dtype,
+                                resume=resuming)
         if progress is not None:
             progress(state["done"], len(chunks), state["pixels"])
 
