@@ -167,11 +167,6 @@ class Frame:
         _, _, north = self.geod.inv(lon, lat - step, lon, lat + step)
         return np.diag([east / (2 * step), north / (2 * step)]) @ linear
 
-    def pixel_size_m(self, col: float, row: float) -> float:
-        """Ground size of one pixel in metres near ``(col, row)`` (see :func:`pixel_size_m`)."""
-        sx, sy = pixel_sides_m(self.crs, self.transform, col, row)
-        return float(math.sqrt(sx * sy))
-
     def area_perimeter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Area (m^2) and perimeter (m) of map-coordinate polygons."""
         import shapely

@@ -68,6 +68,21 @@ class ChipSummary:
         return self.n_train + self.n_val + self.n_buffer
 
 
+def publish_chips_dir(tmp: Path, out_dir: Path, rows: list[dict[str, Any]],
+                      meta: dict[str, Any]) -> None:
+    """Finish a chips folder built in ``tmp`` (its split file and ``chips.json``) and move it
+    to ``out_dir`` in one rename, replacing an older folder: a chips folder appears only
+    when complete."""
+    with open(tmp / SPLIT_FILE, "w", newline="") as fh:
+        writer = csv.DictWriter(fh, fieldnames=SPLIT_COLUMNS, restval="")
+        writer.writeheader()
+        writer.writerows(rows)
+    (tmp / CHIPS_META).write_text(json.dumps(meta, indent=2))
+    if out_dir.exists():
+        shutil.rmtree(out_dir)
+    os.replace(tmp, out_dir)
+
+
 def make_chips(
     scene: str | os.PathLike[str],
     labels: str | os.PathLike[str],
@@ -227,19 +242,12 @@ def make_chips(
             for record, split in zip(records, _split_blocks(records, src.transform,
                                                             val_fraction, seed)):
                 record["split"] = split
-            with open(tmp / SPLIT_FILE, "w", newline="") as fh:
-                writer = csv.DictWriter(fh, fieldnames=SPLIT_COLUMNS)
-                writer.writeheader()
-                writer.writerows(records)
             meta = {
                 "classes": list(classes), "class_layers": class_layers,
                 "scene": scene.name, "labels": Path(labels).name, "chip_size": chip_size,
                 "split_block": split_block, "val_fraction": val_fraction, "seed": seed,
             }
-            (tmp / CHIPS_META).write_text(json.dumps(meta, indent=2))
-            if out_dir.exists():
-                shutil.rmtree(out_dir)
-            os.replace(tmp, out_dir)
+            publish_chips_dir(tmp, out_dir, records, meta)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise

@@ -712,7 +712,7 @@ def export_chips(
     import rasterio
 
     from geounet.errors import OutputExistsError
-    from geounet.training.chips import SPLIT_COLUMNS
+    from geounet.training.chips import publish_chips_dir
 
     out_dir = Path(out_dir)
     if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
@@ -747,18 +747,11 @@ def export_chips(
                          "labelled_fraction": round(float((mask[valid] > 0).mean())
                                                     if valid.any() else 0.0, 6),
                          "nodata_fraction": round(1.0 - float(valid.mean()), 6)})
-        with open(tmp / SPLIT_FILE, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=SPLIT_COLUMNS, restval="")
-            writer.writeheader()
-            writer.writerows(rows)
         meta = {"classes": list(dataset.classes), "source": Path(root).name,
                 "pairing": dataset.pairing, "labels": dataset.mask_rule,
                 "split": dataset.split_rule, "n_buffer": dataset.n_buffer,
                 "val_fraction": val_fraction, "seed": seed}
-        (tmp / CHIPS_META).write_text(json.dumps(meta, indent=2))
-        if out_dir.exists():
-            shutil.rmtree(out_dir)
-        os.replace(tmp, out_dir)
+        publish_chips_dir(tmp, out_dir, rows, meta)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
