@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import contextlib
 import csv
-import dataclasses
 import glob
 import hashlib
 import io
@@ -607,9 +606,6 @@ def run_batch(
         started = time.perf_counter()
         try:
             plan = plan_prediction(scene, **plan_options)  # type: ignore[arg-type]
-        except GeounetError as exc:
-            fail(index, scene, name, exc, started)
-            return None
         except Exception as exc:  # noqa: BLE001 - any one scene's failure is its row
             fail(index, scene, name, exc, started)
             return None
@@ -659,6 +655,8 @@ def run_batch(
             report()
             if job is None:
                 continue
+            if job.plan.runner.model is not None:  # to every worker, once per model per job
+                ship_model(connected[0], job.plan.runner.model, job.plan.runner.model_sha256)
             todo = [c for c in job.plan.grid.chunks()
                     if output.chunk_id(c.y0, c.x0) not in job.done_ids]
             job.done_ids = set()
@@ -667,23 +665,13 @@ def run_batch(
             for chunk in todo:
                 if job.failed:
                     break
-                yield job, ChunkTask(job.plan.info, chunk, job.plan.grid,
-                                     shipped(job.plan.runner), job.store, batch_size, threshold)
+                yield job, ChunkTask(job.plan.info, chunk, job.plan.grid, job.plan.runner,
+                                     job.store, batch_size, threshold)
 
     from geounet.cluster import DEFAULT_RETRY, TaskFailure, completion_queue, ship_model
     from geounet.pipeline import run_chunk_task
 
-    models: dict[str, str] = {}
-    connected: list[Any] = []
-
-    def shipped(runner: Any) -> Any:
-        """The runner spec naming the model by the copy shipped to every worker (once per
-        model for the whole job), so workers never read the client's file system."""
-        if runner.model is None or not connected:
-            return runner
-        if runner.model not in models:
-            models[runner.model] = ship_model(connected[0], runner.model, runner.model_sha256)
-        return dataclasses.replace(runner, model_sha256=models[runner.model])
+    connected: list[Any] = []  # the job's client, set once the cluster is up
 
     with _cluster(client, workers, device) as on:
         connected.append(on)

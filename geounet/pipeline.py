@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import inspect
 import logging
 import os
@@ -284,9 +285,18 @@ def _remote_stamp(url: str) -> dict[str, Any]:
 
 
 def _model_fingerprint(path: Path) -> dict[str, Any]:
+    """Name and content hash of a checkpoint; hashed once per file version (size, mtime), not
+    once per scene of a batch."""
+    stat = path.stat()
+    return {"name": path.name,
+            "sha256": _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}
+
+
+@functools.lru_cache(maxsize=16)
+def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     from geounet.worker import file_sha256
 
-    return {"name": path.name, "sha256": file_sha256(path)}
+    return file_sha256(path)
 
 
 def _plain(value: Any) -> Any:

@@ -40,7 +40,6 @@ class ChunkProgress:
             self.bar = tqdm(total=total, initial=done, unit="chunk", desc=self.label,
                             file=self.stream, dynamic_ncols=self.width is None,
                             ncols=self.width, smoothing=0.1, leave=True)
-            self.bar.n = done
             self.bar.refresh()
             return
         if total != self.bar.total:
