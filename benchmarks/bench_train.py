@@ -17,7 +17,9 @@ Data (built once per ``--data`` folder, then reused):
 - validation: 24 chips from seeds 101-102, with looks drawn the same way, clean masks.
 
 Masks are building-only (0 background, 1 buildings; roads are background), like published
-building datasets. After training, the best checkpoint predicts every validation chip (whole
+building datasets. Training sees only ``chips/train`` and holds out its own validation chips with geounet's
+spatial split (as a user with one labelled folder would); that internal validation picks the
+best epoch. After training, the best checkpoint predicts every separate validation chip (whole
 chip, mirrored context) and :func:`geounet.evaluate` scores it against the clean mask: pixel
 IoU of buildings over all chips (summed counts) and building object F1 (SpaceNet rule).
 Prints one JSON line; ``--json`` writes it too. Figures are CPU seconds of this process
@@ -184,7 +186,13 @@ def main(argv: list[str] | None = None) -> int:
         if getattr(event, "record", None) is not None:
             epoch_cpu.append(round(time.process_time() - start, 1))
 
-    result = train(chips, out / "model.pt", config=config, overwrite=True, progress=progress)
+    from geounet.training.layout import DatasetConfig
+
+    # Like a user with one labelled folder: train on chips/train with geounet's own spatial
+    # validation split (it picks the best epoch), score on chips/val (other scenes, unseen).
+    result = train(chips / "train", out / "model.pt", config=config, overwrite=True,
+                   progress=progress,
+                   dataset=DatasetConfig(classes=("background", "buildings")))
     train_cpu = time.process_time() - start
     scratch = Path(tempfile.mkdtemp(prefix="bench-score-"))
     scores = score(result.best_path, chips, scratch)

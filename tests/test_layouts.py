@@ -393,3 +393,70 @@ def test_mixed_01_and_0255_masks_are_ambiguous(tmp_path):
                transform, "EPSG:4326")
     with pytest.raises(LabelError, match="mix 0/1 masks and 0/255.*--mask-values"):
         open_dataset(root)
+
+
+def test_0255_masks_with_three_named_classes_are_ambiguous_not_binary(tmp_path):
+    """0/255 masks under three class names: 255 is a foreground or nodata; reading it as
+    class 1 would train nodata as buildings. Stop and name --mask-values."""
+    root = tmp_path / "data"
+    _layout(root, "mask_255_no_georef", _chips(1, 2))
+    with pytest.raises(LabelError, match="only 0 and 255.*3 classes.*--mask-values"):
+        open_dataset(root, DatasetConfig(classes=("buildings", "roads")))
+    # two named classes keep the documented 0/255 rule
+    assert open_dataset(root, DatasetConfig(classes=("buildings",)),
+                        val_fraction=0.0).records[0].mask_values == (0, 255)
+
+
+def test_unnamed_three_class_masks_need_class_names(tmp_path):
+    """0/1/2 masks say nothing of what 1 and 2 are: no guessed names in the model card."""
+    root = tmp_path / "data"
+    for i, (name, (image, mask, transform, _)) in enumerate(_chips(1, 2).items()):
+        _write(root / "images" / f"{name}.tif", image, transform, "EPSG:4326")
+        _write(root / "masks" / f"{name}.tif", (mask * (1 + i)).astype(np.uint8), transform,
+               "EPSG:4326")
+    with pytest.raises(LabelError, match="class indices but no class names.*--classes"):
+        open_dataset(root)
+    named = open_dataset(root, DatasetConfig(classes=("roads", "buildings")), val_fraction=0.0)
+    assert named.classes == ("background", "roads", "buildings")
+
+
+def test_float_masks_with_nan_nodata_read(tmp_path):
+    root = tmp_path / "data"
+    for name, (image, mask, transform, _) in _chips(1, 2).items():
+        coded = mask.astype(np.float32)
+        coded[0, :4] = np.nan
+        _write(root / "images" / f"{name}.tif", image, transform, "EPSG:4326")
+        _write(root / "masks" / f"{name}.tif", coded, transform, "EPSG:4326", nodata=np.nan)
+    dataset = open_dataset(root, val_fraction=0.0)
+    assert dataset.classes == ("background", "buildings")
+    for _, target in _samples(dataset).values():
+        assert (target[0, :4] == 255).all() and (target == 1).any()
+
+
+def test_chips_out_inside_or_around_the_input_is_refused(tmp_path):
+    """--overwrite must never delete the dataset it reads."""
+    root = tmp_path / "data"
+    _layout(root, "dot_mask", _chips(1, 2))
+    before = sorted(p.name for p in root.rglob("*"))
+    runner = CliRunner()
+    for out in (root, tmp_path, root / "chips"):
+        res = runner.invoke(cli, ["chips", str(root), "--out", str(out), "--overwrite"])
+        assert res.exit_code != 0 and "overlap" in res.output, res.output
+        assert "Traceback" not in res.output
+    assert sorted(p.name for p in root.rglob("*")) == before
+
+
+def test_cli_chips_names_options_of_the_other_mode(tmp_path):
+    root = tmp_path / "data"
+    _layout(root, "dot_mask", _chips(1, 2))
+    runner = CliRunner()
+    res = runner.invoke(cli, ["chips", str(root), "--out", str(tmp_path / "c"),
+                              "--chip-size", "128", "--min-labelled", "0.1"])
+    assert res.exit_code == 2 and "--chip-size, --min-labelled" in res.output, res.output
+    scene = next(root.glob("*[0-9].tif"))
+    labels = tmp_path / "l.gpkg"
+    gpd.GeoDataFrame(geometry=[box(0, 0, 1, 1)], crs="EPSG:4326").to_file(labels,
+                                                                          layer="buildings")
+    res = runner.invoke(cli, ["chips", str(scene), str(labels), "--out", str(tmp_path / "d"),
+                              "--mask-pattern", "{stem}.mask.tif"])
+    assert res.exit_code == 2 and "--mask-pattern" in res.output, res.output

@@ -303,6 +303,7 @@ def _touching_buildings_chip(folder: Path, name: str = "touching") -> None:
         (folder / kind).mkdir(parents=True, exist_ok=True)
         with rasterio.open(folder / kind / f"{name}.tif", "w", **profile, **extra) as dst:
             dst.write(data)
+    (folder / "chips.json").write_text('{"classes": ["background", "buildings", "roads"]}')
 
 
 def test_samples_carry_class_and_border_weights(tmp_path):

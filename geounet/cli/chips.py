@@ -60,7 +60,25 @@ def chips(scene: str, labels: str | None, out_dir: str, chip_size: int,
 
     from geounet.training.chips import make_chips
 
-    if Path(scene).is_dir():
+    ctx = click.get_current_context()
+    folder = Path(scene).is_dir()
+    # Options of the other mode would be silently ignored: name them instead.
+    other = (("chip_size", "class_layers", "min_labelled", "max_nodata") if folder
+             else ("mask_pattern", "mask_values", "classes"))
+    given = [name for name in other
+             if ctx.get_parameter_source(name) is click.core.ParameterSource.COMMANDLINE]
+    if given:
+        flags = ", ".join("--" + name.replace("_", "-").replace("class-layers", "class-layer")
+                          for name in given)
+        what = ("a folder of labelled chips (rewritten as they are)" if folder
+                else "a scene file cut with vector LABELS")
+        raise click.UsageError(
+            f"{flags} do(es) not apply when SCENE is {what}; drop "
+            + ("them" if len(given) > 1 else "it")
+            + (", or give a scene file to cut." if folder
+               else ", or give a folder of chips + masks to rewrite."))
+
+    if folder:
         from geounet.training.layout import DatasetConfig, export_chips
 
         config = DatasetConfig(mask_pattern=mask_pattern, mask_values=mask_values,

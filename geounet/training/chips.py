@@ -68,6 +68,25 @@ class ChipSummary:
         return self.n_train + self.n_val + self.n_buffer
 
 
+def check_chips_out(out_dir: Path, overwrite: bool, *sources: str | os.PathLike[str]) -> None:
+    """Refuse an ``out_dir`` that holds (or is) one of ``sources``, which replacing it would
+    delete, and an existing non-empty ``out_dir`` without ``overwrite``."""
+    target = out_dir.resolve()
+    for source in sources:
+        path = Path(source).resolve()
+        if path == target or target in path.parents or path in target.parents:
+            raise InputError(
+                f"chips directory {str(out_dir)!r} and the input {str(source)!r} overlap "
+                "(one holds the other): writing the chips would replace or mix with the "
+                "input; choose an --out outside it."
+            )
+    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
+        raise OutputExistsError(
+            f"chips directory {str(out_dir)!r} exists and is not empty; choose another --out "
+            "or pass --overwrite."
+        )
+
+
 def publish_chips_dir(tmp: Path, out_dir: Path, rows: list[dict[str, Any]],
                       meta: dict[str, Any]) -> None:
     """Finish a chips folder built in ``tmp`` (its split file and ``chips.json``) and move it
@@ -153,11 +172,7 @@ def make_chips(
     if split_block < 1:
         raise InputError(f"split_block {split_block} is not positive; use e.g. 4.")
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"chips directory {str(out_dir)!r} exists and is not empty; "
-            "choose another --out or pass --overwrite."
-        )
+    check_chips_out(out_dir, overwrite, scene, labels)
     classes = ("background", *class_layers.keys())
     scene = Path(scene)
     try:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import math
 import os
 import warnings
 from collections.abc import Iterable, Sequence
@@ -453,15 +454,23 @@ def _label_coding(records: Sequence[ChipRecord], config: DatasetConfig,
         if len(classes) != len(coding):
             raise InputError(f"{len(coding)} mask values {list(coding)} for {len(classes)} "
                              f"classes {list(classes)}; give one value per class.")
-        nodata = {int(v) for v in declared if v != 0} or ({NODATA} - set(coding))
+        nodata = {int(v) for v in declared if v != 0 and math.isfinite(v)} or (
+            {NODATA} - set(coding))
         extra = sorted(values - set(coding) - nodata)
         if extra:
             raise _mask_values_error(extra, f"are not in --mask-values {list(coding)} nor "
                                             "nodata; list every class value", sorted(values))
         rule = f"--mask-values {','.join(map(str, coding))}"
         return (None if coding == tuple(range(len(coding))) else coding), classes, rule
-    nodata = {int(v) for v in declared if v != 0}  # 0 is always background
+    nodata = {int(v) for v in declared  # 0 is always background; NaN marks no value
+              if v != 0 and math.isfinite(v)}
     data = values - nodata
+    if (named is not None and len(named) != 2 and config.mask_values is None
+            and data <= {0, 255} and 255 in data):
+        raise _mask_values_error(
+            sorted(values), f"hold only 0 and 255 but {len(named)} classes {list(named)} are "
+            "named: 255 is either the one foreground class of a 0/255 mask or nodata of a "
+            "class-index mask; say which")
     if named is None and data <= {0} and values & nodata:
         raise _mask_values_error(sorted(values), f"are only background 0 and the masks' "
                                                  f"declared nodata {sorted(nodata)}, so no "
@@ -490,8 +499,6 @@ def _label_coding(records: Sequence[ChipRecord], config: DatasetConfig,
     if n == 2:
         return coding, ("background", DEFAULT_FOREGROUND), rule + (
             f"; binary: background,{DEFAULT_FOREGROUND} (name the foreground with --classes)")
-    if n == 3:
-        return coding, LEGACY_CLASSES, rule + "; 0..2 unnamed: background,buildings,roads"
     raise _mask_values_error(sorted(values), f"look like {n} class indices but no class names "
                                              "are given")
 
@@ -711,15 +718,11 @@ def export_chips(
 
     import rasterio
 
-    from geounet.errors import OutputExistsError
-    from geounet.training.chips import publish_chips_dir
+    from geounet.training.chips import check_chips_out, publish_chips_dir
 
     out_dir = Path(out_dir)
-    if out_dir.exists() and any(out_dir.iterdir()) and not overwrite:
-        raise OutputExistsError(
-            f"chips directory {str(out_dir)!r} exists and is not empty; choose another --out "
-            "or pass --overwrite."
-        )
+    check_chips_out(out_dir, overwrite, root, *([config.labels] if config and config.labels
+                                                 else []))
     dataset = open_dataset(root, config, val_fraction=val_fraction, seed=seed)
     out_dir.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
