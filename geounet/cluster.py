@@ -21,7 +21,7 @@ Examples
 --------
 >>> with scheduler("tcp://127.0.0.1:8786") as client:  # doctest: +SKIP
 ...     sha = ship_model(client, "model.pt")
-...     run_tasks(tasks, client)
+...     run_tasks(run_chunk_task, chunk_tasks, client)
 """
 
 from __future__ import annotations
@@ -35,7 +35,6 @@ from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, Un
 from geounet.errors import ClusterError, GeounetError, InputError, TransientError
 
 if TYPE_CHECKING:
-    from dask.delayed import Delayed
     from distributed import Client
 
 log = logging.getLogger(__name__)
@@ -352,14 +351,14 @@ def scheduler(
     ``workers`` processes, by default :func:`default_workers` but never more than ``tasks``
     (an idle worker would only take cores from the busy ones' torch threads).
     When that leaves one worker and ``workers`` was not given (a scene of one chunk, or a CUDA
-    run), the same delayed chunk tasks run in this process (``"synchronous"``, torch threads =
+    run), the same chunk tasks run in this process (``"synchronous"``, torch threads =
     cores): no worker process to start, no second model load, and the loaded model is reused
     by the next run in this process (issue 11: fixed cost per run).
 
     Examples
     --------
     >>> with scheduler(workers=2) as client:  # doctest: +SKIP
-    ...     run_tasks(tasks, client)
+    ...     run_tasks(run_chunk_task, chunk_tasks, client)
     """
     client = resolve(client, workers)
     if client is None or (isinstance(client, str) and not is_in_process(client)):
@@ -513,14 +512,17 @@ def file_sha256_bytes(data: bytes) -> str:
 
 
 def run_tasks(
-    tasks: Sequence[Delayed],
+    fn: Callable[[Any], Any],
+    args: Sequence[Any],
     on: Client | LocalScheduler,
     *,
+    keys: Sequence[str] | None = None,
     workers: int | None = None,
     on_result: Callable[[Any], None] | None = None,
     retries: int | None = None,
 ) -> list[Any]:
-    """Compute independent Dask tasks and call ``on_result`` as each one finishes.
+    """Compute ``fn(arg)`` for every ``arg`` as independent Dask tasks and call ``on_result``
+    as each one finishes.
 
     Results are returned in completion order. On the first failing task the others are
     cancelled and its exception is raised. On a ``distributed.Client`` a failing task is rerun
@@ -528,9 +530,28 @@ def run_tasks(
     workers keep dying raises :class:`~geounet.errors.TransientError`. A task may return a
     :class:`TaskFailure` for an error that must not be retried (a user error): it is raised
     here at once.
+
+    The tasks go to the scheduler in one ``Client.map`` message, their results are fetched in
+    the background as they finish, and ``dask.delayed`` never traverses the arguments (they
+    are opaque, e.g. frozen dataclasses): the client's cost per task is about a pickle of
+    ``arg`` (``benchmarks/bench_cluster.py``).
+
+    Parameters
+    ----------
+    fn : a module-level function (pickled by reference).
+    args : one argument per task.
+    keys : one unique Dask key per task (default: ``fn``'s name and the task's index, with a
+        random token).
     """
-    if not tasks:
+    if not args:
         return []
+    if keys is None:
+        import uuid
+
+        token = uuid.uuid4().hex[:12]
+        keys = [f"{getattr(fn, '__name__', 'task')}-{i}-{token}" for i in range(len(args))]
+    if len(keys) != len(args):
+        raise ValueError(f"{len(keys)} keys for {len(args)} tasks")
     results: list[Any] = []
 
     def record(value: Any) -> None:
@@ -544,13 +565,16 @@ def run_tasks(
         import dask
         from dask.callbacks import Callback
 
-        keys = {task.key for task in tasks}
+        wanted = set(keys)
 
         class _Done(Callback):
             def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-                if key in keys:
+                if key in wanted:
                     record(result)
 
+        call = dask.delayed(fn, pure=False)
+        tasks = [call(dask.delayed(arg, name=f"{key}-arg", traverse=False), dask_key_name=key)
+                 for arg, key in zip(args, keys)]
         kwargs: dict[str, Any] = {"scheduler": on}
         if on == "threads":
             kwargs["num_workers"] = workers or 1
@@ -562,17 +586,16 @@ def run_tasks(
     from distributed.scheduler import KilledWorker
 
     retries = DEFAULT_RETRY.task_retries if retries is None else retries
-    futures = on.compute(list(tasks), retries=retries)
+    futures = on.map(fn, list(args), key=list(keys), pure=False, retries=retries)
     try:
-        for future in as_completed(futures):
-            try:
-                value = future.result()
-            except KilledWorker as exc:
-                raise TransientError(
-                    f"the workers running task {future.key!r} died repeatedly ({exc}); check "
-                    "the workers' memory limits and logs, then resume the run."
-                ) from exc
-            record(value)
+        try:  # results are fetched in the background as tasks finish
+            for _future, value in as_completed(futures, with_results=True):
+                record(value)
+        except KilledWorker as exc:
+            raise TransientError(
+                f"the workers running a task died repeatedly ({exc}); check the workers' "
+                "memory limits and logs, then resume the run."
+            ) from exc
     except BaseException:
         on.cancel(futures)
         raise

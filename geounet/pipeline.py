@@ -16,6 +16,7 @@ import inspect
 import logging
 import os
 import time
+import uuid
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -496,8 +497,6 @@ def _compute_store(
     hash; the model's bytes are shipped to the workers. A failure keeps the store and its
     completed chunks for ``resume``.
     """
-    import dask
-
     from geounet import cluster, output
 
     client = cluster.resolve(client, workers)
@@ -535,16 +534,14 @@ def _compute_store(
                 progress(state["done"], len(chunks), state["pixels"])
 
         policy = cluster.DEFAULT_RETRY
-        tasks = [
-            dask.delayed(run_chunk_task, pure=False)(
-                ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold, policy),
-                dask_key_name=f"geounet-chunk-{chunk.y0}-{chunk.x0}-{id(spec)}",
-            )
-            for chunk in todo
-        ]
+        tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold, policy)
+                 for chunk in todo]
+        token = uuid.uuid4().hex[:12]
+        keys = [f"geounet-chunk-{chunk.y0}-{chunk.x0}-{token}" for chunk in todo]
         if on is not None:
             try:
-                records = cluster.run_tasks(tasks, on, workers=workers, on_result=on_result,
+                records = cluster.run_tasks(run_chunk_task, tasks, on, keys=keys,
+                                            workers=workers, on_result=on_result,
                                             retries=policy.task_retries)
             except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
                 annotated = _keep_for_resume(exc, store_path)

@@ -84,7 +84,7 @@ class SizeRules(Protocol):
 class ChunkWindow:
     """One chunk core: rows ``y0:y0+height``, columns ``x0:x0+width`` of the scene.
 
-    ``row``/``col`` are the chunk's index in the chunk grid (one delayed chunk task each).
+    ``row``/``col`` are the chunk's index in the chunk grid (one chunk task each).
     """
 
     row: int

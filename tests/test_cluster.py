@@ -43,7 +43,6 @@ def test_local_cluster_never_has_more_workers_than_tasks() -> None:
 def test_one_worker_job_runs_in_process_without_a_cluster() -> None:
     """A local run that would get one worker process (one chunk) runs the same delayed tasks
     in this process: no LocalCluster start (issue 11, fixed cost), torch gets every core."""
-    import dask
     import torch
 
     old = torch.get_num_threads()
@@ -51,7 +50,7 @@ def test_one_worker_job_runs_in_process_without_a_cluster() -> None:
         with cluster.scheduler(None, tasks=1) as on:
             assert on == "synchronous"
             assert torch.get_num_threads() == cluster.available_cores()
-            records = cluster.run_tasks([dask.delayed(sum)([1, 2])], on)
+            records = cluster.run_tasks(sum, [[1, 2]], on)
         assert records == [3]
     finally:
         torch.set_num_threads(old)

@@ -444,7 +444,7 @@ def test_segment_rejects_unknown_options_before_work(
 def test_chunk_tasks_carry_windows_not_pixels(make_scene: Callable[..., Path], tmp_path: Path,
                                               models: dict[str, Path],
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    """ARCHITECTURE invariant 4: a delayed chunk task pickles to the same few bytes whatever
+    """ARCHITECTURE invariant 4: a chunk task pickles to the same few bytes whatever
     the scene size (paths and windows, never scene-sized arrays)."""
     import cloudpickle
 
@@ -453,9 +453,9 @@ def test_chunk_tasks_carry_windows_not_pixels(make_scene: Callable[..., Path], t
     sizes: dict[str, list[int]] = {}
     real_run_tasks = cluster.run_tasks
 
-    def measured(tasks: Any, on: Any, **kwargs: Any) -> list[Any]:
+    def measured(fn: Any, tasks: Any, on: Any, **kwargs: Any) -> list[Any]:
         sizes[current] = [len(cloudpickle.dumps(task)) for task in tasks]
-        return real_run_tasks(tasks, on, **kwargs)
+        return real_run_tasks(fn, tasks, on, **kwargs)
 
     monkeypatch.setattr(cluster, "run_tasks", measured)
     for current, (height, width) in {"small": (64, 96), "large": (320, 288)}.items():
