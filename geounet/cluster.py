@@ -261,21 +261,21 @@ def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
     Call once in each worker process (:func:`get_client` runs it on every worker). With
     ``workers`` worker processes of ``threads_per_worker`` Dask threads each on a machine
     with ``C`` cores, every task gets ``max(1, C // (workers * threads_per_worker))`` torch
-    threads. Returns that number.
+    threads (:func:`set_torch_threads`'s rule; ``OMP_NUM_THREADS`` is not consulted). Returns
+    that number.
 
     Examples
     --------
     >>> configure_threads(threads_per_worker=1, workers=1) >= 1
     True
     """
-    import torch
-
     if threads_per_worker < 1 or workers < 1:
         raise InputError(
             f"threads_per_worker {threads_per_worker} / workers {workers} must be >= 1."
         )
-    threads = torch_threads_per_worker(workers, threads_per_worker)
-    torch.set_num_threads(threads)
+    # not OMP_NUM_THREADS here: a LocalCluster's nanny leaves OMP_NUM_THREADS=1 in the
+    # client process, which would starve the in-process ("synchronous") runs
+    threads = set_torch_threads(workers * threads_per_worker, honour_env=False)
     log.debug("torch threads set to %d", threads)
     return threads
 
@@ -426,18 +426,18 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
     return sha256
 
 
-def set_torch_threads(host_threads: int) -> int:
+def set_torch_threads(host_threads: int, *, honour_env: bool = True) -> int:
     """Give each Dask thread ``cores // host_threads`` torch threads; return that number.
 
     Run on a worker (by :class:`GeounetPlugin`, and by :func:`get_client` on a local
-    cluster). ``OMP_NUM_THREADS`` set on the worker (a user's explicit choice, or the local
-    cluster's) wins.
+    cluster). With ``honour_env``, ``OMP_NUM_THREADS`` set on the worker (a user's explicit
+    choice, or the local cluster's) wins. The one torch-thread rule of geounet.
     """
     import torch
 
     explicit = os.environ.get("OMP_NUM_THREADS", "")
-    threads = int(explicit) if explicit.isdigit() and int(explicit) > 0 else max(
-        1, available_cores() // max(1, host_threads))
+    threads = (int(explicit) if honour_env and explicit.isdigit() and int(explicit) > 0
+               else torch_threads_per_worker(host_threads))
     torch.set_num_threads(threads)
     return threads
 

@@ -16,12 +16,21 @@ def test_default_workers_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) ->
         assert workers * cluster.torch_threads_per_worker(workers) <= max(cores, workers)
 
 
-def test_configure_threads_never_oversubscribes() -> None:
+def test_configure_threads_never_oversubscribes(monkeypatch) -> None:
+    """One torch-thread rule for local and remote workers: cores // Dask threads (a worker's
+    OMP_NUM_THREADS wins)."""
     import torch
 
     old = torch.get_num_threads()
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
         cores = cluster.available_cores()
+        assert cluster.set_torch_threads(2) == max(1, cores // 2) == torch.get_num_threads()
+        monkeypatch.setenv("OMP_NUM_THREADS", "1")  # on a worker: the user's choice wins
+        assert cluster.set_torch_threads(2) == 1 == torch.get_num_threads()
+        # in the client process it may be distributed's leftover: all cores in-process
+        assert cluster.configure_threads(1, 1) == cores == torch.get_num_threads()
+        monkeypatch.delenv("OMP_NUM_THREADS")
         assert cluster.configure_threads(1, 1) == cores == torch.get_num_threads()
         n = cluster.configure_threads(threads_per_worker=2, workers=1)
         assert n == max(1, cores // 2) and n * 2 <= max(cores, 2)
