@@ -1,0 +1,237 @@
+"""Training settings and records: TrainConfig, the per-epoch record, progress and the result."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from geounet.config import LossType, LRSchedule, Monitor, Padding, Precision, choices
+from geounet.errors import InputError
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that shapes a training run (CLI option names match the fields).
+
+    Attributes
+    ----------
+    depth, base_channels, padding, batch_norm : U-Net architecture (batch norm on by default:
+        in eval mode it is a per-channel affine map, so valid-padding tiling stays exact).
+    epochs : total epochs (a resumed run continues up to this number).
+    batch_size : samples per step.
+    lr : peak AdamW learning rate.
+    weight_decay : AdamW decoupled weight decay (0 = plain Adam).
+    schedule : learning-rate schedule over the run (:data:`geounet.config.LRSchedule`):
+        ``one-cycle`` (default), ``cosine``, or ``plateau`` (constant, halved when the
+        monitored score stalls for ``patience // 2`` epochs).
+    warmup : share of the run spent warming the learning rate up (one-cycle, cosine).
+    ema : decay of the exponential moving average of the weights that is validated and saved
+        (0 = off; the effective decay ramps up as ``min(ema, (1 + n) / (10 + n))`` after
+        ``n`` steps, so short runs are not stuck near their initial weights).
+    monitor : ``iou`` (mean foreground IoU on validation, default) or ``loss`` picks the best
+        checkpoint and drives ``patience``.
+    max_minutes : wall-time budget of the run in minutes (None = none): the schedule follows
+        the larger of step and time progress, so a slower machine anneals sooner, and the run
+        ends gracefully (validated, saved) when the budget is spent.
+    chip_size : side of the labelled window trained on per sample (default: the largest chip);
+        larger chips are cropped (random crops in training, a grid in validation).
+    tile_size : model input side (default: the smallest valid input whose output covers
+        ``chip_size``); overrides ``chip_size``.
+    class_weights : cross-entropy weight per class (default all 1).
+    dice_weight : weight of the soft-Dice term.
+    loss : pixel loss, ``ce`` (softmax cross-entropy) or ``bce`` (one-vs-rest sigmoid binary
+        cross-entropy per class); either plus ``dice_weight`` x soft Dice.
+    border_weight : U-Net border term ``w0`` between touching buildings (0 = off; paper: 10).
+    border_sigma : its ``sigma`` in pixels (paper: 5).
+    elastic : elastic deformation augmentation.
+    brightness, contrast : per-band jitter amplitudes (normalized units).
+    gamma : gamma jitter, ``g`` log-uniform in ``exp(+-gamma)`` (0 = off).
+    hue : hue rotation of the first three bands by up to ``+- hue * pi`` (0 = off).
+    scale : zoom augmentation, ``s`` log-uniform in ``[1/(1+scale), 1+scale]`` (0 = off).
+    dice_foreground : soft Dice over the foreground classes only (background left out).
+    patience : epochs without improvement of ``monitor`` before stopping (None = never).
+    val_fraction : share of chips held out when the chips dir has no split.
+    seed : seed of weights, sampling and augmentation.
+    device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
+    precision : ``auto`` (fp16/bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
+    workers : DataLoader worker processes (None = 0 on CPU, 4 on CUDA).
+    description : stored in the model card.
+    """
+
+    depth: int = 4
+    base_channels: int = 16
+    padding: Padding = "valid"
+    batch_norm: bool = True
+    epochs: int = 20
+    batch_size: int = 8
+    lr: float = 2e-3
+    chip_size: int | None = None
+    tile_size: int | None = None
+    class_weights: tuple[float, ...] | None = None
+    dice_weight: float = 1.0
+    loss: LossType = "ce"
+    border_weight: float = 0.0
+    border_sigma: float = 5.0
+    elastic: bool = False
+    brightness: float = 0.2
+    contrast: float = 0.2
+    patience: int | None = None
+    val_fraction: float = 0.2
+    seed: int = 0
+    device: str = "auto"
+    precision: Precision = "auto"
+    workers: int | None = None
+    description: str = ""
+    weight_decay: float = 1e-4
+    schedule: LRSchedule = "one-cycle"
+    warmup: float = 0.1
+    ema: float = 0.98
+    monitor: Monitor = "iou"
+    max_minutes: float | None = 27.0
+    gamma: float = 0.25
+    hue: float = 0.05
+    scale: float = 0.25
+    dice_foreground: bool = True
+
+    def __post_init__(self) -> None:
+        for name in ("depth", "base_channels", "epochs", "batch_size"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < 1:
+                raise InputError(f"{name} {value!r} must be a whole number >= 1.")
+        if self.padding not in choices(Padding):
+            raise InputError(f"padding {self.padding!r} is not one of {choices(Padding)}.")
+        if self.loss not in choices(LossType):
+            raise InputError(f"loss {self.loss!r} is not one of {choices(LossType)}; pick one.")
+        if not (self.dice_weight >= 0 and math.isfinite(self.dice_weight)):
+            raise InputError(f"dice weight {self.dice_weight} must be finite and >= 0; e.g. 1.")
+        if self.schedule not in choices(LRSchedule):
+            raise InputError(f"schedule {self.schedule!r} is not one of {choices(LRSchedule)}.")
+        if self.monitor not in choices(Monitor):
+            raise InputError(f"monitor {self.monitor!r} is not one of {choices(Monitor)}.")
+        if not 0.0 <= self.warmup < 1.0:
+            raise InputError(f"warmup {self.warmup} must be a share of the run in [0, 1); "
+                             "e.g. 0.1.")
+        if not 0.0 <= self.ema < 1.0:
+            raise InputError(f"ema decay {self.ema} must be in [0, 1) (0 = off); e.g. 0.98.")
+        for name in ("weight_decay", "gamma", "hue", "scale"):
+            value = getattr(self, name)
+            if not (value >= 0 and math.isfinite(value)):
+                raise InputError(f"{name} {value} must be finite and >= 0 (0 = off).")
+        if self.max_minutes is not None and not (self.max_minutes > 0
+                                                 and math.isfinite(self.max_minutes)):
+            raise InputError(f"max minutes {self.max_minutes} must be > 0 (or None for no "
+                             "time budget); e.g. 27 to finish within half an hour.")
+        if self.precision not in choices(Precision):
+            raise InputError(f"precision {self.precision!r} is not one of {choices(Precision)}.")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise InputError(f"learning rate {self.lr} must be > 0; use e.g. 1e-3.")
+        if self.patience is not None and self.patience < 1:
+            raise InputError(f"patience {self.patience} must be >= 1 (or None to never stop).")
+        if not 0.0 <= self.val_fraction < 1.0:
+            raise InputError(f"val_fraction {self.val_fraction} must be in [0, 1); e.g. 0.2.")
+        if self.class_weights is not None:
+            weights = tuple(float(w) for w in self.class_weights)
+            if any(w < 0 or not math.isfinite(w) for w in weights):
+                raise InputError(f"class weights {weights} must be finite and >= 0.")
+            object.__setattr__(self, "class_weights", weights)
+        if self.border_weight < 0 or self.border_sigma <= 0:
+            raise InputError(
+                f"border weight {self.border_weight} must be >= 0 and sigma "
+                f"{self.border_sigma} > 0; the U-Net paper uses 10 and 5."
+            )
+        for name in ("chip_size", "tile_size", "workers"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, int) or value < (0 if name ==
+                                                                              "workers" else 1)):
+                raise InputError(f"{name} {value!r} must be a positive whole number.")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain dict (stored in checkpoints)."""
+        out = dataclasses.asdict(self)
+        if out["class_weights"] is not None:
+            out["class_weights"] = list(out["class_weights"])
+        return out
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Scores of one epoch."""
+
+    epoch: int
+    lr: float
+    train_loss: float
+    val_loss: float
+    iou: tuple[float, ...]
+    f1: tuple[float, ...]
+    mean_iou: float
+    seconds: float
+    chips_per_s: float
+
+    def row(self, classes: Sequence[str]) -> dict[str, Any]:
+        """A CSV row."""
+        row = {"epoch": self.epoch, "lr": self.lr, "train_loss": self.train_loss,
+               "val_loss": self.val_loss, "mean_iou": self.mean_iou}
+        row.update({f"iou_{c}": v for c, v in zip(classes, self.iou)})
+        row.update({f"f1_{c}": v for c, v in zip(classes, self.f1)})
+        row.update({"seconds": self.seconds, "chips_per_s": self.chips_per_s})
+        return row
+
+
+@dataclass(frozen=True)
+class TrainProgress:
+    """Sent to the progress callback after every step (``record`` set at epoch ends)."""
+
+    epoch: int
+    epochs: int
+    step: int
+    steps: int
+    loss: float
+    record: EpochRecord | None = None
+
+
+@dataclass(frozen=True)
+class TrainResult:
+    """What :func:`geounet.training.loop.train` wrote and measured."""
+
+    best_path: Path
+    last_path: Path
+    log_path: Path
+    plot_path: Path | None
+    best_epoch: int
+    history: tuple[EpochRecord, ...]
+    stopped_early: bool
+    classes: tuple[str, ...] = field(default=())
+    out_of_time: bool = False
+
+    @property
+    def best(self) -> EpochRecord:
+        """The record of the best epoch (the last one when no epoch was best)."""
+        for rec in self.history:
+            if rec.epoch == self.best_epoch:
+                return rec
+        return self.history[-1]
+
+    def summary(self) -> str:
+        """One line: the best epoch and its validation scores per foreground class.
+
+        Examples
+        --------
+        >>> rec = EpochRecord(3, 1e-3, 0.2, 0.3, (0.9, 0.7), (0.95, 0.8), 0.7, 1.0, 5.0)
+        >>> TrainResult(Path("m.pt"), Path("m.last.pt"), Path("m.log.csv"), None, 3, (rec,),
+        ...             False, ("background", "buildings")).summary()
+        'best epoch 3/3: val loss 0.3000, mean IoU 0.700, IoU buildings 0.700, F1 buildings 0.800 -> m.pt'
+        """
+        rec = self.best
+        parts = [f"val loss {rec.val_loss:.4f}", f"mean IoU {rec.mean_iou:.3f}"]
+        for i, name in enumerate(self.classes):
+            if i > 0 and i < len(rec.iou):
+                parts.append(f"IoU {name} {rec.iou[i]:.3f}")
+                parts.append(f"F1 {name} {rec.f1[i]:.3f}")
+        end = ("  (stopped early)" if self.stopped_early else "") + (
+            "  (time budget spent)" if self.out_of_time else "")
+        return (f"best epoch {rec.epoch}/{self.history[-1].epoch}: " + ", ".join(parts)
+                + f" -> {self.best_path}{end}")
