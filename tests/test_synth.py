@@ -190,7 +190,7 @@ def test_chunked_rendering_has_no_seams(tmp_path: Path) -> None:
 
 def test_written_window_by_window(tmp_path: Path, monkeypatch) -> None:
     """The raster is rendered and written in chunk_size windows, never as a whole scene."""
-    import geounet.synth as synth
+    import geounet.synth.write as synth
 
     windows = []
     render = synth._render_window
@@ -235,7 +235,7 @@ def test_uncreatable_or_blocked_output_dir_is_a_clean_error(tmp_path: Path) -> N
 
 
 def test_failure_mid_write_leaves_nothing(tmp_path: Path, monkeypatch) -> None:
-    import geounet.synth as synth
+    import geounet.synth.write as synth
 
     def broken(*args, **kwargs):
         raise OSError("disk full")

@@ -156,99 +156,21 @@ def make_chips(
     >>> make_chips("scene.tif", "truth.gpkg", "chips", chip_size=128)  # doctest: +SKIP
     ChipSummary(out_dir=..., classes=('background', 'buildings', 'roads'), ...)
     """
-    import rasterio
-    from rasterio.windows import Window
-    from rasterio.windows import transform as window_transform
-    from shapely.geometry import box
-
     class_layers = dict(DEFAULT_CLASS_LAYERS if class_layers is None else class_layers)
-    _check_class_layers(class_layers)
-    if chip_size < 8:
-        raise InputError(f"chip size {chip_size} is too small; use at least 8 (e.g. 256).")
-    for name, value in (("min_labelled", min_labelled), ("max_nodata", max_nodata),
-                        ("val_fraction", val_fraction)):
-        if not 0.0 <= value <= 1.0:
-            raise InputError(f"{name} {value} is outside 0-1; give a fraction such as 0.2.")
-    if split_block < 1:
-        raise InputError(f"split_block {split_block} is not positive; use e.g. 4.")
+    _check_options(class_layers, chip_size, min_labelled, max_nodata, val_fraction, split_block)
     out_dir = Path(out_dir)
     check_chips_out(out_dir, overwrite, scene, labels)
     classes = ("background", *class_layers.keys())
     scene = Path(scene)
-    try:
-        src = rasterio.open(scene)
-    except Exception as exc:
-        from geounet.errors import SceneError
-
-        raise SceneError(f"scene {str(scene)!r} cannot be opened ({exc}); give a GeoTIFF.") from exc
+    src = _open_scene(scene)
     with src:
-        if src.crs is None:
-            raise GeoreferenceError(
-                f"scene {str(scene)!r} has no CRS; labels cannot be placed on it. "
-                "Georeference it first (e.g. gdal_edit.py -a_srs)."
-            )
-        shapes = load_label_shapes(labels, src.crs, class_layers=class_layers,
-                                   line_width=line_width)
-        scene_box = box(*src.bounds)
-        if not any(g.intersects(scene_box) for cls in shapes for g in cls.geometries):
-            raise LabelError(
-                f"no label in {str(labels)!r} overlaps scene {str(scene)!r} "
-                f"(scene bounds {tuple(round(v, 3) for v in src.bounds)} in {src.crs}); "
-                "check that the labels belong to this scene and carry the right CRS."
-            )
-        rows = math.ceil(src.height / chip_size)
-        cols = math.ceil(src.width / chip_size)
+        shapes = _scene_shapes(src, scene, labels, class_layers, line_width)
         out_dir.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", suffix=".tmp", dir=out_dir.parent))
         try:
-            (tmp / "images").mkdir()
-            (tmp / "masks").mkdir()
-            records: list[dict[str, Any]] = []
-            skipped = 0
-            image_profile = {
-                "driver": "GTiff", "count": src.count, "dtype": src.dtypes[0], "crs": src.crs,
-                "nodata": src.nodata, "compress": "deflate",
-            }
-            mask_profile = {
-                "driver": "GTiff", "count": 1, "dtype": "uint8", "crs": src.crs,
-                "nodata": NODATA, "compress": "deflate",
-            }
-            for row in range(rows):
-                for col in range(cols):
-                    y0, x0 = row * chip_size, col * chip_size
-                    height = min(chip_size, src.height - y0)
-                    width = min(chip_size, src.width - x0)
-                    window = Window(x0, y0, width, height)
-                    image = src.read(window=window)
-                    valid = src.dataset_mask(window=window) > 0
-                    nodata_fraction = 1.0 - float(valid.mean())
-                    if nodata_fraction > max_nodata or not valid.any():
-                        skipped += 1
-                        continue
-                    transform = window_transform(window, src.transform)
-                    mask = rasterize_shapes(shapes, transform, height, width)
-                    labelled = float((mask[valid] > 0).mean())
-                    if labelled < min_labelled:
-                        skipped += 1
-                        continue
-                    mask[~valid] = NODATA
-                    name = f"{scene.stem}_r{row:04d}_c{col:04d}"
-                    common = {"height": height, "width": width, "transform": transform}
-                    with rasterio.open(tmp / "images" / f"{name}.tif", "w",
-                                       **image_profile, **common) as dst:
-                        dst.write(image)
-                    with rasterio.open(tmp / "masks" / f"{name}.tif", "w",
-                                       **mask_profile, **common) as dst:
-                        dst.write(mask, 1)
-                        dst.update_tags(classes=",".join(classes))
-                    block = (row // split_block, col // split_block)
-                    records.append({
-                        "name": name, "split": block, "row": row, "col": col,
-                        "block": f"{block[0]}_{block[1]}", "y0": y0, "x0": x0,
-                        "height": height, "width": width,
-                        "labelled_fraction": round(labelled, 6),
-                        "nodata_fraction": round(nodata_fraction, 6),
-                    })
+            records, skipped = _cut_chips(src, scene, shapes, classes, tmp, chip_size=chip_size,
+                                          max_nodata=max_nodata, min_labelled=min_labelled,
+                                          split_block=split_block)
             if not records:
                 raise LabelError(
                     f"every chip of {str(scene)!r} was skipped (max_nodata={max_nodata}, "
@@ -272,6 +194,125 @@ def make_chips(
              n_buffer, skipped, out_dir)
     return ChipSummary(out_dir, classes, len(records) - n_val - n_buffer, n_val, skipped,
                        n_buffer)
+
+
+def _check_options(class_layers: dict[str, str], chip_size: int, min_labelled: float,
+                   max_nodata: float, val_fraction: float, split_block: int) -> None:
+    """Validate the class layers, chip size, limits and split block of :func:`make_chips`."""
+    _check_class_layers(class_layers)
+    if chip_size < 8:
+        raise InputError(f"chip size {chip_size} is too small; use at least 8 (e.g. 256).")
+    for name, value in (("min_labelled", min_labelled), ("max_nodata", max_nodata),
+                        ("val_fraction", val_fraction)):
+        if not 0.0 <= value <= 1.0:
+            raise InputError(f"{name} {value} is outside 0-1; give a fraction such as 0.2.")
+    if split_block < 1:
+        raise InputError(f"split_block {split_block} is not positive; use e.g. 4.")
+
+
+def _open_scene(scene: Path) -> Any:
+    """The scene opened with rasterio (a SceneError when it cannot be)."""
+    import rasterio
+
+    try:
+        return rasterio.open(scene)
+    except Exception as exc:
+        from geounet.errors import SceneError
+
+        raise SceneError(f"scene {str(scene)!r} cannot be opened ({exc}); give a GeoTIFF.") from exc
+
+
+def _scene_shapes(src: Any, scene: Path, labels: str | os.PathLike[str],
+                  class_layers: dict[str, str], line_width: float | None) -> list[ClassShapes]:
+    """The labels in the scene's CRS; an error when the scene has no CRS or no label overlaps it."""
+    from shapely.geometry import box
+
+    if src.crs is None:
+        raise GeoreferenceError(
+            f"scene {str(scene)!r} has no CRS; labels cannot be placed on it. "
+            "Georeference it first (e.g. gdal_edit.py -a_srs)."
+        )
+    shapes = load_label_shapes(labels, src.crs, class_layers=class_layers,
+                               line_width=line_width)
+    scene_box = box(*src.bounds)
+    if not any(g.intersects(scene_box) for cls in shapes for g in cls.geometries):
+        raise LabelError(
+            f"no label in {str(labels)!r} overlaps scene {str(scene)!r} "
+            f"(scene bounds {tuple(round(v, 3) for v in src.bounds)} in {src.crs}); "
+            "check that the labels belong to this scene and carry the right CRS."
+        )
+    return shapes
+
+
+def _cut_chips(src: Any, scene: Path, shapes: list[ClassShapes], classes: tuple[str, ...],
+               tmp: Path, *, chip_size: int, max_nodata: float, min_labelled: float,
+               split_block: int) -> tuple[list[dict[str, Any]], int]:
+    """Write the chips that pass the limits under ``tmp``; their records (``split`` holds the
+    block until the split) and the count skipped."""
+    (tmp / "images").mkdir()
+    (tmp / "masks").mkdir()
+    records: list[dict[str, Any]] = []
+    skipped = 0
+    image_profile = {
+        "driver": "GTiff", "count": src.count, "dtype": src.dtypes[0], "crs": src.crs,
+        "nodata": src.nodata, "compress": "deflate",
+    }
+    mask_profile = {
+        "driver": "GTiff", "count": 1, "dtype": "uint8", "crs": src.crs,
+        "nodata": NODATA, "compress": "deflate",
+    }
+    for row in range(math.ceil(src.height / chip_size)):
+        for col in range(math.ceil(src.width / chip_size)):
+            record = _write_chip(src, scene, shapes, classes, tmp, (image_profile, mask_profile),
+                                 row, col, chip_size=chip_size, max_nodata=max_nodata,
+                                 min_labelled=min_labelled, split_block=split_block)
+            if record is None:
+                skipped += 1
+            else:
+                records.append(record)
+    return records, skipped
+
+
+def _write_chip(src: Any, scene: Path, shapes: list[ClassShapes], classes: tuple[str, ...],
+                tmp: Path, profiles: tuple[dict[str, Any], dict[str, Any]], row: int, col: int,
+                *, chip_size: int, max_nodata: float, min_labelled: float,
+                split_block: int) -> dict[str, Any] | None:
+    """Write the image and mask of chip (row, col); its record, or None when it is skipped."""
+    import rasterio
+    from rasterio.windows import Window
+    from rasterio.windows import transform as window_transform
+
+    image_profile, mask_profile = profiles
+    y0, x0 = row * chip_size, col * chip_size
+    height = min(chip_size, src.height - y0)
+    width = min(chip_size, src.width - x0)
+    window = Window(x0, y0, width, height)
+    image = src.read(window=window)
+    valid = src.dataset_mask(window=window) > 0
+    nodata_fraction = 1.0 - float(valid.mean())
+    if nodata_fraction > max_nodata or not valid.any():
+        return None
+    transform = window_transform(window, src.transform)
+    mask = rasterize_shapes(shapes, transform, height, width)
+    labelled = float((mask[valid] > 0).mean())
+    if labelled < min_labelled:
+        return None
+    mask[~valid] = NODATA
+    name = f"{scene.stem}_r{row:04d}_c{col:04d}"
+    common = {"height": height, "width": width, "transform": transform}
+    with rasterio.open(tmp / "images" / f"{name}.tif", "w", **image_profile, **common) as dst:
+        dst.write(image)
+    with rasterio.open(tmp / "masks" / f"{name}.tif", "w", **mask_profile, **common) as dst:
+        dst.write(mask, 1)
+        dst.update_tags(classes=",".join(classes))
+    block = (row // split_block, col // split_block)
+    return {
+        "name": name, "split": block, "row": row, "col": col,
+        "block": f"{block[0]}_{block[1]}", "y0": y0, "x0": x0,
+        "height": height, "width": width,
+        "labelled_fraction": round(labelled, 6),
+        "nodata_fraction": round(nodata_fraction, 6),
+    }
 
 
 def _split_blocks(records: Sequence[dict[str, Any]], transform: Any, val_fraction: float,

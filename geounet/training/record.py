@@ -1,0 +1,99 @@
+"""One labelled chip: ChipRecord, and reading its class mask (raw values decoded, vectors burnt)."""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from geounet.errors import LabelError
+from geounet.training.chips import NODATA
+
+
+@dataclass(frozen=True)
+class ChipRecord:
+    """One image and its labels, and the split it belongs to (``train`` or ``val``).
+
+    Attributes
+    ----------
+    name : chip name (the image's stem).
+    image : the image GeoTIFF.
+    mask : a raster mask (same size as the image), a per-chip vector label file, or None
+        when ``labels`` holds the labels of every chip.
+    split : ``train`` or ``val``.
+    mask_values : raw mask value of each class in class order (e.g. ``(0, 255)``); None when
+        the mask holds class indices (255 nodata).
+    classes : class names (needed to burn vector labels).
+    labels : one vector labels file for all chips.
+    line_width : metres; width of line labels without a ``width`` attribute.
+    """
+
+    name: str
+    image: Path
+    mask: Path | None
+    split: str
+    mask_values: tuple[int, ...] | None = None
+    classes: tuple[str, ...] = ()
+    labels: Path | None = None
+    line_width: float | None = None
+
+
+def decode_mask(raw: np.ndarray, mask_values: Sequence[int] | None,
+                nodata: float | None = None) -> np.ndarray:
+    """Raw mask values -> uint8 class indices (255 nodata).
+
+    With ``mask_values`` the value ``mask_values[i]`` becomes class ``i`` and every other value
+    255; without, the mask already holds class indices. A declared ``nodata`` (other than 0,
+    which is always background) becomes 255.
+
+    Examples
+    --------
+    >>> decode_mask(np.array([[0, 255]], np.uint8), (0, 255)).tolist()
+    [[0, 1]]
+    """
+    if mask_values is None:
+        out = np.where((raw >= 0) & (raw <= NODATA), raw, NODATA).astype(np.uint8)
+    else:
+        out = np.full(raw.shape, NODATA, dtype=np.uint8)
+        for index, value in enumerate(mask_values):
+            out[raw == value] = index
+    if nodata is not None and nodata != 0 and (mask_values is None or nodata not in
+                                                mask_values):
+        out[raw == nodata] = NODATA
+    return out
+
+
+def read_target(rec: ChipRecord, img: Any, window: Any = None) -> np.ndarray:
+    """The class mask (uint8, 255 nodata) of ``rec`` over ``window`` of its open image ``img``.
+
+    Raster masks are read and decoded (:func:`decode_mask`); vector labels are burnt onto the
+    image's grid (:func:`geounet.labels.rasterize_file`), so masks without georeferencing and
+    labels in any CRS line up with the image.
+    """
+    import rasterio
+    from rasterio.windows import Window
+
+    from geounet.labels import VECTOR_SUFFIXES, rasterize_file
+
+    if window is None:
+        window = Window(0, 0, img.width, img.height)
+    if rec.mask is None or rec.mask.suffix.lower() in VECTOR_SUFFIXES:
+        source = rec.mask if rec.mask is not None else rec.labels
+        if source is None:
+            raise LabelError(f"chip {rec.name!r} has no labels; give a mask or a labels file.")
+        return rasterize_file(source, img.crs, img.window_transform(window),
+                              int(window.height), int(window.width), rec.classes,
+                              line_width=rec.line_width)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(rec.mask) as msk:
+            if (msk.height, msk.width) != (img.height, img.width):
+                raise LabelError(
+                    f"chip {rec.name!r}: image is {img.height}x{img.width} px but its mask is "
+                    f"{msk.height}x{msk.width}; image and mask must be the same size."
+                )
+            return decode_mask(msk.read(1, window=window), rec.mask_values, msk.nodata)
