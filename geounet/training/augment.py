@@ -46,7 +46,7 @@ def elastic(
     are interpolated bicubically to a dense field; the image is resampled bilinearly and the
     mask with nearest neighbour, both mirrored at the borders.
     """
-    from scipy.ndimage import map_coordinates, zoom
+    from scipy.ndimage import zoom
 
     height, width = mask.shape
     if height < 4 or width < 4:
@@ -56,6 +56,15 @@ def elastic(
                            grid_mode=True)[:height, :width] for c in coarse])
     yy, xx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     coords = np.stack([yy + field[0], xx + field[1]])
+    return _resample(image, mask, coords)
+
+
+def _resample(image: np.ndarray, mask: np.ndarray, coords: np.ndarray
+              ) -> tuple[np.ndarray, np.ndarray]:
+    """Sample image (bilinear) and mask (nearest) at ``coords`` (2, y, x), mirrored at the
+    borders, in their own dtypes."""
+    from scipy.ndimage import map_coordinates
+
     warped = np.stack([map_coordinates(band, coords, order=1, mode="mirror") for band in image])
     warped_mask = map_coordinates(mask, coords, order=0, mode="mirror")
     return warped.astype(image.dtype, copy=False), warped_mask.astype(mask.dtype, copy=False)
@@ -88,8 +97,6 @@ def rescale(
     >>> img.shape, msk.shape
     ((3, 8, 8), (8, 8))
     """
-    from scipy.ndimage import map_coordinates
-
     height, width = mask.shape
     if amount <= 0 or height < 4 or width < 4:
         return image, mask
@@ -98,9 +105,7 @@ def rescale(
     cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
     yy, xx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
     coords = np.stack([cy + (yy - cy) / s, cx + (xx - cx) / s])
-    warped = np.stack([map_coordinates(band, coords, order=1, mode="mirror") for band in image])
-    warped_mask = map_coordinates(mask, coords, order=0, mode="mirror")
-    return warped.astype(image.dtype, copy=False), warped_mask.astype(mask.dtype, copy=False)
+    return _resample(image, mask, coords)
 
 
 def colour(
