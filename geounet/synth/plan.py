@@ -38,6 +38,7 @@ def _wavy_line(
 
 
 def _plan_roads(config: SynthConfig, rng: np.random.Generator) -> tuple[list, list, list]:
+    """Road centerlines (metres), widths and kinds: a curved grid, diagonals, side streets."""
     import shapely
 
     p = config.pixel_size

@@ -80,12 +80,14 @@ def _field(
 
 
 def _sigmoid(x: np.ndarray) -> np.ndarray:
+    """The logistic function."""
     return 1.0 / (1.0 + np.exp(-x))
 
 
 def _rasterize(
     geoms: np.ndarray, values: np.ndarray, y0: int, x0: int, shape: tuple[int, int], dtype: str
 ) -> np.ndarray:
+    """Burn ``geoms`` with ``values`` onto the window of ``shape`` at (y0, x0) (0 elsewhere)."""
     from affine import Affine
     from rasterio.features import rasterize
 
@@ -286,6 +288,7 @@ def render_window(
 
 
 def _indexes(plan: ScenePlan) -> dict[str, _Index]:
+    """A spatial index per burnt layer of the plan."""
     return {
         "buildings": _Index(plan.buildings),
         "roads": _Index(plan.road_polygons),

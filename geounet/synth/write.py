@@ -208,6 +208,7 @@ def _remove_created(created: list[Path]) -> None:
 
 
 def _transform(config: SynthConfig) -> Any:
+    """The scene's affine transform (north up, square pixels)."""
     from rasterio.transform import from_origin
 
     return from_origin(config.origin[0], config.origin[1], config.pixel_size, config.pixel_size)

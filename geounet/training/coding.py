@@ -59,6 +59,7 @@ def _scan_masks(records: Sequence[ChipRecord]) -> tuple[set[int], set[float], bo
 
 def _mask_values_error(values: Sequence[int], why: str,
                        example: Sequence[int] | None = None) -> LabelError:
+    """The error for mask values that cannot be read, with the rule and the options that fix it."""
     example = list(example if example is not None else values)[:4]
     shown = ",".join(str(v) for v in list(values)[:8]) + (",..." if len(values) > 8 else "")
     return LabelError(
@@ -71,6 +72,7 @@ def _mask_values_error(values: Sequence[int], why: str,
 
 
 def _read_meta_classes(root: Path) -> tuple[str, ...] | None:
+    """Class names from the chips.json of ``root``, if any."""
     meta = root / CHIPS_META
     if meta.exists():
         try:
@@ -84,6 +86,7 @@ def _read_meta_classes(root: Path) -> tuple[str, ...] | None:
 
 
 def _tag_classes(records: Sequence[ChipRecord]) -> tuple[str, ...] | None:
+    """Class names from the first raster mask's ``classes`` tag, if any."""
     import rasterio
 
     for rec in records[:1]:
@@ -98,6 +101,7 @@ def _tag_classes(records: Sequence[ChipRecord]) -> tuple[str, ...] | None:
 
 
 def _vector_classes(records: Sequence[ChipRecord], shared: Path | None) -> tuple[str, ...]:
+    """Classes of vector labels: the known layers present, else background and buildings."""
     import pyogrio
 
     source = shared or next((r.mask for r in records if r.mask is not None), None)

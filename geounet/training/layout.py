@@ -308,6 +308,7 @@ def _classes(root: Path, records: list[ChipRecord], config: DatasetConfig,
 
 def _split(root: Path, records: list[ChipRecord], from_folders: bool, config: DatasetConfig,
            val_fraction: float, seed: int) -> tuple[list[ChipRecord], str, int]:
+    """Split the records: by folders, ``split.csv``, spatially, or at random (in that order)."""
     from geounet.training.split import random_split, spatial_split
 
     if from_folders:

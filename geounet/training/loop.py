@@ -70,6 +70,7 @@ def sample_spec(arch: Any, chip_size: int, tile_size: int | None) -> Any:
 
 
 def _rng_state() -> dict[str, Any]:
+    """The torch (and CUDA) RNG states, saved in checkpoints."""
     import torch
 
     state = {"torch": torch.get_rng_state()}

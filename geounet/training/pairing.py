@@ -38,6 +38,7 @@ class _Found:
 
 
 def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
+    """Visible files of ``folder`` with one of ``suffixes`` (never chips.json), sorted."""
     if not folder.is_dir():
         return []
     return sorted(p for p in folder.iterdir()
@@ -46,6 +47,7 @@ def _files(folder: Path, suffixes: Sequence[str]) -> list[Path]:
 
 
 def _strip(stem: str, suffix: str) -> str | None:
+    """The stem without ``suffix`` (case-insensitive), or None when it does not end so."""
     if not suffix:
         return stem
     if stem.lower().endswith(suffix) and len(stem) > len(suffix):
@@ -83,6 +85,7 @@ def _match(images: list[Path], labels: list[Path], same_dir: bool
 
 def _describe(img_dir: Path, lab_dir: Path, isuf: str, lsuf: str, labels: Iterable[Path],
               root: Path) -> str:
+    """The pairing rule in words, e.g. ``masks in a sibling folder: img/NAME.tif + gt/NAME.tif``."""
     ext = sorted({p.suffix for p in labels}) or [".tif"]
     kind = "vector labels" if all(e.lower() in VECTOR_SUFFIXES for e in ext) else "masks"
     rel_i = "" if img_dir == root else f"{img_dir.relative_to(root)}/"
