@@ -65,7 +65,7 @@ from geounet.config import (
 )
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
 from geounet.pipeline import ProgressCallback
-from geounet.planning import _check_vectorize_options
+from geounet.planning import _check_vectorize_options, runs_here
 
 if TYPE_CHECKING:
     from geounet.pipeline import Plan
@@ -212,8 +212,6 @@ def run_batch(
     finished_before = _finished_before(out_dir, resume, overwrite)
     if any(objectstore.is_s3(s) for s in scene_list):
         objectstore.configure_environment()  # GDAL reads s3:// scenes with the same endpoint
-
-    from geounet.pipeline import runs_here
 
     plan_options = dict(model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
                         device=device, precision=precision,

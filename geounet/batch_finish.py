@@ -1,5 +1,4 @@
-"""A batch scene's outputs: the finish task that writes them (on a worker), and the check
-that none exists yet.
+"""A batch scene's final outputs: the finish task that writes them, and the check they are new.
 
 :func:`finish_scene` turns a scene's complete store into its final outputs (vectors, the
 optional raster, uploads to object storage); it travels to a worker by reference, as

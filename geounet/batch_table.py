@@ -167,6 +167,7 @@ class BatchResult:
 
 
 def _done_record_url(out_dir: str, name: str) -> str:
+    """Where a scene's done record lives under the output folder."""
     return objectstore.join(out_dir, DONE_DIR, f"{name}.json")
 
 
