@@ -63,13 +63,12 @@ def _keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
             "and run the same command again with --resume (resume=True) to compute only the "
             "missing chunks.")
     log.warning("run failed; %d completed chunk(s) kept in %s for --resume", done, store_path)
+    annotated: BaseException = exc
     if isinstance(exc, GeounetError):
-        try:
-            annotated: BaseException = type(exc)(f"{exc}{hint}")
-        except Exception:  # noqa: BLE001 - an error class with another signature
-            annotated = exc
-    else:
-        annotated = exc
+        import copy
+
+        annotated = copy.copy(exc)  # same class and attributes, the hint added to the message
+        annotated.args = (f"{exc}{hint}",)
     annotated.resume_store = str(store_path)  # type: ignore[attr-defined]
     return annotated
 
