@@ -4,7 +4,8 @@ grid) and reading them one by one into the seam merger and the centerline tracer
 from __future__ import annotations
 
 import bisect
-from typing import Any, Callable
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 
