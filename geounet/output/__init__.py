@@ -1,17 +1,9 @@
 """Prediction outputs: the georeferenced Zarr v3 store written chunk by chunk, and the COG made from it.
 
-The store is the one place chunk results land: each task writes whole Zarr chunks of its own
-region (Zarr chunks equal geounet's chunks, so concurrent writers never share a chunk) and then
-leaves a small completion marker, which is what resume reads. Outputs are built under a
-temporary name in the same directory and renamed into place only when complete.
-
-Layout (see docs/CONTRACTS.md, "Prediction store"):
-
-- ``probabilities`` (class, y, x): uint8 0-255 (``p * 255`` rounded) or float32; 0 at nodata
-- ``mask`` (y, x): uint8 class index, 255 = nodata
-- ``x``, ``y``: pixel-centre coordinates (degrees lon/lat for a geographic CRS; absent for a
-  rotated grid); ``spatial_ref``: CF grid mapping with the full ``GeoTransform``
-- group attribute ``geounet``: classes, model card, chunk size, version
+Each task writes whole Zarr chunks of its own region of the store and leaves a completion
+marker, which is what resume reads; outputs are built under a temporary name and renamed into
+place only when complete. The store's layout: :mod:`~geounet.output.store` and
+docs/CONTRACTS.md, "Prediction store".
 
 The package's modules, one job each: :mod:`~geounet.output.paths` (output formats, temporary
 names, atomic replacement), :mod:`~geounet.output.store` (the store, resume markers, the

@@ -17,12 +17,8 @@ themselves; :mod:`geounet.fitting` decides them.
 The package's modules, one job each: :mod:`~geounet.raster.scene` (opening a scene, its
 metadata and views, the GDAL settings of a read), :mod:`~geounet.raster.window` (reading a
 window with its halo and valid mask) and :mod:`~geounet.raster.mirror` (the one border
-mirror). Every public name is importable from ``geounet.raster``.
-
-Local scenes are opened with GDAL's directory listing on, so sidecars (``.msk`` masks,
-``.aux.xml`` CRS/transform/nodata, ``.ovr``, ``.tfw``/``.wld``/``.tifw`` world files) are
-honoured; remote paths (``/vsicurl/``, ``/vsis3/``, ``http(s)://``, ``s3://``) skip the listing,
-which saves requests.
+mirror). Every public name is importable from ``geounet.raster``. How local and remote
+scenes are opened (sidecars, directory listing): :mod:`~geounet.raster.scene`.
 """
 
 from __future__ import annotations
