@@ -30,7 +30,7 @@ import time
 from pathlib import Path
 
 PHASES = {  # phase: (module file suffix, function name)
-    "plan (open scene, card, grid)": ("pipeline.py", "plan_prediction"),
+    "plan (open scene, card, grid)": ("planning.py", "plan_prediction"),
     "model load (get_runner)": ("inference.py", "get_runner"),
     "read window + mirror": ("raster.py", "read_window"),
     "normalize": ("inference.py", "normalize"),
@@ -39,7 +39,7 @@ PHASES = {  # phase: (module file suffix, function name)
     "classify": ("inference.py", "classify"),
     "write chunk + marker": ("output.py", "write_chunk"),
     "scheduler start/stop": ("cluster.py", "scheduler"),
-    "publish (consolidate / COG)": ("pipeline.py", "_publish_raster"),
+    "publish (consolidate / COG)": ("runstore.py", "_publish_raster"),
     "finalize store": ("output.py", "finalize_store"),
 }
 

@@ -12,15 +12,18 @@ Outputs under ``out_dir`` for a scene ``NAME.tif``: ``NAME.gpkg`` (local) or
 ``NAME_<layer>.parquet`` (GeoParquet, the default for ``s3://``), optionally ``NAME.zarr`` or
 ``NAME.tif``, and the done record ``_geounet_batch/NAME.json`` (written last); the table as
 ``batch.csv`` and ``batch.json``. See ``docs/batch.md``.
+
+This module is the run: :func:`run_batch` and its client-side job (:class:`_BatchJob`: lazy
+planning, the in-flight window, a scene's failure or completion). The inputs are
+:mod:`geounet.batch_inputs`, the finish task and a scene's outputs :mod:`geounet.batch_finish`,
+the result table and done records :mod:`geounet.batch_table`; their public names are
+importable from here too (``FinishTask``/``finish_scene`` included).
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import glob
 import hashlib
-import io
 import json
 import logging
 import os
@@ -29,9 +32,26 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator, Literal, Sequence
+from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from geounet import objectstore
+from geounet.batch_finish import FinishTask, _check_outputs_free, finish_scene
+from geounet.batch_inputs import (  # noqa: F401 - re-exported
+    MANIFEST_SUFFIXES,
+    _check_names,
+    resolve_scenes,
+    scene_name,
+)
+from geounet.batch_table import (  # noqa: F401 - re-exported
+    DONE_DIR,
+    TABLE_NAMES,
+    BatchResult,
+    SceneResult,
+    SceneStatus,
+    _done_record_url,
+    _skip_finished,
+    _write_tables,
+)
 from geounet.cluster import SchedulerLike
 from geounet.config import (
     BatchRaster,
@@ -45,356 +65,13 @@ from geounet.config import (
 )
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
 from geounet.pipeline import ProgressCallback
+from geounet.planning import _check_vectorize_options, runs_here
 
 if TYPE_CHECKING:
     from geounet.pipeline import Plan
     from geounet.output import StoreSpec
 
 log = logging.getLogger(__name__)
-
-SceneStatus = Literal["done", "skipped", "failed"]
-"""``done``: computed in this run; ``skipped``: finished by an earlier run (``resume``);
-``failed``: see the error column."""
-
-DONE_DIR = "_geounet_batch"
-"""Folder (or prefix) under the output directory holding one done record per finished scene."""
-TABLE_NAMES = ("batch.csv", "batch.json")
-MANIFEST_SUFFIXES = (".txt", ".csv")
-_GLOB_CHARS = "*?["
-
-
-# --------------------------------------------------------------------------------------
-# inputs
-# --------------------------------------------------------------------------------------
-
-
-def _is_manifest(item: str) -> bool:
-    return item.lower().endswith(MANIFEST_SUFFIXES)
-
-
-def _read_manifest(path: str) -> list[str]:
-    """Entries of a manifest: one path/URL per line (.txt), or a ``path`` column (.csv).
-
-    Relative entries are taken from the manifest's own folder.
-    """
-    text = objectstore.read_text(path)
-    if text is None:
-        raise InputError(
-            f"manifest {path!r} does not exist; give a .txt file with one scene path or URL per "
-            "line, or a .csv file with a 'path' column."
-        )
-    if path.lower().endswith(".csv"):
-        reader = csv.DictReader(io.StringIO(text))
-        columns = {name.strip().lower(): name for name in (reader.fieldnames or [])}
-        if "path" not in columns:
-            raise InputError(
-                f"manifest {path!r} has no 'path' column (columns: {reader.fieldnames}); add a "
-                "header row naming the column of scene paths or URLs 'path'."
-            )
-        entries = [(row.get(columns["path"]) or "").strip() for row in reader]
-    else:
-        entries = [line.strip() for line in text.splitlines()]
-    entries = [e for e in entries if e and not e.startswith("#")]
-    base = path.rsplit("/", 1)[0] if objectstore.is_url(path) else os.path.dirname(
-        os.path.abspath(path))
-    return [e if objectstore.is_url(e) or os.path.isabs(e) else objectstore.join(base, e)
-            for e in entries]
-
-
-def _expand(item: str) -> list[str]:
-    if not any(ch in item for ch in _GLOB_CHARS):
-        return [item if objectstore.is_url(item) else os.path.abspath(item)]
-    if objectstore.is_s3(item):
-        fs = objectstore.filesystem()
-        matches = [f"s3://{key}" for key in fs.glob(item[len("s3://"):])]
-    elif objectstore.is_url(item):
-        return [item]
-    else:
-        matches = [os.path.abspath(p) for p in glob.glob(os.path.expanduser(item),
-                                                         recursive=True)]
-    if not matches:
-        raise InputError(
-            f"pattern {item!r} matches no scene; check the folder and the pattern (quote it so "
-            "the shell does not expand it, e.g. 'scenes/*.tif')."
-        )
-    return sorted(matches)
-
-
-def resolve_scenes(
-    scenes: Iterable[str | os.PathLike[str]] = (),
-    manifests: Iterable[str | os.PathLike[str]] = (),
-) -> list[str]:
-    """Turn paths, globs, URLs and manifests into absolute paths or URLs, in order, once each.
-
-    Parameters
-    ----------
-    scenes : scene paths, glob patterns (``scenes/**/*.tif``, ``s3://bucket/*.tif``), URLs
-        (``s3://``, ``https://``, ``/vsi...``), or manifests (an item ending ``.txt`` or
-        ``.csv``).
-    manifests : manifest files: ``.txt`` with one path or URL per line (blank lines and
-        ``#`` comments skipped), or ``.csv`` with a ``path`` column. Relative entries are
-        taken from the manifest's folder.
-
-    Raises
-    ------
-    InputError
-        No scene given, a glob matching nothing, a manifest missing or without a path column.
-
-    Examples
-    --------
-    >>> resolve_scenes(["s3://bucket/a.tif"])
-    ['s3://bucket/a.tif']
-    """
-    resolved: list[str] = []
-    items = [(os.fspath(m), True) for m in manifests] + [(os.fspath(s), False) for s in scenes]
-    for item, is_manifest in items:
-        if is_manifest or _is_manifest(item):
-            manifest = item if objectstore.is_url(item) else os.path.abspath(item)
-            for entry in _read_manifest(manifest):
-                resolved.extend(_expand(entry))
-        else:
-            resolved.extend(_expand(item))
-    unique = list(dict.fromkeys(resolved))
-    if not unique:
-        raise InputError(
-            "no scenes given; pass scene paths, globs, URLs, or a manifest (.txt with one path "
-            "per line, .csv with a 'path' column)."
-        )
-    return unique
-
-
-def scene_name(scene: str) -> str:
-    """The output name of a scene: its file name without suffix (``a/b/x.tif`` -> ``x``)."""
-    return Path(scene.rstrip("/").rsplit("/", 1)[-1]).stem
-
-
-def _check_names(scenes: Sequence[str]) -> list[str]:
-    seen: dict[str, str] = {}
-    for scene in scenes:
-        name = scene_name(scene)
-        if name in seen:
-            raise InputError(
-                f"scenes {seen[name]!r} and {scene!r} would both write outputs named {name!r}; "
-                "give each scene a distinct file name (or run them in separate --out-dir)."
-            )
-        if name in (Path(t).stem for t in TABLE_NAMES) or name == DONE_DIR:
-            raise InputError(
-                f"scene {scene!r} is named like the batch table ({name!r}); rename the scene."
-            )
-        seen[name] = scene
-    return list(seen)
-
-
-# --------------------------------------------------------------------------------------
-# results
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class SceneResult:
-    """One row of the batch table.
-
-    Attributes
-    ----------
-    scene : path or URL as resolved.
-    name : output name (file name without suffix).
-    status : ``done``, ``skipped`` (finished by an earlier run) or ``failed``.
-    megapixels : scene size (0 if it could not be opened).
-    seconds : wall time from planning to the last output (scenes overlap in time).
-    objects : layer -> features written.
-    error : why the scene failed (the library's message), else None.
-    chunks, chunks_computed, chunks_resumed : chunks in the scene, computed in this run,
-        and taken from an interrupted run's store.
-    outputs : every output written for the scene.
-    """
-
-    scene: str
-    name: str
-    status: SceneStatus
-    megapixels: float = 0.0
-    seconds: float = 0.0
-    objects: dict[str, int] = field(default_factory=dict)
-    error: str | None = None
-    chunks: int = 0
-    chunks_computed: int = 0
-    chunks_resumed: int = 0
-    outputs: tuple[str, ...] = ()
-
-    def to_dict(self) -> dict[str, Any]:
-        """The row as plain JSON values."""
-        return {
-            "scene": self.scene, "name": self.name, "status": self.status,
-            "megapixels": round(self.megapixels, 6), "seconds": round(self.seconds, 3),
-            "objects": dict(self.objects), "error": self.error, "chunks": self.chunks,
-            "chunks_computed": self.chunks_computed, "chunks_resumed": self.chunks_resumed,
-            "outputs": list(self.outputs),
-        }
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> SceneResult:
-        """Inverse of :meth:`to_dict`."""
-        return cls(
-            scene=data["scene"], name=data["name"], status=data["status"],
-            megapixels=float(data.get("megapixels", 0.0)), seconds=float(data.get("seconds", 0)),
-            objects={k: int(v) for k, v in dict(data.get("objects") or {}).items()},
-            error=data.get("error"), chunks=int(data.get("chunks", 0)),
-            chunks_computed=int(data.get("chunks_computed", 0)),
-            chunks_resumed=int(data.get("chunks_resumed", 0)),
-            outputs=tuple(data.get("outputs") or ()),
-        )
-
-
-@dataclass(frozen=True)
-class BatchResult:
-    """What :func:`run_batch` did: one :class:`SceneResult` per scene, in input order.
-
-    Attributes
-    ----------
-    scenes : the rows.
-    out_dir : the output folder or prefix.
-    seconds : wall time of the whole job.
-    tables : the written ``batch.csv`` and ``batch.json``.
-    """
-
-    scenes: tuple[SceneResult, ...]
-    out_dir: str
-    seconds: float
-    tables: tuple[str, ...] = ()
-
-    @property
-    def failed(self) -> list[SceneResult]:
-        """Rows of scenes that failed."""
-        return [row for row in self.scenes if row.status == "failed"]
-
-    @property
-    def ok(self) -> bool:
-        """True if no scene failed."""
-        return not self.failed
-
-    @property
-    def layers(self) -> list[str]:
-        """Every layer name in the object counts, in first-seen order."""
-        return list(dict.fromkeys(k for row in self.scenes for k in row.objects))
-
-    def rows(self) -> list[dict[str, Any]]:
-        """Flat rows: scene, status, megapixels, seconds, ``objects_<layer>`` ..., error."""
-        layers = self.layers
-        out = []
-        for row in self.scenes:
-            flat: dict[str, Any] = {"scene": row.scene, "status": row.status,
-                                    "megapixels": round(row.megapixels, 3),
-                                    "seconds": round(row.seconds, 2)}
-            for layer in layers:
-                flat[f"objects_{layer}"] = row.objects.get(layer, "")
-            flat.update({"chunks": row.chunks, "chunks_computed": row.chunks_computed,
-                         "chunks_resumed": row.chunks_resumed, "error": row.error or ""})
-            out.append(flat)
-        return out
-
-    def to_csv(self) -> str:
-        """The table as CSV text."""
-        rows = self.rows()
-        handle = io.StringIO()
-        fields = list(rows[0]) if rows else ["scene", "status", "megapixels", "seconds", "error"]
-        writer = csv.DictWriter(handle, fieldnames=fields, lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(rows)
-        return handle.getvalue()
-
-    def to_json(self) -> str:
-        """The table as JSON text (rows with nested object counts and outputs)."""
-        return json.dumps({"out_dir": self.out_dir, "seconds": round(self.seconds, 3),
-                           "scenes": [row.to_dict() for row in self.scenes]}, indent=1)
-
-    def format_table(self, max_error: int = 90) -> str:
-        """A plain-text table for the terminal (long paths and errors shortened)."""
-        layers = self.layers
-        head = ["scene", "status", "MP", "seconds", *layers, "error"]
-        body = []
-        for row in self.scenes:
-            error = row.error or ""
-            if len(error) > max_error:
-                error = error[: max_error - 3] + "..."
-            body.append([row.name, row.status, f"{row.megapixels:.2f}", f"{row.seconds:.1f}",
-                         *(str(row.objects.get(layer, "")) for layer in layers), error])
-        widths = [max(len(str(r[i])) for r in [head, *body]) for i in range(len(head))]
-        lines = ["  ".join(str(v).ljust(w) for v, w in zip(r, widths)).rstrip()
-                 for r in [head, *body]]
-        done = sum(r.status == "done" for r in self.scenes)
-        skipped = sum(r.status == "skipped" for r in self.scenes)
-        lines.append(f"{len(self.scenes)} scene(s): {done} done, {skipped} skipped, "
-                     f"{len(self.failed)} failed in {self.seconds:.1f} s")
-        return "\n".join(lines)
-
-
-# --------------------------------------------------------------------------------------
-# the finish task (runs on a worker)
-# --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class FinishTask:
-    """Turn a scene's complete store into its final outputs: plain values, cheap to pickle."""
-
-    store: str
-    name: str
-    out_dir: str
-    work_dir: str
-    vector_format: VectorFormat
-    raster: BatchRaster
-    vectorize_options: dict[str, Any]
-    overwrite: bool
-
-
-def finish_scene(task: FinishTask) -> dict[str, Any]:
-    """Finalize the store, vectorize it, publish the raster (local or ``s3://``); return
-    ``{"objects": {layer: count}, "outputs": [...]}``. The store is removed at the end."""
-    from geounet import output
-    from geounet.vectorization import vectorize
-
-    store = Path(task.store)
-    remote = objectstore.is_s3(task.out_dir)
-    local_dir = Path(task.work_dir if remote else task.out_dir)
-    outputs: list[str] = []
-    try:
-        output.finalize_store(store)
-        vec = local_dir / f"{task.name}.{task.vector_format}"
-        result = vectorize(store, vec, overwrite=task.overwrite or remote,
-                           **task.vectorize_options)
-        for path in dict.fromkeys(result.paths.values()):
-            if remote:
-                target = objectstore.join(task.out_dir, path.name)
-                try:
-                    objectstore.upload(path, target)
-                finally:
-                    output.remove_path(path)
-                outputs.append(target)
-            else:
-                outputs.append(str(path))
-        if task.raster != "none":
-            suffix = ".zarr" if task.raster == "zarr" else ".tif"
-            target = objectstore.join(task.out_dir, task.name + suffix)
-            if task.raster == "zarr" and remote:
-                objectstore.upload(store, target)
-            elif task.raster == "zarr":
-                output.replace_path(store, target)
-            elif remote:
-                cog = local_dir / f".{task.name}.geounet-upload.tif"
-                sidecar = Path(f"{cog}.aux.xml")  # the class band's categories (GDAL PAM)
-                try:
-                    output.write_cog(store, cog, overwrite=True)
-                    if sidecar.is_file():
-                        objectstore.upload(sidecar, f"{target}.aux.xml")
-                    objectstore.upload(cog, target)
-                finally:
-                    output.remove_path(cog)
-                    output.remove_path(sidecar)
-            else:
-                output.write_cog(store, target, overwrite=task.overwrite)
-            outputs.append(target)
-    finally:
-        output.remove_path(store)
-    return {"objects": dict(result.counts), "outputs": outputs}
 
 
 # --------------------------------------------------------------------------------------
@@ -420,10 +97,6 @@ class _Scene:
     finished: int = 0
     failed: bool = False
     futures: set[Any] = field(default_factory=set)
-
-
-def _done_record_url(out_dir: str, name: str) -> str:
-    return objectstore.join(out_dir, DONE_DIR, f"{name}.json")
 
 
 def _default_work_dir(out_dir: str) -> str:
@@ -525,14 +198,47 @@ def run_batch(
     >>> result = run_batch(["scenes/*.tif"], "out", raster="cog")  # doctest: +SKIP
     >>> print(result.format_table())  # doctest: +SKIP
     """
-    from geounet import output
-    from geounet.pipeline import runs_here
-
     start = time.perf_counter()
     out_dir = os.fspath(out_dir)
     remote = objectstore.is_s3(out_dir)
     if not remote:
         out_dir = os.path.abspath(out_dir)
+    fmt = _check_settings(out_dir, remote, raster, vector_format, window)
+    if model is not None and not objectstore.is_url(model):
+        model = os.path.abspath(model)
+    scene_list = resolve_scenes(scenes, manifests)
+    names = _check_names(scene_list)
+    work = _make_dirs(out_dir, remote, work_dir)
+    finished_before = _finished_before(out_dir, resume, overwrite)
+    if any(objectstore.is_s3(s) for s in scene_list):
+        objectstore.configure_environment()  # GDAL reads s3:// scenes with the same endpoint
+
+    plan_options = dict(model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
+                        device=device, precision=precision,
+                        probability_dtype=probability_dtype, threshold=threshold,
+                        allow_no_crs=allow_no_crs, check_device=runs_here(client),
+                        resample=resample, resampling=resampling, rescale=rescale,
+                        engine=engine)
+    options = dict(vectorize_options or {})
+    _check_vectorize_options(options)
+    job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,
+                    plan_options, batch_size=batch_size, threshold=threshold,
+                    probability_dtype=probability_dtype, resume=resume, overwrite=overwrite,
+                    finished_before=finished_before, progress=progress)
+    with _cluster(client, workers, device) as on:
+        job.run(on, window)
+
+    rows = job.rows
+    result = BatchResult(tuple(rows[i] for i in sorted(rows)), out_dir,
+                         time.perf_counter() - start)
+    if write_tables:
+        result = _write_tables(result)
+    return result
+
+
+def _check_settings(out_dir: str, remote: bool, raster: BatchRaster,
+                    vector_format: VectorFormat | None, window: int | None) -> VectorFormat:
+    """The vector format to write; raise for a raster, format or window no scene could use."""
     if raster not in choices(BatchRaster):
         raise InputError(
             f"raster {raster!r} is not a choice; use one of {', '.join(choices(BatchRaster))}."
@@ -550,10 +256,11 @@ def run_batch(
         )
     if window is not None and window < 1:
         raise InputError(f"window {window} is not positive; give 1 or more tasks in flight.")
-    if model is not None and not objectstore.is_url(model):
-        model = os.path.abspath(model)
-    scene_list = resolve_scenes(scenes, manifests)
-    names = _check_names(scene_list)
+    return fmt
+
+
+def _make_dirs(out_dir: str, remote: bool, work_dir: str | os.PathLike[str] | None) -> str:
+    """Create the output folder (local) or the work folder (``s3://``); return where stores go."""
     if remote:
         objectstore.configure_environment()
         work = os.path.abspath(os.fspath(work_dir)) if work_dir else _default_work_dir(out_dir)
@@ -561,6 +268,11 @@ def run_batch(
     else:
         Path(out_dir).mkdir(parents=True, exist_ok=True)
         work = out_dir
+    return work
+
+
+def _finished_before(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
+    """Done records of an earlier batch in ``out_dir``; refused without resume or overwrite."""
     finished_before = objectstore.listing(objectstore.join(out_dir, DONE_DIR))
     if finished_before and not (resume or overwrite):
         example = sorted(finished_before)[0]
@@ -569,94 +281,134 @@ def run_batch(
             f"(e.g. {DONE_DIR}/{example}); pass resume=True (--resume) to skip them, "
             "overwrite=True (--overwrite) to recompute them, or choose another output folder."
         )
-    if any(objectstore.is_s3(s) for s in scene_list):
-        objectstore.configure_environment()  # GDAL reads s3:// scenes with the same endpoint
+    return finished_before
 
-    plan_options = dict(model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
-                        device=device, precision=precision,
-                        probability_dtype=probability_dtype, threshold=threshold,
-                        allow_no_crs=allow_no_crs, check_device=runs_here(client),
-                        resample=resample, resampling=resampling, rescale=rescale,
-                        engine=engine)
-    options = dict(vectorize_options or {})
-    _check_vectorize_options(options)
-    token = uuid.uuid4().hex[:8]
-    rows: dict[int, SceneResult] = {}
-    totals = {"known": 0, "planned": 0, "done": 0, "pixels": 0}
 
-    def fail(index: int, scene: str, name: str, exc: BaseException, started: float,
-             megapixels: float = 0.0, note: str = "", **counts: int) -> None:
-        message = str(exc) if isinstance(exc, GeounetError) else f"{type(exc).__name__}: {exc}"
-        message += note
-        log.warning("scene %s failed: %s", scene, message)
-        rows[index] = SceneResult(scene, name, "failed", megapixels,
-                                  time.perf_counter() - started, {}, message, **counts)
+class _BatchJob:
+    """The client side of a batch: plans scenes lazily, keeps the window of tasks in flight,
+    fails or finishes each scene, and collects the rows (index -> :class:`SceneResult`)."""
 
-    def report() -> None:
-        if progress is None:
+    def __init__(self, scenes: list[tuple[str, str]], out_dir: str, work: str,
+                 fmt: VectorFormat, raster: BatchRaster, vectorize_options: dict[str, Any],
+                 plan_options: dict[str, Any], *, batch_size: int | None,
+                 threshold: float | None, probability_dtype: ProbabilityDtype, resume: bool,
+                 overwrite: bool, finished_before: Any, progress: ProgressCallback | None):
+        self.scenes = scenes
+        self.out_dir = out_dir
+        self.work = work
+        self.fmt = fmt
+        self.raster = raster
+        self.vectorize_options = vectorize_options
+        self.plan_options = plan_options
+        self.batch_size = batch_size
+        self.threshold = threshold
+        self.probability_dtype = probability_dtype
+        self.resume = resume
+        self.overwrite = overwrite
+        self.finished_before = finished_before
+        self.progress = progress
+        self.token = uuid.uuid4().hex[:8]
+        self.rows: dict[int, SceneResult] = {}
+        self.totals = {"known": 0, "planned": 0, "done": 0, "pixels": 0}
+        self.inflight: dict[Any, tuple[_Scene, str]] = {}
+        self.on: Any = None
+        self.window = 0
+        self.pending: Any = None
+        self.source: Iterator[tuple[_Scene, Any]] = iter(())
+
+    # -- the loop ------------------------------------------------------------------------
+
+    def run(self, on: Any, window: int | None) -> None:
+        """Run every scene on the client ``on`` with at most ``window`` tasks in flight."""
+        from geounet.cluster import completion_queue
+
+        self.on = on
+        if window is None:
+            threads = sum(on.nthreads().values()) if hasattr(on, "nthreads") else 1
+            window = max(4, 2 * threads)
+        self.window = window
+        self.pending = completion_queue()
+        self.source = self._tasks()
+        try:
+            self._fill()
+            for future in self.pending:
+                self._settle(future)
+                self._fill()
+        except BaseException:
+            if self.inflight:
+                on.cancel(list(self.inflight))
+            log.warning("batch interrupted; completed chunks are kept: rerun the same command "
+                        "with --resume to finish it")
+            raise
+
+    def _fill(self) -> None:
+        """Submit tasks until ``window`` are in flight or no scene has any left."""
+        from geounet.cluster import DEFAULT_RETRY
+        from geounet.pipeline import run_chunk_task
+
+        while len(self.inflight) < self.window:
+            item = next(self.source, None)
+            if item is None:
+                return
+            job, task = item
+            if task is None:
+                self._submit_finish(job)
+                continue
+            key = f"geounet-chunk-{job.index}-{task.chunk.y0}-{task.chunk.x0}-{self.token}"
+            future = self.on.submit(run_chunk_task, task, key=key, pure=False,
+                                    retries=DEFAULT_RETRY.task_retries)
+            self._track(future, job, "chunk")
+
+    def _submit_finish(self, job: _Scene) -> None:
+        """Submit the scene's finish task (its chunks are all in the store)."""
+        task = FinishTask(str(job.store_path), job.name, self.out_dir, self.work, self.fmt,
+                          self.raster, self.vectorize_options, self.overwrite or self.resume)
+        future = self.on.submit(finish_scene, task,
+                                key=f"geounet-finish-{job.index}-{self.token}", pure=False)
+        self._track(future, job, "finish")
+
+    def _track(self, future: Any, job: _Scene, kind: str) -> None:
+        """Count ``future`` in flight for ``job`` and wait for it."""
+        self.inflight[future] = (job, kind)
+        job.futures.add(future)
+        self.pending.add(future)
+
+    def _settle(self, future: Any) -> None:
+        """Take one finished task: its scene fails, counts a chunk, or is done."""
+        from geounet.cluster import TaskFailure
+
+        job, kind = self.inflight.pop(future)
+        job.futures.discard(future)
+        if job.failed:
             return
-        unplanned = len(scene_list) - totals["planned"]
-        mean = totals["known"] / max(1, totals["planned"])
-        progress(totals["done"], totals["known"] + round(mean * unplanned), totals["pixels"])
-
-    def planned(index: int, scene: str, name: str) -> _Scene | None:
-        """Plan one scene and open its store; None (and a row) if it is skipped or failed."""
-        from geounet.pipeline import _check_partial_store, plan_prediction, prepare_store
-
-        started = time.perf_counter()
         try:
-            plan = plan_prediction(scene, **plan_options)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001 - any one scene's failure is its row
-            fail(index, scene, name, exc, started)
-            return None
-        megapixels = plan.info.height * plan.info.width / 1e6
-        try:
-            if plan.info.crs_wkt is None:
-                from geounet.errors import GeoreferenceError
+            value = future.result()
+        except Exception as exc:  # noqa: BLE001 - the scene fails, the batch goes on
+            self._scene_failed(job, exc, kind)
+            return
+        if isinstance(value, TaskFailure):  # a user error: not retried
+            self._scene_failed(job, value.error, kind)
+        elif kind == "chunk":
+            self._chunk_done(job, value)
+        else:
+            self._scene_done(job, value)
 
-                raise GeoreferenceError(
-                    f"scene {scene!r} has no CRS, and batch writes polygons, which need one; "
-                    "assign a CRS (e.g. gdal_edit.py -a_srs EPSG:32633) or run `geounet "
-                    "predict --allow-no-crs` on it alone for a raster in pixel coordinates."
-                )
-            record_url = _done_record_url(out_dir, name)
-            if resume and name + ".json" in finished_before:
-                skipped = _skip_finished(record_url, scene, name, plan.run)
-                if skipped is not None:  # its chunks count as done on the progress bar
-                    rows[index] = skipped
-                    totals["known"] += skipped.chunks
-                    totals["done"] += skipped.chunks
-                    totals["pixels"] += plan.info.height * plan.info.width
-                    return None
-            if not (overwrite or resume):  # resume replaces outputs of an unfinished finish
-                _check_outputs_free(out_dir, name, fmt, raster, plan)
-            store_path = output.temporary_path(Path(work) / f"{name}.zarr")
-            # an interrupted run's chunks are never discarded silently (name --resume)
-            _check_partial_store(store_path, resume=resume, overwrite=overwrite)
-            spec, done = prepare_store(plan, store_path, probability_dtype=probability_dtype,
-                                       resume=resume)
-        except Exception as exc:  # noqa: BLE001
-            fail(index, scene, name, exc, started, megapixels)
-            return None
-        chunks = len(plan.grid.chunks())
-        totals["known"] += chunks
-        totals["done"] += len(done)
-        totals["pixels"] += sum(int(r.get("pixels", 0)) for r in done.values())
-        return _Scene(index, scene, name, plan, spec, store_path, started, chunks, len(done),
-                      chunks - len(done), set(done))
+    # -- scenes --------------------------------------------------------------------------
 
-    def tasks() -> Iterator[tuple[_Scene, Any]]:
+    def _tasks(self) -> Iterator[tuple[_Scene, Any]]:
         """(scene, chunk task or None for 'finish now'), planning each scene lazily."""
+        from geounet import output
+        from geounet.cluster import ship_model
         from geounet.pipeline import ChunkTask
 
-        for index, (scene, name) in enumerate(zip(scene_list, names)):
-            job = planned(index, scene, name)
-            totals["planned"] += 1
-            report()
+        for index, (scene, name) in enumerate(self.scenes):
+            job = self._plan(index, scene, name)
+            self.totals["planned"] += 1
+            self._report()
             if job is None:
                 continue
             if job.plan.runner.model is not None:  # to every worker, once per model per job
-                ship_model(connected[0], job.plan.runner.model, job.plan.runner.model_sha256)
+                ship_model(self.on, job.plan.runner.model, job.plan.runner.model_sha256)
             todo = [c for c in job.plan.grid.chunks()
                     if output.chunk_id(c.y0, c.x0) not in job.done_ids]
             job.done_ids = set()
@@ -666,182 +418,121 @@ def run_batch(
                 if job.failed:
                     break
                 yield job, ChunkTask(job.plan.info, chunk, job.plan.grid, job.plan.runner,
-                                     job.store, batch_size, threshold)
+                                     job.store, self.batch_size, self.threshold)
 
-    from geounet.cluster import DEFAULT_RETRY, TaskFailure, completion_queue, ship_model
-    from geounet.pipeline import run_chunk_task
+    def _plan(self, index: int, scene: str, name: str) -> _Scene | None:
+        """Plan one scene and open its store; None (and a row) if it is skipped or failed."""
+        from geounet.pipeline import plan_prediction
 
-    connected: list[Any] = []  # the job's client, set once the cluster is up
-
-    with _cluster(client, workers, device) as on:
-        connected.append(on)
-        if window is None:
-            threads = sum(on.nthreads().values()) if hasattr(on, "nthreads") else 1
-            window = max(4, 2 * threads)
-        pending = completion_queue()
-        inflight: dict[Any, tuple[_Scene, str]] = {}
-        source = tasks()
-
-        def submit_finish(job: _Scene) -> None:
-            task = FinishTask(str(job.store_path), job.name, out_dir, work, fmt, raster,
-                              options, overwrite or resume)
-            future = on.submit(finish_scene, task, key=f"geounet-finish-{job.index}-{token}",
-                               pure=False)
-            inflight[future] = (job, "finish")
-            job.futures.add(future)
-            pending.add(future)
-
-        def fill() -> None:
-            while len(inflight) < window:
-                item = next(source, None)
-                if item is None:
-                    return
-                job, task = item
-                if task is None:
-                    submit_finish(job)
-                    continue
-                key = f"geounet-chunk-{job.index}-{task.chunk.y0}-{task.chunk.x0}-{token}"
-                future = on.submit(run_chunk_task, task, key=key, pure=False,
-                                   retries=DEFAULT_RETRY.task_retries)
-                inflight[future] = (job, "chunk")
-                job.futures.add(future)
-                pending.add(future)
-
-        def scene_failed(job: _Scene, exc: BaseException, kind: str) -> None:
-            job.failed = True
-            others = [f for f in job.futures if f in inflight]
-            if others:
-                on.cancel(others)
-            note = ""
-            from geounet.errors import TransientError
-
-            user_error = isinstance(exc, GeounetError) and not isinstance(exc, TransientError)
-            if user_error or kind == "finish":
-                output.remove_path(job.store_path)  # a bad input: nothing to resume
-            else:
-                note = (f" (its {job.finished + job.resumed} completed chunk(s) are kept; rerun "
-                        "with --resume to finish the scene)")
-            fail(job.index, job.scene, job.name, exc, job.started,
-                 job.plan.info.height * job.plan.info.width / 1e6, note, chunks=job.chunks,
-                 chunks_computed=job.finished, chunks_resumed=job.resumed)
-
+        started = time.perf_counter()
         try:
-            fill()
-            for future in pending:
-                job, kind = inflight.pop(future)
-                job.futures.discard(future)
-                if job.failed:
-                    fill()
-                    continue
-                try:
-                    value = future.result()
-                except Exception as exc:  # noqa: BLE001 - the scene fails, the batch goes on
-                    scene_failed(job, exc, kind)
-                    fill()
-                    continue
-                if isinstance(value, TaskFailure):  # a user error: not retried
-                    scene_failed(job, value.error, kind)
-                    fill()
-                    continue
-                if kind == "chunk":
-                    job.finished += 1
-                    totals["done"] += 1
-                    totals["pixels"] += int(value["pixels"])
-                    report()
-                    if job.finished == job.todo:
-                        submit_finish(job)
-                else:
-                    row = SceneResult(
-                        job.scene, job.name, "done",
-                        job.plan.info.height * job.plan.info.width / 1e6,
-                        time.perf_counter() - job.started, dict(value["objects"]), None,
-                        job.chunks, job.finished, job.resumed, tuple(value["outputs"]))
-                    objectstore.write_text(
-                        _done_record_url(out_dir, job.name),
-                        json.dumps({"run": job.plan.run, "result": row.to_dict()}))
-                    rows[job.index] = row
-                fill()
-        except BaseException:
-            if inflight:
-                on.cancel(list(inflight))
-            log.warning("batch interrupted; completed chunks are kept: rerun the same command "
-                        "with --resume to finish it")
-            raise
+            plan = plan_prediction(scene, **self.plan_options)  # type: ignore[arg-type]
+        except Exception as exc:  # noqa: BLE001 - any one scene's failure is its row
+            self._fail(index, scene, name, exc, started)
+            return None
+        megapixels = plan.info.height * plan.info.width / 1e6
+        try:
+            opened = self._open_store(index, scene, name, plan)
+        except Exception as exc:  # noqa: BLE001
+            self._fail(index, scene, name, exc, started, megapixels)
+            return None
+        if opened is None:
+            return None
+        store_path, spec, done = opened
+        chunks = len(plan.grid.chunks())
+        self.totals["known"] += chunks
+        self.totals["done"] += len(done)
+        self.totals["pixels"] += sum(int(r.get("pixels", 0)) for r in done.values())
+        return _Scene(index, scene, name, plan, spec, store_path, started, chunks, len(done),
+                      chunks - len(done), set(done))
 
-    result = BatchResult(tuple(rows[i] for i in sorted(rows)), out_dir,
-                         time.perf_counter() - start)
-    if write_tables:
-        paths = []
-        for name, text in zip(TABLE_NAMES, (result.to_csv(), result.to_json())):
-            url = objectstore.join(out_dir, name)
-            objectstore.write_text(url, text)
-            paths.append(url)
-        result = BatchResult(result.scenes, out_dir, result.seconds, tuple(paths))
-    return result
+    def _open_store(self, index: int, scene: str, name: str, plan: Plan
+                    ) -> tuple[Path, StoreSpec, dict[str, Any]] | None:
+        """The scene's store and its completed chunks; None if an earlier run finished it."""
+        from geounet import output
+        from geounet.pipeline import _check_partial_store, prepare_store
 
+        if plan.info.crs_wkt is None:
+            from geounet.errors import GeoreferenceError
 
-def _check_vectorize_options(options: dict[str, Any]) -> None:
-    import inspect
-
-    from geounet.vectorization import vectorize
-
-    try:
-        inspect.signature(vectorize).bind(None, "x.gpkg", overwrite=True, **options)
-    except TypeError as exc:
-        raise InputError(
-            f"vectorize_options {options!r} do not fit geounet.vectorize ({exc}); use its "
-            "keywords, e.g. min_area, simplify, regularize, fill_holes, centerlines."
-        ) from None
-
-
-def _skip_finished(record_url: str, scene: str, name: str,
-                   run: dict[str, Any]) -> SceneResult | None:
-    """The row of a scene an earlier run finished with the same settings, or None to redo it.
-
-    Raises
-    ------
-    InputError
-        The scene was finished with other settings (scene file, model, sizes changed).
-    """
-    text = objectstore.read_text(record_url)
-    try:
-        record = json.loads(text) if text else None
-    except ValueError:
-        record = None
-    if not record:
-        return None
-    stored = record.get("run") or {}
-    changed = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
-    if changed:
-        raise InputError(
-            f"scene {scene!r} was finished by an earlier batch with other settings "
-            f"({', '.join(f'{k}: {stored.get(k)!r} -> {run.get(k)!r}' for k in changed)}); "
-            "rerun with --overwrite to recompute it, or with the same settings."
-        )
-    previous = SceneResult.from_dict(record["result"])
-    if not all(objectstore.exists(url) for url in previous.outputs):
-        log.info("outputs of %s are missing; computing it again", name)
-        return None
-    return SceneResult(scene, name, "skipped", previous.megapixels, 0.0, previous.objects,
-                       None, previous.chunks, 0, previous.chunks, previous.outputs)
-
-
-def _check_outputs_free(out_dir: str, name: str, fmt: VectorFormat, raster: BatchRaster,
-                        plan: Plan) -> None:
-    """Raise OutputExistsError if a scene's final outputs exist (without overwrite)."""
-    from geounet.vectorization import CENTERLINE_LAYER
-
-    layers = [c for c in plan.card.classes if c != "background"]
-    if fmt == "gpkg":
-        targets = [f"{name}.gpkg"]
-    else:
-        targets = [f"{name}_{layer}.{fmt}" for layer in [*layers, CENTERLINE_LAYER]]
-    if raster != "none":
-        targets.append(name + (".zarr" if raster == "zarr" else ".tif"))
-    for target in targets:
-        url = objectstore.join(out_dir, target)
-        if objectstore.exists(url):
-            raise OutputExistsError(
-                f"output {url!r} already exists; pass --overwrite to replace it, --resume to "
-                "skip finished scenes, or choose another --out-dir."
+            raise GeoreferenceError(
+                f"scene {scene!r} has no CRS, and batch writes polygons, which need one; "
+                "assign a CRS (e.g. gdal_edit.py -a_srs EPSG:32633) or run `geounet "
+                "predict --allow-no-crs` on it alone for a raster in pixel coordinates."
             )
+        record_url = _done_record_url(self.out_dir, name)
+        if self.resume and name + ".json" in self.finished_before:
+            skipped = _skip_finished(record_url, scene, name, plan.run)
+            if skipped is not None:  # its chunks count as done on the progress bar
+                self.rows[index] = skipped
+                self.totals["known"] += skipped.chunks
+                self.totals["done"] += skipped.chunks
+                self.totals["pixels"] += plan.info.height * plan.info.width
+                return None
+        if not (self.overwrite or self.resume):  # resume replaces outputs of an unfinished finish
+            _check_outputs_free(self.out_dir, name, self.fmt, self.raster, plan)
+        store_path = output.temporary_path(Path(self.work) / f"{name}.zarr")
+        # an interrupted run's chunks are never discarded silently (name --resume)
+        _check_partial_store(store_path, resume=self.resume, overwrite=self.overwrite)
+        spec, done = prepare_store(plan, store_path, probability_dtype=self.probability_dtype,
+                                   resume=self.resume)
+        return store_path, spec, done
+
+    def _chunk_done(self, job: _Scene, record: dict[str, Any]) -> None:
+        """Count a written chunk; submit the scene's finish after its last one."""
+        job.finished += 1
+        self.totals["done"] += 1
+        self.totals["pixels"] += int(record["pixels"])
+        self._report()
+        if job.finished == job.todo:
+            self._submit_finish(job)
+
+    def _scene_done(self, job: _Scene, value: dict[str, Any]) -> None:
+        """Record a finished scene's row and write its done record (last)."""
+        row = SceneResult(
+            job.scene, job.name, "done",
+            job.plan.info.height * job.plan.info.width / 1e6,
+            time.perf_counter() - job.started, dict(value["objects"]), None,
+            job.chunks, job.finished, job.resumed, tuple(value["outputs"]))
+        objectstore.write_text(
+            _done_record_url(self.out_dir, job.name),
+            json.dumps({"run": job.plan.run, "result": row.to_dict()}))
+        self.rows[job.index] = row
+
+    def _scene_failed(self, job: _Scene, exc: BaseException, kind: str) -> None:
+        """Fail a scene mid-run: cancel its other tasks, keep its chunks if it can resume."""
+        from geounet import output
+        from geounet.errors import TransientError
+
+        job.failed = True
+        others = [f for f in job.futures if f in self.inflight]
+        if others:
+            self.on.cancel(others)
+        note = ""
+        user_error = isinstance(exc, GeounetError) and not isinstance(exc, TransientError)
+        if user_error or kind == "finish":
+            output.remove_path(job.store_path)  # a bad input: nothing to resume
+        else:
+            note = (f" (its {job.finished + job.resumed} completed chunk(s) are kept; rerun "
+                    "with --resume to finish the scene)")
+        self._fail(job.index, job.scene, job.name, exc, job.started,
+                   job.plan.info.height * job.plan.info.width / 1e6, note, chunks=job.chunks,
+                   chunks_computed=job.finished, chunks_resumed=job.resumed)
+
+    def _fail(self, index: int, scene: str, name: str, exc: BaseException, started: float,
+              megapixels: float = 0.0, note: str = "", **counts: int) -> None:
+        """Record a failed scene's row (the library's message) and log it."""
+        message = str(exc) if isinstance(exc, GeounetError) else f"{type(exc).__name__}: {exc}"
+        message += note
+        log.warning("scene %s failed: %s", scene, message)
+        self.rows[index] = SceneResult(scene, name, "failed", megapixels,
+                                       time.perf_counter() - started, {}, message, **counts)
+
+    def _report(self) -> None:
+        """Call ``progress`` over all scenes' chunks (unplanned scenes estimated)."""
+        if self.progress is None:
+            return
+        totals = self.totals
+        unplanned = len(self.scenes) - totals["planned"]
+        mean = totals["known"] / max(1, totals["planned"])
+        self.progress(totals["done"], totals["known"] + round(mean * unplanned), totals["pixels"])

@@ -5,38 +5,48 @@ and the runner spec (model path, device, precision); it predicts its chunk on th
 writes its region of the Zarr store there, leaves a completion marker and returns a few
 numbers. No pixel array passes through the scheduler, so memory is bounded by chunk size,
 batch size and worker count, never by scene size.
+
+This module runs a plan: the chunk task (what a worker runs), filling the store, and
+:func:`predict` / :func:`segment`. Planning lives in :mod:`geounet.planning`, the store's life
+in a run (create or resume, keep for ``--resume``, publish) in :mod:`geounet.runstore`; their
+public names are importable from here too.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
-import functools
 import inspect
 import logging
 import os
 import time
 import uuid
-import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
 
 from geounet.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
-from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
-from geounet.errors import (
-    GeoreferenceError,
-    GeounetError,
-    InputError,
-    OutputExistsError,
-    PredictionKeptError,
-    TileSizeError,
-    TransientError,
-)
+from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling
+from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
+from geounet.planning import (  # re-exported: the plan is part of this module's face
+    Plan,
+    RunnerSpec,
+    _check_vectorize_options,
+    plan_prediction,
+    runs_here,
+)
+from geounet.runstore import (  # re-exported: the store's life in a run
+    RESUME_HINT,  # noqa: F401 - re-exported
+    _check_partial_store,
+    _keep_for_resume,
+    _prediction_kept,
+    _publish_raster,
+    client_path,
+    prepare_store,
+)
 
 if TYPE_CHECKING:
-    from geounet.model import ModelCard
     from geounet.raster import SceneInfo
     from geounet.tiling import ChunkWindow, TileGrid
 
@@ -89,19 +99,6 @@ class PredictResult:
 
 
 @dataclass(frozen=True)
-class RunnerSpec:
-    """How a worker builds (once) its model runner: plain values, cheap to pickle."""
-
-    model: str | None
-    device: str = "auto"
-    precision: Precision = "auto"
-    bands: tuple[int, ...] | None = None
-    engine: Engine = "torch"
-    model_sha256: str | None = None
-    """The checkpoint's content hash: workers load the copy shipped under it (geounet.worker)."""
-
-
-@dataclass(frozen=True)
 class ChunkTask:
     """Everything one chunk task needs; paths and windows only, never pixels."""
 
@@ -113,19 +110,6 @@ class ChunkTask:
     batch_size: int | None = None
     threshold: float | None = None
     retry: RetryPolicy = DEFAULT_RETRY
-
-
-@dataclass(frozen=True)
-class Plan:
-    """A validated prediction run: scene, model card, grid and chunk tasks (nothing computed)."""
-
-    info: SceneInfo
-    card: ModelCard
-    grid: TileGrid
-    runner: RunnerSpec
-    chunk_size: int
-    tile_size: int
-    run: dict[str, Any]
 
 
 # --------------------------------------------------------------------------------------
@@ -213,270 +197,8 @@ def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
 
 
 # --------------------------------------------------------------------------------------
-# validation and planning (cheap, before any heavy work)
-# --------------------------------------------------------------------------------------
-
-
-def runs_here(client: SchedulerLike) -> bool:
-    """Whether tasks run on this machine (local cluster or in-process), not a remote scheduler
-    (given, or set in ``DASK_SCHEDULER_ADDRESS``)."""
-    from geounet.cluster import configured_address, is_in_process
-
-    if client is None:
-        return configured_address() is None
-    return is_in_process(client)
-
-
-def _check_device(device: str, precision: Precision) -> None:
-    """Raise DeviceError now, not in a task, when this machine cannot run ``device``/``precision``."""
-    from geounet.inference import resolve_device, resolve_precision
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
-        resolve_precision(precision, resolve_device(device))
-
-
-def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
-    """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
-    from geounet.engines import resolve_engine
-    from geounet.inference import resolve_device, resolve_precision
-
-    torch_device = resolve_device(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
-        resolved = resolve_precision(precision, torch_device)
-    resolve_engine(engine, torch_device.type, precision=resolved)
-
-
-def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
-    """What identifies a scene between a run and its resume: size and mtime of a local file,
-    size and ETag (or last-modified) of a URL."""
-    if path is None:
-        return {}
-    text = os.fspath(path)
-    if "://" in text or text.startswith("/vsi"):
-        return {"path": text, **_remote_stamp(text)}
-    try:
-        stat = os.stat(path)
-    except OSError:
-        return {"path": text}
-    return {"path": os.path.abspath(path), "size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-
-
-def _remote_stamp(url: str) -> dict[str, Any]:
-    """Size and ETag / last-modified of a URL, as fsspec reports them ({} if it cannot)."""
-    for prefix, scheme in (("/vsis3/", "s3://"), ("/vsigs/", "gs://"), ("/vsiaz/", "az://"),
-                           ("/vsicurl/", "")):
-        if url.startswith(prefix):
-            url = scheme + url[len(prefix):]
-    if "://" not in url:
-        return {}
-    try:
-        import fsspec
-
-        fs, target = fsspec.core.url_to_fs(url)
-        meta = fs.info(target)
-    except Exception:  # noqa: BLE001 - no fsspec backend or no access: size/ETag unknown
-        return {}
-    stamp = {}
-    for key in ("size", "ETag", "etag", "LastModified", "last_modified", "mtime"):
-        if meta.get(key) is not None:
-            stamp[key.lower().replace("_", "")] = str(meta[key]).strip('"')
-    return stamp
-
-
-def _model_fingerprint(path: Path) -> dict[str, Any]:
-    """Name and content hash of a checkpoint; hashed once per file version (size, mtime), not
-    once per scene of a batch."""
-    stat = path.stat()
-    return {"name": path.name,
-            "sha256": _file_sha256(str(path.resolve()), stat.st_size, stat.st_mtime_ns)}
-
-
-@functools.lru_cache(maxsize=16)
-def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    from geounet.worker import file_sha256
-
-    return file_sha256(path)
-
-
-def _plain(value: Any) -> Any:
-    """A dataclass as the plain JSON types its run record is stored in (None stays None)."""
-    import json
-
-    return None if value is None else json.loads(json.dumps(dataclasses.asdict(value)))
-
-
-def plan_prediction(
-    scene: str | os.PathLike[str],
-    *,
-    model: str | os.PathLike[str] | None = None,
-    bands: tuple[int, ...] | None = None,
-    chunk_size: int = 2048,
-    tile_size: int | None = None,
-    device: str = "auto",
-    precision: Precision = "auto",
-    probability_dtype: ProbabilityDtype = "uint8",
-    threshold: float | None = None,
-    allow_no_crs: bool = False,
-    check_device: bool = True,
-    resample: ResampleMode = "auto",
-    resampling: Resampling = "auto",
-    rescale: str | tuple[float, float] | None = None,
-    engine: Engine = "torch",
-) -> Plan:
-    """Validate a prediction run cheaply (no model forward) and plan its grid.
-
-    ``check_device=False`` skips checking that this machine has the device (for a remote
-    scheduler whose workers have GPUs this machine lacks). ``resample``/``resampling`` and
-    ``rescale`` fit the scene to the model card (:mod:`geounet.fitting`): the planned scene
-    may be a warped view at the card's pixel size, and its values may be mapped into the
-    card's range (percentile and bit-depth rescales read a sample of windows, nothing else
-    reads pixels).
-
-    Raises
-    ------
-    SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
-    DeviceError, InputError
-    """
-    from geounet.inference import default_model_path
-    from geounet.model import load_checkpoint
-    from geounet.raster import open_scene
-    from geounet.tiling import plan_tiles
-
-    if precision not in choices(Precision):
-        raise InputError(
-            f"precision {precision!r} is not supported; use one of {', '.join(choices(Precision))}."
-        )
-    if probability_dtype not in choices(ProbabilityDtype):
-        raise InputError(
-            f"probability dtype {probability_dtype!r} is not supported; use one of "
-            f"{', '.join(choices(ProbabilityDtype))}."
-        )
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
-    if check_device:
-        _check_device(device, precision)
-        _check_engine(engine, device, precision)
-    elif engine not in choices(Engine):
-        raise InputError(
-            f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one."
-        )
-    info = open_scene(str(scene))
-    if info.georef == "rpcs" and not allow_no_crs:
-        raise GeoreferenceError(
-            f"scene {str(scene)!r} is georeferenced by RPCs only (rational polynomial "
-            "coefficients, no geotransform or CRS); geounet does not orthorectify: make an "
-            "orthorectified copy with a DEM first, e.g. gdalwarp -rpc -to RPC_DEM=dem.tif "
-            "-t_srs EPSG:XXXX scene.tif ortho.tif, and segment that."
-        )
-    if info.crs_wkt is None:
-        if not allow_no_crs:
-            raise GeoreferenceError(
-                f"scene {str(scene)!r} has no CRS, so outputs could not be placed on the map; "
-                "georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX) or pass allow_no_crs=True "
-                "(--allow-no-crs) to write outputs in pixel coordinates."
-            )
-        warnings.warn(
-            f"scene {str(scene)!r} has no CRS; outputs are written in pixel coordinates.",
-            UserWarning,
-            stacklevel=3,
-        )
-    model_path = Path(model) if model is not None else default_model_path()
-    _, card = load_checkpoint(model_path)
-    if bands is not None:
-        bands = tuple(int(b) for b in bands)
-        if len(bands) != card.architecture.in_channels:
-            raise InputError(
-                f"bands {list(bands)} give {len(bands)} band(s) but the model reads "
-                f"{card.architecture.in_channels}; give exactly {card.architecture.in_channels} "
-                f"1-based band indices (the card's default is {','.join(map(str, card.bands))})."
-            )
-        if any(b < 1 for b in bands):
-            raise InputError(f"bands {list(bands)} has a band below 1; bands are 1-based.")
-        card = dataclasses.replace(card, bands=bands)
-    from geounet.fitting import plan_resample, plan_rescale
-
-    if max(card.bands) <= info.count:  # else check_scene names the band problem
-        info = plan_resample(info, card.pixel_size, resample, resampling=resampling)
-        info = dataclasses.replace(info, rescale=plan_rescale(info, card, rescale))
-    card.check_scene(info.count, info.read_dtype, info.pixel_size)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise TileSizeError(f"chunk size {chunk_size!r} is not a positive whole number of pixels.")
-    grid = plan_tiles(
-        card.architecture, info.height, info.width, chunk_size=chunk_size, tile_size=tile_size
-    )
-    tile_size = grid.tile_size
-    chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
-    model_print = _model_fingerprint(model_path)
-    runner = RunnerSpec(str(model_path.absolute()), device, precision, bands, engine,
-                        model_print["sha256"])
-    run = {
-        "scene": _fingerprint(scene),
-        "model": model_print,
-        "bands": list(card.bands),
-        "chunk_size": chunk_size,
-        "tile_size": tile_size,
-        "precision": precision,
-        "engine": engine,
-        "probability_dtype": probability_dtype,
-        "threshold": threshold,
-        # as JSON gives them back, so a resumed run compares equal to its stored record
-        "warp": _plain(info.warp),
-        "rescale": _plain(info.rescale),
-    }
-    return Plan(info, card, grid, runner, chunk_size, tile_size, run)
-
-
-# --------------------------------------------------------------------------------------
 # running
 # --------------------------------------------------------------------------------------
-
-
-def _store_attrs(plan: Plan) -> dict[str, Any]:
-    from geounet._version import __version__
-
-    return {
-        "model_card": plan.card.to_dict(),
-        "tile_size": plan.tile_size,
-        "version": __version__,
-        "scene": os.path.basename(plan.info.path),
-        # how the scene was fitted to the model: the grid of a warped view (the store's own
-        # grid then), the value map; None for a scene read as it is
-        "scene_warp": _plain(plan.info.warp),
-        "scene_rescale": _plain(plan.info.rescale),
-    }
-
-
-def client_path(path: str | os.PathLike[str]) -> str:
-    """A path every worker can open: local paths made absolute on the client (workers run in
-    other directories, on other machines sharing the file system); URLs and GDAL ``/vsi``
-    paths unchanged."""
-    text = os.fspath(path)
-    if "://" in text or text.startswith("/vsi"):
-        return text
-    return os.path.abspath(text)
-
-
-def _keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
-    """The error a failed run raises: ``exc`` with where its completed chunks are kept and how
-    to resume (the CLI adds the exact command from ``exc.resume_store``)."""
-    from geounet import output
-
-    done = len(output.done_chunks(store_path))
-    hint = (f" The {done} chunk(s) completed are kept in {str(store_path)!r}; fix the cause "
-            "and run the same command again with --resume (resume=True) to compute only the "
-            "missing chunks.")
-    log.warning("run failed; %d completed chunk(s) kept in %s for --resume", done, store_path)
-    if isinstance(exc, GeounetError):
-        try:
-            annotated: BaseException = type(exc)(f"{exc}{hint}")
-        except Exception:  # noqa: BLE001 - an error class with another signature
-            annotated = exc
-    else:
-        annotated = exc
-    annotated.resume_store = str(store_path)  # type: ignore[attr-defined]
-    return annotated
 
 
 def _compute_store(
@@ -643,14 +365,7 @@ def predict(
     with _prediction_kept(store_path, "writing " + str(out)):
         _publish_raster(store_path, out, fmt, overwrite=overwrite)
     output.remove_path(store_path)
-    result = PredictResult(
-        out=out,
-        pixels=plan.info.height * plan.info.width,
-        chunks=chunks,
-        chunks_skipped=skipped,
-        chunks_resumed=resumed,
-        seconds=time.perf_counter() - start,
-    )
+    result = _result(out, plan, (chunks, skipped, resumed), start)
     log.debug("predict: %s", result.summary())
     return result
 
@@ -709,14 +424,8 @@ def segment(
             f"geounet.predict ({', '.join(sorted(allowed))}) or put vectorize keywords in "
             "vectorize_options."
         )
-    try:  # vectorize runs after the prediction: check its keywords before that work
-        inspect.signature(vectorize).bind(None, out_gpkg, overwrite=overwrite,
-                                          **(vectorize_options or {}))
-    except TypeError as exc:
-        raise InputError(
-            f"vectorize_options {vectorize_options!r} do not fit geounet.vectorize ({exc}); "
-            "use its keywords, e.g. min_area, simplify, regularize, fill_holes, centerlines."
-        ) from None
+    # vectorize runs after the prediction: check its keywords before that work
+    _check_vectorize_options(vectorize_options)
     keep = {k: predict_options.pop(k) for k in ("resume", "client", "workers", "progress",
                                                 "batch_size") if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
@@ -749,8 +458,17 @@ def segment(
             _publish_raster(store_path, raster_out, fmt, overwrite=overwrite)
         extra = (raster_out,)
     output.remove_path(store_path)
-    result = PredictResult(
-        out=out_gpkg,
+    result = _result(out_gpkg, plan, (chunks, skipped, resumed), start, extra)
+    log.debug("segment: %s", result.summary())
+    return result
+
+
+def _result(out: Path, plan: Plan, counts: tuple[int, int, int], start: float,
+            extra: tuple[Path, ...] = ()) -> PredictResult:
+    """The result of a run of ``plan`` that wrote ``out`` (and ``extra``), timed from ``start``."""
+    chunks, skipped, resumed = counts
+    return PredictResult(
+        out=out,
         pixels=plan.info.height * plan.info.width,
         chunks=chunks,
         chunks_skipped=skipped,
@@ -758,106 +476,3 @@ def segment(
         seconds=time.perf_counter() - start,
         extra_outputs=extra,
     )
-    log.debug("segment: %s", result.summary())
-    return result
-
-
-def _publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> None:
-    """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
-    into a COG (.tif); the store is left in place, still resumable, for a COG."""
-    from geounet import output
-
-    if fmt == "zarr":
-        output.finalize_store(store)
-        output.replace_path(store, out)
-    else:
-        output.write_cog(store, out, overwrite=overwrite)
-
-
-def prepare_store(
-    plan: Plan,
-    store_path: Path,
-    *,
-    probability_dtype: ProbabilityDtype,
-    resume: bool,
-) -> tuple[StoreSpec, dict[str, dict[str, Any]]]:
-    """Open an interrupted run's store (``resume`` and same settings) or create a new one.
-
-    Returns the store and the completion records of its finished chunks (empty for a new
-    store). A partial store of an earlier run is discarded unless resumed. Used by
-    :mod:`geounet.batch`, which submits the remaining chunks itself.
-
-    Raises
-    ------
-    InputError
-        ``resume`` with a store started by other settings (scene, model, sizes, dtype).
-    """
-    from geounet import output
-
-    if resume and output.check_resumable(store_path, plan.run):
-        return StoreSpec(str(store_path), probability_dtype), output.done_chunks(store_path)
-    if store_path.exists():
-        log.info("discarding the partial store of an earlier run: %s", store_path)
-        output.remove_path(store_path)
-    info = plan.info
-    spec = output.create_store(
-        store_path,
-        height=info.height,
-        width=info.width,
-        classes=plan.card.classes,
-        chunk_size=plan.chunk_size,
-        crs_wkt=info.crs_wkt,
-        transform=tuple(info.transform) if info.crs_wkt else None,
-        probability_dtype=probability_dtype,
-        attrs=_store_attrs(plan),
-        run=plan.run,
-    )
-    return spec, {}
-
-
-def _check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> None:
-    """Refuse to silently discard an interrupted run's store: name ``--resume`` and
-    ``--overwrite`` (which discards it; :func:`_compute_store` does that).
-
-    Raises
-    ------
-    OutputExistsError
-        When ``store_path`` exists and neither ``resume`` nor ``overwrite`` is set.
-    """
-    from geounet import output
-
-    if resume or overwrite or not store_path.exists():
-        return
-    done = len(output.done_chunks(store_path))
-    raise OutputExistsError(
-        f"an interrupted run left a partial prediction in {str(store_path)!r} ({done} "
-        "chunk(s) done); pass resume=True (--resume) to finish it with the same settings, or "
-        "overwrite=True (--overwrite) to discard it and start over."
-    )
-
-
-RESUME_HINT = "rerun the same command with --resume (resume=True) to finish the job"
-
-
-@contextlib.contextmanager
-def _prediction_kept(store_path: Path, step: str) -> Iterator[None]:
-    """Around a step after prediction: any failure or Ctrl-C keeps the finished prediction
-    (its store stays under the resumable name) and says how to finish the job.
-
-    A failure becomes :class:`PredictionKeptError` (``store`` names the kept store); a
-    ``KeyboardInterrupt`` is logged with the same hint, tagged with ``geounet_kept_store`` and
-    re-raised (the CLI prints the exact command to run).
-    """
-    try:
-        yield
-    except KeyboardInterrupt as exc:
-        log.error("interrupted while %s; the finished prediction is kept in %s: %s",
-                  step, store_path, RESUME_HINT)
-        exc.geounet_kept_store = str(store_path)  # type: ignore[attr-defined]
-        raise
-    except Exception as exc:
-        raise PredictionKeptError(
-            f"{step} failed ({exc}); the finished prediction is kept in {str(store_path)!r}: "
-            f"fix the cause, then {RESUME_HINT} without predicting again.",
-            store=str(store_path),
-        ) from exc

@@ -197,3 +197,17 @@ def test_cli_failure_after_prediction_prints_the_resume_command(
     finished = CliRunner().invoke(cli, shlex.split(expected)[1:])
     assert finished.exit_code == 0, finished.output
     assert (tmp_path / "p.tif").is_file() and not store.exists()
+
+
+def test_kept_for_resume_error_keeps_its_class_and_attributes(tmp_path: Path) -> None:
+    """The hint is added to the message; the error stays the same class with its attributes
+    (e.g. a TransientError's cause details), and names the kept store."""
+    from geounet.errors import TransientError
+    from geounet.runstore import _keep_for_resume
+
+    error = TransientError("read failed")
+    error.chunk = (0, 512)  # type: ignore[attr-defined]
+    kept = _keep_for_resume(error, tmp_path / "p.zarr")
+    assert type(kept) is TransientError and kept.chunk == (0, 512)  # type: ignore[attr-defined]
+    assert str(kept).startswith("read failed") and "--resume" in str(kept)
+    assert kept.resume_store == str(tmp_path / "p.zarr")  # type: ignore[attr-defined]

@@ -58,6 +58,14 @@ overwrite = click.option(
     "--overwrite", is_flag=True, default=False, help="Replace an existing output."
 )
 seed = click.option("--seed", type=int, default=0, show_default=True, help="Random seed.")
+
+
+def out(help: str, *, dir_okay: bool) -> Any:
+    """``--out``/``-o`` (required): the output of a one-scene command (``predict``, ``segment``)."""
+    return click.option("--out", "-o", required=True, type=click.Path(dir_okay=dir_okay),
+                        help=help)
+
+
 model = click.option(
     "--model",
     "model",

@@ -11,13 +11,8 @@ from geounet.cli import options
 
 @click.command()
 @click.argument("scene")
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(dir_okay=True),
-    help="Output: PRED.zarr (Zarr v3 store) or PRED.tif (Cloud-Optimized GeoTIFF).",
-)
+@options.out("Output: PRED.zarr (Zarr v3 store) or PRED.tif (Cloud-Optimized GeoTIFF).",
+             dir_okay=True)
 @options.prediction_options
 @click.pass_context
 def predict(ctx: click.Context, scene: str, out: str, **kwargs: Any) -> None:

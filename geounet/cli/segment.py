@@ -11,13 +11,8 @@ from geounet.cli import options
 
 @click.command()
 @click.argument("scene")
-@click.option(
-    "--out",
-    "-o",
-    required=True,
-    type=click.Path(dir_okay=False),
-    help="GeoPackage to write (one layer per class), e.g. objects.gpkg.",
-)
+@options.out("GeoPackage to write (one layer per class), e.g. objects.gpkg.",
+             dir_okay=False)
 @click.option(
     "--raster-out",
     type=click.Path(dir_okay=True),

@@ -1,0 +1,174 @@
+"""A run's prediction store: created or resumed, kept for ``--resume`` on failure, published.
+
+The store is built under a hidden temporary name (:func:`prepare_store` creates it, or reopens
+an interrupted run's store with the same settings); it is never discarded silently
+(:func:`_check_partial_store`); a failure while computing or after prediction keeps it and
+names the ``--resume`` command (:func:`_keep_for_resume`, :func:`_prediction_kept`); a finished
+store is moved into place or streamed into a COG (:func:`_publish_raster`). ARCHITECTURE
+invariant 7. Used by :mod:`geounet.pipeline` and :mod:`geounet.batch`, re-exported by
+:mod:`geounet.pipeline`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Iterator
+
+from geounet.config import ProbabilityDtype
+from geounet.errors import GeounetError, OutputExistsError, PredictionKeptError
+from geounet.output import StoreSpec
+from geounet.planning import _plain
+
+if TYPE_CHECKING:
+    from geounet.planning import Plan
+
+log = logging.getLogger(__name__)
+
+
+def _store_attrs(plan: Plan) -> dict[str, Any]:
+    from geounet._version import __version__
+
+    return {
+        "model_card": plan.card.to_dict(),
+        "tile_size": plan.tile_size,
+        "version": __version__,
+        "scene": os.path.basename(plan.info.path),
+        # how the scene was fitted to the model: the grid of a warped view (the store's own
+        # grid then), the value map; None for a scene read as it is
+        "scene_warp": _plain(plan.info.warp),
+        "scene_rescale": _plain(plan.info.rescale),
+    }
+
+
+def client_path(path: str | os.PathLike[str]) -> str:
+    """A path every worker can open: local paths made absolute on the client (workers run in
+    other directories, on other machines sharing the file system); URLs and GDAL ``/vsi``
+    paths unchanged."""
+    text = os.fspath(path)
+    if "://" in text or text.startswith("/vsi"):
+        return text
+    return os.path.abspath(text)
+
+
+def _keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
+    """The error a failed run raises: ``exc`` with where its completed chunks are kept and how
+    to resume (the CLI adds the exact command from ``exc.resume_store``)."""
+    from geounet import output
+
+    done = len(output.done_chunks(store_path))
+    hint = (f" The {done} chunk(s) completed are kept in {str(store_path)!r}; fix the cause "
+            "and run the same command again with --resume (resume=True) to compute only the "
+            "missing chunks.")
+    log.warning("run failed; %d completed chunk(s) kept in %s for --resume", done, store_path)
+    annotated: BaseException = exc
+    if isinstance(exc, GeounetError):
+        import copy
+
+        annotated = copy.copy(exc)  # same class and attributes, the hint added to the message
+        annotated.args = (f"{exc}{hint}",)
+    annotated.resume_store = str(store_path)  # type: ignore[attr-defined]
+    return annotated
+
+
+def _publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> None:
+    """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
+    into a COG (.tif); the store is left in place, still resumable, for a COG."""
+    from geounet import output
+
+    if fmt == "zarr":
+        output.finalize_store(store)
+        output.replace_path(store, out)
+    else:
+        output.write_cog(store, out, overwrite=overwrite)
+
+
+def prepare_store(
+    plan: Plan,
+    store_path: Path,
+    *,
+    probability_dtype: ProbabilityDtype,
+    resume: bool,
+) -> tuple[StoreSpec, dict[str, dict[str, Any]]]:
+    """Open an interrupted run's store (``resume`` and same settings) or create a new one.
+
+    Returns the store and the completion records of its finished chunks (empty for a new
+    store). A partial store of an earlier run is discarded unless resumed. Used by
+    :mod:`geounet.batch`, which submits the remaining chunks itself.
+
+    Raises
+    ------
+    InputError
+        ``resume`` with a store started by other settings (scene, model, sizes, dtype).
+    """
+    from geounet import output
+
+    if resume and output.check_resumable(store_path, plan.run):
+        return StoreSpec(str(store_path), probability_dtype), output.done_chunks(store_path)
+    if store_path.exists():
+        log.info("discarding the partial store of an earlier run: %s", store_path)
+        output.remove_path(store_path)
+    info = plan.info
+    spec = output.create_store(
+        store_path,
+        height=info.height,
+        width=info.width,
+        classes=plan.card.classes,
+        chunk_size=plan.chunk_size,
+        crs_wkt=info.crs_wkt,
+        transform=tuple(info.transform) if info.crs_wkt else None,
+        probability_dtype=probability_dtype,
+        attrs=_store_attrs(plan),
+        run=plan.run,
+    )
+    return spec, {}
+
+
+def _check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> None:
+    """Refuse to silently discard an interrupted run's store: name ``--resume`` and
+    ``--overwrite`` (which discards it; :func:`_compute_store` does that).
+
+    Raises
+    ------
+    OutputExistsError
+        When ``store_path`` exists and neither ``resume`` nor ``overwrite`` is set.
+    """
+    from geounet import output
+
+    if resume or overwrite or not store_path.exists():
+        return
+    done = len(output.done_chunks(store_path))
+    raise OutputExistsError(
+        f"an interrupted run left a partial prediction in {str(store_path)!r} ({done} "
+        "chunk(s) done); pass resume=True (--resume) to finish it with the same settings, or "
+        "overwrite=True (--overwrite) to discard it and start over."
+    )
+
+
+RESUME_HINT = "rerun the same command with --resume (resume=True) to finish the job"
+
+
+@contextlib.contextmanager
+def _prediction_kept(store_path: Path, step: str) -> Iterator[None]:
+    """Around a step after prediction: any failure or Ctrl-C keeps the finished prediction
+    (its store stays under the resumable name) and says how to finish the job.
+
+    A failure becomes :class:`PredictionKeptError` (``store`` names the kept store); a
+    ``KeyboardInterrupt`` is logged with the same hint, tagged with ``geounet_kept_store`` and
+    re-raised (the CLI prints the exact command to run).
+    """
+    try:
+        yield
+    except KeyboardInterrupt as exc:
+        log.error("interrupted while %s; the finished prediction is kept in %s: %s",
+                  step, store_path, RESUME_HINT)
+        exc.geounet_kept_store = str(store_path)  # type: ignore[attr-defined]
+        raise
+    except Exception as exc:
+        raise PredictionKeptError(
+            f"{step} failed ({exc}); the finished prediction is kept in {str(store_path)!r}: "
+            f"fix the cause, then {RESUME_HINT} without predicting again.",
+            store=str(store_path),
+        ) from exc
