@@ -7,7 +7,8 @@ With ``GEOUNET_FAULTS_DIR=DIR`` in a process's environment (a worker's too), eac
 
 The first ``skip`` reads of that scene succeed, the next ``fail`` raise ``OSError`` (a
 transient I/O error, as a network read would), later ones succeed; each read first sleeps
-``delay`` seconds. The counts live in the file (under a lock), so they span processes.
+``delay`` seconds. The counts live in the file (updated under a lock, replaced atomically),
+so they span processes.
 """
 
 from __future__ import annotations
@@ -29,15 +30,18 @@ def before_read(path: str) -> None:
         return
     import fcntl
 
-    with open(rule, "r+", encoding="utf-8") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        spec = json.load(handle)
+    # a process killed mid-update (the tests SIGKILL workers) must not leave a torn file:
+    # lock a side file, write the new counts aside, rename over the rule
+    with open(f"{rule}.lock", "a", encoding="utf-8") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        with open(rule, encoding="utf-8") as handle:
+            spec = json.load(handle)
         seen = int(spec.get("reads", 0))
         spec["reads"] = seen + 1
-        handle.seek(0)
-        handle.truncate()
-        json.dump(spec, handle)
-        handle.flush()
+        partial = f"{rule}.{os.getpid()}.tmp"
+        with open(partial, "w", encoding="utf-8") as handle:
+            json.dump(spec, handle)
+        os.replace(partial, rule)
     if spec.get("delay"):
         time.sleep(float(spec["delay"]))
     skip, fail = int(spec.get("skip", 0)), int(spec.get("fail", 0))

@@ -178,7 +178,7 @@ def run_batch(
         workers, e.g. a shared file system for a remote cluster; keep it for ``resume``);
         default a folder in the system temp dir named after ``out_dir``. For a local
         ``out_dir`` stores are built in ``out_dir`` under hidden temporary names.
-    progress : ``callback(chunks_done, chunks_total, pixels_done)`` over all scenes' chunks;
+    progress : ``callback(chunks_done, chunks_total, pixels_computed)`` over all scenes' chunks;
         the total counts planned scenes' chunks plus an estimate for scenes not planned yet.
     write_tables : write ``batch.csv`` and ``batch.json`` into ``out_dir``.
 
@@ -441,8 +441,7 @@ class _BatchJob:
         store_path, spec, done = opened
         chunks = len(plan.grid.chunks())
         self.totals["known"] += chunks
-        self.totals["done"] += len(done)
-        self.totals["pixels"] += sum(int(r.get("pixels", 0)) for r in done.values())
+        self.totals["done"] += len(done)  # resumed chunks are done, not computed pixels
         return _Scene(index, scene, name, plan, spec, store_path, started, chunks, len(done),
                       chunks - len(done), set(done))
 
@@ -467,7 +466,6 @@ class _BatchJob:
                 self.rows[index] = skipped
                 self.totals["known"] += skipped.chunks
                 self.totals["done"] += skipped.chunks
-                self.totals["pixels"] += plan.info.height * plan.info.width
                 return None
         if not (self.overwrite or self.resume):  # resume replaces outputs of an unfinished finish
             _check_outputs_free(self.out_dir, name, self.fmt, self.raster, plan)

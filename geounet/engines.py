@@ -25,7 +25,6 @@ Examples
 from __future__ import annotations
 
 import functools
-import hashlib
 import importlib.util
 import logging
 import os
@@ -167,12 +166,10 @@ def user_cache_dir() -> Path:
 
 
 def checkpoint_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a checkpoint file (hex)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+    """SHA-256 of a checkpoint file (hex): :func:`geounet.model.checkpoint.file_sha256`."""
+    from geounet.model.checkpoint import file_sha256
+
+    return file_sha256(path)
 
 
 def _writable_dir(folder: Path) -> bool:

@@ -78,16 +78,11 @@ def resolve_device(device: str = "auto") -> torch.device:
 
 @functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    flags = set(line.split(":", 1)[1].split())
-                    return bool(flags & {"avx512_bf16", "amx_bf16"})
-    except OSError:
-        pass
-    return False
+    """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``
+    (:func:`geounet.engines.cpu_flags`)."""
+    from geounet.engines import cpu_flags
+
+    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> str:

@@ -53,7 +53,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int, int], None]
-"""``progress(chunks_done, chunks_total, pixels_done)``, called as chunks finish."""
+"""``progress(chunks_done, chunks_total, pixels_computed)``, called as chunks finish: chunks
+resumed from an earlier run count as done, their pixels are not in ``pixels_computed`` (so a
+rate from it is this run's)."""
 
 
 @dataclass(frozen=True)
@@ -230,7 +232,7 @@ def _compute_store(
     todo = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in done]
     resumed = len(chunks) - len(todo)
     skipped = sum(1 for record in done.values() if record.get("skipped"))
-    state = {"done": resumed, "pixels": sum(int(r.get("pixels", 0)) for r in done.values())}
+    state = {"done": resumed, "pixels": 0}  # pixels computed by this run (the rate's basis)
     log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
     with contextlib.ExitStack() as stack:
         # reach the scheduler (or start the local cluster) before anything is written
@@ -320,7 +322,7 @@ def predict(
     client : a ``distributed.Client``, a scheduler address, ``"threads"`` or ``"synchronous"``;
         default: a local cluster of worker processes on this machine.
     workers : worker processes of the local cluster (threads for ``"threads"``).
-    progress : ``callback(chunks_done, chunks_total, pixels_done)``.
+    progress : ``callback(chunks_done, chunks_total, pixels_computed)``.
     resample : ``auto`` (default): a scene more than 1.25x off the model's pixel size is read
         through a GDAL WarpedVRT at the model's pixel size; ``always``: whenever they differ;
         ``error``: never (a scene more than 2x off is refused). The outputs are then on the

@@ -2,7 +2,8 @@
 
 :func:`geounet.cluster.ship_model` registers a worker plugin carrying a checkpoint's bytes; on
 each worker the plugin writes them once into the worker's local directory under their SHA-256
-and records the copy here (:func:`register_shipped`). A task's runner then loads
+(:func:`file_sha256`, from :mod:`geounet.model.checkpoint`) and records the copy here
+(:func:`register_shipped`). A task's runner then loads
 :func:`model_path` (the shipped copy), so a worker on another machine, in another working
 directory or without the client's site-packages loads exactly the model the client planned
 with, once per process (the runner cache is keyed by the copy's path, i.e. by content).
@@ -10,22 +11,14 @@ with, once per process (the runner cache is keyed by the copy's path, i.e. by co
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
+
+from geounet.model.checkpoint import file_sha256  # noqa: F401  (re-exported)
 
 _SHIPPED: dict[str, str] = {}
 """SHA-256 of a shipped checkpoint -> its path on this worker."""
 _LOCK = threading.Lock()
-
-
-def file_sha256(path: str | os.PathLike[str]) -> str:
-    """Hex SHA-256 of a file's content (the identity of a model across machines)."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def register_shipped(sha256: str, path: str | os.PathLike[str]) -> None:

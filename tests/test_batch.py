@@ -214,14 +214,18 @@ def test_resume_skips_finished_scenes_and_finishes_partial_ones(
     assert all("model" in row.error for row in changed.scenes)  # named, never mixed
 
     seen: list[tuple[int, int]] = []
+    pixels: list[int] = []
     result = batch.run_batch(scenes, out, model=model, raster="zarr", resume=True,
-                             progress=lambda d, t, p: seen.append((d, t)), **FAST)
+                             progress=lambda d, t, p: (seen.append((d, t)), pixels.append(p)),
+                             **FAST)
     rows = {row.name: row for row in result.scenes}
     assert [rows[n].status for n in "abc"] == ["skipped", "done", "done"]
     assert (rows["a"].chunks_computed, rows["b"].chunks_computed, rows["c"].chunks_computed) \
         == (0, 9 - 3, 4)
     assert rows["b"].chunks_resumed == 3
     assert seen[-1] == (22, 22)  # the bar counts resumed chunks as done
+    # ... but its rate counts only pixels computed now: all of c, part of b, none of a
+    assert 100 * 120 < pixels[-1] < 100 * 120 + 150 * 150
     assert rows["a"].objects == reference.scenes[0].objects
 
     from geounet.output import open_prediction

@@ -393,7 +393,7 @@ def test_regularize_in_geographic_crs_gives_ground_right_angles(tmp_path: Path) 
 
 def test_streaming_never_builds_a_geodataframe(tmp_path: Path,
                                                monkeypatch: pytest.MonkeyPatch) -> None:
-    import geounet.vectorization as vz
+    import geounet.vectorization._layers as vz
     from geounet.vectorization._writer import FeatureWriter
 
     sizes: list[int] = []

@@ -16,7 +16,8 @@ class ChunkProgress:
 
     Draws nothing unless ``enabled``. The total may change between calls (a batch learns its
     scenes' chunk counts as it plans them); chunks resumed from an earlier run count as done
-    but not towards the rate. :meth:`close` ends the bar.
+    but not towards the rate (the library's ``pixels`` are this run's). :meth:`close` ends the
+    bar.
     """
 
     def __init__(self, enabled: bool, *, label: str = "chunks", stream: TextIO | None = None,
@@ -35,7 +36,7 @@ class ChunkProgress:
         if self.bar is None:
             from tqdm import tqdm
 
-            self.first_pixels = pixels  # chunks resumed from an earlier run are not timed
+            self.first_pixels = pixels  # what was computed before the bar began is not timed
             self.start = time.perf_counter()
             self.bar = tqdm(total=total, initial=done, unit="chunk", desc=self.label,
                             file=self.stream, dynamic_ncols=self.width is None,

@@ -1,4 +1,5 @@
-"""Prediction outputs: the georeferenced Zarr v3 store written chunk by chunk, and the COG made from it.
+"""The prediction store: the georeferenced Zarr v3 store written chunk by chunk, its resume
+markers and the record of the outputs published from it.
 
 The store is the one place chunk results land: each task writes whole Zarr chunks of its own
 region (Zarr chunks equal geounet's chunks, so concurrent writers never share a chunk) and then
@@ -19,26 +20,20 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from geounet.config import NODATA_CLASS, ProbabilityDtype, choices
-from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
+from geounet.errors import InputError
+from geounet.output.paths import remove_path
 
 log = logging.getLogger(__name__)
 
-OutputFormat = Literal["zarr", "tif"]
-"""Prediction output formats, chosen by the output path's suffix."""
-
-SUFFIXES: dict[str, OutputFormat] = {".zarr": "zarr", ".tif": "tif", ".tiff": "tif"}
-COG_BLOCK_SIZE = 512
 _DONE_DIR = "_geounet_done"
-_TMP_TAG = ".geounet-partial"
 _OUTPUTS_FILE = "outputs.record"  # in _DONE_DIR; not *.json, which are chunk markers
 
 
@@ -61,105 +56,6 @@ class StoreSpec:
                 f"probability dtype {self.probability_dtype!r} is not supported; "
                 f"use one of {', '.join(choices(ProbabilityDtype))}."
             )
-
-
-def output_format(path: str | os.PathLike[str]) -> OutputFormat:
-    """Return the output format for a path from its suffix.
-
-    Raises
-    ------
-    UnsupportedFormatError
-        For any suffix other than ``.zarr``, ``.tif`` or ``.tiff``.
-
-    Examples
-    --------
-    >>> output_format("pred.zarr"), output_format("pred.tif")
-    ('zarr', 'tif')
-    """
-    suffix = Path(path).suffix.lower()
-    if suffix not in SUFFIXES:
-        raise UnsupportedFormatError(
-            f"output {str(path)!r} has suffix {suffix or '(none)'!r}, which geounet cannot write; "
-            f"name the output with one of {', '.join(SUFFIXES)} "
-            "(.zarr for a Zarr v3 store, .tif for a Cloud-Optimized GeoTIFF)."
-        )
-    return SUFFIXES[suffix]
-
-
-def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> OutputFormat:
-    """Validate an output path before any work: known suffix, parent exists, not existing.
-
-    Raises
-    ------
-    UnsupportedFormatError, OutputExistsError, InputError
-    """
-    fmt = output_format(path)
-    check_new_path(path, overwrite=overwrite)
-    return fmt
-
-
-def check_new_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
-    """The checks every geounet output gets before any work: its folder exists, and it does not
-    exist yet unless ``overwrite``.
-
-    Raises
-    ------
-    InputError, OutputExistsError
-    """
-    path = Path(path)
-    if not path.parent.is_dir():
-        raise InputError(
-            f"output folder {str(path.parent)!r} does not exist; create it first or choose "
-            "another output path."
-        )
-    if path.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output {str(path)!r} already exists; pass overwrite=True (--overwrite) to "
-            "replace it, or choose another path."
-        )
-    return path
-
-
-def temporary_path(path: str | os.PathLike[str], suffix: str = "") -> Path:
-    """Return the temporary name an output is built under: hidden, in the same directory.
-
-    Examples
-    --------
-    >>> temporary_path("out/pred.zarr").name
-    '.pred.zarr.geounet-partial'
-    """
-    path = Path(path)
-    return path.with_name(f".{path.name}{_TMP_TAG}{suffix}")
-
-
-def remove_path(path: str | os.PathLike[str]) -> None:
-    """Delete a file or directory tree if it exists."""
-    path = Path(path)
-    if path.is_dir() and not path.is_symlink():
-        shutil.rmtree(path)
-    elif path.exists() or path.is_symlink():
-        path.unlink()
-
-
-def replace_path(source: str | os.PathLike[str], target: str | os.PathLike[str]) -> Path:
-    """Move a finished temporary output onto its final name, replacing what was there.
-
-    A file is replaced atomically (``os.replace``); a directory (Zarr store) replacing an
-    existing one is swapped through a second temporary name so the old output is removed only
-    after the new one is complete.
-    """
-    source, target = Path(source), Path(target)
-    if target.is_dir() and not target.is_symlink():
-        trash = target.with_name(f".{target.name}.geounet-old")
-        remove_path(trash)
-        os.replace(target, trash)
-        os.replace(source, target)
-        remove_path(trash)
-    else:
-        if source.is_dir() and (target.exists() or target.is_symlink()):
-            target.unlink()
-        os.replace(source, target)
-    return target
 
 
 def _pixel_transform(transform: tuple[float, ...] | None) -> tuple[float, ...]:
@@ -455,57 +351,6 @@ def finalize_store(path: str | os.PathLike[str]) -> None:
         zarr.consolidate_metadata(str(path))
 
 
-CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
-    "background": (0, 0, 0),
-    "buildings": (255, 40, 40),
-    "roads": (255, 220, 0),
-}
-"""Display colours of known classes in the COG's colour table (others get a fixed palette);
-the same as the quicklook's outlines (``geounet.quicklook.LAYER_COLORS``)."""
-_PALETTE = ((31, 119, 180), (44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194),
-            (127, 127, 127), (188, 189, 34), (23, 190, 207))
-
-
-def class_colours(classes: tuple[str, ...] | list[str]) -> list[tuple[int, int, int]]:
-    """RGB display colour of each class, index = class value."""
-    return [CLASS_COLOURS.get(name, _PALETTE[i % len(_PALETTE)]) for i, name in enumerate(classes)]
-
-
-def class_band_pam(classes: tuple[str, ...] | list[str]) -> str:
-    """GDAL PAM XML (``.aux.xml``) making band 1 categorical: colour table (nodata 255
-    transparent), category names and a thematic raster attribute table."""
-    from xml.etree import ElementTree as ET
-
-    root = ET.Element("PAMDataset")
-    band = ET.SubElement(root, "PAMRasterBand", band="1")
-    names = ET.SubElement(band, "CategoryNames")
-    colours = class_colours(classes)
-    for value in range(NODATA_CLASS + 1):
-        name = classes[value] if value < len(classes) else ""
-        ET.SubElement(names, "Category").text = "nodata" if value == NODATA_CLASS else name
-    table = ET.SubElement(band, "ColorTable")
-    for value in range(NODATA_CLASS + 1):
-        r, g, b = colours[value] if value < len(classes) else (0, 0, 0)
-        alpha = 255 if value < len(classes) else 0
-        ET.SubElement(table, "Entry", c1=str(r), c2=str(g), c3=str(b), c4=str(alpha))
-    rat = ET.SubElement(band, "GDALRasterAttributeTable", tableType="thematic")
-    # GDAL field types: 0 integer, 2 string; usages: 5 MinMax, 2 Name, 6-8 Red/Green/Blue
-    fields = [("value", 0, 5), ("class", 2, 2), ("red", 0, 6), ("green", 0, 7), ("blue", 0, 8)]
-    for index, (name, kind, usage) in enumerate(fields):
-        defn = ET.SubElement(rat, "FieldDefn", index=str(index))
-        ET.SubElement(defn, "Name").text = name
-        ET.SubElement(defn, "Type").text = str(kind)
-        ET.SubElement(defn, "Usage").text = str(usage)
-    rows = [(v, classes[v], *colours[v]) for v in range(len(classes))]
-    rows.append((NODATA_CLASS, "nodata", 0, 0, 0))
-    for index, row in enumerate(rows):
-        element = ET.SubElement(rat, "Row", index=str(index))
-        for value in row:
-            ET.SubElement(element, "F").text = str(value)
-    ET.indent(root)
-    return ET.tostring(root, encoding="unicode") + "\n"
-
-
 def open_prediction(path: str | os.PathLike[str]) -> Any:
     """Open a prediction store as an ``xarray.Dataset`` (CRS via rioxarray's ``.rio``).
 
@@ -520,120 +365,3 @@ def open_prediction(path: str | os.PathLike[str]) -> Any:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return xr.open_zarr(str(path))
-
-
-def write_cog(
-    store: str | os.PathLike[str],
-    out: str | os.PathLike[str],
-    *,
-    overwrite: bool = False,
-    block_size: int = COG_BLOCK_SIZE,
-    compress: str = "DEFLATE",
-) -> Path:
-    """Write a Cloud-Optimized GeoTIFF from a prediction store, streaming chunk by chunk.
-
-    Band 1 is the class index (255 at nodata), bands 2..K+1 the class probabilities (band
-    descriptions are the class names). The bands are grey (band 1) and undefined (TIFF
-    photometric MINISBLACK), never RGB or alpha. Nodata is declared as the dataset's internal
-    mask (one GeoTIFF nodata value would also hide probability 255 = 1.0 in bands 2..K+1).
-    A GDAL sidecar ``OUT.aux.xml`` gives band 1 a colour table, category names and a thematic
-    raster attribute table (value, class, colour), so GIS tools show it as categories; GDAL
-    keeps none of these inside a multi-band GeoTIFF. Memory holds one
-    store chunk at a time: the bands are first written block by block into a tiled GeoTIFF,
-    then GDAL's COG driver copies it with overviews (nearest resampling) into place.
-
-    Parameters
-    ----------
-    store : prediction store (Zarr) written by :func:`create_store` / :func:`write_chunk`.
-    out : the ``.tif`` to write; built as a hidden temporary file, renamed when complete.
-    overwrite : replace an existing ``out``.
-
-    Examples
-    --------
-    >>> write_cog("pred.zarr", "pred.tif")  # doctest: +SKIP
-    """
-    import rasterio
-    import rasterio.shutil
-    import zarr
-    from affine import Affine
-    from rasterio.enums import ColorInterp
-    from rasterio.windows import Window
-
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise OutputExistsError(
-            f"output {str(out)!r} already exists; pass overwrite=True (--overwrite) to replace it."
-        )
-    group = zarr.open_group(str(store), mode="r")
-    probs = group["probabilities"]
-    mask = group["mask"]
-    num_classes, height, width = probs.shape
-    meta = dict(group.attrs.get("geounet", {}))
-    classes = list(meta.get("classes", [f"class_{i}" for i in range(num_classes)]))
-    chunk = int(meta.get("chunk_size", probs.chunks[1]))
-    ref = dict(group["spatial_ref"].attrs)
-    crs_wkt = ref.get("crs_wkt")
-    c, a, b, f, d, e = (float(v) for v in ref["GeoTransform"].split())
-    dtype = str(probs.dtype)
-    profile: dict[str, Any] = {
-        "driver": "GTiff",
-        "height": height,
-        "width": width,
-        "count": num_classes + 1,
-        "dtype": dtype,
-        "tiled": True,
-        "blockxsize": block_size,
-        "blockysize": block_size,
-        "compress": "ZSTD" if compress.upper() == "ZSTD" else "DEFLATE",
-        "BIGTIFF": "IF_SAFER",
-        # grey + undefined bands: GDAL's default for 4 uint8 bands is RGB + alpha
-        "photometric": "MINISBLACK",
-    }
-    if crs_wkt:
-        profile["crs"] = crs_wkt
-        profile["transform"] = Affine(a, b, c, d, e, f)
-    staging = temporary_path(out, ".tiled.tif")
-    partial = temporary_path(out)
-    remove_path(staging)
-    remove_path(partial)
-    try:
-        with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-            with rasterio.open(staging, "w", **profile) as dst:
-                dst.colorinterp = [ColorInterp.gray] + [ColorInterp.undefined] * num_classes
-                dst.descriptions = ("class", *classes)
-                dst.update_tags(1, classes=",".join(classes), nodata_class=str(NODATA_CLASS))
-                for y0 in range(0, height, chunk):
-                    for x0 in range(0, width, chunk):
-                        window = Window(
-                            x0, y0, min(chunk, width - x0), min(chunk, height - y0)
-                        )
-                        rows = slice(y0, y0 + window.height)
-                        cols = slice(x0, x0 + window.width)
-                        classes_block = mask[rows, cols]
-                        dst.write(classes_block.astype(dtype, copy=False), 1, window=window)
-                        dst.write(probs[:, rows, cols], list(range(2, num_classes + 2)),
-                                  window=window)
-                        dst.write_mask(
-                            np.where(classes_block == NODATA_CLASS, 0, 255).astype(np.uint8),
-                            window=window,
-                        )
-            rasterio.shutil.copy(
-                staging,
-                partial,
-                driver="COG",
-                BLOCKSIZE=block_size,
-                COMPRESS=profile["compress"],
-                OVERVIEW_RESAMPLING="NEAREST",
-                BIGTIFF="IF_SAFER",
-            )
-        aux = Path(f"{out}.aux.xml")
-        partial_aux = temporary_path(out, ".aux.xml")
-        partial_aux.write_text(class_band_pam(classes))
-        os.replace(partial_aux, aux)
-        replace_path(partial, out)
-    finally:
-        remove_path(staging)
-        remove_path(partial)
-        remove_path(temporary_path(out, ".aux.xml"))
-    log.info("wrote COG %s (%d x %d, %d bands)", out, width, height, num_classes + 1)
-    return out
