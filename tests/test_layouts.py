@@ -57,7 +57,8 @@ def _chips(rows: int = 3, cols: int = 3, *, seed: int = 0, grid: dict = GEOGRAPH
 def _write(path: Path, data: np.ndarray, transform=None, crs=None, nodata=None) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     data = data if data.ndim == 3 else data[None]
-    profile = dict(driver="GTiff", height=data.shape[1], width=data.shape[2],
+    driver = {".png": "PNG", ".jpg": "JPEG"}.get(path.suffix, "GTiff")
+    profile = dict(driver=driver, height=data.shape[1], width=data.shape[2],
                    count=data.shape[0], dtype=data.dtype.name)
     if crs is not None:
         profile.update(crs=crs, transform=transform)
@@ -88,6 +89,9 @@ def _layout(root: Path, kind: str, chips: dict, crs: str = "EPSG:4326") -> Datas
         elif kind == "sat_mask":
             _write(root / f"{name}_sat.tif", image, **geo)
             _write(root / f"{name}_mask.tif", mask, **geo)
+        elif kind == "png_sat_mask":  # DeepGlobe-like: PNGs, 3-band 0/255 masks, world files
+            _write(root / f"{name}_sat.png", image, **geo)
+            _write(root / f"{name}_mask.png", np.repeat(mask[None] * 255, 3, axis=0), **geo)
         elif kind == "mask_255_no_georef":  # images/ + masks/, 0/255 masks without a grid
             _write(root / "images" / f"{name}.tif", image, **geo)
             _write(root / "masks" / f"{name}.tif", (mask * 255).astype(np.uint8))
@@ -112,7 +116,8 @@ def _layout(root: Path, kind: str, chips: dict, crs: str = "EPSG:4326") -> Datas
 
 
 LAYOUTS = ["identical", "dot_mask", "underscore_mask", "dash_label", "gt", "img_gt",
-           "binarymasks", "sat_mask", "mask_255_no_georef", "pattern", "geojson", "one_file"]
+           "binarymasks", "sat_mask", "png_sat_mask", "mask_255_no_georef", "pattern", "geojson",
+           "one_file"]
 
 
 def _samples(dataset) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -460,3 +465,27 @@ def test_cli_chips_names_options_of_the_other_mode(tmp_path):
     res = runner.invoke(cli, ["chips", str(scene), str(labels), "--out", str(tmp_path / "d"),
                               "--mask-pattern", "{stem}.mask.tif"])
     assert res.exit_code == 2 and "--mask-pattern" in res.output, res.output
+
+
+def test_jpeg_images_with_png_masks_pair_and_export_as_geotiff(tmp_path):
+    """NAME.jpg + NAME_mask.png (lossy images, as many published datasets): paired, trained
+    on, and `geounet chips` rewrites the images as GeoTIFF with the same decoded pixels and
+    georeferencing."""
+    chips = _chips(2, 2, seed=3)
+    root = tmp_path / "data"
+    for name, (image, mask, transform, _) in chips.items():
+        _write(root / f"{name}.jpg", image, transform, "EPSG:4326")
+        _write(root / f"{name}_mask.png", mask, transform, "EPSG:4326")
+    dataset = open_dataset(root, val_fraction=0.0)
+    assert "NAME.jpg + NAME_mask.png" in dataset.pairing
+    assert sorted(r.name for r in dataset.records) == sorted(chips)
+    res = CliRunner().invoke(cli, ["chips", str(root), "--out", str(tmp_path / "chips")])
+    assert res.exit_code == 0, res.output
+    out = open_dataset(tmp_path / "chips")
+    for rec in out.records:
+        with rasterio.open(rec.image) as got, rasterio.open(root / f"{rec.name}.jpg") as src:
+            assert got.driver == "GTiff" and got.crs == src.crs
+            assert got.transform.almost_equals(src.transform)
+            np.testing.assert_array_equal(got.read(), src.read())
+    result = train(root, tmp_path / "m.pt", config=TrainConfig(**TINY))
+    assert np.isfinite(result.history[-1].train_loss)

@@ -23,6 +23,7 @@ from geounet.config import DEFAULT_CLASSES
 from geounet.errors import LabelError
 from geounet.georef import pixel_size_m
 from geounet.training.chips import CHIPS_META, NODATA
+from geounet.training.pairing import RASTER_SUFFIXES
 from geounet.training.layout import (  # noqa: F401  (ChipRecord and readers re-exported)
     ChipRecord,
     decode_mask,
@@ -32,7 +33,6 @@ from geounet.training.layout import (  # noqa: F401  (ChipRecord and readers re-
 
 log = logging.getLogger(__name__)
 
-RASTER_SUFFIXES = (".tif", ".tiff")
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def _check_mask_grid(rec: ChipRecord, img: Any) -> None:
     """A georeferenced raster mask must sit on its image's grid (one without takes it)."""
     import rasterio
 
-    if rec.mask is None or rec.mask.suffix.lower() not in (".tif", ".tiff"):
+    if rec.mask is None or rec.mask.suffix.lower() not in RASTER_SUFFIXES:
         return
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)

@@ -368,6 +368,29 @@ def _bounds(records: Sequence[ChipRecord]) -> tuple[list[tuple[float, ...]], flo
     return boxes, float(half_pixel)
 
 
+def _copy_as_geotiff(image: Path, target: Path) -> None:
+    """Copy a chip image as GeoTIFF: a GeoTIFF byte for byte, a PNG/JPEG/JPEG 2000 (with its
+    world-file georeferencing, if any) rewritten, pixels unchanged."""
+    import shutil
+
+    import rasterio
+
+    if image.suffix.lower() in (".tif", ".tiff"):
+        shutil.copyfile(image, target)
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
+        with rasterio.open(image) as src:
+            profile = {"driver": "GTiff", "height": src.height, "width": src.width,
+                       "count": src.count, "dtype": src.dtypes[0], "compress": "deflate"}
+            if src.crs is not None:
+                profile.update(crs=src.crs, transform=src.transform)
+            if src.nodata is not None:
+                profile["nodata"] = src.nodata
+            with rasterio.open(target, "w", **profile) as dst:
+                dst.write(src.read())
+
+
 def export_chips(
     root: str | os.PathLike[str],
     out_dir: str | os.PathLike[str],
@@ -426,7 +449,7 @@ def export_chips(
                                "compress": "deflate"}
                     if img.crs is not None:
                         profile.update(crs=img.crs, transform=img.transform)
-            shutil.copyfile(rec.image, tmp / "images" / f"{rec.name}.tif")
+            _copy_as_geotiff(rec.image, tmp / "images" / f"{rec.name}.tif")
             with rasterio.open(tmp / "masks" / f"{rec.name}.tif", "w", **profile) as dst:
                 dst.write(mask, 1)
                 dst.update_tags(classes=",".join(dataset.classes))

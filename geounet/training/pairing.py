@@ -10,7 +10,9 @@ from typing import Any
 from geounet.labels import VECTOR_SUFFIXES
 from geounet.training.chips import CHIPS_META
 
-RASTER_SUFFIXES = (".tif", ".tiff")
+RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")
+"""Image and mask files read (GDAL): GeoTIFF, and PNG/JPEG/JPEG 2000 as datasets publish them
+(georeferenced by a world file or ``.aux.xml`` when they have one)."""
 MASK_SUFFIXES = (
     ".mask", "_mask", "-mask", "_masks", "-masks", ".masks", "_label", "_labels", "-label",
     "-labels", ".label", ".labels", "_gt", "-gt", ".gt", "_seg", "-seg", "_segmentation",
@@ -87,11 +89,12 @@ def _describe(img_dir: Path, lab_dir: Path, isuf: str, lsuf: str, labels: Iterab
               root: Path) -> str:
     """The pairing rule in words, e.g. ``masks in a sibling folder: img/NAME.tif + gt/NAME.tif``."""
     ext = sorted({p.suffix for p in labels}) or [".tif"]
+    img_ext = sorted({p.suffix for p in _files(img_dir, RASTER_SUFFIXES)}) or [".tif"]
     kind = "vector labels" if all(e.lower() in VECTOR_SUFFIXES for e in ext) else "masks"
     rel_i = "" if img_dir == root else f"{img_dir.relative_to(root)}/"
     rel_l = "" if lab_dir == root else f"{lab_dir.relative_to(root)}/"
     where = "next to the images" if img_dir == lab_dir else "in a sibling folder"
-    return (f"{kind} {where}: {rel_i}NAME{isuf}.tif + {rel_l}NAME{lsuf}{ext[0]}")
+    return (f"{kind} {where}: {rel_i}NAME{isuf}{img_ext[0]} + {rel_l}NAME{lsuf}{ext[0]}")
 
 
 def _discover(folder: Path, config: Any) -> _Found:
