@@ -1,6 +1,7 @@
 """Cluster overhead and scaling against a real ``dask scheduler`` with ``dask worker`` processes.
 
     python benchmarks/bench_cluster.py                      # 1024 chunks, 1 and 2 workers
+    python benchmarks/bench_cluster.py --reps 5 --skip-throughput   # the overhead alone
     python benchmarks/bench_cluster.py --overhead-size 2048 --chunk 32 --throughput-size 2048
 
 1. Scheduler overhead per chunk: a scene of ``(size / chunk)**2`` chunks (1,024 by default)
@@ -19,6 +20,7 @@ Prints a markdown table. Timings are only meaningful on a quiet machine.
 from __future__ import annotations
 
 import argparse
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -50,6 +52,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--chunk", type=int, default=32)
     parser.add_argument("--throughput-size", type=int, default=2048)
     parser.add_argument("--throughput-chunk", type=int, default=512)
+    parser.add_argument("--reps", type=int, default=5,
+                        help="alternating in-process / remote runs for the overhead (medians)")
+    parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
 
     from geounet.pipeline import predict
@@ -62,19 +67,30 @@ def main(argv: list[str] | None = None) -> None:
         model = _trivial_model(tmp / "trivial.pt")
         scene = write_scene(tmp / "overhead.tif", args.overhead_size, args.overhead_size)
         common = dict(model=model, chunk_size=args.chunk, precision="fp32")
-        local, local_wall, _ = _timed(lambda: predict(scene, tmp / "local.zarr",
-                                                      client="synchronous", **common))
-        chunks = local.chunks
-        with DaskProcesses(tmp / "dask1", workers=1) as procs:
-            _, remote_wall, remote_cpu = _timed(lambda: predict(
-                scene, tmp / "remote.zarr", client=procs.address, **common))
+        local_walls, remote_walls, remote_cpus = [], [], []
+        chunks = 0
+        for rep in range(args.reps):  # alternate, so drifts of a shared machine hit both
+            local, wall, _ = _timed(lambda r=rep: predict(
+                scene, tmp / f"local{r}.zarr", client="synchronous", **common))
+            local_walls.append(wall)
+            chunks = local.chunks
+            with DaskProcesses(tmp / f"dask1-{rep}", workers=1) as procs:
+                _, wall, cpu = _timed(lambda r=rep, on=procs.address: predict(
+                    scene, tmp / f"remote{r}.zarr", client=on, **common))
+            remote_walls.append(wall)
+            remote_cpus.append(cpu)
+        local_wall, remote_wall = statistics.median(local_walls), statistics.median(remote_walls)
         per_chunk = (remote_wall - local_wall) / chunks * 1e3
         rows.append(("scheduler overhead per chunk (1 worker, trivial model)",
-                     f"{per_chunk:.2f} ms ({chunks} chunks: {remote_wall:.1f} s via the "
-                     f"scheduler vs {local_wall:.1f} s in-process)"))
+                     f"{per_chunk:.2f} ms ({chunks} chunks: median {remote_wall:.1f} s via the "
+                     f"scheduler vs {local_wall:.1f} s in-process over {args.reps} alternating "
+                     f"runs; remote {', '.join(f'{w:.1f}' for w in remote_walls)} s, "
+                     f"in-process {', '.join(f'{w:.1f}' for w in local_walls)} s)"))
         rows.append(("client CPU per chunk via the scheduler",
-                     f"{remote_cpu / chunks * 1e3:.2f} ms"))
+                     f"{statistics.median(remote_cpus) / chunks * 1e3:.2f} ms (median)"))
 
+        if args.skip_throughput:
+            return _print(rows)
         big = synthesize_scene(tmp / "synth", size=args.throughput_size, seed=11).scene_path
         rates = {}
         for workers in (1, 2):
@@ -87,6 +103,10 @@ def main(argv: list[str] | None = None) -> None:
                          f"{rates[workers]:.2f} MP/s ({result.chunks} chunks of "
                          f"{args.throughput_chunk}², {wall:.1f} s)"))
         rows.append(("2 workers / 1 worker", f"{rates[2] / rates[1]:.2f}x"))
+    _print(rows)
+
+
+def _print(rows: list[tuple[str, str]]) -> None:
     print("| measure | value |\n| --- | --- |")
     for name, value in rows:
         print(f"| {name} | {value} |")

@@ -66,7 +66,7 @@ class TrainConfig:
     base_channels: int = 16
     padding: Padding = "valid"
     batch_norm: bool = True
-    epochs: int = 20
+    epochs: int = 30
     batch_size: int = 8
     lr: float = 2e-3
     chip_size: int | None = None
