@@ -188,7 +188,9 @@ def _skip_finished(record_url: str, scene: str, name: str,
     if not record:
         return None
     stored = record.get("run") or {}
-    changed = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+    from geounet.output import changed_settings
+
+    changed = changed_settings(stored, run)
     if changed:
         raise InputError(
             f"scene {scene!r} was finished by an earlier batch with other settings "

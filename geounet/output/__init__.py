@@ -32,6 +32,7 @@ from geounet.output.paths import (
 )
 from geounet.output.store import (
     StoreSpec,
+    changed_settings,
     check_resumable,
     chunk_id,
     create_store,
@@ -53,6 +54,7 @@ __all__ = [
     "SUFFIXES",
     "OutputFormat",
     "StoreSpec",
+    "changed_settings",
     "check_new_path",
     "check_output",
     "check_resumable",

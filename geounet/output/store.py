@@ -201,6 +201,12 @@ def read_run(path: str | os.PathLike[str]) -> dict[str, Any] | None:
     return dict(run) if isinstance(run, dict) else None
 
 
+def changed_settings(stored: dict[str, Any], run: dict[str, Any]) -> list[str]:
+    """Names of the run settings (scene, model, options) that differ between an earlier run's
+    record ``stored`` and this run's ``run``, sorted: the one rule of "same run"."""
+    return sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+
+
 def check_resumable(path: str | os.PathLike[str], run: dict[str, Any]) -> bool:
     """Return True if a temporary store exists and was started by the same run.
 
@@ -215,7 +221,7 @@ def check_resumable(path: str | os.PathLike[str], run: dict[str, Any]) -> bool:
     if stored is None:
         log.warning("partial store %s is unreadable; starting from scratch", path)
         return False
-    changed = sorted(k for k in set(stored) | set(run) if stored.get(k) != run.get(k))
+    changed = changed_settings(stored, run)
     if changed:
         raise InputError(
             f"cannot resume: since the interrupted run in {str(path)!r} "
