@@ -34,6 +34,10 @@ class TrainConfig:
         ``n`` steps, so short runs are not stuck near their initial weights).
     monitor : ``iou`` (mean foreground IoU on validation, default) or ``loss`` picks the best
         checkpoint and drives ``patience``.
+    select_from : share of the run (schedule progress) from which epochs compete for the best
+        checkpoint (``one-cycle``/``cosine``; 0 = every epoch). Before it the checkpoint follows
+        the latest epoch: weights taken at a high learning rate scored well on a small
+        validation split yet far worse on other scenes (docs/training.md).
     max_minutes : wall-time budget of the run in minutes (None = none): the schedule follows
         the larger of step and time progress, so a slower machine anneals sooner, and the run
         ends gracefully (validated, saved) when the budget is spent.
@@ -96,6 +100,7 @@ class TrainConfig:
     hue: float = 0.05
     scale: float = 0.25
     dice_foreground: bool = True
+    select_from: float = 0.7
 
     def __post_init__(self) -> None:
         for name in ("depth", "base_channels", "epochs", "batch_size"):
@@ -115,6 +120,9 @@ class TrainConfig:
         if not 0.0 <= self.warmup < 1.0:
             raise InputError(f"warmup {self.warmup} must be a share of the run in [0, 1); "
                              "e.g. 0.1.")
+        if not 0.0 <= self.select_from <= 1.0:
+            raise InputError(f"select_from {self.select_from} must be a share of the run in "
+                             "[0, 1] (0 = every epoch competes); e.g. 0.7.")
         if not 0.0 <= self.ema < 1.0:
             raise InputError(f"ema decay {self.ema} must be in [0, 1) (0 = off); e.g. 0.98.")
         for name in ("weight_decay", "gamma", "hue", "scale"):

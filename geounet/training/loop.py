@@ -459,17 +459,24 @@ def _train_epoch(run: _Run, tally: _Tally, epoch: int,
     return seen, total
 
 
+def _progress(run: _Run, tally: _Tally) -> float:
+    """The schedule's progress through the run in [0, 1] (steps or time, the larger)."""
+    from geounet.training.schedule import run_progress
+
+    budget = run.budget
+    usable = budget - tally.val_estimate if budget else None
+    return run_progress(tally.done_steps, run.steps * run.config.epochs, tally.elapsed(),
+                        max(usable, 1.0) if usable else None)
+
+
 def _set_lr(run: _Run, tally: _Tally) -> None:
     """Set the learning rate of the next step from the run's progress (not for ``plateau``)."""
-    from geounet.training.schedule import lr_factor, run_progress
+    from geounet.training.schedule import lr_factor
 
-    config, budget = run.config, run.budget
-    elapsed = tally.elapsed()
-    usable = budget - tally.val_estimate if budget else None
+    config = run.config
     if config.schedule != "plateau":
-        progress_now = run_progress(tally.done_steps, run.steps * config.epochs, elapsed,
-                                    max(usable, 1.0) if usable else None)
-        factor = lr_factor(progress_now, schedule=config.schedule, warmup=config.warmup)
+        factor = lr_factor(_progress(run, tally), schedule=config.schedule,
+                           warmup=config.warmup)
         for group in run.optimizer.param_groups:
             group["lr"] = config.lr * factor
 
@@ -500,9 +507,20 @@ def _validate(run: _Run, tally: _Tally, epoch: int) -> tuple[float, Any, int]:
 
 
 def _keep(run: _Run, tally: _Tally, record: EpochRecord, current: float) -> bool:
-    """Add the epoch to the history and the best/patience count; True when it is the best."""
+    """Add the epoch to the history and the best/patience count; True when it is the best.
+
+    Only epochs from ``select_from`` of the run on compete (one-cycle/cosine): before, each
+    epoch is kept as the current model and the comparison starts afresh after it.
+    """
     tally.history.append(record)
-    improved = current > tally.best or tally.best_epoch == 0
+    config = run.config
+    competes = (config.schedule == "plateau" or config.select_from <= 0
+                or record.epoch >= config.epochs or tally.out_of_time
+                or _progress(run, tally) >= config.select_from - 1e-9)
+    if not competes:
+        tally.best, tally.bad_epochs, tally.best_epoch = -math.inf, 0, record.epoch
+        return True
+    improved = current > tally.best or tally.best_epoch == 0 or tally.best == -math.inf
     if improved:
         tally.best, tally.bad_epochs, tally.best_epoch = current, 0, record.epoch
     else:
