@@ -67,8 +67,8 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
 @click.option("--elastic", is_flag=True, default=False, help="Elastic deformation augmentation.")
 @click.option("--select-from", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
               help="Share of the run from which epochs compete for the best checkpoint "
-                   "(one-cycle/cosine); before it the checkpoint follows the latest epoch. "
-                   "0 = every epoch.")
+                   "(one-cycle/cosine, no --patience); before it the checkpoint follows the "
+                   "latest epoch. 0 = every epoch.")
 @click.option("--monitor", type=click.Choice(choices(Monitor)), default="iou",
               show_default=True,
               help="Best checkpoint by validation foreground IoU (iou) or validation loss.")

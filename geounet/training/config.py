@@ -35,7 +35,7 @@ class TrainConfig:
     monitor : ``iou`` (mean foreground IoU on validation, default) or ``loss`` picks the best
         checkpoint and drives ``patience``.
     select_from : share of the run (schedule progress) from which epochs compete for the best
-        checkpoint (``one-cycle``/``cosine``; 0 = every epoch). Before it the checkpoint follows
+        checkpoint (``one-cycle``/``cosine`` without ``patience``; 0 = every epoch). Before it the checkpoint follows
         the latest epoch: weights taken at a high learning rate scored well on a small
         validation split yet far worse on other scenes (docs/training.md).
     max_minutes : wall-time budget of the run in minutes (None = none): the schedule follows

@@ -509,12 +509,14 @@ def _validate(run: _Run, tally: _Tally, epoch: int) -> tuple[float, Any, int]:
 def _keep(run: _Run, tally: _Tally, record: EpochRecord, current: float) -> bool:
     """Add the epoch to the history and the best/patience count; True when it is the best.
 
-    Only epochs from ``select_from`` of the run on compete (one-cycle/cosine): before, each
-    epoch is kept as the current model and the comparison starts afresh after it.
+    Only epochs from ``select_from`` of the run on compete (one-cycle/cosine, no
+    ``patience``): before, each epoch is kept as the current model and the comparison starts
+    afresh after it.
     """
     tally.history.append(record)
     config = run.config
     competes = (config.schedule == "plateau" or config.select_from <= 0
+                or config.patience is not None  # early stopping: every epoch competes
                 or record.epoch >= config.epochs or tally.out_of_time
                 or _progress(run, tally) >= config.select_from - 1e-9)
     if not competes:
