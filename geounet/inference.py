@@ -23,15 +23,16 @@ import threading
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, weight_window
+from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, TilePiece, weight_window
 from geounet.config import NODATA_CLASS, BlendWindow, Engine, Precision, choices
 from geounet.errors import DeviceError, InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
-from geounet.tiling import ChunkWindow, TileGrid
+from geounet.tiling import ChunkWindow, Rect, TileGrid, TileWindow, clip_rect
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -345,6 +346,176 @@ def _check_grid(grid: TileGrid, runner: ModelRunner) -> None:
     cfg.check_input_size(grid.tile_size)
 
 
+@dataclass(frozen=True)
+class ChunkPrediction:
+    """What one chunk's own tiles give (:func:`compute_chunk`).
+
+    ``probabilities`` float32 (K, height, width), 0 at nodata, and ``valid`` bool
+    (height, width) over the chunk core: final everywhere except in
+    ``grid.seam_rects(chunk)``, which :func:`blend_seams` finishes from ``pieces`` (this
+    chunk's and its neighbours' tile outputs there; empty for valid padding).
+    """
+
+    probabilities: np.ndarray
+    valid: np.ndarray
+    pieces: tuple[TilePiece, ...] = ()
+
+
+def _run_tiles(
+    info: SceneInfo,
+    chunk: ChunkWindow,
+    grid: TileGrid,
+    runner: ModelRunner,
+    *,
+    touching: bool,
+    batch_size: int,
+    window: BlendWindow,
+) -> ChunkPrediction | None:
+    """Run the chunk's tiles (own, or all ``touching`` its core) and crop or blend them into
+    the core; return the prediction (with pieces when not ``touching``), or None without
+    calling the model when no tile has a valid pixel where it is needed (the core when
+    ``touching``, else anywhere in the scene)."""
+    if batch_size < 1:
+        raise InputError(f"batch size {batch_size} is below 1; use 1 or more tiles per batch.")
+    _check_grid(grid, runner)
+    wy0, wx0, wh, ww = grid.chunk_input_window(chunk, touching=touching)
+    pixels, valid = read_window(info, wy0, wx0, wh, ww, bands=runner.card.bands)
+    cy, cx = chunk.y0 - wy0, chunk.x0 - wx0
+    core_valid = valid[cy : cy + chunk.height, cx : cx + chunk.width].copy()
+    # where a tile's output is needed, in window coordinates
+    need = (cy, cx, chunk.height, chunk.width) if touching else \
+        (-wy0, -wx0, grid.height, grid.width)
+    jobs = _tile_jobs(grid, chunk, grid.tiles(chunk, touching=touching), valid, (wy0, wx0), need)
+    if not jobs:
+        return None
+    x = runner.normalize(pixels, valid)
+    del pixels
+    k, t, out_size = runner.num_classes, grid.tile_size, grid.output_size
+    if grid.blended:
+        acc, weights = BlendAccumulator(k, chunk.height, chunk.width), weight_window(out_size, window)
+    else:
+        acc, probs = None, np.zeros((k, chunk.height, chunk.width), dtype=np.float32)
+    pieces: list[TilePiece] = []
+    off = grid.output_offset
+    for start in range(0, len(jobs), batch_size):
+        group = jobs[start : start + batch_size]
+        batch = np.stack([x[:, ty : ty + t, tx : tx + t] for _, ty, tx in group])
+        for (tile, ty, tx), tile_probs in zip(group, runner.forward(batch)):
+            oy, ox = tile.y0 + off - chunk.y0, tile.x0 + off - chunk.x0  # output origin
+            if acc is None:  # valid: the core is exact, crop it
+                ya, yb = max(0, tile.core_y0 - chunk.y0), min(chunk.height, tile.core_y0
+                                                               + tile.core_height - chunk.y0)
+                xa, xb = max(0, tile.core_x0 - chunk.x0), min(chunk.width, tile.core_x0
+                                                              + tile.core_width - chunk.x0)
+                probs[:, ya:yb, xa:xb] = tile_probs[:, ya - oy : yb - oy, xa - ox : xb - ox]
+                continue
+            tile_valid = valid[ty + off : ty + off + out_size, tx + off : tx + off + out_size]
+            acc.add(tile_probs, oy, ox, weights, tile_valid)
+            if not touching:
+                pieces.extend(_seam_pieces(grid, chunk, tile, tile_probs, tile_valid))
+    if acc is not None:
+        probs, _ = acc.result()
+    probs *= core_valid[None]
+    return ChunkPrediction(probs, core_valid, tuple(pieces))
+
+
+def _tile_jobs(
+    grid: TileGrid,
+    chunk: ChunkWindow,
+    tiles: list[TileWindow],
+    valid: np.ndarray,
+    origin: tuple[int, int],
+    need: Rect,
+) -> list[tuple[TileWindow, int, int]]:
+    """``(tile, input row, input column)`` in the window of every tile with a valid pixel in
+    its output within ``need`` (window coordinates); the others would add nothing."""
+    wy0, wx0 = origin
+    jobs = []
+    for tile in tiles:
+        if grid.blended:
+            extent = (tile.y0 - wy0, tile.x0 - wx0, grid.output_size, grid.output_size)
+        else:
+            extent = (tile.core_y0 - wy0, tile.core_x0 - wx0, tile.core_height, tile.core_width)
+        ya, xa, h, w = clip_rect(extent, need)
+        if h and w and valid[ya : ya + h, xa : xa + w].any():
+            jobs.append((tile, tile.y0 - wy0, tile.x0 - wx0))
+    return jobs
+
+
+def _seam_pieces(
+    grid: TileGrid, chunk: ChunkWindow, tile: TileWindow, probs: np.ndarray, valid: np.ndarray
+) -> list[TilePiece]:
+    """The parts of a blended tile's output that a seam blend needs (copies)."""
+    pieces = []
+    for y0, x0, h, w in grid.tile_seam_rects(tile, chunk):
+        oy, ox = y0 - tile.y0, x0 - tile.x0
+        pieces.append(TilePiece(tile.row, tile.col, y0, x0, oy, ox,
+                                probs[:, oy : oy + h, ox : ox + w].copy(),
+                                valid[oy : oy + h, ox : ox + w].copy()))
+    return pieces
+
+
+def compute_chunk(
+    info: SceneInfo,
+    chunk: ChunkWindow,
+    grid: TileGrid,
+    runner: ModelRunner,
+    *,
+    batch_size: int = 1,
+    window: BlendWindow = DEFAULT_WINDOW,
+) -> ChunkPrediction | None:
+    """Run the tiles ``chunk`` owns, each tile of the grid once over all chunks.
+
+    The pipeline's task. Valid padding: the result is final. Same padding: final except in
+    ``grid.seam_rects(chunk)``, finished by :func:`blend_seams` from the pieces of this chunk
+    and its neighbours (the seam exchange; ``docs/ARCHITECTURE.md`` invariant 3).
+
+    Returns
+    -------
+    ChunkPrediction or None
+        None, without calling the model, when no tile of the chunk has a valid pixel. A chunk
+        whose core is all nodata may still return pieces for its neighbours' seams (its
+        ``valid`` is then all False).
+    """
+    return _run_tiles(info, chunk, grid, runner, touching=False, batch_size=batch_size,
+                      window=window)
+
+
+def blend_seams(
+    grid: TileGrid,
+    chunk: ChunkWindow,
+    pieces: Iterable[TilePiece],
+    *,
+    window: BlendWindow = DEFAULT_WINDOW,
+) -> list[tuple[Rect, np.ndarray, np.ndarray]]:
+    """Finish the seam regions of ``chunk`` from tile pieces.
+
+    ``pieces``: those of ``chunk`` and of its ``grid.neighbours(chunk)`` (from
+    :func:`compute_chunk`; others are ignored). Tiles are added in global row-major order, as
+    a chunk adds its own, so every pixel is bit-identical to blending all tiles touching the
+    chunk at once (:func:`predict_chunk`).
+
+    Returns
+    -------
+    ``[(rect, probabilities, valid), ...]`` for each of ``grid.seam_rects(chunk)``: rect
+    ``(y0, x0, height, width)`` in scene pixels, float32 (K, height, width), bool.
+    """
+    ordered = sorted(pieces, key=lambda p: (p.row, p.col))
+    if not ordered:
+        return []
+    k = ordered[0].values.shape[0]
+    weights = weight_window(grid.output_size, window)
+    out = []
+    for rect in grid.seam_rects(chunk):
+        y0, x0, h, w = rect
+        acc = BlendAccumulator(k, h, w)
+        for piece in ordered:
+            acc.add_piece(piece, y0, x0, weights)
+        probs, valid = acc.result()
+        out.append((rect, probs, valid))
+    return out
+
+
 def predict_chunk(
     info: SceneInfo,
     chunk: ChunkWindow,
@@ -354,11 +525,13 @@ def predict_chunk(
     batch_size: int = 1,
     window: BlendWindow = DEFAULT_WINDOW,
 ) -> tuple[np.ndarray, np.ndarray] | None:
-    """Class probabilities of one chunk core, computed from the global tile grid.
+    """Class probabilities of one chunk core on its own, computed from the global tile grid.
 
     Reads the chunk's input window (core + tile halos, mirrored beyond the scene) itself,
-    runs exactly the tiles touching the core in batches of ``batch_size`` and crops (valid
-    padding) or blends (same padding) their outputs.
+    runs every tile touching the core in batches of ``batch_size`` and crops (valid
+    padding) or blends (same padding) their outputs. For same padding that includes the
+    neighbours' tiles within ``halo`` of its seams, which a whole run computes once
+    (:func:`compute_chunk` + :func:`blend_seams`); the result is bit-identical.
 
     Parameters
     ----------
@@ -375,58 +548,9 @@ def predict_chunk(
         float32 (K, height, width) softmax probabilities, 0 at nodata; bool (height, width).
         None, without calling the model, when every pixel of the chunk core is nodata.
     """
-    if batch_size < 1:
-        raise InputError(f"batch size {batch_size} is below 1; use 1 or more tiles per batch.")
-    _check_grid(grid, runner)
-    wy0, wx0, wh, ww = grid.chunk_input_window(chunk)
-    pixels, valid = read_window(info, wy0, wx0, wh, ww, bands=runner.card.bands)
-    cy, cx = chunk.y0 - wy0, chunk.x0 - wx0
-    core_valid = valid[cy : cy + chunk.height, cx : cx + chunk.width]
-    if not core_valid.any():
-        return None
-    x = runner.normalize(pixels, valid)
-    del pixels
-    k = runner.num_classes
-    t = grid.tile_size
-    out_size = grid.output_size
-    blended = grid.blended
-    if blended:
-        acc = BlendAccumulator(k, chunk.height, chunk.width)
-        weights = weight_window(out_size, window)
-    else:
-        probs = np.zeros((k, chunk.height, chunk.width), dtype=np.float32)
-
-    jobs: list[tuple[Any, ...]] = []
-    for tile in grid.tiles(chunk):
-        ty, tx = tile.y0 - wy0, tile.x0 - wx0  # tile input origin inside the window
-        if blended:
-            # output covers the tile input extent; placement relative to the chunk core
-            oy, ox = tile.y0 - chunk.y0, tile.x0 - chunk.x0
-            ya, yb = max(0, oy), min(chunk.height, oy + out_size)
-            xa, xb = max(0, ox), min(chunk.width, ox + out_size)
-        else:
-            oy, ox = tile.core_y0 - chunk.y0, tile.core_x0 - chunk.x0
-            ya, yb = max(0, oy), min(chunk.height, oy + tile.core_height)
-            xa, xb = max(0, ox), min(chunk.width, ox + tile.core_width)
-        if not core_valid[ya:yb, xa:xb].any():
-            continue  # nothing valid to contribute: skip the model
-        jobs.append((ty, tx, oy, ox, ya, yb, xa, xb))
-
-    off = grid.output_offset
-    for start in range(0, len(jobs), batch_size):
-        group = jobs[start : start + batch_size]
-        batch = np.stack([x[:, j[0] : j[0] + t, j[1] : j[1] + t] for j in group])
-        out = runner.forward(batch)
-        for (ty, tx, oy, ox, ya, yb, xa, xb), tile_probs in zip(group, out):
-            if blended:
-                tile_valid = valid[ty + off : ty + off + out_size, tx + off : tx + off + out_size]
-                acc.add(tile_probs, oy, ox, weights, tile_valid)
-            else:
-                probs[:, ya:yb, xa:xb] = tile_probs[:, ya - oy : yb - oy, xa - ox : xb - ox]
-    if blended:
-        probs, _ = acc.result()
-    probs *= core_valid[None]
-    return probs, core_valid.copy()
+    result = _run_tiles(info, chunk, grid, runner, touching=True, batch_size=batch_size,
+                        window=window)
+    return None if result is None else (result.probabilities, result.valid)
 
 
 def predict_tiled(
@@ -437,18 +561,28 @@ def predict_tiled(
     batch_size: int = 1,
     window: BlendWindow = DEFAULT_WINDOW,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Run :func:`predict_chunk` over every chunk and assemble a scene-sized result.
+    """Run every chunk as the pipeline does (:func:`compute_chunk`, then :func:`blend_seams`)
+    and assemble a scene-sized result.
 
     For tests, benchmarks and small scenes only: the pipeline writes chunk by chunk instead.
     """
     k = runner.num_classes
     probs = np.zeros((k, grid.height, grid.width), dtype=np.float32)
     valid = np.zeros((grid.height, grid.width), dtype=bool)
+    pieces: dict[tuple[int, int], tuple[TilePiece, ...]] = {}
     for chunk in grid.chunks():
-        result = predict_chunk(info, chunk, grid, runner, batch_size=batch_size, window=window)
+        result = compute_chunk(info, chunk, grid, runner, batch_size=batch_size, window=window)
         if result is not None:
-            probs[:, chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result[0]
-            valid[chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result[1]
+            probs[:, chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result.probabilities
+            valid[chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result.valid
+            pieces[(chunk.row, chunk.col)] = result.pieces
+    for chunk in grid.chunks():
+        near = [chunk, *grid.neighbours(chunk)]
+        found = [p for c in near for p in pieces.get((c.row, c.col), ())]
+        for (y0, x0, h, w), seam_probs, seam_valid in blend_seams(grid, chunk, found,
+                                                                  window=window):
+            probs[:, y0 : y0 + h, x0 : x0 + w] = seam_probs
+            valid[y0 : y0 + h, x0 : x0 + w] = seam_valid
     return probs, valid
 
 
