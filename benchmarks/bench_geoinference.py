@@ -28,8 +28,15 @@ Commands (the quiet full-size runs, on an otherwise idle machine):
 
     python benchmarks/bench_geoinference.py --size 4096 --reps 3 --json gi-4096.json
     python benchmarks/bench_geoinference.py --size 8192 --reps 2 --json gi-8192.json
-    python benchmarks/bench_geoinference.py --size 16384 --reps 1 --tools geounet-valid,geounet-same
-    python benchmarks/bench_geoinference.py --size 1024 --reps 1          # smoke: checks it runs
+    python benchmarks/bench_geoinference.py --size 16384 --reps 1 --json gi-16384.json
+
+geo-inference alone takes about 70 s at 4096², 5 min at 8192² and 20 min at 16384² on an
+idle 2-core machine (0.24 MP/s); ``--tools geounet-valid,geounet-same`` leaves it out.
+Making the synthetic scene takes a few minutes at 16384² (once: it is cached in
+``--workdir``); ``--scene noise`` is quicker and costs the models the same. Smoke test (checks
+that it runs; wall times of a busy machine mean nothing):
+
+    python benchmarks/bench_geoinference.py --size 1024 --reps 1
 
 What each tool does with the same weights:
 
