@@ -205,29 +205,30 @@ class ModelRunner:
         """Softmax probabilities (N, K, h, w) float32 of a normalized batch (N, C, H, W)."""
         import torch
 
-        with self._lock:  # one forward at a time per process; torch threads do the parallelism
+        with self._lock:
             self.calls += 1
             self.tiles += int(batch.shape[0])
-            if self.backend is not None:  # ONNX Runtime / OpenVINO: logits from the engine
-                logits_np = self.backend(np.ascontiguousarray(batch, dtype=np.float32))
-                with torch.inference_mode():
-                    probs = torch.softmax(torch.from_numpy(logits_np), dim=1)
-                    return probs.contiguous().numpy()
+        # Threads of one process may run forwards at once (the in-process threaded scheduler:
+        # each thread's torch ops use cores // threads torch threads); the model is read-only
+        # in inference mode and the engine backends keep one request per thread.
+        if self.backend is not None:  # ONNX Runtime / OpenVINO: logits from the engine
+            logits_np = self.backend(np.ascontiguousarray(batch, dtype=np.float32))
             with torch.inference_mode():
-                x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-                if self.device.type == "cuda":
-                    x = x.pin_memory().to(self.device, non_blocking=True)
-                    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-                    with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                        logits = self.model(x)
-                    return torch.softmax(logits.float(), dim=1).cpu().numpy()
-                x = x.contiguous(memory_format=torch.channels_last)
-                with torch.autocast(
-                    "cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"
-                ):
-                    logits = self.model(x)
-                probs = torch.softmax(logits.float(), dim=1)
+                probs = torch.softmax(torch.from_numpy(logits_np), dim=1)
                 return probs.contiguous().numpy()
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+                with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                    logits = self.model(x)
+                return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                logits = self.model(x)
+            probs = torch.softmax(logits.float(), dim=1)
+            return probs.contiguous().numpy()
 
 
 _RUNNERS: dict[tuple[Any, ...], ModelRunner] = {}
