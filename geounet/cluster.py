@@ -532,7 +532,13 @@ def run_tasks(
         call = dask.delayed(fn, pure=False)
         tasks = [call(dask.delayed(arg, name=f"{key}-arg", traverse=False), dask_key_name=key)
                  for arg, key in zip(args, keys)]
-        kwargs: dict[str, Any] = {"scheduler": on}
+        import dask.local
+        import dask.threaded
+
+        # the scheduler function itself, not its name: a name makes dask import distributed
+        # (0.3 s) to look for a default client
+        get = dask.threaded.get if on == "threads" else dask.local.get_sync
+        kwargs: dict[str, Any] = {"scheduler": get}
         if on == "threads":  # workers given, else what scheduler() set, else one thread
             kwargs["num_workers"] = workers or dask.config.get("num_workers", None) or 1
         with _Done():
