@@ -214,7 +214,8 @@ def _dask_task(run: Callable[[Any], dict[str, Any]], task: Any) -> Any:
 def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     from geounet import output
     from geounet.blend import pack_pieces
-    from geounet.inference import classify, compute_chunk, get_runner
+    from geounet.inference import classify, compute_chunk
+    from geounet.runner import get_runner
     from geounet.worker import model_path
 
     start = time.perf_counter()

@@ -317,8 +317,9 @@ def test_get_runner_bands_share_the_loaded_model(tmp_path: Path,
 def test_default_model_is_the_builtin_checkpoint(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from geounet import inference
+    from geounet import runner as runner_module
 
-    monkeypatch.setattr(inference, "BUILTIN_MODEL", tmp_path / "weights" / "builtin.pt")
+    monkeypatch.setattr(runner_module, "BUILTIN_MODEL", tmp_path / "weights" / "builtin.pt")
     with pytest.raises(InputError, match="--model"):
         inference.default_model_path()
     runner = make_runner(depth=2)

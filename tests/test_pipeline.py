@@ -254,7 +254,7 @@ def test_bad_inputs_fail_early_and_leave_nothing(
         kwargs["bands"] = (1, 2)
     elif case == "no_model":
         model = None
-        monkeypatch.setattr("geounet.inference.BUILTIN_MODEL", tmp_path / "none.pt")
+        monkeypatch.setattr("geounet.runner.BUILTIN_MODEL", tmp_path / "none.pt")
     elif case == "truncated":
         data = scene.read_bytes()
         scene.write_bytes(data[: len(data) * 2 // 3])
