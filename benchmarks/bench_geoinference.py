@@ -44,9 +44,11 @@ What each tool does with the same weights:
   settings default): reads each chunk (2048²) with its halo, normalizes ``(x - 127) / 50`` per
   band (the model card), runs tiles in batches of 1 (channels_last fp32, or bf16 where the
   CPU has it: ``--precision auto``), softmax; valid padding: 1212² tiles cropped to exact
-  1028² cores, no blending; same padding: 512² tiles with 32 px overlap per side blended with
-  a tapered window. Writes uint8 probabilities (3 bands) and the class mask to Zarr. Local
-  cluster, one worker process per core (at most 4), torch threads split between them.
+  1028² cores, no blending; same padding: 1088² tiles (1024² cores) with 32 px overlap per
+  side blended with a tapered window, each tile run once (the seams between chunks are
+  blended in a second round from the tiles' kept outputs). Writes uint8 probabilities
+  (3 bands) and the class mask to Zarr. In one process on Dask's threaded scheduler, one
+  thread per core (at most 4) with cores // threads torch threads each.
 - **geo-inference** (``GeoInference(model=TS, device="cpu", num_classes=3)(scene,
   patch_size=512)``, all other settings default): reads the scene with rioxarray in 256²
   dask chunks (stride = patch / 2), zero-pads it to a multiple of 256, and runs the

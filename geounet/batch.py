@@ -95,6 +95,7 @@ class _Scene:
     todo: int
     done_ids: set[str] = field(default_factory=set)
     finished: int = 0
+    seams: int = 0
     failed: bool = False
     futures: set[Any] = field(default_factory=set)
 
@@ -352,12 +353,32 @@ class _BatchJob:
                 return
             job, task = item
             if task is None:
-                self._submit_finish(job)
+                self._after_chunks(job)
                 continue
             key = f"geounet-chunk-{job.index}-{task.chunk.y0}-{task.chunk.x0}-{self.token}"
             future = self.on.submit(run_chunk_task, task, key=key, pure=False,
                                     retries=DEFAULT_RETRY.task_retries)
             self._track(future, job, "chunk")
+
+    def _after_chunks(self, job: _Scene) -> None:
+        """Every chunk of the scene ran its tiles: blend the seams left between its chunks
+        (same padding: one task per chunk with seams), else submit its finish."""
+        from geounet import output
+        from geounet.cluster import DEFAULT_RETRY
+        from geounet.pipeline import SeamTask, run_seams_task
+
+        done = output.done_chunks(job.store_path)
+        seams = [c for c in job.plan.grid.chunks() if output.chunk_id(c.y0, c.x0) not in done]
+        if not seams:
+            self._submit_finish(job)
+            return
+        job.seams = len(seams)
+        for chunk in seams:
+            task = SeamTask(chunk, job.plan.grid, job.store, self.threshold)
+            future = self.on.submit(
+                run_seams_task, task, pure=False, retries=DEFAULT_RETRY.task_retries,
+                key=f"geounet-seams-{job.index}-{chunk.y0}-{chunk.x0}-{self.token}")
+            self._track(future, job, "seams")
 
     def _submit_finish(self, job: _Scene) -> None:
         """Submit the scene's finish task (its chunks are all in the store)."""
@@ -390,6 +411,10 @@ class _BatchJob:
             self._scene_failed(job, value.error, kind)
         elif kind == "chunk":
             self._chunk_done(job, value)
+        elif kind == "seams":
+            job.seams -= 1
+            if job.seams == 0:
+                self._submit_finish(job)
         else:
             self._scene_done(job, value)
 
@@ -439,11 +464,15 @@ class _BatchJob:
         if opened is None:
             return None
         store_path, spec, done = opened
+        from geounet import output
+
+        # chunks that ran their tiles before an interruption; only their seams remain
+        ran = set(done) | output.seam_data_chunks(store_path)
         chunks = len(plan.grid.chunks())
         self.totals["known"] += chunks
-        self.totals["done"] += len(done)  # resumed chunks are done, not computed pixels
-        return _Scene(index, scene, name, plan, spec, store_path, started, chunks, len(done),
-                      chunks - len(done), set(done))
+        self.totals["done"] += len(ran)  # resumed chunks are done, not computed pixels
+        return _Scene(index, scene, name, plan, spec, store_path, started, chunks, len(ran),
+                      chunks - len(ran), ran)
 
     def _open_store(self, index: int, scene: str, name: str, plan: Plan
                     ) -> tuple[Path, StoreSpec, dict[str, Any]] | None:
@@ -483,7 +512,7 @@ class _BatchJob:
         self.totals["pixels"] += int(record["pixels"])
         self._report()
         if job.finished == job.todo:
-            self._submit_finish(job)
+            self._after_chunks(job)
 
     def _scene_done(self, job: _Scene, value: dict[str, Any]) -> None:
         """Record a finished scene's row and write its done record (last)."""

@@ -400,3 +400,47 @@ def test_partial_scene_is_never_discarded_silently(
     assert again.scenes[0].status == "failed" and "--resume" in again.scenes[0].error
     finished = batch.run_batch([a], out, model=model, resume=True, **FAST)
     assert finished.scenes[0].status == "done" and finished.scenes[0].chunks_resumed == 2
+
+
+def test_same_padding_batch_blends_seams_like_predict(
+    make_scene: Callable[..., Path], tmp_path: Path,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> None:
+    """Issue 11: a batch with a same-padding model runs each tile once and blends the seams
+    between chunks (second round per scene) before finishing the scene; each scene's store
+    equals `predict`'s bit for bit, also when interrupted between the rounds and resumed."""
+    from geounet.output import open_prediction
+    from geounet.pipeline import predict
+
+    same = make_checkpoint(tmp_path_factory.mktemp("same") / "same.pt", "same")
+    scenes = [make_scene(150, 173, seed=1, name="a.tif"), make_scene(100, 120, seed=2,
+                                                                      name="b.tif")]
+    options = dict(model=same, raster="zarr", tile_size=96, **FAST)
+    result = batch.run_batch(scenes, tmp_path / "out", **options)
+    assert result.ok
+    for scene in scenes:
+        ref = tmp_path / f"{scene.stem}-ref.zarr"
+        predict(scene, ref, model=same, tile_size=96, client="threads", precision="fp32",
+                chunk_size=64)
+        np.testing.assert_array_equal(
+            open_prediction(tmp_path / "out" / f"{scene.stem}.zarr").probabilities.values,
+            open_prediction(ref).probabilities.values)
+
+    from geounet import pipeline
+
+    def interrupted(task: Any) -> Any:
+        raise Interrupt
+
+    out = tmp_path / "again"
+    original = pipeline.run_seams_task
+    pipeline.run_seams_task = interrupted  # type: ignore[assignment]
+    try:
+        first = batch.run_batch(scenes[:1], out, write_tables=False, **options)
+    finally:
+        pipeline.run_seams_task = original  # type: ignore[assignment]
+    assert [row.status for row in first.scenes] == ["failed"]
+    resumed = batch.run_batch(scenes[:1], out, resume=True, **options)
+    assert resumed.ok and resumed.scenes[0].chunks_computed == 0
+    np.testing.assert_array_equal(
+        open_prediction(out / "a.zarr").probabilities.values,
+        open_prediction(tmp_path / "out" / "a.zarr").probabilities.values)
