@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
@@ -67,13 +68,39 @@ def weight_window(size: int, kind: BlendWindow = DEFAULT_WINDOW) -> np.ndarray:
     return _window_cached(int(size), str(kind))
 
 
+@dataclass(frozen=True)
+class TilePiece:
+    """A rectangle of one tile's output, kept for a blend finished elsewhere (a seam).
+
+    ``row``, ``col``: the tile's global grid index (tiles are blended in row-major order, so
+    the sum at a pixel is the same whichever chunk adds it). ``y0``, ``x0``: the piece's origin
+    in scene pixels; ``oy``, ``ox``: its origin inside the tile output (where the blend window
+    is cut). ``values`` (K, h, w) float32 tile probabilities, ``valid`` (h, w) bool.
+    """
+
+    row: int
+    col: int
+    y0: int
+    x0: int
+    oy: int
+    ox: int
+    values: np.ndarray
+    valid: np.ndarray
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        """``(height, width)`` of the piece."""
+        return (int(self.valid.shape[0]), int(self.valid.shape[1]))
+
+
 class BlendAccumulator:
-    """Weighted sum of tile outputs over one chunk core (float32, chunk-sized buffers).
+    """Weighted sum of tile outputs over one rectangle, e.g. a chunk core (float32 buffers
+    of the rectangle's size).
 
     Parameters
     ----------
     num_classes : K, channels of each tile output.
-    height, width : chunk core size.
+    height, width : rectangle size.
     """
 
     def __init__(self, num_classes: int, height: int, width: int) -> None:
@@ -106,8 +133,36 @@ class BlendAccumulator:
         self.sum[:, ya:yb, xa:xb] += values[:, sy, sx] * w
         self.weight[ya:yb, xa:xb] += w
 
+    def add_piece(self, piece: TilePiece, y0: int, x0: int, window: np.ndarray) -> None:
+        """Add a :class:`TilePiece` to a rectangle whose origin is scene pixel ``(y0, x0)``;
+        ``window`` is the whole tile's weight window. The same arithmetic as :meth:`add` of the
+        whole tile, so a pixel gets bit-identical weights either way."""
+        h, w = piece.shape
+        self.add(piece.values, piece.y0 - y0, piece.x0 - x0,
+                 window[piece.oy : piece.oy + h, piece.ox : piece.ox + w], piece.valid)
+
     def result(self) -> tuple[np.ndarray, np.ndarray]:
         """``(probabilities, valid)``: the weighted mean, 0 where no weight arrived."""
         valid = self.weight > 0
         out = np.divide(self.sum, self.weight, out=np.zeros_like(self.sum), where=valid)
         return out, valid
+
+
+def pack_pieces(pieces: list[TilePiece] | tuple[TilePiece, ...]) -> dict[str, np.ndarray]:
+    """:class:`TilePiece` s as named arrays (for ``numpy.savez``; :func:`unpack_pieces`)."""
+    arrays: dict[str, np.ndarray] = {
+        "pieces": np.array([[p.row, p.col, p.y0, p.x0, p.oy, p.ox] for p in pieces],
+                           dtype=np.int64).reshape(-1, 6)}
+    for i, piece in enumerate(pieces):
+        arrays[f"values_{i}"] = piece.values
+        arrays[f"valid_{i}"] = piece.valid
+    return arrays
+
+
+def unpack_pieces(arrays: dict[str, np.ndarray] | object) -> list[TilePiece]:
+    """The :class:`TilePiece` s of :func:`pack_pieces` arrays (a dict or an ``NpzFile``)."""
+    table = arrays["pieces"]  # type: ignore[index]
+    return [TilePiece(*(int(v) for v in row), arrays[f"values_{i}"],  # type: ignore[index]
+                      arrays[f"valid_{i}"])  # type: ignore[index]
+            for i, row in enumerate(table)]
+

@@ -294,13 +294,16 @@ def scheduler(
 
     ``client`` may be a ``distributed.Client`` (used as is, left open), a scheduler address,
     ``"threads"`` / ``"synchronous"`` (in-process), or None: the address in
-    ``DASK_SCHEDULER_ADDRESS`` if set, else a new local cluster. A new local cluster gets
-    ``workers`` processes, by default :func:`default_workers` but never more than ``tasks``
-    (an idle worker would only take cores from the busy ones' torch threads).
-    When that leaves one worker and ``workers`` was not given (a scene of one chunk, or a CUDA
-    run), the same chunk tasks run in this process (``"synchronous"``, torch threads =
-    cores): no worker process to start, no second model load, and the loaded model is reused
-    by the next run in this process (issue 11: fixed cost per run).
+    ``DASK_SCHEDULER_ADDRESS`` if set, else this machine. On this machine, ``workers`` given
+    makes a local cluster of that many worker processes. Without ``workers`` and
+    with ``tasks`` given (a ``predict`` / ``segment`` run), the same chunk tasks run in this
+    process on Dask's threaded scheduler: :func:`default_workers` threads, at most ``tasks``,
+    with ``cores // threads`` torch threads each (``"synchronous"`` when that is one thread:
+    a scene of one chunk, or a CUDA run). No worker process to start, no torch import and
+    model load per worker, and the loaded model is reused by the next run in this process
+    (issue 11: fixed cost per run; ``benchmarks/bench_fixed.py``). torch, GDAL and the Zarr
+    codecs release the GIL, so threads overlap like processes. Without ``tasks`` (a batch of
+    scenes) a local cluster of :func:`default_workers` processes is made.
 
     Examples
     --------
@@ -308,13 +311,20 @@ def scheduler(
     ...     run_tasks(run_chunk_task, chunk_tasks, client)
     """
     client = resolve(client, workers)
+    if client is None and workers is None and tasks is not None:
+        threads = max(1, min(default_workers(device), tasks))
+        torch_threads = configure_threads(threads_per_worker=threads, workers=1)
+        log.info("running in this process: %d Dask thread(s) x %d torch thread(s) "
+                 "(--workers N for a local cluster of worker processes)", threads, torch_threads)
+        if threads == 1:
+            yield "synchronous"
+            return
+        import dask
+
+        with dask.config.set(num_workers=threads):
+            yield "threads"
+        return
     if client is None or (isinstance(client, str) and not is_in_process(client)):
-        if workers is None and client is None and tasks is not None:
-            if max(1, min(default_workers(device), tasks)) == 1:
-                configure_threads(1, 1)
-                yield "synchronous"
-                return
-            workers = max(1, min(default_workers(device), tasks))
         made = get_client(workers=workers, address=client, device=device)
         try:
             yield made
@@ -522,9 +532,15 @@ def run_tasks(
         call = dask.delayed(fn, pure=False)
         tasks = [call(dask.delayed(arg, name=f"{key}-arg", traverse=False), dask_key_name=key)
                  for arg, key in zip(args, keys)]
-        kwargs: dict[str, Any] = {"scheduler": on}
-        if on == "threads":
-            kwargs["num_workers"] = workers or 1
+        import dask.local
+        import dask.threaded
+
+        # the scheduler function itself, not its name: a name makes dask import distributed
+        # (0.3 s) to look for a default client
+        get = dask.threaded.get if on == "threads" else dask.local.get_sync
+        kwargs: dict[str, Any] = {"scheduler": get}
+        if on == "threads":  # workers given, else what scheduler() set, else one thread
+            kwargs["num_workers"] = workers or dask.config.get("num_workers", None) or 1
         with _Done():
             dask.compute(*tasks, **kwargs)
         return results

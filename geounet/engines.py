@@ -1,4 +1,4 @@
-"""Inference engines behind :class:`geounet.inference.ModelRunner`: PyTorch, ONNX Runtime, OpenVINO.
+"""Inference engines behind :class:`geounet.runner.ModelRunner`: PyTorch, ONNX Runtime, OpenVINO.
 
 The runner normalizes, batches, crops and blends; an engine only turns a normalized float32
 batch ``(N, C, H, W)`` into logits ``(N, K, h, w)``. PyTorch is the runner's own path; the two
@@ -303,20 +303,32 @@ class OpenVinoBackend:
             "PERFORMANCE_HINT": "LATENCY",
         }
         self._compiled: dict[tuple[int, ...], Any] = {}
+        self._lock = threading.Lock()
+        self._local = threading.local()  # one infer request per thread and shape
 
     def _compiled_for(self, shape: tuple[int, ...]) -> Any:
-        compiled = self._compiled.get(shape)
-        if compiled is None:
-            model = self.model.clone()
-            model.reshape({model.inputs[0].any_name: list(shape)})
-            compiled = self.core.compile_model(model, "CPU", self.config)
-            self._compiled[shape] = compiled
-        return compiled
+        with self._lock:
+            compiled = self._compiled.get(shape)
+            if compiled is None:
+                model = self.model.clone()
+                model.reshape({model.inputs[0].any_name: list(shape)})
+                compiled = self.core.compile_model(model, "CPU", self.config)
+                self._compiled[shape] = compiled
+            return compiled
+
+    def _request_for(self, shape: tuple[int, ...]) -> Any:
+        requests = self._local.__dict__.setdefault("requests", {})
+        request = requests.get(shape)
+        if request is None:  # an infer request runs one inference at a time: one per thread
+            request = requests[shape] = self._compiled_for(shape).create_infer_request()
+        return request
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
-        """Logits (N, K, h, w) float32 of a normalized float32 batch (N, C, H, W)."""
-        compiled = self._compiled_for(tuple(int(n) for n in batch.shape))
-        return np.asarray(compiled(batch)[0], dtype=np.float32)
+        """Logits (N, K, h, w) float32 of a normalized float32 batch (N, C, H, W); safe to
+        call from several threads at once."""
+        request = self._request_for(tuple(int(n) for n in batch.shape))
+        request.infer({0: batch})
+        return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
 
 def make_backend(

@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import inspect
+import json
 import logging
 import os
 import time
@@ -24,6 +25,8 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable
+
+import numpy as np
 
 from geounet.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling
@@ -126,20 +129,46 @@ def _batch_size(runner: Any, batch_size: int | None) -> int:
     return 1 if getattr(device, "type", "cpu") == "cpu" else 8
 
 
+@dataclass(frozen=True)
+class SeamTask:
+    """What finishing one chunk's seams needs (same padding): paths and windows only."""
+
+    chunk: ChunkWindow
+    grid: TileGrid
+    store: StoreSpec
+    threshold: float | None = None
+    retry: RetryPolicy = DEFAULT_RETRY
+
+
 def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Predict one chunk, write its region of the store and mark it done; return small stats.
 
     Runs on a worker. The model runner is built once per worker process and reused
-    (``get_runner`` caches it, keyed by the shipped checkpoint's content hash). Transient
+    (``get_runner`` caches it, keyed by the shipped checkpoint's content hash). Each tile of
+    the grid is run by one chunk only: for a same-padding model the chunk also keeps its
+    tiles' outputs near its seams in the store, and its seam pixels are finished by
+    :func:`run_seams` once its neighbours have run (it is marked done then). Transient
     errors (:class:`TransientError`, other ``OSError``) are retried in the task with backoff
     (``task.retry``), then raised as :class:`TransientError` (for Dask to rerun the task); a
     user error (any other :class:`GeounetError`) is raised at once.
     """
-    policy = task.retry
+    return _retrying(_run_chunk_once, task, task.chunk, task.retry)
+
+
+def run_seams(task: SeamTask) -> dict[str, Any]:
+    """Finish one chunk's seam pixels from the tile outputs it and its neighbours kept
+    (:func:`geounet.inference.blend_seams`), write them and mark the chunk done; retried like
+    :func:`run_chunk`."""
+    return _retrying(_run_seams_once, task, task.chunk, task.retry)
+
+
+def _retrying(once: Callable[[Any], dict[str, Any]], task: Any, chunk: ChunkWindow,
+              policy: RetryPolicy) -> dict[str, Any]:
+    """``once(task)``, retried on transient errors as :func:`run_chunk` says."""
     attempt = 1
     while True:
         try:
-            return _run_chunk_once(task)
+            return once(task)
         except TransientError as exc:
             error: BaseException = exc
         except GeounetError:
@@ -150,11 +179,11 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
             if isinstance(error, TransientError):
                 raise error
             raise TransientError(
-                f"chunk at row {task.chunk.y0}, column {task.chunk.x0} failed {attempt} times "
+                f"chunk at row {chunk.y0}, column {chunk.x0} failed {attempt} times "
                 f"({type(error).__name__}: {error})"
             ) from error
-        log.warning("chunk at row %d, column %d: %s; retry %d of %d in %.1f s", task.chunk.y0,
-                    task.chunk.x0, error, attempt, policy.attempts - 1, policy.delay(attempt))
+        log.warning("chunk at row %d, column %d: %s; retry %d of %d in %.1f s", chunk.y0,
+                    chunk.x0, error, attempt, policy.attempts - 1, policy.delay(attempt))
         time.sleep(policy.delay(attempt))
         attempt += 1
 
@@ -163,10 +192,19 @@ def run_chunk_task(task: ChunkTask) -> Any:
     """:func:`run_chunk` as a Dask task submitted with ``retries=``: a user error is returned
     as a :class:`geounet.cluster.TaskFailure` (raised by :func:`geounet.cluster.run_tasks`),
     so Dask reruns only transient failures."""
+    return _dask_task(run_chunk, task)
+
+
+def run_seams_task(task: SeamTask) -> Any:
+    """:func:`run_seams` as a Dask task, as :func:`run_chunk_task`."""
+    return _dask_task(run_seams, task)
+
+
+def _dask_task(run: Callable[[Any], dict[str, Any]], task: Any) -> Any:
     from geounet.cluster import TaskFailure
 
     try:
-        return run_chunk(task)
+        return run(task)
     except TransientError:
         raise
     except GeounetError as exc:
@@ -175,26 +213,52 @@ def run_chunk_task(task: ChunkTask) -> Any:
 
 def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     from geounet import output
-    from geounet.inference import classify, get_runner, predict_chunk
+    from geounet.blend import pack_pieces
+    from geounet.inference import classify, compute_chunk
+    from geounet.runner import get_runner
     from geounet.worker import model_path
 
     start = time.perf_counter()
-    chunk = task.chunk
+    chunk, grid = task.chunk, task.grid
     spec = task.runner
     runner = get_runner(model_path(spec.model, spec.model_sha256), spec.device, spec.precision,
                         spec.bands, engine=spec.engine)
-    result = predict_chunk(task.info, chunk, task.grid, runner,
+    result = compute_chunk(task.info, chunk, grid, runner,
                            batch_size=_batch_size(runner, task.batch_size))
-    pixels = int(chunk.height * chunk.width)
-    if result is None:
-        record = {"pixels": pixels, "valid": 0, "skipped": True}
-    else:
-        probabilities, valid = result
-        mask = classify(probabilities, task.threshold, valid)
-        output.write_chunk(task.store, chunk.y0, chunk.x0, probabilities, mask, valid)
-        record = {"pixels": pixels, "valid": int(valid.sum()), "skipped": False}
-    record["seconds"] = time.perf_counter() - start
-    output.mark_done(task.store, chunk.y0, chunk.x0, record)
+    has_valid = result is not None and bool(result.valid.any())
+    if has_valid:
+        assert result is not None
+        mask = classify(result.probabilities, task.threshold, result.valid)
+        output.write_chunk(task.store, chunk.y0, chunk.x0, result.probabilities, mask,
+                           result.valid)
+    record = {"pixels": int(chunk.height * chunk.width),
+              "valid": int(result.valid.sum()) if has_valid and result is not None else 0,
+              "skipped": not has_valid, "seconds": time.perf_counter() - start}
+    if grid.neighbours(chunk):  # the seam exchange: leave this chunk's pieces for the others
+        pieces = result.pieces if result is not None else ()
+        output.save_seam_data(task.store, chunk.y0, chunk.x0,
+                              {**pack_pieces(pieces), "record": np.array(json.dumps(record))})
+    if not (has_valid and grid.seam_rects(chunk)):
+        output.mark_done(task.store, chunk.y0, chunk.x0, record)
+    return record
+
+
+def _run_seams_once(task: SeamTask) -> dict[str, Any]:
+    from geounet import output
+    from geounet.blend import unpack_pieces
+    from geounet.inference import blend_seams, classify
+
+    start = time.perf_counter()
+    chunk, grid, store = task.chunk, task.grid, task.store
+    own = output.load_seam_data(store.path, chunk.y0, chunk.x0)
+    record = json.loads(str(own["record"]))
+    pieces = unpack_pieces(own)
+    for other in grid.neighbours(chunk):
+        pieces += unpack_pieces(output.load_seam_data(store.path, other.y0, other.x0))
+    for (y0, x0, _, _), probs, valid in blend_seams(grid, chunk, pieces):
+        output.write_chunk(store, y0, x0, probs, classify(probs, task.threshold, valid), valid)
+    record["seconds"] += time.perf_counter() - start
+    output.mark_done(store, chunk.y0, chunk.x0, record)
     return record
 
 
@@ -229,9 +293,10 @@ def _compute_store(
     resuming = resume and output.check_resumable(store_path, plan.run)
     chunks = plan.grid.chunks()
     done = output.done_chunks(store_path) if resuming else {}
-    todo = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in done]
+    ran = output.seam_data_chunks(store_path) if resuming else set()
+    unfinished = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in done]
+    todo = [c for c in unfinished if output.chunk_id(c.y0, c.x0) not in ran]
     resumed = len(chunks) - len(todo)
-    skipped = sum(1 for record in done.values() if record.get("skipped"))
     state = {"done": resumed, "pixels": 0}  # pixels computed by this run (the rate's basis)
     log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
     with contextlib.ExitStack() as stack:
@@ -239,9 +304,9 @@ def _compute_store(
         on = stack.enter_context(
             cluster.scheduler(client, workers=workers, device=plan.runner.device,
                               tasks=len(todo))
-        ) if todo else None
+        ) if unfinished else None
         runner = plan.runner
-        if on is not None and runner.model is not None:
+        if on is not None and runner.model is not None and todo:
             runner = dataclasses.replace(runner, model_sha256=cluster.ship_model(
                 on, runner.model, runner.model_sha256))
         if resuming:
@@ -258,21 +323,30 @@ def _compute_store(
                 progress(state["done"], len(chunks), state["pixels"])
 
         policy = cluster.DEFAULT_RETRY
-        tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold, policy)
-                 for chunk in todo]
         token = uuid.uuid4().hex[:12]
-        keys = [f"geounet-chunk-{chunk.y0}-{chunk.x0}-{token}" for chunk in todo]
         if on is not None:
             try:
-                records = cluster.run_tasks(run_chunk_task, tasks, on, keys=keys,
-                                            workers=workers, on_result=on_result,
-                                            retries=policy.task_retries)
+                # round 1: every chunk runs its own tiles; round 2 (same padding): the chunks
+                # with seams blend them from their neighbours' kept tile outputs
+                tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold,
+                                   policy) for chunk in todo]
+                cluster.run_tasks(run_chunk_task, tasks, on, workers=workers,
+                                  keys=[f"geounet-chunk-{c.y0}-{c.x0}-{token}" for c in todo],
+                                  on_result=on_result, retries=policy.task_retries)
+                finished = output.done_chunks(store_path)
+                seams = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in finished]
+                if seams:
+                    cluster.run_tasks(run_seams_task,
+                        [SeamTask(c, plan.grid, spec, threshold, policy) for c in seams], on,
+                        workers=workers, retries=policy.task_retries,
+                        keys=[f"geounet-seams-{c.y0}-{c.x0}-{token}" for c in seams])
             except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
                 annotated = _keep_for_resume(exc, store_path)
                 if annotated is exc:
                     raise
                 raise annotated from exc
-            skipped += sum(1 for record in records if record.get("skipped"))
+    skipped = sum(1 for record in output.done_chunks(store_path).values()
+                  if record.get("skipped"))
     return len(chunks), skipped, resumed
 
 
@@ -310,8 +384,9 @@ def predict(
     bands : 1-based scene bands fed to the model; default: the model card's.
     chunk_size : chunk core side (a multiple of ``2**depth``): the unit of scheduling, I/O and
         output writing, and the Zarr chunk side.
-    tile_size : model input side; default: about 1024 px tile cores for valid-padding models,
-        512 px tiles for same-padding ones (:func:`geounet.tiling.default_tile_size`).
+    tile_size : model input side; default: about 1024 px tile cores, plus the halo
+        (:func:`geounet.tiling.default_tile_size`). The chunk side is rounded to whole tile
+        cores, so each tile runs once.
     batch_size : tiles per model call; default 1 on CPU, 8 on CUDA.
     device, precision : where and how the model runs (``auto`` picks the fastest correct one).
     probability_dtype : ``uint8`` (``round(p * 255)``) or ``float32``.

@@ -65,7 +65,7 @@ def runs_here(client: SchedulerLike) -> bool:
 
 def _check_device(device: str, precision: Precision) -> None:
     """Raise DeviceError now, not in a task, when this machine cannot run ``device``/``precision``."""
-    from geounet.inference import resolve_device, resolve_precision
+    from geounet.runner import resolve_device, resolve_precision
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
@@ -75,7 +75,7 @@ def _check_device(device: str, precision: Precision) -> None:
 def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
     """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
     from geounet.engines import resolve_engine
-    from geounet.inference import resolve_device, resolve_precision
+    from geounet.runner import resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
     with warnings.catch_warnings():
@@ -175,7 +175,7 @@ def plan_prediction(
     SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
     DeviceError, InputError
     """
-    from geounet.inference import default_model_path
+    from geounet.runner import default_model_path
     from geounet.tiling import plan_tiles
 
     _check_settings(precision, probability_dtype, threshold, check_device, device, engine)

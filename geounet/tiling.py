@@ -16,6 +16,11 @@ Two modes, chosen by the model's convolution padding:
 ``same``
     Tile input = core + ``halo`` on each side, the whole tile output is used and neighbouring
     tiles overlap by ``2 * halo``; overlapping outputs are blended (:mod:`geounet.blend`).
+    A tile reaches ``halo`` pixels into the chunks next to its own, so the pixels within
+    ``halo`` of a chunk seam (:meth:`TileGrid.seam_rects`) are blended from the tiles of up to
+    four chunks: each chunk keeps its tiles' outputs there (:meth:`TileGrid.tile_seam_rects`)
+    and the seam is finished once its neighbours have run (the seam exchange,
+    ``docs/ARCHITECTURE.md`` invariant 3).
 
 Examples
 --------
@@ -42,8 +47,8 @@ DEFAULT_CHUNK_SIZE = 2048
 DEFAULT_TILE_CORE = 1024
 """Target tile core side for valid-padding models: large tiles keep the halo overhead small."""
 
-DEFAULT_SAME_TILE = 512
-"""Default tile side for same-padding models (input = output)."""
+Rect = tuple[int, int, int, int]
+"""A rectangle of scene pixels: ``(y0, x0, height, width)``."""
 
 
 class SizeRules(Protocol):
@@ -186,6 +191,12 @@ class TileGrid:
                 f"or a tile size >= {self.stride + 2 * self.halo}."
             )
         if self.padding == "same":
+            if self.chunk_size % self.stride:
+                raise TileSizeError(
+                    f"chunk size {self.chunk_size} is not a whole number of same-padding tile "
+                    f"cores ({self.stride} px), so tiles would straddle chunk seams; use "
+                    f"{round_chunk_size(self.chunk_size, self.stride)}."
+                )
             if self.stride != room:
                 raise TileSizeError(
                     f"tile stride {self.stride} must equal tile size {self.tile_size} - "
@@ -259,21 +270,29 @@ class TileGrid:
         )
 
     # ---- tiles -------------------------------------------------------------------------
-    def _tile_range(self, start: int, stop: int, n_tiles: int) -> range:
-        """Global tile indices along one axis whose extent touches ``[start, stop)``."""
+    def _tile_range(self, start: int, stop: int, n_tiles: int, touching: bool) -> range:
+        """Global tile indices along one axis: those whose core starts in ``[start, stop)``
+        (``touching=False``; for ``valid`` also those whose core touches it), or those whose
+        output extent touches it."""
         s = self.stride
-        if self.padding == "valid":
+        if self.padding == "valid" or not touching:
             first, last = start // s, (stop - 1) // s
         else:  # tile extent [i*s - halo, i*s + s + halo) must intersect [start, stop)
             first = max(0, (start - s - self.halo) // s + 1)
             last = min(n_tiles - 1, (stop + self.halo - 1) // s)
         return range(max(first, 0), min(last, n_tiles - 1) + 1)
 
-    def tile_indices(self, chunk: ChunkWindow) -> tuple[range, range]:
-        """Global tile row and column indices of the tiles touching ``chunk``'s core."""
+    def tile_indices(self, chunk: ChunkWindow, *, touching: bool = False) -> tuple[range, range]:
+        """Global tile row and column indices of the tiles ``chunk`` runs: those whose core
+        lies in its core (each tile of the grid belongs to one chunk).
+
+        ``touching=True``: every tile whose output reaches the chunk's core, the chunk's own
+        and (``same`` padding) its neighbours' tiles within ``halo`` of its seams; what one
+        chunk needs to be blended on its own (:func:`geounet.inference.predict_chunk`).
+        """
         return (
-            self._tile_range(chunk.y0, chunk.y1, self.tile_rows),
-            self._tile_range(chunk.x0, chunk.x1, self.tile_cols),
+            self._tile_range(chunk.y0, chunk.y1, self.tile_rows, touching),
+            self._tile_range(chunk.x0, chunk.x1, self.tile_cols, touching),
         )
 
     def tile(self, row: int, col: int) -> TileWindow:
@@ -292,28 +311,70 @@ class TileGrid:
             min(s, self.width - cx),
         )
 
-    def tiles(self, chunk: ChunkWindow) -> list[TileWindow]:
-        """Exactly the tiles touching ``chunk``'s core, row-major."""
-        rows, cols = self.tile_indices(chunk)
+    def tiles(self, chunk: ChunkWindow, *, touching: bool = False) -> list[TileWindow]:
+        """The tiles ``chunk`` runs, row-major (see :meth:`tile_indices` for ``touching``)."""
+        rows, cols = self.tile_indices(chunk, touching=touching)
         return [self.tile(r, c) for r in rows for c in cols]
 
-    def chunk_input_window(self, chunk: ChunkWindow) -> tuple[int, int, int, int]:
-        """``(y0, x0, height, width)`` of the input covering all tiles of ``chunk``.
+    def chunk_input_window(self, chunk: ChunkWindow, *, touching: bool = False) -> Rect:
+        """``(y0, x0, height, width)`` of the input covering all tiles of ``chunk``
+        (:meth:`tiles` with the same ``touching``).
 
         The window may start before the scene or end after it; those pixels are mirrored.
         """
-        rows, cols = self.tile_indices(chunk)
+        rows, cols = self.tile_indices(chunk, touching=touching)
         y0 = rows[0] * self.stride - self.halo
         x0 = cols[0] * self.stride - self.halo
         y1 = rows[-1] * self.stride - self.halo + self.tile_size
         x1 = cols[-1] * self.stride - self.halo + self.tile_size
         return (y0, x0, y1 - y0, x1 - x0)
 
+    # ---- seams (same padding) -----------------------------------------------------------
+    def neighbours(self, chunk: ChunkWindow) -> list[ChunkWindow]:
+        """The chunks whose tiles can reach ``chunk``'s core, row-major, ``chunk`` excluded:
+        the eight around it (more when the halo exceeds the chunk side); none for ``valid``."""
+        if not self.blended:
+            return []
+        r = -(-self.halo // self.chunk_size)
+        return [self.chunk(i, j)
+                for i in range(max(chunk.row - r, 0), min(chunk.row + r + 1, self.chunk_rows))
+                for j in range(max(chunk.col - r, 0), min(chunk.col + r + 1, self.chunk_cols))
+                if (i, j) != (chunk.row, chunk.col)]
+
+    def interior(self, chunk: ChunkWindow) -> Rect:
+        """The part of ``chunk``'s core that only its own tiles reach: the core less ``halo``
+        pixels on each side with a neighbouring chunk (``same`` padding; the whole core for
+        ``valid``). Height or width may be 0 for a thin edge chunk."""
+        if not self.blended:
+            return (chunk.y0, chunk.x0, chunk.height, chunk.width)
+        h = self.halo
+        y0 = chunk.y0 + (h if chunk.row > 0 else 0)
+        x0 = chunk.x0 + (h if chunk.col > 0 else 0)
+        y1 = chunk.y1 - (h if chunk.row < self.chunk_rows - 1 else 0)
+        x1 = chunk.x1 - (h if chunk.col < self.chunk_cols - 1 else 0)
+        return (y0, x0, max(y1 - y0, 0), max(x1 - x0, 0))
+
+    def seam_rects(self, chunk: ChunkWindow) -> list[Rect]:
+        """Disjoint rectangles covering the pixels of ``chunk``'s core that neighbouring
+        chunks' tiles also reach (within ``halo`` of a seam); empty for ``valid`` padding or
+        a chunk without neighbours. These pixels are final only once the neighbours ran."""
+        return _frame((chunk.y0, chunk.x0, chunk.height, chunk.width), self.interior(chunk))
+
+    def tile_seam_rects(self, tile: TileWindow, chunk: ChunkWindow) -> list[Rect]:
+        """Disjoint rectangles of ``tile``'s output (clipped to the scene) that lie in a seam
+        region, of ``chunk`` (the tile's own chunk) or of a neighbour: the parts another
+        chunk's seam blend needs. Empty for ``valid`` padding."""
+        if not self.blended:
+            return []
+        extent = clip_rect((tile.y0, tile.x0, self.output_size, self.output_size),
+                       (0, 0, self.height, self.width))
+        return _frame(extent, clip_rect(self.interior(chunk), extent))
+
     # ---- cost --------------------------------------------------------------------------
     def overlap_overhead(self) -> float:
         """Model input pixels computed per scene pixel output, over all chunks.
 
-        Counts tiles that neighbouring chunks both compute twice, as the pipeline does.
+        Counts every tile each chunk runs (:meth:`tiles`), as the pipeline does.
         """
         total = 0
         for chunk in self.chunks():
@@ -322,12 +383,43 @@ class TileGrid:
         return total * self.tile_size**2 / (self.height * self.width)
 
 
+def clip_rect(rect: Rect, bounds: Rect) -> Rect:
+    """``rect`` cut to ``bounds`` (height and width 0 when they do not overlap).
+
+    >>> clip_rect((-5, 2, 10, 10), (0, 0, 8, 8))
+    (0, 2, 5, 6)
+    """
+    y0, x0 = max(rect[0], bounds[0]), max(rect[1], bounds[1])
+    y1 = min(rect[0] + rect[2], bounds[0] + bounds[2])
+    x1 = min(rect[1] + rect[3], bounds[1] + bounds[3])
+    return (y0, x0, max(y1 - y0, 0), max(x1 - x0, 0))
+
+
+def _frame(outer: Rect, inner: Rect) -> list[Rect]:
+    """Disjoint rectangles covering ``outer`` less ``inner`` (``inner`` inside ``outer`` or
+    empty): a band above, one below, and the two sides between them.
+
+    >>> _frame((0, 0, 10, 10), (2, 3, 6, 4))
+    [(0, 0, 2, 10), (8, 0, 2, 10), (2, 0, 6, 3), (2, 7, 6, 3)]
+    """
+    if outer[2] <= 0 or outer[3] <= 0:
+        return []
+    if inner[2] <= 0 or inner[3] <= 0:
+        return [outer]
+    oy0, ox0, oh, ow = outer
+    iy0, ix0, ih, iw = inner
+    oy1, ox1, iy1, ix1 = oy0 + oh, ox0 + ow, iy0 + ih, ix0 + iw
+    rects = [(oy0, ox0, iy0 - oy0, ow), (iy1, ox0, oy1 - iy1, ow),
+             (iy0, ox0, ih, ix0 - ox0), (iy0, ix1, ih, ox1 - ix1)]
+    return [r for r in rects if r[2] > 0 and r[3] > 0]
+
+
 def round_chunk_size(chunk_size: int, core: int) -> int:
     """A chunk side made of whole tile cores: ``chunk_size`` rounded to the nearest multiple
     of ``core`` (halves round up), at least one core.
 
-    With chunk seams on tile-core boundaries every valid-padding tile belongs to exactly one
-    chunk, so no model pixel is computed twice whatever chunk size is asked for.
+    With chunk seams on tile-core boundaries every tile belongs to exactly one chunk, so no
+    model pixel is computed twice whatever chunk size is asked for.
 
     Examples
     --------
@@ -343,7 +435,7 @@ def model_pixels_per_output_pixel(grid: TileGrid) -> float:
     """Model input pixels computed per scene pixel output by a run over ``grid``.
 
     A pure count from the tile plan (:meth:`TileGrid.overlap_overhead`): every tile each chunk
-    runs, tiles that two chunks both need counted twice, divided by the scene's pixels.
+    runs (each tile of the grid once), divided by the scene's pixels.
     ``benchmarks/bench_plan.py`` reports it for the default settings.
     """
     return grid.overlap_overhead()
@@ -362,11 +454,12 @@ def _nearest_multiples(value: int, step: int) -> str:
 def default_tile_size(config: SizeRules, chunk_size: int = DEFAULT_CHUNK_SIZE) -> int:
     """Default model input side for ``config`` within chunks of ``chunk_size``.
 
-    ``valid``: the smallest valid input whose core (stride) is the largest multiple of the
-    alignment that divides ``chunk_size`` and is at most ``DEFAULT_TILE_CORE`` (1024), so no
-    tile is computed by two chunks and the overhead is ``(core + 2*halo + extra)**2 / core**2``
-    (1.40 for a depth-4 net with 1024 cores, 1212 px inputs).
-    ``same``: ``min(DEFAULT_SAME_TILE, chunk_size + 2*halo)`` rounded to the alignment.
+    The tile core (stride) is the largest multiple of the alignment that divides
+    ``chunk_size`` and is at most ``DEFAULT_TILE_CORE`` (1024), so no tile is computed by two
+    chunks. ``valid``: the smallest valid input covering that core; the overhead is
+    ``(core + 2*halo + extra)**2 / core**2`` (1.40 for a depth-4 net with 1024 cores, 1212 px
+    inputs). ``same``: ``core + 2*halo`` (1088 at depth 4, overhead 1.13); the blended seams
+    cost ``halo`` per side whatever the tile size, so large tiles mean few of them.
 
     Examples
     --------
@@ -374,13 +467,9 @@ def default_tile_size(config: SizeRules, chunk_size: int = DEFAULT_CHUNK_SIZE) -
     >>> default_tile_size(UNetConfig(depth=4))  # doctest: +SKIP
     1212
     """
-    a = config.alignment
-    halo = config.halo
+    core = _default_core(chunk_size, config.alignment)
     if config.padding == "same":
-        size = min(DEFAULT_SAME_TILE, chunk_size + 2 * halo)
-        size = max(a * math.ceil(size / a), 2 * halo + a)
-        return size
-    core = _default_core(chunk_size, a)
+        return core + 2 * config.halo
     return _valid_input_for_core(config, core)
 
 
@@ -422,11 +511,10 @@ def plan_tiles(
         output of at least ``alignment`` pixels; the stride is the largest multiple of the
         alignment not above the output (the few extra output pixels are discarded).
         ``same``: a multiple of the alignment larger than ``2*halo``.
-        In both modes the tile core (stride) must not exceed ``chunk_size``.
-        ``valid``: the chunk side is then rounded to a whole number of tile cores
-        (:func:`round_chunk_size`: nearest multiple, at least one), so chunk seams lie on
-        tile-core boundaries and no tile is computed by two chunks; ``grid.chunk_size`` is
-        the side used. ``same``: the chunk side is kept (see docs/engine.md for why).
+        In both modes the tile core (stride) must not exceed ``chunk_size``, and the chunk
+        side is then rounded to a whole number of tile cores (:func:`round_chunk_size`:
+        nearest multiple, at least one), so chunk seams lie on tile-core boundaries and no
+        tile is computed by two chunks; ``grid.chunk_size`` is the side used.
     halo : ``same`` only: blending overlap per side (default ``config.halo``), a multiple of
         the alignment. In ``valid`` mode the halo is the model's and cannot be changed.
 
@@ -485,4 +573,6 @@ def plan_tiles(
             f"compute the whole tile; use a tile size of at most {chunk_size + 2 * halo} or a "
             f"chunk size of at least {tile_size - 2 * halo}."
         )
-    return TileGrid(height, width, chunk_size, tile_size, halo, tile_size - 2 * halo, "same", a)
+    stride = tile_size - 2 * halo
+    return TileGrid(height, width, round_chunk_size(chunk_size, stride), tile_size, halo, stride,
+                    "same", a)

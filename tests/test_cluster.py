@@ -49,6 +49,34 @@ def test_local_cluster_never_has_more_workers_than_tasks() -> None:
         assert list(threads.values()) == [cluster.available_cores()]
 
 
+def test_default_local_run_uses_threads_in_this_process() -> None:
+    """Issue 11, fixed cost: a predict run without --workers runs its chunk tasks on Dask's
+    threaded scheduler in this process, one thread per default worker (at most the tasks),
+    each with cores // threads torch threads; no worker process starts."""
+    import threading
+    import time
+
+    import torch
+
+    old = torch.get_num_threads()
+    expected = min(cluster.default_workers(), 5)
+    seen: set[int] = set()
+
+    def task(_: int) -> int:
+        seen.add(threading.get_ident())
+        time.sleep(0.2)
+        return 1
+
+    try:
+        with cluster.scheduler(None, tasks=5) as on:
+            assert on == ("threads" if expected > 1 else "synchronous")
+            assert torch.get_num_threads() == max(1, cluster.available_cores() // expected)
+            assert cluster.run_tasks(task, list(range(5)), on) == [1] * 5
+        assert len(seen) == expected
+    finally:
+        torch.set_num_threads(old)
+
+
 def test_one_worker_job_runs_in_process_without_a_cluster() -> None:
     """A local run that would get one worker process (one chunk) runs the same delayed tasks
     in this process: no LocalCluster start (issue 11, fixed cost), torch gets every core."""

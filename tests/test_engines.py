@@ -198,3 +198,22 @@ def test_predict_with_engine_equals_whole_scene(
                      probability_dtype="float32", engine=engine)
     got = open_prediction(tmp_path / "p.zarr").probabilities.values
     np.testing.assert_allclose(got, whole_scene_reference(scene, checkpoint), atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("engine", ["torch", *ENGINES])
+def test_forwards_from_several_threads_at_once_equal_one_at_a_time(
+    tmp_path: Path, engine: str
+) -> None:
+    """The default local run calls one runner from several Dask threads at once (issue 11):
+    every engine gives each thread its own batch's result, as one call at a time would."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    runner = get_runner(_checkpoint(tmp_path, padding="same"), "cpu", "fp32", engine=engine)
+    rng = np.random.default_rng(0)
+    batches = [rng.normal(size=(1, 3, 64, 64)).astype(np.float32) for _ in range(12)]
+    alone = [runner.forward(b) for b in batches]
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        together = list(pool.map(runner.forward, batches))
+    for a, b in zip(alone, together):
+        np.testing.assert_array_equal(a, b)
+    assert runner.calls == 24

@@ -16,6 +16,8 @@ from geounet.inference import (
     classify,
     clear_runner_cache,
     get_runner,
+    blend_seams,
+    compute_chunk,
     measure_seam_error,
     predict_array,
     predict_chunk,
@@ -135,6 +137,78 @@ def test_same_padding_blend_independent_of_chunk_size(make_scene: Callable[..., 
         np.testing.assert_allclose(out, outs[0], atol=1e-6, rtol=0)
 
 
+def _holey_scene(tmp_path: Path, height: int, width: int) -> Path:
+    """A textured scene with nodata: one whole 64-px chunk, a strip across a seam, a corner."""
+    import rasterio
+
+    rng = np.random.default_rng(3)
+    data = rng.integers(1, 255, size=(3, height, width), dtype=np.uint8)
+    data[:, 64:128, 64:128] = 0  # chunk (1, 1) at chunk size 64: all nodata
+    data[:, 150:170, :90] = 0  # a band across a seam
+    data[:, -30:, -40:] = 0
+    path = tmp_path / "holey.tif"
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=3,
+                       dtype="uint8", nodata=0) as dst:
+        dst.write(data)
+    return path
+
+
+def test_same_padding_seam_exchange_is_bit_identical(tmp_path: Path) -> None:
+    """Issue 11: each tile run once (seam exchange between chunks) gives bit for bit what
+    blending every tile touching each chunk gives, for every chunk size, nodata included."""
+    path = _holey_scene(tmp_path, 230, 205)
+    runner = make_runner(depth=2, padding="same")
+    info = open_scene(path)
+    outs = []
+    for chunk_size in (64, 128, 192, 256):
+        grid = plan_tiles(runner.config, info.height, info.width, chunk_size=chunk_size,
+                          tile_size=128)
+        assert grid.chunk_size == chunk_size and grid.stride == 64
+        probs, valid = predict_tiled(info, grid, runner)
+        alone = np.zeros_like(probs)
+        alone_valid = np.zeros_like(valid)
+        for chunk in grid.chunks():
+            result = predict_chunk(info, chunk, grid, runner)
+            if result is not None:
+                alone[:, chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result[0]
+                alone_valid[chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result[1]
+        np.testing.assert_array_equal(probs, alone)
+        np.testing.assert_array_equal(valid, alone_valid)
+        outs.append(probs)
+    assert 0 < valid.mean() < 1
+    for out in outs[1:]:
+        np.testing.assert_array_equal(out, outs[0])
+
+
+def test_same_padding_runs_each_tile_once(tmp_path: Path) -> None:
+    """Compute-once: over all chunks the model sees each tile of the grid once (the chunks
+    around the nodata chunk still get their seams from it: see the bit-identity test)."""
+    path = _holey_scene(tmp_path, 230, 205)
+    runner = make_runner(depth=2, padding="same")
+    info = open_scene(path)
+    grid = plan_tiles(runner.config, info.height, info.width, chunk_size=64, tile_size=128)
+    seen: list[tuple[int, ...]] = []
+    forward = runner.forward
+
+    def counting(batch: np.ndarray) -> np.ndarray:
+        seen.extend([tuple(batch.shape)] * batch.shape[0])
+        return forward(batch)
+
+    runner.forward = counting  # type: ignore[method-assign]
+    pieces = {}
+    for chunk in grid.chunks():
+        result = compute_chunk(info, chunk, grid, runner)
+        pieces[(chunk.row, chunk.col)] = () if result is None else result.pieces
+    assert len(seen) == grid.tile_rows * grid.tile_cols  # no tile of this scene is all nodata
+    before = len(seen)
+    predict_tiled(info, grid, runner)
+    assert len(seen) - before == grid.tile_rows * grid.tile_cols
+    # the chunk whose core is all nodata still ran its tiles and gave its neighbours pieces
+    assert pieces[(1, 1)]
+    middle = grid.chunk(1, 1)
+    assert blend_seams(grid, middle, []) == []
+
+
 def test_same_padding_seam_error_is_measured(make_scene: Callable[..., Path]) -> None:
     path = make_scene(200, 190)
     runner = make_runner(depth=2, padding="same")
@@ -243,8 +317,9 @@ def test_get_runner_bands_share_the_loaded_model(tmp_path: Path,
 def test_default_model_is_the_builtin_checkpoint(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
     from geounet import inference
+    from geounet import runner as runner_module
 
-    monkeypatch.setattr(inference, "BUILTIN_MODEL", tmp_path / "weights" / "builtin.pt")
+    monkeypatch.setattr(runner_module, "BUILTIN_MODEL", tmp_path / "weights" / "builtin.pt")
     with pytest.raises(InputError, match="--model"):
         inference.default_model_path()
     runner = make_runner(depth=2)

@@ -254,7 +254,7 @@ def test_bad_inputs_fail_early_and_leave_nothing(
         kwargs["bands"] = (1, 2)
     elif case == "no_model":
         model = None
-        monkeypatch.setattr("geounet.inference.BUILTIN_MODEL", tmp_path / "none.pt")
+        monkeypatch.setattr("geounet.runner.BUILTIN_MODEL", tmp_path / "none.pt")
     elif case == "truncated":
         data = scene.read_bytes()
         scene.write_bytes(data[: len(data) * 2 // 3])
@@ -522,3 +522,79 @@ def test_resume_names_a_changed_remote_scene_by_etag(
     finally:
         server.terminate()
         server.wait(10)
+
+
+def _scene_with_holes(path: Path, height: int = 200, width: int = 230) -> Path:
+    """Texture with nodata: one whole 64-px chunk, a band across a seam and a corner."""
+    rng = np.random.default_rng(5)
+    data = rng.integers(1, 255, size=(3, height, width), dtype=np.uint8)
+    data[:, 64:128, 128:192] = 0
+    data[:, 120:140, :100] = 0
+    data[:, -25:, -35:] = 0
+    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=3,
+                       dtype="uint8", nodata=0, crs="EPSG:32633",
+                       transform=rasterio.transform.from_origin(500000, 5000000, 0.5, 0.5)
+                       ) as dst:
+        dst.write(data)
+    return path
+
+
+def test_same_padding_seam_exchange_in_the_pipeline(tmp_path: Path,
+                                                    models: dict[str, Path]) -> None:
+    """Issue 11: the pipeline runs each tile once and exchanges seams between chunks; the
+    store is bit-identical across chunk sizes and schedulers and to blending, chunk by chunk,
+    every tile touching the chunk; the kept tile outputs leave with the bookkeeping."""
+    from geounet.inference import get_runner, predict_chunk
+    from geounet.raster import open_scene
+    from geounet.tiling import plan_tiles
+
+    scene = _scene_with_holes(tmp_path / "holes.tif")
+    outs = []
+    for i, (chunk, client) in enumerate([(64, "threads"), (128, "synchronous"), (96, "threads")]):
+        out = tmp_path / f"p{i}.zarr"
+        result = run(scene, out, models["same"], chunk_size=chunk, tile_size=96, client=client,
+                     workers=2)
+        assert not (out / "_geounet_done").exists()
+        ds = read_zarr(out)
+        outs.append((ds.probabilities.values, ds.mask.values))
+    assert result.chunks == 9 and result.chunks_skipped == 0
+    for probs, mask in outs[1:]:
+        np.testing.assert_array_equal(probs, outs[0][0])
+        np.testing.assert_array_equal(mask, outs[0][1])
+    runner = get_runner(models["same"], "cpu", "fp32")
+    info = open_scene(scene)
+    grid = plan_tiles(runner.config, info.height, info.width, chunk_size=64, tile_size=96)
+    alone = np.zeros_like(outs[0][0])
+    for chunk in grid.chunks():
+        found = predict_chunk(info, chunk, grid, runner)
+        if found is not None:
+            alone[:, chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = found[0]
+    np.testing.assert_array_equal(outs[0][0], alone)
+    assert (outs[0][1] == 255).any() and (outs[0][1][64:128, 128:192] == 255).all()
+
+
+def test_resume_between_tiles_and_seams_runs_no_tile_again(
+    tmp_path: Path, models: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Interrupted after every chunk ran its tiles but before the seams were blended, a
+    resumed run blends the seams from the kept tile outputs without running a tile again."""
+    scene = _scene_with_holes(tmp_path / "holes.tif")
+    reference = tmp_path / "ref.zarr"
+    run(scene, reference, models["same"], chunk_size=64, tile_size=96)
+
+    def interrupted(task: Any) -> Any:
+        raise KeyboardInterrupt
+
+    out = tmp_path / "p.zarr"
+    monkeypatch.setattr(pipeline, "run_seams_task", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        run(scene, out, models["same"], chunk_size=64, tile_size=96)
+    monkeypatch.undo()
+    chunk_runs: list[Any] = []
+    real = pipeline._run_chunk_once
+    monkeypatch.setattr(pipeline, "_run_chunk_once",
+                        lambda task: chunk_runs.append(task) or real(task))
+    result = run(scene, out, models["same"], chunk_size=64, tile_size=96, resume=True)
+    assert chunk_runs == [] and result.chunks_resumed == result.chunks == 16
+    np.testing.assert_array_equal(read_zarr(out).probabilities.values,
+                                  read_zarr(reference).probabilities.values)

@@ -38,6 +38,7 @@ from geounet.output.store import (
     create_store,
     done_chunks,
     finalize_store,
+    load_seam_data,
     mark_done,
     open_prediction,
     quantize,
@@ -45,6 +46,8 @@ from geounet.output.store import (
     read_run,
     record_output,
     recorded_output,
+    save_seam_data,
+    seam_data_chunks,
     write_chunk,
 )
 
@@ -64,6 +67,7 @@ __all__ = [
     "create_store",
     "done_chunks",
     "finalize_store",
+    "load_seam_data",
     "mark_done",
     "open_prediction",
     "output_format",
@@ -74,6 +78,8 @@ __all__ = [
     "recorded_output",
     "remove_path",
     "replace_path",
+    "save_seam_data",
+    "seam_data_chunks",
     "temporary_path",
     "write_chunk",
     "write_cog",

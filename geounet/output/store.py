@@ -34,6 +34,7 @@ from geounet.output.paths import remove_path
 log = logging.getLogger(__name__)
 
 _DONE_DIR = "_geounet_done"
+_SEAMS_DIR = "seams"  # in _DONE_DIR: each chunk's tile outputs near its seams (same padding)
 _OUTPUTS_FILE = "outputs.record"  # in _DONE_DIR; not *.json, which are chunk markers
 
 
@@ -305,6 +306,36 @@ def mark_done(spec: StoreSpec, y0: int, x0: int, record: dict[str, Any]) -> None
     partial = folder / f".{final.name}.{os.getpid()}"
     partial.write_text(json.dumps(record))
     os.replace(partial, final)
+
+
+def save_seam_data(spec: StoreSpec, y0: int, x0: int, arrays: dict[str, np.ndarray]) -> None:
+    """Keep a chunk's arrays for its neighbours' seams (same padding: the tile outputs the
+    seam exchange needs) beside the completion markers, atomically; they go with them when
+    the store is finalized."""
+    folder = Path(spec.path) / _DONE_DIR / _SEAMS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    final = folder / f"{chunk_id(y0, x0)}.npz"
+    partial = folder / f".{chunk_id(y0, x0)}.{os.getpid()}.npz"
+    np.savez(partial, **arrays)
+    os.replace(partial, final)
+
+
+def load_seam_data(path: str | os.PathLike[str], y0: int, x0: int) -> dict[str, np.ndarray]:
+    """The arrays :func:`save_seam_data` kept for the chunk at ``(y0, x0)``.
+
+    Raises
+    ------
+    FileNotFoundError
+        When that chunk has not run yet.
+    """
+    with np.load(Path(path) / _DONE_DIR / _SEAMS_DIR / f"{chunk_id(y0, x0)}.npz") as data:
+        return {name: data[name] for name in data.files}
+
+
+def seam_data_chunks(path: str | os.PathLike[str]) -> set[str]:
+    """Chunk ids (:func:`chunk_id`) with seam data kept in a (temporary) store."""
+    folder = Path(path) / _DONE_DIR / _SEAMS_DIR
+    return {f.stem for f in folder.glob("*.npz") if not f.name.startswith(".")}
 
 
 def quantize(probabilities: np.ndarray, dtype: ProbabilityDtype) -> np.ndarray:
