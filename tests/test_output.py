@@ -130,6 +130,74 @@ def test_cog_from_store_is_valid_and_georeferenced(tmp_path: Path, dtype: str) -
     assert b"LAYOUT=IFDS_BEFORE_DATA" in header and b"BLOCK_ORDER=ROW_MAJOR" in header
 
 
+def _cog_layout_problems(path: Path) -> list[str]:
+    """The layout rules of GDAL's ``validate_cloud_optimized_geotiff.py``, read through GDAL's
+    TIFF metadata domain (rio-cogeo is not a dependency): tiled; the IFDs of the full
+    resolution and then of each overview, in that order and all before any pixel data; the
+    pixel data of the smallest overview first, the full resolution's last."""
+    problems = []
+    with rasterio.open(path) as src:
+        levels = len(src.overviews(1))
+        if src.block_shapes[0][1] == src.width and src.width > 512:
+            problems.append("not tiled")
+
+        def item(name: str, ovr: int | None) -> int:
+            return int(src.get_tag_item(name, "TIFF", bidx=1, ovr=ovr))
+
+        ifds = [item("IFD_OFFSET", None)] + [item("IFD_OFFSET", i) for i in range(levels)]
+        data = [item("BLOCK_OFFSET_0_0", None)] + [item("BLOCK_OFFSET_0_0", i)
+                                                   for i in range(levels)]
+        if ifds != sorted(ifds):
+            problems.append(f"IFDs out of order: {ifds}")
+        if data != sorted(data, reverse=True):
+            problems.append(f"pixel data not smallest overview first: {data}")
+        if max(ifds) > min(data):
+            problems.append("an IFD after pixel data")
+    return problems
+
+
+@pytest.mark.parametrize(("dtype", "compress", "height", "width", "block"), [
+    ("uint8", "DEFLATE", 300, 257, 64),
+    ("float32", "ZSTD", 130, 530, 64),
+])
+def test_cog_is_valid_and_pixel_identical_to_the_store_at_every_level(
+    tmp_path: Path, dtype: str, compress: str, height: int, width: int, block: int
+) -> None:
+    """The COG written from its staging file's overviews: a valid COG layout, every pixel of
+    the store, overviews halving until one tile, each with the nodata mask where band 1 is
+    255, and the DEFLATE/ZSTD predictor declared (2 for integers, 3 for float32)."""
+    import zarr
+
+    store = tmp_path / "p.zarr"
+    _fill_store(store, height, width, 128, dtype)
+    group = zarr.open_group(str(store), mode="r")
+    expected_classes, expected_probs = group["mask"][:], group["probabilities"][:]
+    cog = output.write_cog(store, tmp_path / "p.tif", block_size=block, compress=compress)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["p.tif", "p.tif.aux.xml", "p.zarr"]
+    assert _cog_layout_problems(cog) == []
+    with rasterio.open(cog) as src:
+        structure = src.tags(ns="IMAGE_STRUCTURE")
+        assert structure["LAYOUT"] == "COG" and structure["COMPRESSION"] == compress
+        assert structure["PREDICTOR"] == ("2" if dtype == "uint8" else "3")
+        assert src.dtypes == (dtype,) * 4
+        np.testing.assert_array_equal(src.read(1), expected_classes.astype(dtype))
+        np.testing.assert_array_equal(src.read([2, 3, 4]), expected_probs)
+        np.testing.assert_array_equal(src.dataset_mask() == 0, expected_classes == 255)
+        levels = len(src.overviews(1))
+    sides = []
+    for level in range(levels):
+        with rasterio.open(cog, overview_level=level) as ovr:
+            factor = 2 ** (level + 1)
+            assert (ovr.height, ovr.width) == (-(-height // factor), -(-width // factor))
+            sides.append(max(ovr.height, ovr.width))
+            classes = ovr.read(1)
+            assert (ovr.dataset_mask() == 0).any()
+            np.testing.assert_array_equal(ovr.dataset_mask() == 0, classes == 255)
+            assert (ovr.read([2, 3, 4])[:, classes == 255] == 0).all()
+    # overviews halve until the smallest fits in one tile
+    assert levels and sides[-1] <= block < ([max(height, width)] + sides)[-2]
+
+
 def test_cog_pixel_space_and_overwrite(tmp_path: Path) -> None:
     store = tmp_path / "p.zarr"
     _fill_store(store, 40, 50, 32, crs=False)

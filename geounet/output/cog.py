@@ -19,6 +19,10 @@ from geounet.output.paths import remove_path, replace_path, temporary_path
 log = logging.getLogger(__name__)
 
 COG_BLOCK_SIZE = 512
+COG_DEFLATE_LEVEL = 3
+"""DEFLATE level of the published COG (with TIFF predictor 2): on realistic probabilities
+3.5% larger than level 6 without a predictor, compressed in half the CPU time
+(``benchmarks/bench_cog.py``; benchmarks/RESULTS.md, "Publishing the COG")."""
 
 
 CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
@@ -88,9 +92,16 @@ def write_cog(
     mask (one GeoTIFF nodata value would also hide probability 255 = 1.0 in bands 2..K+1).
     A GDAL sidecar ``OUT.aux.xml`` gives band 1 a colour table, category names and a thematic
     raster attribute table (value, class, colour), so GIS tools show it as categories; GDAL
-    keeps none of these inside a multi-band GeoTIFF. Memory holds one
-    store chunk at a time: the bands are first written block by block into a tiled GeoTIFF,
-    then GDAL's COG driver copies it with overviews (nearest resampling) into place.
+    keeps none of these inside a multi-band GeoTIFF.
+
+    Memory holds one store chunk at a time, plus GDAL's block cache (``GDAL_CACHEMAX``). The
+    bands are first written chunk by chunk into an uncompressed tiled staging GeoTIFF next to
+    ``out``, in which GDAL builds the overviews (nearest); GDAL's COG driver then compresses
+    it once into place, overviews copied as they are. The staging file takes about 4/3 of the
+    raw pixel bytes on disk while it exists (1.4 GB for a 16384 x 16384 uint8 store of 3
+    classes). The COG's bands use horizontal differencing (TIFF predictor 2, 3 for float32)
+    and DEFLATE at level :data:`COG_DEFLATE_LEVEL`. GDAL compresses on one thread unless
+    ``GDAL_NUM_THREADS`` is set.
 
     Parameters
     ----------
@@ -98,6 +109,9 @@ def write_cog(
         :func:`~geounet.output.write_chunk`.
     out : the ``.tif`` to write; built as a hidden temporary file, renamed when complete.
     overwrite : replace an existing ``out``.
+    block_size : tile side of the COG (and the overview threshold: overviews are added until
+        the smallest fits in one tile).
+    compress : ``DEFLATE`` (default) or ``ZSTD``.
 
     Examples
     --------
@@ -119,22 +133,23 @@ def write_cog(
     meta = dict(group.attrs.get("geounet", {}))
     classes = list(meta.get("classes", [f"class_{i}" for i in range(num_classes)]))
     chunk = int(meta.get("chunk_size", probs.chunks[1]))
-    profile = _tiff_profile(group, probs, block_size, compress)
+    profile = _staging_profile(group, probs, block_size)
     staging = temporary_path(out, ".tiled.tif")
     partial = temporary_path(out)
     remove_path(staging)
     remove_path(partial)
     try:
         with rasterio.Env(GDAL_TIFF_INTERNAL_MASK=True):
-            _write_tiled(staging, profile, probs, mask, classes, chunk)
+            _write_staging(staging, profile, probs, mask, classes, chunk,
+                           _overview_factors(height, width, block_size))
             rasterio.shutil.copy(
                 staging,
                 partial,
                 driver="COG",
                 BLOCKSIZE=block_size,
-                COMPRESS=profile["compress"],
-                OVERVIEW_RESAMPLING="NEAREST",
+                OVERVIEWS="FORCE_USE_EXISTING",
                 BIGTIFF="IF_SAFER",
+                **_cog_options(compress),
             )
         _publish(partial, out, classes)
     finally:
@@ -145,8 +160,32 @@ def write_cog(
     return out
 
 
-def _tiff_profile(group: Any, probs: Any, block_size: int, compress: str) -> dict[str, Any]:
-    """The rasterio profile of the tiled staging GeoTIFF: bands, tiles, compression, georeference."""
+def _cog_options(compress: str = "DEFLATE") -> dict[str, str]:
+    """GDAL COG driver creation options of the published COG for ``compress``.
+
+    ``PREDICTOR=YES`` is horizontal differencing (TIFF predictor 2 for integers, 3 for
+    float32), which every TIFF reader decodes; DEFLATE at :data:`COG_DEFLATE_LEVEL`; ZSTD at
+    GDAL's default level.
+    """
+    if compress.upper() == "ZSTD":
+        return {"COMPRESS": "ZSTD", "PREDICTOR": "YES"}
+    return {"COMPRESS": "DEFLATE", "PREDICTOR": "YES", "LEVEL": str(COG_DEFLATE_LEVEL)}
+
+
+def _overview_factors(height: int, width: int, block_size: int) -> list[int]:
+    """Decimation factors 2, 4, ... until the smallest overview fits in one ``block_size``
+    tile (none for a raster that already does): as many levels as GDAL's COG driver makes."""
+    factors: list[int] = []
+    factor = 1
+    while -(-height // factor) > block_size or -(-width // factor) > block_size:
+        factor *= 2
+        factors.append(factor)
+    return factors
+
+
+def _staging_profile(group: Any, probs: Any, block_size: int) -> dict[str, Any]:
+    """The rasterio profile of the staging GeoTIFF: bands, tiles, georeference, uncompressed
+    (the COG driver compresses once, from it)."""
     from affine import Affine
 
     num_classes, height, width = probs.shape
@@ -163,7 +202,7 @@ def _tiff_profile(group: Any, probs: Any, block_size: int, compress: str) -> dic
         "tiled": True,
         "blockxsize": block_size,
         "blockysize": block_size,
-        "compress": "ZSTD" if compress.upper() == "ZSTD" else "DEFLATE",
+        "compress": "NONE",
         "BIGTIFF": "IF_SAFER",
         # grey + undefined bands: GDAL's default for 4 uint8 bands is RGB + alpha
         "photometric": "MINISBLACK",
@@ -174,12 +213,19 @@ def _tiff_profile(group: Any, probs: Any, block_size: int, compress: str) -> dic
     return profile
 
 
-def _write_tiled(
-    staging: Path, profile: dict[str, Any], probs: Any, mask: Any, classes: list[str], chunk: int
+def _write_staging(
+    staging: Path,
+    profile: dict[str, Any],
+    probs: Any,
+    mask: Any,
+    classes: list[str],
+    chunk: int,
+    overview_factors: list[int],
 ) -> None:
-    """Copy the store into the staging GeoTIFF one store chunk at a time, with its nodata mask."""
+    """Copy the store into the staging GeoTIFF one store chunk at a time, with its nodata mask,
+    then build its overviews (nearest, the mask's too) at ``overview_factors``."""
     import rasterio
-    from rasterio.enums import ColorInterp
+    from rasterio.enums import ColorInterp, Resampling
     from rasterio.windows import Window
 
     num_classes, height, width = probs.shape
@@ -203,6 +249,8 @@ def _write_tiled(
                     np.where(classes_block == NODATA_CLASS, 0, 255).astype(np.uint8),
                     window=window,
                 )
+        if overview_factors:
+            dst.build_overviews(overview_factors, Resampling.nearest)
 
 
 def _publish(partial: Path, out: Path, classes: list[str]) -> None:
