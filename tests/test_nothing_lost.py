@@ -28,8 +28,12 @@ FAST = {"client": "threads", "precision": "fp32", "chunk_size": 64}
 # The child runs the real CLI; vectorization reads are slowed down and announce themselves
 # through a marker file, so the SIGINT lands during vectorization every time.
 CHILD = """
-import pathlib, sys, time
+import pathlib, signal, sys, time
 import geounet.prediction as prediction
+
+# Ctrl-C as a terminal delivers it: a test run started as a background job (`cmd &` in a
+# script) passes SIGINT on ignored, and the child would never see it
+signal.signal(signal.SIGINT, signal.default_int_handler)
 
 marker = pathlib.Path(sys.argv[1])
 original = prediction.PredictionReader.read_mask
