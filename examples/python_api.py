@@ -25,7 +25,8 @@ def main(argv: list[str] | None = None) -> None:
     scene = geounet.synthesize_scene(out / "scene", size=args.size, seed=args.seed, overwrite=True)
     print("\n".join(scene.describe()))
 
-    # Scheduler "threads" runs in this process; leave it out to start a local cluster.
+    # Scheduler "threads" runs in this process with one thread (debugging); leave it out to
+    # run on one thread per core here, or pass workers=N for a local cluster of N processes.
     result = geounet.predict(scene.scene_path, out / "pred.zarr", chunk_size=512,
                              client="threads", overwrite=True)
     print(result.summary())

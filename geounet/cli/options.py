@@ -160,7 +160,9 @@ workers = click.option(
     type=int,
     default=None,
     callback=_positive,
-    help="Worker processes of the local cluster. Default: one per core, at most 4 (1 on CUDA).",
+    help="Run on a local cluster of N worker processes. Default: predict and segment run in "
+    "this process on one thread per core (at most 4; 1 on CUDA); batch starts one worker "
+    "process per core.",
 )
 scheduler_address = click.option(
     "--scheduler-address",
@@ -174,8 +176,8 @@ scheduler = click.option(
     callback=_address,
     default=None,
     metavar="ADDRESS",
-    help="Run on a running dask.distributed scheduler (tcp://host:8786) instead of a local "
-    "cluster. Default: $DASK_SCHEDULER_ADDRESS if set.",
+    help="Run on a running dask.distributed scheduler (tcp://host:8786) instead of this "
+    "machine. Default: $DASK_SCHEDULER_ADDRESS if set.",
 )
 in_process = click.option(
     "--in-process",
