@@ -96,7 +96,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -251,40 +250,13 @@ def make_models(work: Path, depth: int, base: int, seed: int) -> dict[str, Path]
 
 def run_tree(cmd: list[str], log: Path, interval: float = 0.1) -> tuple[float, int, str]:
     """Run ``cmd``; return (wall s, peak RSS bytes of the process and all children, stdout)."""
-    import psutil
+    from _proctree import run_measured
 
-    start = time.perf_counter()
     with log.open("w") as err:
-        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True)
-        parent = psutil.Process(proc.pid)
-        peak = 0
-        stop = threading.Event()
-
-        def sample() -> None:
-            nonlocal peak
-            while not stop.is_set():
-                total = 0
-                try:
-                    procs = [parent, *parent.children(recursive=True)]
-                except psutil.Error:
-                    procs = []
-                for p in procs:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak = max(peak, total)
-                stop.wait(interval)
-
-        thread = threading.Thread(target=sample, daemon=True)
-        thread.start()
-        out, _ = proc.communicate()
-        wall = time.perf_counter() - start
-        stop.set()
-        thread.join()
-    if proc.returncode:
+        wall, peak, out, code = run_measured(cmd, stderr=err, interval=interval)
+    if code:
         tail = "".join(log.read_text().splitlines(keepends=True)[-15:])
-        raise SystemExit(f"failed ({proc.returncode}): {shlex.join(cmd)}\n{tail}")
+        raise SystemExit(f"failed ({code}): {shlex.join(cmd)}\n{tail}")
     return wall, peak, out
 
 

@@ -22,7 +22,6 @@ import shlex
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
@@ -91,38 +90,12 @@ def make_model(path: Path, *, base: int, depth: int, padding: str, seed: int = 0
 
 def peak_rss_of(cmd: list[str]) -> tuple[float, float, str]:
     """Run ``cmd``; return (seconds, peak RSS of the whole process tree in MiB, stdout)."""
-    import psutil
+    from _proctree import run_measured
 
-    start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
-    parent = psutil.Process(proc.pid)
-    peak = 0
-    stop = threading.Event()
-
-    def sample() -> None:
-        nonlocal peak
-        while not stop.is_set():
-            try:
-                procs = [parent, *parent.children(recursive=True)]
-                total = 0
-                for p in procs:
-                    try:
-                        total += p.memory_info().rss
-                    except psutil.Error:
-                        pass
-                peak = max(peak, total)
-            except psutil.Error:
-                pass
-            time.sleep(0.05)
-
-    thread = threading.Thread(target=sample, daemon=True)
-    thread.start()
-    out, _ = proc.communicate()
-    stop.set()
-    thread.join()
-    if proc.returncode:
-        raise SystemExit(f"benchmark child failed ({proc.returncode}): {' '.join(cmd)}")
-    return time.perf_counter() - start, peak / 2**20, out
+    seconds, peak, out, code = run_measured(cmd)
+    if code:
+        raise SystemExit(f"benchmark child failed ({code}): {' '.join(cmd)}")
+    return seconds, peak / 2**20, out
 
 
 # ---- the common way (for comparison) ----------------------------------------------------------

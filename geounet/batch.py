@@ -363,21 +363,18 @@ class _BatchJob:
     def _after_chunks(self, job: _Scene) -> None:
         """Every chunk of the scene ran its tiles: blend the seams left between its chunks
         (same padding: one task per chunk with seams), else submit its finish."""
-        from geounet import output
         from geounet.cluster import DEFAULT_RETRY
-        from geounet.pipeline import SeamTask, run_seams_task
+        from geounet.pipeline import run_seams_task, seam_tasks
 
-        done = output.done_chunks(job.store_path)
-        seams = [c for c in job.plan.grid.chunks() if output.chunk_id(c.y0, c.x0) not in done]
+        seams = seam_tasks(job.plan.grid, job.store, self.threshold)
         if not seams:
             self._submit_finish(job)
             return
         job.seams = len(seams)
-        for chunk in seams:
-            task = SeamTask(chunk, job.plan.grid, job.store, self.threshold)
+        for task in seams:
             future = self.on.submit(
                 run_seams_task, task, pure=False, retries=DEFAULT_RETRY.task_retries,
-                key=f"geounet-seams-{job.index}-{chunk.y0}-{chunk.x0}-{self.token}")
+                key=f"geounet-seams-{job.index}-{task.chunk.y0}-{task.chunk.x0}-{self.token}")
             self._track(future, job, "seams")
 
     def _submit_finish(self, job: _Scene) -> None:

@@ -165,4 +165,3 @@ def unpack_pieces(arrays: dict[str, np.ndarray] | object) -> list[TilePiece]:
     return [TilePiece(*(int(v) for v in row), arrays[f"values_{i}"],  # type: ignore[index]
                       arrays[f"valid_{i}"])  # type: ignore[index]
             for i, row in enumerate(table)]
-

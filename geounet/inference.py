@@ -233,7 +233,9 @@ def blend_seams(
     Returns
     -------
     ``[(rect, probabilities, valid), ...]`` for each of ``grid.seam_rects(chunk)``: rect
-    ``(y0, x0, height, width)`` in scene pixels, float32 (K, height, width), bool.
+    ``(y0, x0, height, width)`` in scene pixels, float32 (K, height, width), bool. Empty
+    when there are no pieces: every tile reaching a valid seam pixel leaves pieces, so the
+    seams of such a chunk hold no valid pixel.
     """
     ordered = sorted(pieces, key=lambda p: (p.row, p.col))
     if not ordered:

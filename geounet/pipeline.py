@@ -140,6 +140,18 @@ class SeamTask:
     retry: RetryPolicy = DEFAULT_RETRY
 
 
+def seam_tasks(grid: TileGrid, store: StoreSpec, threshold: float | None = None,
+               retry: RetryPolicy = DEFAULT_RETRY) -> list[SeamTask]:
+    """Round 2, once every chunk has run its tiles: a :class:`SeamTask` for each chunk not
+    marked done (same padding: the chunks whose seams wait for their neighbours; none for
+    valid padding, whose chunks are done after round 1)."""
+    from geounet import output
+
+    done = output.done_chunks(store.path)
+    return [SeamTask(chunk, grid, store, threshold, retry) for chunk in grid.chunks()
+            if output.chunk_id(chunk.y0, chunk.x0) not in done]
+
+
 def run_chunk(task: ChunkTask) -> dict[str, Any]:
     """Predict one chunk, write its region of the store and mark it done; return small stats.
 
@@ -225,20 +237,18 @@ def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
                         spec.bands, engine=spec.engine)
     result = compute_chunk(task.info, chunk, grid, runner,
                            batch_size=_batch_size(runner, task.batch_size))
-    has_valid = result is not None and bool(result.valid.any())
-    if has_valid:
-        assert result is not None
+    valid = int(result.valid.sum()) if result is not None else 0
+    if valid:
         mask = classify(result.probabilities, task.threshold, result.valid)
         output.write_chunk(task.store, chunk.y0, chunk.x0, result.probabilities, mask,
                            result.valid)
-    record = {"pixels": int(chunk.height * chunk.width),
-              "valid": int(result.valid.sum()) if has_valid and result is not None else 0,
-              "skipped": not has_valid, "seconds": time.perf_counter() - start}
+    record = {"pixels": int(chunk.height * chunk.width), "valid": valid, "skipped": not valid,
+              "seconds": time.perf_counter() - start}
     if grid.neighbours(chunk):  # the seam exchange: leave this chunk's pieces for the others
         pieces = result.pieces if result is not None else ()
         output.save_seam_data(task.store, chunk.y0, chunk.x0,
                               {**pack_pieces(pieces), "record": np.array(json.dumps(record))})
-    if not (has_valid and grid.seam_rects(chunk)):
+    if not (valid and grid.seam_rects(chunk)):
         output.mark_done(task.store, chunk.y0, chunk.x0, record)
     return record
 
@@ -333,13 +343,12 @@ def _compute_store(
                 cluster.run_tasks(run_chunk_task, tasks, on, workers=workers,
                                   keys=[f"geounet-chunk-{c.y0}-{c.x0}-{token}" for c in todo],
                                   on_result=on_result, retries=policy.task_retries)
-                finished = output.done_chunks(store_path)
-                seams = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in finished]
+                seams = seam_tasks(plan.grid, spec, threshold, policy)
                 if seams:
-                    cluster.run_tasks(run_seams_task,
-                        [SeamTask(c, plan.grid, spec, threshold, policy) for c in seams], on,
-                        workers=workers, retries=policy.task_retries,
-                        keys=[f"geounet-seams-{c.y0}-{c.x0}-{token}" for c in seams])
+                    cluster.run_tasks(run_seams_task, seams, on, workers=workers,
+                                      retries=policy.task_retries,
+                                      keys=[f"geounet-seams-{t.chunk.y0}-{t.chunk.x0}-{token}"
+                                            for t in seams])
             except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
                 annotated = _keep_for_resume(exc, store_path)
                 if annotated is exc:

@@ -6,6 +6,7 @@ truth use :mod:`geounet.synth`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ def write_scene(
     origin: tuple[float, float] = (500_000.0, 5_000_000.0),
     nodata: float | None = None,
     nodata_border: int = 0,
+    holes: Sequence[tuple[slice, slice]] = (),
     seed: int = 0,
     blocksize: int = 256,
     compress: str = "deflate",
@@ -42,6 +44,7 @@ def write_scene(
     pixel_size : metres (or CRS units) per pixel.
     origin : (x, y) of the upper-left corner.
     nodata : declared nodata value; with ``nodata_border`` the outer ring of that width is nodata.
+    holes : ``(rows, cols)`` slices (e.g. ``numpy.s_[64:128, :90]``) set to ``nodata`` too.
     seed : random seed; the same seed gives the same bytes.
 
     Examples
@@ -65,6 +68,10 @@ def write_scene(
         data[:, -b:, :] = nodata
         data[:, :, :b] = nodata
         data[:, :, -b:] = nodata
+    if holes and nodata is None:
+        raise ValueError("holes need a nodata value to mark them; pass nodata=...")
+    for rows, cols in holes:
+        data[:, rows, cols] = nodata
     profile = {
         "driver": "GTiff",
         "height": height,

@@ -525,18 +525,11 @@ def test_resume_names_a_changed_remote_scene_by_etag(
 
 
 def _scene_with_holes(path: Path, height: int = 200, width: int = 230) -> Path:
-    """Texture with nodata: one whole 64-px chunk, a band across a seam and a corner."""
-    rng = np.random.default_rng(5)
-    data = rng.integers(1, 255, size=(3, height, width), dtype=np.uint8)
-    data[:, 64:128, 128:192] = 0
-    data[:, 120:140, :100] = 0
-    data[:, -25:, -35:] = 0
-    with rasterio.open(path, "w", driver="GTiff", height=height, width=width, count=3,
-                       dtype="uint8", nodata=0, crs="EPSG:32633",
-                       transform=rasterio.transform.from_origin(500000, 5000000, 0.5, 0.5)
-                       ) as dst:
-        dst.write(data)
-    return path
+    """A scene with nodata: one whole 64-px chunk, a band across a seam and a corner."""
+    from geounet.testing import write_scene
+
+    return write_scene(path, height, width, nodata=0, seed=5,
+                       holes=[np.s_[64:128, 128:192], np.s_[120:140, :100], np.s_[-25:, -35:]])
 
 
 def test_same_padding_seam_exchange_in_the_pipeline(tmp_path: Path,
