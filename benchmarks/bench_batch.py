@@ -122,7 +122,7 @@ def memory(args: argparse.Namespace) -> None:
 
     from distributed import Client, LocalCluster
 
-    from geounet.batch import run_batch
+    from geounet.batch.job import run_batch
     from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
     from geounet.testing import write_scene
 

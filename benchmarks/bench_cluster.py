@@ -57,7 +57,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--skip-throughput", action="store_true")
     args = parser.parse_args(argv)
 
-    from geounet.pipeline import predict
+    from geounet.run.pipeline import predict
     from geounet.synth import synthesize_scene
     from geounet.testing import DaskProcesses, write_scene
 

@@ -70,7 +70,6 @@ def probabilities(work: Path) -> tuple[Any, Any, str, tuple[float, ...]]:
 def build_store(work: Path, size: int) -> Path:
     """A prediction store of ``size``² written chunk by chunk by geounet.output."""
     from geounet import output
-
     store = work / f"p{size}.zarr"
     if store.is_dir():
         return store
@@ -145,7 +144,6 @@ VARIANTS: dict[str, dict[str, Any]] = {
 def run_variant(name: str, store: Path, out: Path) -> tuple[float, float, int, int]:
     """(CPU-s, wall s, COG bytes, staging bytes) of one write of ``name``."""
     from geounet import output
-
     c0, w0 = time.process_time(), time.perf_counter()
     if name == "after":
         output.write_cog(store, out, overwrite=True)

@@ -39,8 +39,8 @@ def main(argv: list[str] | None = None) -> None:
 
     import torch
 
-    from geounet import engines
-    from geounet.inference import ModelRunner, clear_runner_cache, get_runner
+    from geounet.engine import backends as engines
+    from geounet.engine.inference import ModelRunner, clear_runner_cache, get_runner
     from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
 
     torch.set_num_threads(args.threads)

@@ -47,8 +47,8 @@ PHASES = {  # phase: (module file suffix, function name)
 
 
 def import_seconds() -> tuple[float, list[tuple[float, str]]]:
-    """Cumulative import time (s) of `geounet.pipeline` + torch in a fresh interpreter."""
-    code = "import geounet.pipeline, geounet.inference, torch"
+    """Cumulative import time (s) of `geounet.run.pipeline` + torch in a fresh interpreter."""
+    code = "import geounet.run.pipeline, geounet.engine.inference, torch"
     err = subprocess.run([sys.executable, "-X", "importtime", "-c", code], capture_output=True,
                          text=True, check=True).stderr
     rows = []
@@ -114,7 +114,7 @@ def main(argv: list[str] | None = None) -> None:
           f"CPU-s (importtime child included)\n")
     print("| phase | CPU-s (this process) | share |")
     print("| --- | --- | --- |")
-    print(f"| import geounet.pipeline + torch (fresh interpreter, wall s) | "
+    print(f"| import geounet.run.pipeline + torch (fresh interpreter, wall s) | "
           f"{total_import:.2f} | - |")
     for phase in PHASES:
         if phase in found:

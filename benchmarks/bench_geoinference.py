@@ -211,7 +211,7 @@ def make_models(work: Path, depth: int, base: int, seed: int) -> dict[str, Path]
     import numpy as np
     import torch
 
-    from geounet.inference import get_runner
+    from geounet.engine.inference import get_runner
     from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
 
     stem = f"unet-d{depth}-b{base}-s{seed}"
@@ -346,7 +346,7 @@ def table(runs: list[dict], size: int) -> list[list[str]]:
 
 def versions(args: argparse.Namespace) -> str:
     probe = "import torch; print(torch.__version__)"
-    ours = subprocess.run([args.geounet_python, "-c", probe + "; from geounet.inference import "
+    ours = subprocess.run([args.geounet_python, "-c", probe + "; from geounet.engine.inference import "
                            "cpu_supports_bf16 as b; print('bf16' if b() else 'fp32')"],
                           check=False, capture_output=True, text=True).stdout.split()
     theirs = ["-"]

@@ -1,6 +1,6 @@
 """Model input pixels per output pixel, a pure count from the tile plan (issue 11 item 1).
 
-No model runs and no timing: the figure is :func:`geounet.tiling.model_pixels_per_output_pixel`
+No model runs and no timing: the figure is :func:`geounet.engine.tiling.model_pixels_per_output_pixel`
 of the grid ``plan_tiles`` lays at the default settings ("after"), next to what the code ran
 before ("before"): valid padding, the same tiles with the chunk size as asked (before chunk
 sizes were rounded to whole tile cores); same padding, 512 px tiles (the old default) with
@@ -15,7 +15,7 @@ from __future__ import annotations
 import argparse
 
 from geounet.model import UNetConfig
-from geounet.tiling import TileGrid, model_pixels_per_output_pixel, plan_tiles
+from geounet.engine.tiling import TileGrid, model_pixels_per_output_pixel, plan_tiles
 
 
 def before_grid(grid: TileGrid, chunk_size: int) -> TileGrid:

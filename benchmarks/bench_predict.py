@@ -143,7 +143,7 @@ def common_way(scene: Path, model: Path, tile: int, overlap: int) -> None:
 
 
 def run_geounet(scene: Path, out: Path, model: Path, **kwargs: Any) -> Any:
-    from geounet.pipeline import predict
+    from geounet.run.pipeline import predict
 
     return predict(scene, out, model=model, overwrite=True, **kwargs)
 
@@ -158,9 +158,9 @@ def cmd_efficiency(args: argparse.Namespace, work: Path) -> None:
     """
     import torch
 
-    from geounet.cluster import available_cores
-    from geounet.inference import get_runner
-    from geounet.tiling import plan_tiles
+    from geounet.distributed.cluster import available_cores
+    from geounet.engine.inference import get_runner
+    from geounet.engine.tiling import plan_tiles
 
     scene = write_big_scene(work / "scene.tif", args.size)
     model = Path(args.model) if args.model else make_model(
@@ -246,7 +246,7 @@ def cmd_memory(args: argparse.Namespace, work: Path) -> None:
 def cmd_overlap(args: argparse.Namespace, work: Path) -> None:
     """Model input pixels per output pixel at the default tile sizes (pure geometry)."""
     from geounet.model import UNetConfig
-    from geounet.tiling import plan_tiles
+    from geounet.engine.tiling import plan_tiles
 
     rows = []
     for padding in ("valid", "same"):
@@ -262,9 +262,9 @@ def cmd_overlap(args: argparse.Namespace, work: Path) -> None:
 
 def cmd_seam(args: argparse.Namespace, work: Path) -> None:
     """Seam error of blended same-padding tiles vs whole-scene inference, at default overlap."""
-    from geounet.inference import get_runner, measure_seam_error
+    from geounet.engine.inference import get_runner, measure_seam_error
     from geounet.raster import open_scene
-    from geounet.tiling import plan_tiles
+    from geounet.engine.tiling import plan_tiles
 
     scene = write_big_scene(work / "scene.tif", args.size)
     rows = []

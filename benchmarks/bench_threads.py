@@ -6,7 +6,7 @@ Predicts a synthetic scene with the built-in model into Zarr: in this process on
 threaded scheduler (the default since issue 11: one thread per core, cores // threads torch
 threads each) and with one thread x all cores; and under three local clusters: geounet's rule
 (torch threads = cores // (workers x Dask threads), set on each worker by
-geounet.cluster.get_client) with 1 and with 2 worker processes, and an oversubscribed cluster
+geounet.distributed.cluster.get_client) with 1 and with 2 worker processes, and an oversubscribed cluster
 of 2 workers x 2 torch threads each on a 2-core machine (what happens when Dask and torch
 both assume they own every core). Cluster starts are not timed (the client is made first);
 the model is loaded in this process before the in-process rows (a
@@ -29,9 +29,9 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from distributed import Client, LocalCluster
 
-    from geounet.cluster import available_cores, get_client
-    from geounet.inference import get_runner
-    from geounet.pipeline import predict
+    from geounet.distributed.cluster import available_cores, get_client
+    from geounet.engine.inference import get_runner
+    from geounet.run.pipeline import predict
     from geounet.synth import synthesize_scene
 
     cores = available_cores()

@@ -122,7 +122,7 @@ def score(model_path: Path, chips: Path, scratch: Path) -> dict[str, float]:
     import rasterio
 
     from geounet.evaluation import evaluate
-    from geounet.inference import ModelRunner, predict_array
+    from geounet.engine.inference import ModelRunner, predict_array
     from geounet.model import load_checkpoint
 
     model, card = load_checkpoint(model_path)

@@ -78,7 +78,7 @@ def score(model: Path, val: Path, scratch: Path) -> float:
     """Building IoU over the separate chips, each predicted on its own."""
     import rasterio
 
-    from geounet.pipeline import predict
+    from geounet.run.pipeline import predict
 
     scratch.mkdir(parents=True, exist_ok=True)
     inter = union = 0

@@ -5,7 +5,7 @@
    seed 7, which the built-in model never saw in training (it was trained on seeds 100-103)
 3. `geounet segment` with the built-in model: buildings + roads polygons and road centerlines
    in a GeoPackage, and the prediction raster as a COG
-4. a quicklook PNG of the scene with the predicted outlines (geounet.quicklook)
+4. a quicklook PNG of the scene with the predicted outlines (geounet.output.quicklook)
 5. `geounet evaluate` of the prediction against the ground truth
 
 Everything lands in demo-out/; re-running replaces it (--overwrite).
@@ -39,7 +39,7 @@ def run(*args: str) -> float:
 
 
 def main() -> None:
-    from geounet.quicklook import write_quicklook
+    from geounet.output.quicklook import write_quicklook
 
     out = Path("demo-out")
     out.mkdir(exist_ok=True)

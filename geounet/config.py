@@ -24,7 +24,7 @@ BlendWindow = Literal["hann", "spline", "uniform"]
 """Tapered weight windows for blending overlapping same-padding tiles."""
 
 Engine = Literal["torch", "onnxruntime", "openvino", "auto"]
-"""Inference runtime of the forward pass (:mod:`geounet.engines`); ``auto`` picks by the CPU's
+"""Inference runtime of the forward pass (:mod:`geounet.engine.backends`); ``auto`` picks by the CPU's
 instruction sets and the installed packages (docs/engine.md)."""
 
 

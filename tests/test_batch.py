@@ -1,4 +1,4 @@
-"""Tests for geounet.batch and ``geounet batch``: inputs and manifests, failing scenes, the
+"""Tests for geounet.batch.job and ``geounet batch``: inputs and manifests, failing scenes, the
 result table, resume, and object storage (a real S3-compatible server: moto's server mode)."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from geounet import batch
+from geounet.batch import job as batch
 from geounet.cli.main import cli
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
 from test_pipeline import make_checkpoint
@@ -155,8 +155,8 @@ def test_failing_chunk_keeps_completed_chunks_for_resume(
 ) -> None:
     """A read that keeps failing with an I/O error (not the user's fault) fails that scene
     only; its completed chunks stay for ``resume``, which then finishes it."""
-    from geounet import inference, raster
-
+    from geounet import raster
+    from geounet.engine import inference
     a = make_scene(150, 173, seed=1, name="a.tif")
     b = make_scene(120, 100, seed=2, name="b.tif")
     calls = {"n": 0}
@@ -282,7 +282,6 @@ def test_s3_round_trip(make_scene: Callable[..., Path], tmp_path: Path, model: P
     import xarray as xr
 
     from geounet import objectstore
-
     scene = make_scene(150, 173, seed=4, name="tile.tif")
     cog = tmp_path / "cog" / "tile.tif"
     cog.parent.mkdir()
@@ -345,8 +344,8 @@ def test_scenes_interleave_on_one_cluster_within_the_window(
     are in flight."""
     from distributed import get_task_stream
 
-    from geounet.cluster import in_process_client
-    from geounet.inference import clear_runner_cache, runner_load_count
+    from geounet.distributed.cluster import in_process_client
+    from geounet.engine.inference import clear_runner_cache, runner_load_count
 
     scenes = [make_scene(100, 120, seed=i, name=f"s{i}.tif") for i in range(3)]
     in_flight = {"now": 0, "max": 0}
@@ -410,7 +409,7 @@ def test_same_padding_batch_blends_seams_like_predict(
     between chunks (second round per scene) before finishing the scene; each scene's store
     equals `predict`'s bit for bit, also when interrupted between the rounds and resumed."""
     from geounet.output import open_prediction
-    from geounet.pipeline import predict
+    from geounet.run.pipeline import predict
 
     same = make_checkpoint(tmp_path_factory.mktemp("same") / "same.pt", "same")
     scenes = [make_scene(150, 173, seed=1, name="a.tif"), make_scene(100, 120, seed=2,
@@ -426,8 +425,7 @@ def test_same_padding_batch_blends_seams_like_predict(
             open_prediction(tmp_path / "out" / f"{scene.stem}.zarr").probabilities.values,
             open_prediction(ref).probabilities.values)
 
-    from geounet import pipeline
-
+    from geounet.run import pipeline
     def interrupted(task: Any) -> Any:
         raise Interrupt
 

@@ -1,11 +1,11 @@
-"""Tests for geounet.blend: tapered windows and normalized weighted accumulation."""
+"""Tests for geounet.engine.blend: tapered windows and normalized weighted accumulation."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
-from geounet.blend import BlendAccumulator, weight_window
+from geounet.engine.blend import BlendAccumulator, weight_window
 from geounet.errors import InputError
 
 

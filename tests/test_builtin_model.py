@@ -17,7 +17,7 @@ TRAINING_SEEDS = (100, 101, 102, 103)
 def test_checkpoint_is_packaged_and_small() -> None:
     assert WEIGHTS.is_file(), "run `make model` to build geounet/weights/builtin.pt"
     assert WEIGHTS.stat().st_size < 8 * 2**20
-    from geounet.inference import default_model_path
+    from geounet.engine.inference import default_model_path
 
     assert default_model_path() == WEIGHTS  # what predict/segment use without --model
 

@@ -231,8 +231,7 @@ def test_missing_engine_is_one_line_naming_the_extra(
 ) -> None:
     """--engine openvino without the package: one line naming `pip install geounet[openvino]`,
     before any work (nothing written)."""
-    from geounet import engines
-
+    from geounet.engine import backends as engines
     monkeypatch.setattr(engines, "engine_installed", lambda name: name == "torch")
     scene = make_scene(70, 60)
     before = sorted(p.name for p in tmp_path.iterdir())

@@ -21,7 +21,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from geounet import cluster, pipeline
+from geounet.distributed import cluster
+
+from geounet.run import pipeline
 from geounet.cli.main import cli
 from geounet.errors import ClusterError, InputError, TransientError
 from geounet.testing import write_scene
@@ -99,8 +101,8 @@ def test_segment_through_scheduler_equals_local_with_relative_paths_and_builtin_
     import torch
     from distributed import Client
 
-    from geounet.inference import BUILTIN_MODEL, runner_load_count
-    from geounet.worker import file_sha256, shipped_models
+    from geounet.engine.inference import BUILTIN_MODEL, runner_load_count
+    from geounet.distributed.worker import file_sha256, shipped_models
 
     monkeypatch.chdir(tmp_path)
     Path("s").mkdir()
@@ -304,8 +306,8 @@ def test_batch_through_scheduler_ships_the_model_and_equals_in_process(
     batch."""
     from distributed import Client
 
-    from geounet import batch
-    from geounet.worker import file_sha256, shipped_models
+    from geounet.batch import job as batch
+    from geounet.distributed.worker import file_sha256, shipped_models
     from test_pipeline import make_checkpoint
 
     # a model no other test ships: its presence on the workers comes from this batch alone

@@ -1,4 +1,4 @@
-"""Tests for geounet.fitting: parsing ``rescale``, planning warps and value maps."""
+"""Tests for geounet.raster.fitting: parsing ``rescale``, planning warps and value maps."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from geounet.errors import IncompatibleSceneError, InputError
-from geounet.fitting import RescaleSpec, parse_rescale, plan_resample, plan_rescale
+from geounet.raster.fitting import RescaleSpec, parse_rescale, plan_resample, plan_rescale
 from geounet.model import ModelCard, UNetConfig
 from geounet.raster import open_scene, read_window
 

@@ -16,7 +16,7 @@ import pytest
 import rasterio
 
 from geounet.evaluation import evaluate
-from geounet.pipeline import segment
+from geounet.run.pipeline import segment
 from geounet.synth import synthesize_scene
 from geounet.testing import regrid
 
@@ -94,7 +94,7 @@ def test_geographic_evaluate_with_metre_tolerance_equals_utm(scenes) -> None:
 def test_rotated_zarr_reproduces_every_pixel_coordinate(scenes) -> None:
     from affine import Affine
 
-    from geounet.prediction import PredictionReader
+    from geounet.output.prediction import PredictionReader
 
     ds = _open(scenes["rot"]["zarr"])
     with rasterio.open(scenes["rot"]["scene"]) as src:

@@ -1,4 +1,4 @@
-"""Tests for geounet.inference: exact tiled inference, blending, nodata, runner, precision."""
+"""Tests for geounet.engine.inference: exact tiled inference, blending, nodata, runner, precision."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import torch
 
 from geounet.errors import DeviceError, InputError
 from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
-from geounet.inference import (
+from geounet.engine.inference import (
     ModelRunner,
     classify,
     clear_runner_cache,
@@ -26,7 +26,7 @@ from geounet.inference import (
     runner_load_count,
 )
 from geounet.raster import open_scene, read_window
-from geounet.tiling import plan_tiles
+from geounet.engine.tiling import plan_tiles
 
 CLASSES = ("background", "buildings", "roads")
 
@@ -305,9 +305,8 @@ def test_get_runner_bands_share_the_loaded_model(tmp_path: Path,
 
 def test_default_model_is_the_builtin_checkpoint(tmp_path: Path,
                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    from geounet import inference
-    from geounet import runner as runner_module
-
+    from geounet.engine import inference
+    from geounet.engine import runner as runner_module
     monkeypatch.setattr(runner_module, "BUILTIN_MODEL", tmp_path / "weights" / "builtin.pt")
     with pytest.raises(InputError, match="--model"):
         inference.default_model_path()

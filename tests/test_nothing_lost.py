@@ -18,7 +18,9 @@ import numpy as np
 import pytest
 import rasterio
 
-from geounet import output, pipeline
+from geounet import output
+
+from geounet.run import pipeline
 from geounet.errors import OutputExistsError, PredictionKeptError
 from geounet.synth import synthesize_scene
 
@@ -29,7 +31,7 @@ FAST = {"client": "threads", "precision": "fp32", "chunk_size": 64}
 # through a marker file, so the SIGINT lands during vectorization every time.
 CHILD = """
 import pathlib, signal, sys, time
-import geounet.prediction as prediction
+import geounet.output.prediction as prediction
 
 # Ctrl-C as a terminal delivers it: a test run started as a background job (`cmd &` in a
 # script) passes SIGINT on ignored, and the child would never see it
@@ -207,7 +209,7 @@ def test_kept_for_resume_error_keeps_its_class_and_attributes(tmp_path: Path) ->
     """The hint is added to the message; the error stays the same class with its attributes
     (e.g. a TransientError's cause details), and names the kept store."""
     from geounet.errors import TransientError
-    from geounet.runstore import _keep_for_resume
+    from geounet.run.store import _keep_for_resume
 
     error = TransientError("read failed")
     error.chunk = (0, 512)  # type: ignore[attr-defined]

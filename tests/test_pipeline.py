@@ -1,4 +1,4 @@
-"""Tests for geounet.pipeline: exactness against whole-scene inference, chunk/scheduler
+"""Tests for geounet.run.pipeline: exactness against whole-scene inference, chunk/scheduler
 invariance, georeferencing, nodata skipping, validation before work, overwrite and resume."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import rasterio
 
-from geounet import pipeline
+from geounet.run import pipeline
 from geounet.errors import (
     DeviceError,
     GeoreferenceError,
@@ -254,7 +254,7 @@ def test_bad_inputs_fail_early_and_leave_nothing(
         kwargs["bands"] = (1, 2)
     elif case == "no_model":
         model = None
-        monkeypatch.setattr("geounet.runner.BUILTIN_MODEL", tmp_path / "none.pt")
+        monkeypatch.setattr("geounet.engine.runner.BUILTIN_MODEL", tmp_path / "none.pt")
     elif case == "truncated":
         data = scene.read_bytes()
         scene.write_bytes(data[: len(data) * 2 // 3])
@@ -388,8 +388,8 @@ def test_bad_input_found_mid_run_keeps_completed_chunks(
     """A GeounetError inside a task (e.g. a block that cannot be decoded) stops the run at once
     (no retry) but keeps the completed chunks under the temporary name only, and the error
     says how to resume; the resumed run computes only the missing chunks."""
-    from geounet import inference, raster
-
+    from geounet import raster
+    from geounet.engine import inference
     scene = make_scene(150, 173)
     calls = []
 
@@ -448,8 +448,7 @@ def test_chunk_tasks_carry_windows_not_pixels(make_scene: Callable[..., Path], t
     the scene size (paths and windows, never scene-sized arrays)."""
     import cloudpickle
 
-    from geounet import cluster
-
+    from geounet.distributed import cluster
     sizes: dict[str, list[int]] = {}
     real_run_tasks = cluster.run_tasks
 
@@ -537,9 +536,9 @@ def test_same_padding_seam_exchange_in_the_pipeline(tmp_path: Path,
     """Issue 11: the pipeline runs each tile once and exchanges seams between chunks; the
     store is bit-identical across chunk sizes and schedulers and to blending, chunk by chunk,
     every tile touching the chunk; the kept tile outputs leave with the bookkeeping."""
-    from geounet.inference import get_runner, predict_chunk
+    from geounet.engine.inference import get_runner, predict_chunk
     from geounet.raster import open_scene
-    from geounet.tiling import plan_tiles
+    from geounet.engine.tiling import plan_tiles
 
     scene = _scene_with_holes(tmp_path / "holes.tif")
     outs = []

@@ -1,4 +1,4 @@
-"""Tests for geounet.quicklook: size, outlines where the polygons are, CRS, nodata, outputs."""
+"""Tests for geounet.output.quicklook: size, outlines where the polygons are, CRS, nodata, outputs."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import rasterio
 from shapely.geometry import LineString, box
 
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
-from geounet.quicklook import LAYER_COLORS, quicklook_shape, write_quicklook
+from geounet.output.quicklook import LAYER_COLORS, quicklook_shape, write_quicklook
 
 ORIGIN = (500_000.0, 5_000_000.0)  # write_scene's default upper-left corner, 0.5 m pixels
 

@@ -365,7 +365,7 @@ def test_rpc_only_scene_is_described_as_such(tmp_path: Path) -> None:
 def test_warped_windows_equal_the_whole_warped_read(
     make_scene: Callable[..., Path], scale: float
 ) -> None:
-    from geounet.fitting import warp_to_pixel_size
+    from geounet.raster.fitting import warp_to_pixel_size
 
     path = make_scene(301, 257, pixel_size=0.5, nodata=0, nodata_border=6, seed=4)
     info = warp_to_pixel_size(open_scene(path), 0.5 * scale)

@@ -249,7 +249,9 @@ def test_warped_rescaled_run_is_chunk_exact_and_resumable(tmp_path: Path) -> Non
     the run record, which survives its JSON round trip (so --resume accepts the same run)."""
     import xarray as xr
 
-    from geounet import output, pipeline
+    from geounet import output
+
+    from geounet.run import pipeline
     from geounet.testing import write_scene
 
     scene = write_scene(tmp_path / "s.tif", 300, 280, dtype="uint16", pixel_size=0.2, seed=5)

@@ -1,4 +1,4 @@
-"""Tests for geounet.tiling: the global grid is pure geometry, cores partition, tiles cover."""
+"""Tests for geounet.engine.tiling: the global grid is pure geometry, cores partition, tiles cover."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 
 from geounet.errors import TileSizeError
 from geounet.model import UNetConfig
-from geounet.tiling import (
+from geounet.engine.tiling import (
     TileGrid,
     default_tile_size,
     model_pixels_per_output_pixel,

@@ -247,7 +247,7 @@ def test_uint16_scene_trained_and_segmented_end_to_end(tmp_path):
     gpkg, store = tmp_path / "o.gpkg", tmp_path / "pred.zarr"
     geounet.segment(scene.scene_path, gpkg, raster_out=store, model=result.best_path,
                     chunk_size=64, tile_size=104, probability_dtype="float32",
-                    client="synchronous")
+                    precision="fp32", client="synchronous")  # fp32 like the reference below
     assert gpkg.exists()
     probs = np.asarray(zarr.open_group(str(store), mode="r")["probabilities"][:])
     # manual whole-scene forward on (x - mean) / std, mirrored by the valid net's halo

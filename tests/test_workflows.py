@@ -16,7 +16,7 @@ from typing import Any, Callable, Iterator
 import numpy as np
 import pytest
 
-from geounet import batch
+from geounet.batch import job as batch
 from test_pipeline import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]

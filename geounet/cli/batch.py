@@ -48,7 +48,7 @@ def batch(ctx: click.Context, scenes: tuple[str, ...], out_dir: str, **kwargs: A
 
         geounet batch --manifest scenes.csv --out-dir s3://bucket/run1 --raster zarr --resume
     """
-    from geounet.batch import run_batch
+    from geounet.batch.job import run_batch
     from geounet.cli.progress import progress_for
 
     vectorize_options = {key: kwargs.pop(key) for key in options.VECTORIZE_KEYWORDS}

@@ -232,7 +232,7 @@ def _rescale(ctx: click.Context, param: click.Parameter, value: str | None) -> s
     if value is None:
         return None
     from geounet.errors import InputError
-    from geounet.fitting import parse_rescale
+    from geounet.raster.fitting import parse_rescale
 
     try:
         parse_rescale(value)

@@ -24,7 +24,7 @@ def predict(ctx: click.Context, scene: str, out: str, **kwargs: Any) -> None:
         geounet predict scene.tif --out pred.zarr --model model.pt
     """
     from geounet.cli.progress import progress_for
-    from geounet.pipeline import predict as run_predict
+    from geounet.run.pipeline import predict as run_predict
 
     client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:

@@ -33,7 +33,7 @@ def segment(
         geounet segment scene.tif --out objects.gpkg --model model.pt --raster-out pred.tif
     """
     from geounet.cli.progress import progress_for
-    from geounet.pipeline import segment as run_segment
+    from geounet.run.pipeline import segment as run_segment
 
     vectorize_options = {key: kwargs.pop(key) for key in options.VECTORIZE_KEYWORDS}
     client = options.pop_client(kwargs)

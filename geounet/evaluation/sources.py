@@ -46,13 +46,13 @@ class Grid:
 
 class _RasterSource:
     """A class-mask raster read window by window through the shared
-    :class:`geounet.prediction.PredictionReader` (GeoTIFF band 1, COG, Zarr ``mask``)."""
+    :class:`geounet.output.prediction.PredictionReader` (GeoTIFF band 1, COG, Zarr ``mask``)."""
 
     def __init__(self, path: Path) -> None:
         from affine import Affine
         from rasterio.crs import CRS
 
-        from geounet.prediction import PredictionReader
+        from geounet.output.prediction import PredictionReader
 
         self.path = path
         self._reader = PredictionReader(path, require_crs=False)
@@ -88,7 +88,7 @@ class _VectorSource:
         self.grid: Grid | None = None
 
     def attach(self, grid: Grid) -> None:
-        from geounet.labels import load_label_shapes
+        from geounet.raster.labels import load_label_shapes
 
         self.grid = grid
         self.shapes = load_label_shapes(self.path, grid.crs, class_layers=self.class_layers,
@@ -102,7 +102,7 @@ class _VectorSource:
         from rasterio.windows import transform as window_transform
         from shapely.geometry import box
 
-        from geounet.labels import ClassShapes, rasterize_shapes
+        from geounet.raster.labels import ClassShapes, rasterize_shapes
 
         transform = window_transform(Window(x0, y0, width, height), self.grid.transform)
         window = box(*_footprint(height, width, transform))

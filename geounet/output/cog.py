@@ -35,7 +35,7 @@ CLASS_COLOURS: dict[str, tuple[int, int, int]] = {
     "roads": (255, 220, 0),
 }
 """Display colours of known classes in the COG's colour table (others get a fixed palette);
-the same as the quicklook's outlines (``geounet.quicklook.LAYER_COLORS``)."""
+the same as the quicklook's outlines (``geounet.output.quicklook.LAYER_COLORS``)."""
 _PALETTE = ((31, 119, 180), (44, 160, 44), (148, 103, 189), (140, 86, 75), (227, 119, 194),
             (127, 127, 127), (188, 189, 34), (23, 190, 207))
 

@@ -12,7 +12,7 @@ outside part is filled with numpy by index mirroring.
 A scene may be a *view* of its file: :class:`Warp` (a GDAL WarpedVRT at the model's pixel size,
 or the grid of a GCP-georeferenced scene) and :class:`Rescale` (values mapped into the model's
 range). Both are plain values in :class:`SceneInfo`, so tasks pickle them and open the view
-themselves; :mod:`geounet.fitting` decides them.
+themselves; :mod:`geounet.raster.fitting` decides them.
 
 The package's modules, one job each: :mod:`~geounet.raster.scene` (opening a scene, its
 metadata and views, the GDAL settings of a read), :mod:`~geounet.raster.window` (reading a
@@ -24,7 +24,7 @@ scenes are opened (sidecars, directory listing): :mod:`~geounet.raster.scene`.
 from __future__ import annotations
 
 from geounet.raster.mirror import MIRROR_MODE, mirror_indices, mirror_pad
-from geounet.raster.scene import (  # noqa: F401  (_resampling re-exported for geounet.fitting)
+from geounet.raster.scene import (  # noqa: F401  (_resampling re-exported for geounet.raster.fitting)
     MIN_CACHE_BYTES,
     REMOTE_PREFIXES,
     Rescale,

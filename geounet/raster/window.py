@@ -200,7 +200,7 @@ def read_window(
                 data = info.rescale.apply(data, bands)
     except RasterioError as exc:
         close_datasets()
-        if is_remote(info.path):  # a network read may pass: retried (geounet.cluster)
+        if is_remote(info.path):  # a network read may pass: retried (geounet.distributed.cluster)
             raise TransientError(
                 f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
                 f"({exc}); a remote read that may pass on retry."

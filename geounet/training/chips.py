@@ -1,6 +1,6 @@
 """Cut a scene and vector labels into georeferenced training chips with a spatially blocked split.
 
-Label rasterization lives in :mod:`geounet.labels` (shared with :mod:`geounet.evaluation`);
+Label rasterization lives in :mod:`geounet.raster.labels` (shared with :mod:`geounet.evaluation`);
 its names are re-exported here for older imports.
 """
 
@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from geounet.errors import GeoreferenceError, InputError, LabelError, OutputExistsError
-from geounet.labels import (  # noqa: F401  (re-exported)
+from geounet.raster.labels import (  # noqa: F401  (re-exported)
     DEFAULT_CLASS_LAYERS,
     ClassShapes,
     _check_class_layers,

@@ -12,7 +12,7 @@ from typing import Any
 import numpy as np
 
 from geounet.errors import InputError, LabelError
-from geounet.labels import VECTOR_SUFFIXES
+from geounet.raster.labels import VECTOR_SUFFIXES
 from geounet.training.chips import CHIPS_META, NODATA
 from geounet.training.pairing import RASTER_SUFFIXES
 from geounet.training.record import ChipRecord

@@ -22,7 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from geounet.errors import InputError, LabelError
-from geounet.labels import VECTOR_SUFFIXES
+from geounet.raster.labels import VECTOR_SUFFIXES
 from geounet.training.chips import NODATA, SPLIT_FILE
 from geounet.training.coding import (  # noqa: F401  (constants re-exported)
     DEFAULT_FOREGROUND,

@@ -41,7 +41,7 @@ def output_paths(out: str | os.PathLike[str]) -> dict[str, Path]:
 def _autocast_dtype(precision: str, device: Any) -> Any:
     """Autocast dtype of a training step (None = fp32).
 
-    Unlike inference (:func:`geounet.runner.resolve_precision`), ``auto`` stays fp32 on
+    Unlike inference (:func:`geounet.engine.runner.resolve_precision`), ``auto`` stays fp32 on
     CPU: bf16 autocast made training about 10x slower on the project CPU (docs/training.md).
     """
     import torch
@@ -261,7 +261,7 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
     """Open the chips and build the card, model, datasets, optimizer and schedulers."""
     import torch
 
-    from geounet.runner import resolve_device
+    from geounet.engine.runner import resolve_device
     from geounet.model import UNet
     from geounet.training.dataset import compute_stats, warn_if_unbalanced
     from geounet.training.layout import open_dataset

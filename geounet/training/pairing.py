@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geounet.labels import VECTOR_SUFFIXES
+from geounet.raster.labels import VECTOR_SUFFIXES
 from geounet.training.chips import CHIPS_META
 
 RASTER_SUFFIXES = (".tif", ".tiff", ".png", ".jpg", ".jpeg", ".jp2")

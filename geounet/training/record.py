@@ -71,13 +71,13 @@ def read_target(rec: ChipRecord, img: Any, window: Any = None) -> np.ndarray:
     """The class mask (uint8, 255 nodata) of ``rec`` over ``window`` of its open image ``img``.
 
     Raster masks are read and decoded (:func:`decode_mask`); vector labels are burnt onto the
-    image's grid (:func:`geounet.labels.rasterize_file`), so masks without georeferencing and
+    image's grid (:func:`geounet.raster.labels.rasterize_file`), so masks without georeferencing and
     labels in any CRS line up with the image.
     """
     import rasterio
     from rasterio.windows import Window
 
-    from geounet.labels import VECTOR_SUFFIXES, rasterize_file
+    from geounet.raster.labels import VECTOR_SUFFIXES, rasterize_file
 
     if window is None:
         window = Window(0, 0, img.width, img.height)

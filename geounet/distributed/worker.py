@@ -1,6 +1,6 @@
 """Worker-side state of geounet: which checkpoints were shipped to this process, and where.
 
-:func:`geounet.cluster.ship_model` registers a worker plugin carrying a checkpoint's bytes; on
+:func:`geounet.distributed.cluster.ship_model` registers a worker plugin carrying a checkpoint's bytes; on
 each worker the plugin writes them once into the worker's local directory under their SHA-256
 (:func:`file_sha256`, from :mod:`geounet.model.checkpoint`) and records the copy here
 (:func:`register_shipped`). A task's runner then loads

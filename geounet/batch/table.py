@@ -3,7 +3,7 @@
 A scene finished by a run leaves a done record (``_geounet_batch/NAME.json``: its run
 settings and row) under the output folder, written last; a resumed batch skips the scene when
 its settings and outputs are unchanged (:func:`_skip_finished`). Re-exported by
-:mod:`geounet.batch`.
+:mod:`geounet.batch.job`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Inference engines behind :class:`geounet.runner.ModelRunner`: PyTorch, ONNX Runtime, OpenVINO.
+"""Inference engines behind :class:`geounet.engine.runner.ModelRunner`: PyTorch, ONNX Runtime, OpenVINO.
 
 The runner normalizes, batches, crops and blends; an engine only turns a normalized float32
 batch ``(N, C, H, W)`` into logits ``(N, K, h, w)``. PyTorch is the runner's own path; the two

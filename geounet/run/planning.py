@@ -3,7 +3,7 @@
 :func:`plan_prediction` finds every user mistake before any pixel is read or the model runs
 (ARCHITECTURE data flow step 1) and records what identifies the run for ``resume`` (scene and
 model fingerprints, sizes, the fit of the scene to the model). Re-exported by
-:mod:`geounet.pipeline`, which runs the plan.
+:mod:`geounet.run.pipeline`, which runs the plan.
 """
 
 from __future__ import annotations
@@ -17,14 +17,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.cluster import SchedulerLike
+from geounet.distributed.cluster import SchedulerLike
 from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 from geounet.errors import GeoreferenceError, InputError, TileSizeError
 
 if TYPE_CHECKING:
     from geounet.model import ModelCard
     from geounet.raster import SceneInfo
-    from geounet.tiling import TileGrid
+    from geounet.engine.tiling import TileGrid
 
 
 @dataclass(frozen=True)
@@ -37,7 +37,7 @@ class RunnerSpec:
     bands: tuple[int, ...] | None = None
     engine: Engine = "torch"
     model_sha256: str | None = None
-    """The checkpoint's content hash: workers load the copy shipped under it (geounet.worker)."""
+    """The checkpoint's content hash: workers load the copy shipped under it (geounet.distributed.worker)."""
 
 
 @dataclass(frozen=True)
@@ -56,7 +56,7 @@ class Plan:
 def runs_here(client: SchedulerLike) -> bool:
     """Whether tasks run on this machine (local cluster or in-process), not a remote scheduler
     (given, or set in ``DASK_SCHEDULER_ADDRESS``)."""
-    from geounet.cluster import configured_address, is_in_process
+    from geounet.distributed.cluster import configured_address, is_in_process
 
     if client is None:
         return configured_address() is None
@@ -65,7 +65,7 @@ def runs_here(client: SchedulerLike) -> bool:
 
 def _check_device(device: str, precision: Precision) -> None:
     """Raise DeviceError now, not in a task, when this machine cannot run ``device``/``precision``."""
-    from geounet.runner import resolve_device, resolve_precision
+    from geounet.engine.runner import resolve_device, resolve_precision
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
@@ -74,8 +74,8 @@ def _check_device(device: str, precision: Precision) -> None:
 
 def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
     """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
-    from geounet.engines import resolve_engine
-    from geounet.runner import resolve_device, resolve_precision
+    from geounet.engine.backends import resolve_engine
+    from geounet.engine.runner import resolve_device, resolve_precision
 
     torch_device = resolve_device(device)
     with warnings.catch_warnings():
@@ -131,7 +131,7 @@ def _model_fingerprint(path: Path) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    from geounet.worker import file_sha256
+    from geounet.distributed.worker import file_sha256
 
     return file_sha256(path)
 
@@ -165,7 +165,7 @@ def plan_prediction(
 
     ``check_device=False`` skips checking that this machine has the device (for a remote
     scheduler whose workers have GPUs this machine lacks). ``resample``/``resampling`` and
-    ``rescale`` fit the scene to the model card (:mod:`geounet.fitting`): the planned scene
+    ``rescale`` fit the scene to the model card (:mod:`geounet.raster.fitting`): the planned scene
     may be a warped view at the card's pixel size, and its values may be mapped into the
     card's range (percentile and bit-depth rescales read a sample of windows, nothing else
     reads pixels).
@@ -175,8 +175,8 @@ def plan_prediction(
     SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
     DeviceError, InputError
     """
-    from geounet.runner import default_model_path
-    from geounet.tiling import plan_tiles
+    from geounet.engine.runner import default_model_path
+    from geounet.engine.tiling import plan_tiles
 
     _check_settings(precision, probability_dtype, threshold, check_device, device, engine)
     info = _open_placed_scene(scene, allow_no_crs)
@@ -285,7 +285,7 @@ def _load_card(model_path: Path, bands: tuple[int, ...] | None
 def _fit_scene(info: SceneInfo, card: ModelCard, resample: ResampleMode,
                resampling: Resampling, rescale: str | tuple[float, float] | None) -> SceneInfo:
     """The scene as the model reads it: warped to its pixel size, values mapped into its range."""
-    from geounet.fitting import plan_resample, plan_rescale
+    from geounet.raster.fitting import plan_resample, plan_rescale
 
     if max(card.bands) <= info.count:  # else check_scene names the band problem
         info = plan_resample(info, card.pixel_size, resample, resampling=resampling)

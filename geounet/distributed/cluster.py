@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, Union, get_args
 
 from geounet.errors import ClusterError, GeounetError, InputError, TransientError
-from geounet.versioncheck import VERSION_PACKAGES, check_versions  # noqa: F401 - re-exported
+from geounet.distributed.versions import VERSION_PACKAGES, check_versions  # noqa: F401 - re-exported
 
 if TYPE_CHECKING:
     from distributed import Client
@@ -343,7 +343,7 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
 
     On a ``distributed.Client`` its bytes go to each worker once, by a worker plugin that also
     sets the worker's torch threads (workers joining later get it too); tasks then load the
-    copy named by the returned SHA-256 (:func:`geounet.worker.model_path`). In-process
+    copy named by the returned SHA-256 (:func:`geounet.distributed.worker.model_path`). In-process
     schedulers read ``path`` directly. Registering the same model again is free.
 
     Returns
@@ -351,7 +351,7 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
     str
         The checkpoint's SHA-256 (hex).
     """
-    from geounet.worker import file_sha256
+    from geounet.distributed.worker import file_sha256
 
     sha256 = sha256 or file_sha256(path)
     if isinstance(on, str):
@@ -406,7 +406,7 @@ def _host_threads(identity: dict[str, Any], host: str) -> int:
 
 def _make_plugin_class() -> type:
     """Build :class:`GeounetPlugin` on first use, so importing this module does not import
-    ``distributed`` (the class pickles by reference as ``geounet.cluster.GeounetPlugin``)."""
+    ``distributed`` (the class pickles by reference as ``geounet.distributed.cluster.GeounetPlugin``)."""
     from distributed.diagnostics.plugin import WorkerPlugin
 
     class GeounetPlugin(WorkerPlugin):
@@ -428,7 +428,7 @@ def _make_plugin_class() -> type:
         async def setup(self, worker: Any) -> None:
             from pathlib import Path
 
-            from geounet.worker import file_sha256, register_shipped
+            from geounet.distributed.worker import file_sha256, register_shipped
 
             folder = Path(worker.local_directory) / "geounet-models"
             folder.mkdir(parents=True, exist_ok=True)
@@ -569,7 +569,7 @@ def run_tasks(
 def in_process_client(threads: int = 1) -> Iterator[Client]:
     """A ``distributed.Client`` on a one-worker cluster inside this process (``threads``
     threads): what ``"threads"``/``"synchronous"`` mean where futures are needed
-    (:func:`geounet.batch.run_batch`). For tests and debugging."""
+    (:func:`geounet.batch.job.run_batch`). For tests and debugging."""
     from distributed import Client, LocalCluster
 
     with LocalCluster(n_workers=1, threads_per_worker=max(1, threads), processes=False,

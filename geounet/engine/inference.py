@@ -4,7 +4,7 @@ The engine core of seamless tiled inference. :func:`compute_chunk` (each tile of
 once) and :func:`blend_seams` (same padding) are what the pipeline runs per chunk;
 :func:`predict_chunk` gives one chunk's result on its own; :func:`predict_array` is the
 whole-scene reference the tiled result is checked against. The per-process model
-(:func:`get_runner`, loaded once) lives in :mod:`geounet.runner` and is re-exported here.
+(:func:`get_runner`, loaded once) lives in :mod:`geounet.engine.runner` and is re-exported here.
 
 Examples
 --------
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geounet.blend import DEFAULT_WINDOW, BlendAccumulator, TilePiece, weight_window
+from geounet.engine.blend import DEFAULT_WINDOW, BlendAccumulator, TilePiece, weight_window
 from geounet.config import NODATA_CLASS, BlendWindow
 from geounet.errors import InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
-from geounet.runner import (  # re-exported: the runner is part of this module's face
+from geounet.engine.runner import (  # re-exported: the runner is part of this module's face
     BUILTIN_MODEL,
     ModelRunner,
     clear_runner_cache,
@@ -38,7 +38,7 @@ from geounet.runner import (  # re-exported: the runner is part of this module's
     resolve_precision,
     runner_load_count,
 )
-from geounet.tiling import ChunkWindow, Rect, TileGrid, TileWindow, clip_rect
+from geounet.engine.tiling import ChunkWindow, Rect, TileGrid, TileWindow, clip_rect
 
 __all__ = [
     "BUILTIN_MODEL",
@@ -274,7 +274,7 @@ def predict_chunk(
     ----------
     info : the scene.
     chunk : one of ``grid.chunks()``.
-    grid : from :func:`~geounet.tiling.plan_tiles` for ``runner.config``.
+    grid : from :func:`~geounet.engine.tiling.plan_tiles` for ``runner.config``.
     runner : from :func:`get_runner`.
     batch_size : tiles per forward pass (1 is best on CPU; larger on a GPU).
     window : blending window for same-padding models.

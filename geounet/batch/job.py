@@ -15,8 +15,8 @@ Outputs under ``out_dir`` for a scene ``NAME.tif``: ``NAME.gpkg`` (local) or
 
 This module is the run: :func:`run_batch` and its client-side job (:class:`_BatchJob`: lazy
 planning, the in-flight window, a scene's failure or completion). The inputs are
-:mod:`geounet.batch_inputs`, the finish task and a scene's outputs :mod:`geounet.batch_finish`,
-the result table and done records :mod:`geounet.batch_table`; their public names are
+:mod:`geounet.batch.inputs`, the finish task and a scene's outputs :mod:`geounet.batch.finish`,
+the result table and done records :mod:`geounet.batch.table`; their public names are
 importable from here too (``FinishTask``/``finish_scene`` included).
 """
 
@@ -35,14 +35,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from geounet import objectstore
-from geounet.batch_finish import FinishTask, _check_outputs_free, finish_scene
-from geounet.batch_inputs import (  # noqa: F401 - re-exported
+from geounet.batch.finish import FinishTask, _check_outputs_free, finish_scene
+from geounet.batch.inputs import (  # noqa: F401 - re-exported
     MANIFEST_SUFFIXES,
     _check_names,
     resolve_scenes,
     scene_name,
 )
-from geounet.batch_table import (  # noqa: F401 - re-exported
+from geounet.batch.table import (  # noqa: F401 - re-exported
     DONE_DIR,
     TABLE_NAMES,
     BatchResult,
@@ -52,7 +52,7 @@ from geounet.batch_table import (  # noqa: F401 - re-exported
     _skip_finished,
     _write_tables,
 )
-from geounet.cluster import SchedulerLike
+from geounet.distributed.cluster import SchedulerLike
 from geounet.config import (
     BatchRaster,
     Engine,
@@ -64,11 +64,11 @@ from geounet.config import (
     choices,
 )
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
-from geounet.pipeline import ProgressCallback
-from geounet.planning import _check_vectorize_options, runs_here
+from geounet.run.pipeline import ProgressCallback
+from geounet.run.planning import _check_vectorize_options, runs_here
 
 if TYPE_CHECKING:
-    from geounet.pipeline import Plan
+    from geounet.run.pipeline import Plan
     from geounet.output import StoreSpec
 
 log = logging.getLogger(__name__)
@@ -108,7 +108,7 @@ def _default_work_dir(out_dir: str) -> str:
 @contextlib.contextmanager
 def _cluster(client: SchedulerLike, workers: int | None, device: str) -> Iterator[Any]:
     """A ``distributed.Client`` for the whole job; ``threads``/``synchronous`` run in-process."""
-    from geounet.cluster import in_process_client, scheduler
+    from geounet.distributed.cluster import in_process_client, scheduler
 
     if isinstance(client, str) and client in ("threads", "synchronous"):
         with in_process_client((workers or 1) if client == "threads" else 1) as made:
@@ -321,7 +321,7 @@ class _BatchJob:
 
     def run(self, on: Any, window: int | None) -> None:
         """Run every scene on the client ``on`` with at most ``window`` tasks in flight."""
-        from geounet.cluster import completion_queue
+        from geounet.distributed.cluster import completion_queue
 
         self.on = on
         if window is None:
@@ -344,8 +344,8 @@ class _BatchJob:
 
     def _fill(self) -> None:
         """Submit tasks until ``window`` are in flight or no scene has any left."""
-        from geounet.cluster import DEFAULT_RETRY
-        from geounet.pipeline import run_chunk_task
+        from geounet.distributed.cluster import DEFAULT_RETRY
+        from geounet.run.pipeline import run_chunk_task
 
         while len(self.inflight) < self.window:
             item = next(self.source, None)
@@ -363,8 +363,8 @@ class _BatchJob:
     def _after_chunks(self, job: _Scene) -> None:
         """Every chunk of the scene ran its tiles: blend the seams left between its chunks
         (same padding: one task per chunk with seams), else submit its finish."""
-        from geounet.cluster import DEFAULT_RETRY
-        from geounet.pipeline import run_seams_task, seam_tasks
+        from geounet.distributed.cluster import DEFAULT_RETRY
+        from geounet.run.pipeline import run_seams_task, seam_tasks
 
         seams = seam_tasks(job.plan.grid, job.store, self.threshold)
         if not seams:
@@ -393,7 +393,7 @@ class _BatchJob:
 
     def _settle(self, future: Any) -> None:
         """Take one finished task: its scene fails, counts a chunk, or is done."""
-        from geounet.cluster import TaskFailure
+        from geounet.distributed.cluster import TaskFailure
 
         job, kind = self.inflight.pop(future)
         job.futures.discard(future)
@@ -420,8 +420,8 @@ class _BatchJob:
     def _tasks(self) -> Iterator[tuple[_Scene, Any]]:
         """(scene, chunk task or None for 'finish now'), planning each scene lazily."""
         from geounet import output
-        from geounet.cluster import ship_model
-        from geounet.pipeline import ChunkTask
+        from geounet.distributed.cluster import ship_model
+        from geounet.run.pipeline import ChunkTask
 
         for index, (scene, name) in enumerate(self.scenes):
             job = self._plan(index, scene, name)
@@ -444,7 +444,7 @@ class _BatchJob:
 
     def _plan(self, index: int, scene: str, name: str) -> _Scene | None:
         """Plan one scene and open its store; None (and a row) if it is skipped or failed."""
-        from geounet.pipeline import plan_prediction
+        from geounet.run.pipeline import plan_prediction
 
         started = time.perf_counter()
         try:
@@ -462,7 +462,6 @@ class _BatchJob:
             return None
         store_path, spec, done = opened
         from geounet import output
-
         # chunks that ran their tiles before an interruption; only their seams remain
         ran = set(done) | output.seam_data_chunks(store_path)
         chunks = len(plan.grid.chunks())
@@ -475,7 +474,7 @@ class _BatchJob:
                     ) -> tuple[Path, StoreSpec, dict[str, Any]] | None:
         """The scene's store and its completed chunks; None if an earlier run finished it."""
         from geounet import output
-        from geounet.pipeline import _check_partial_store, prepare_store
+        from geounet.run.pipeline import _check_partial_store, prepare_store
 
         if plan.info.crs_wkt is None:
             from geounet.errors import GeoreferenceError

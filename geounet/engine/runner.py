@@ -69,8 +69,8 @@ def resolve_device(device: str = "auto") -> torch.device:
 @functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``
-    (:func:`geounet.engines.cpu_flags`)."""
-    from geounet.engines import cpu_flags
+    (:func:`geounet.engine.backends.cpu_flags`)."""
+    from geounet.engine.backends import cpu_flags
 
     return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
 
@@ -115,8 +115,8 @@ class ModelRunner:
     device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     precision : ``auto``, ``fp32``, ``bf16`` or ``fp16``.
     engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto``
-        (:func:`geounet.engines.resolve_engine`); the other engines run the model exported
-        from ``checkpoint`` (cached next to it, :func:`geounet.engines.make_backend`).
+        (:func:`geounet.engine.backends.resolve_engine`); the other engines run the model exported
+        from ``checkpoint`` (cached next to it, :func:`geounet.engine.backends.make_backend`).
     checkpoint : the checkpoint file the model came from (keys the export cache); None for a
         model built in memory (exported to a temporary folder).
     backend : an already opened engine backend to share (runners of other bands).
@@ -139,7 +139,7 @@ class ModelRunner:
     ) -> None:
         import torch
 
-        from geounet.engines import make_backend, resolve_engine
+        from geounet.engine.backends import make_backend, resolve_engine
 
         self.card = card
         self.device = resolve_device(device)
@@ -236,7 +236,7 @@ def clear_runner_cache() -> None:
         _RUNNERS.clear()
 
 
-BUILTIN_MODEL = Path(__file__).parent / "weights" / "builtin.pt"
+BUILTIN_MODEL = Path(__file__).parents[1] / "weights" / "builtin.pt"
 """The checkpoint used when no model is given (made by ``examples/make_model.py``)."""
 
 
@@ -275,7 +275,7 @@ def get_runner(
     device, precision : see :class:`ModelRunner`.
     bands : 1-based scene bands to read instead of the model card's (same count). Runners
         for other bands share the one loaded model.
-    engine : ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (:mod:`geounet.engines`);
+    engine : ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (:mod:`geounet.engine.backends`);
         the export is made here, on the worker, once per process and cached on disk.
 
     Examples

@@ -15,7 +15,7 @@ Two modes, chosen by the model's convolution padding:
     inference on the mirrored scene.
 ``same``
     Tile input = core + ``halo`` on each side, the whole tile output is used and neighbouring
-    tiles overlap by ``2 * halo``; overlapping outputs are blended (:mod:`geounet.blend`).
+    tiles overlap by ``2 * halo``; overlapping outputs are blended (:mod:`geounet.engine.blend`).
     A tile reaches ``halo`` pixels into the chunks next to its own, so the pixels within
     ``halo`` of a chunk seam (:meth:`TileGrid.seam_rects`) are blended from the tiles of up to
     four chunks: each chunk keeps its tiles' outputs there (:meth:`TileGrid.tile_seam_rects`)
@@ -288,7 +288,7 @@ class TileGrid:
 
         ``touching=True``: every tile whose output reaches the chunk's core, the chunk's own
         and (``same`` padding) its neighbours' tiles within ``halo`` of its seams; what one
-        chunk needs to be blended on its own (:func:`geounet.inference.predict_chunk`).
+        chunk needs to be blended on its own (:func:`geounet.engine.inference.predict_chunk`).
         """
         return (
             self._tile_range(chunk.y0, chunk.y1, self.tile_rows, touching),

@@ -5,8 +5,8 @@ an interrupted run's store with the same settings); it is never discarded silent
 (:func:`_check_partial_store`); a failure while computing or after prediction keeps it and
 names the ``--resume`` command (:func:`_keep_for_resume`, :func:`_prediction_kept`); a finished
 store is moved into place or streamed into a COG (:func:`_publish_raster`). ARCHITECTURE
-invariant 7. Used by :mod:`geounet.pipeline` and :mod:`geounet.batch`, re-exported by
-:mod:`geounet.pipeline`.
+invariant 7. Used by :mod:`geounet.run.pipeline` and :mod:`geounet.batch.job`, re-exported by
+:mod:`geounet.run.pipeline`.
 """
 
 from __future__ import annotations
@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any, Iterator
 from geounet.config import ProbabilityDtype
 from geounet.errors import GeounetError, OutputExistsError, PredictionKeptError
 from geounet.output import StoreSpec
-from geounet.planning import _plain
+from geounet.run.planning import _plain
 
 if TYPE_CHECKING:
-    from geounet.planning import Plan
+    from geounet.run.planning import Plan
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +57,6 @@ def _keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
     """The error a failed run raises: ``exc`` with where its completed chunks are kept and how
     to resume (the CLI adds the exact command from ``exc.resume_store``)."""
     from geounet import output
-
     done = len(output.done_chunks(store_path))
     hint = (f" The {done} chunk(s) completed are kept in {str(store_path)!r}; fix the cause "
             "and run the same command again with --resume (resume=True) to compute only the "
@@ -77,7 +76,6 @@ def _publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> Non
     """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
     into a COG (.tif); the store is left in place, still resumable, for a COG."""
     from geounet import output
-
     if fmt == "zarr":
         output.finalize_store(store)
         output.replace_path(store, out)
@@ -96,7 +94,7 @@ def prepare_store(
 
     Returns the store and the completion records of its finished chunks (empty for a new
     store). A partial store of an earlier run is discarded unless resumed. Used by
-    :mod:`geounet.batch`, which submits the remaining chunks itself.
+    :mod:`geounet.batch.job`, which submits the remaining chunks itself.
 
     Raises
     ------
@@ -104,7 +102,6 @@ def prepare_store(
         ``resume`` with a store started by other settings (scene, model, sizes, dtype).
     """
     from geounet import output
-
     if resume and output.check_resumable(store_path, plan.run):
         return StoreSpec(str(store_path), probability_dtype), output.done_chunks(store_path)
     if store_path.exists():
@@ -136,7 +133,6 @@ def _check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> 
         When ``store_path`` exists and neither ``resume`` nor ``overwrite`` is set.
     """
     from geounet import output
-
     if resume or overwrite or not store_path.exists():
         return
     done = len(output.done_chunks(store_path))

@@ -7,8 +7,8 @@ numbers. No pixel array passes through the scheduler, so memory is bounded by ch
 batch size and worker count, never by scene size.
 
 This module runs a plan: the chunk task (what a worker runs), filling the store, and
-:func:`predict` / :func:`segment`. Planning lives in :mod:`geounet.planning`, the store's life
-in a run (create or resume, keep for ``--resume``, publish) in :mod:`geounet.runstore`; their
+:func:`predict` / :func:`segment`. Planning lives in :mod:`geounet.run.planning`, the store's life
+in a run (create or resume, keep for ``--resume``, publish) in :mod:`geounet.run.store`; their
 public names are importable from here too.
 """
 
@@ -28,18 +28,18 @@ from typing import TYPE_CHECKING, Any, Callable
 
 import numpy as np
 
-from geounet.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
+from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling
 from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
-from geounet.planning import (  # re-exported: the plan is part of this module's face
+from geounet.run.planning import (  # re-exported: the plan is part of this module's face
     Plan,
     RunnerSpec,
     _check_vectorize_options,
     plan_prediction,
     runs_here,
 )
-from geounet.runstore import (  # re-exported: the store's life in a run
+from geounet.run.store import (  # re-exported: the store's life in a run
     RESUME_HINT,  # noqa: F401 - re-exported
     _check_partial_store,
     _keep_for_resume,
@@ -51,7 +51,7 @@ from geounet.runstore import (  # re-exported: the store's life in a run
 
 if TYPE_CHECKING:
     from geounet.raster import SceneInfo
-    from geounet.tiling import ChunkWindow, TileGrid
+    from geounet.engine.tiling import ChunkWindow, TileGrid
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +146,6 @@ def seam_tasks(grid: TileGrid, store: StoreSpec, threshold: float | None = None,
     marked done (same padding: the chunks whose seams wait for their neighbours; none for
     valid padding, whose chunks are done after round 1)."""
     from geounet import output
-
     done = output.done_chunks(store.path)
     return [SeamTask(chunk, grid, store, threshold, retry) for chunk in grid.chunks()
             if output.chunk_id(chunk.y0, chunk.x0) not in done]
@@ -169,7 +168,7 @@ def run_chunk(task: ChunkTask) -> dict[str, Any]:
 
 def run_seams(task: SeamTask) -> dict[str, Any]:
     """Finish one chunk's seam pixels from the tile outputs it and its neighbours kept
-    (:func:`geounet.inference.blend_seams`), write them and mark the chunk done; retried like
+    (:func:`geounet.engine.inference.blend_seams`), write them and mark the chunk done; retried like
     :func:`run_chunk`."""
     return _retrying(_run_seams_once, task, task.chunk, task.retry)
 
@@ -202,7 +201,7 @@ def _retrying(once: Callable[[Any], dict[str, Any]], task: Any, chunk: ChunkWind
 
 def run_chunk_task(task: ChunkTask) -> Any:
     """:func:`run_chunk` as a Dask task submitted with ``retries=``: a user error is returned
-    as a :class:`geounet.cluster.TaskFailure` (raised by :func:`geounet.cluster.run_tasks`),
+    as a :class:`geounet.distributed.cluster.TaskFailure` (raised by :func:`geounet.distributed.cluster.run_tasks`),
     so Dask reruns only transient failures."""
     return _dask_task(run_chunk, task)
 
@@ -213,7 +212,7 @@ def run_seams_task(task: SeamTask) -> Any:
 
 
 def _dask_task(run: Callable[[Any], dict[str, Any]], task: Any) -> Any:
-    from geounet.cluster import TaskFailure
+    from geounet.distributed.cluster import TaskFailure
 
     try:
         return run(task)
@@ -225,10 +224,10 @@ def _dask_task(run: Callable[[Any], dict[str, Any]], task: Any) -> Any:
 
 def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     from geounet import output
-    from geounet.blend import pack_pieces
-    from geounet.inference import classify, compute_chunk
-    from geounet.runner import get_runner
-    from geounet.worker import model_path
+    from geounet.engine.blend import pack_pieces
+    from geounet.engine.inference import classify, compute_chunk
+    from geounet.engine.runner import get_runner
+    from geounet.distributed.worker import model_path
 
     start = time.perf_counter()
     chunk, grid = task.chunk, task.grid
@@ -255,8 +254,8 @@ def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
 
 def _run_seams_once(task: SeamTask) -> dict[str, Any]:
     from geounet import output
-    from geounet.blend import unpack_pieces
-    from geounet.inference import blend_seams, classify
+    from geounet.engine.blend import unpack_pieces
+    from geounet.engine.inference import blend_seams, classify
 
     start = time.perf_counter()
     chunk, grid, store = task.chunk, task.grid, task.store
@@ -295,8 +294,8 @@ def _compute_store(
     hash; the model's bytes are shipped to the workers. A failure keeps the store and its
     completed chunks for ``resume``.
     """
-    from geounet import cluster, output
-
+    from geounet import output
+    from geounet.distributed import cluster
     client = cluster.resolve(client, workers)
     store_path = Path(client_path(store_path))
     info = dataclasses.replace(plan.info, path=client_path(plan.info.path))
@@ -394,7 +393,7 @@ def predict(
     chunk_size : chunk core side (a multiple of ``2**depth``): the unit of scheduling, I/O and
         output writing, and the Zarr chunk side.
     tile_size : model input side; default: about 1024 px tile cores, plus the halo
-        (:func:`geounet.tiling.default_tile_size`). The chunk side is rounded to whole tile
+        (:func:`geounet.engine.tiling.default_tile_size`). The chunk side is rounded to whole tile
         cores, so each tile runs once.
     batch_size : tiles per model call; default 1 on CPU, 8 on CUDA.
     device, precision : where and how the model runs (``auto`` picks the fastest correct one).
@@ -417,7 +416,7 @@ def predict(
         ``"percentile:LOW,HIGH"``, ``"bits"``, ``"bits:N"``, ``"MIN,MAX"`` or ``(min, max)``;
         required when the scene's data type differs from the model's.
     engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto`` (a rule on the
-        CPU and the installed packages) (:mod:`geounet.engines`; exported on the worker,
+        CPU and the installed packages) (:mod:`geounet.engine.backends`; exported on the worker,
         cached next to the checkpoint).
 
     Returns
@@ -431,7 +430,6 @@ def predict(
     >>> result.megapixels_per_second  # doctest: +SKIP
     """
     from geounet import output
-
     start = time.perf_counter()
     fmt = output.check_output(out, overwrite=overwrite)
     store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
@@ -482,7 +480,6 @@ def segment(
     >>> geounet.segment("scene.tif", "objects.gpkg", model="model.pt")  # doctest: +SKIP
     """
     from geounet import output
-
     start = time.perf_counter()
     out_gpkg = Path(out_gpkg)
     if out_gpkg.suffix.lower() != ".gpkg":

@@ -2,7 +2,7 @@
 
 :func:`finish_scene` turns a scene's complete store into its final outputs (vectors, the
 optional raster, uploads to object storage); it travels to a worker by reference, as
-``FinishTask``, plain values. Re-exported by :mod:`geounet.batch`.
+``FinishTask``, plain values. Re-exported by :mod:`geounet.batch.job`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from geounet.config import BatchRaster, VectorFormat
 from geounet.errors import OutputExistsError
 
 if TYPE_CHECKING:
-    from geounet.planning import Plan
+    from geounet.run.planning import Plan
 
 
 @dataclass(frozen=True)

@@ -1,8 +1,8 @@
 """The version check at connect: client, scheduler and workers must run the same stack.
 
 A task pickled by the client and run by a worker must mean the same on both, so
-:func:`geounet.cluster.connect` compares their versions of :data:`VERSION_PACKAGES` and names
-each one that differs. Re-exported by :mod:`geounet.cluster`.
+:func:`geounet.distributed.cluster.connect` compares their versions of :data:`VERSION_PACKAGES` and names
+each one that differs. Re-exported by :mod:`geounet.distributed.cluster`.
 """
 
 from __future__ import annotations

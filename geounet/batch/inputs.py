@@ -3,7 +3,7 @@
 :func:`resolve_scenes` turns what the user gave (``scenes/**/*.tif``, ``s3://bucket/*.tif``,
 ``.txt``/``.csv`` manifests) into absolute paths or URLs, in order, once each;
 :func:`scene_name` names a scene's outputs, and no two scenes may share one. Re-exported by
-:mod:`geounet.batch`.
+:mod:`geounet.batch.job`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from geounet import objectstore
-from geounet.batch_table import DONE_DIR, TABLE_NAMES
+from geounet.batch.table import DONE_DIR, TABLE_NAMES
 from geounet.errors import InputError
 
 MANIFEST_SUFFIXES = (".txt", ".csv")

@@ -1,0 +1,4 @@
+"""Where tasks run: the one place a Dask client or cluster is made and tasks are run with
+retries (:mod:`~geounet.distributed.cluster`), the version check at connect
+(:mod:`~geounet.distributed.versions`) and the worker's registry of shipped models
+(:mod:`~geounet.distributed.worker`)."""
