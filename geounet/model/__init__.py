@@ -11,7 +11,8 @@ is refused before any heavy work (:meth:`ModelCard.check_scene`).
 
 The package's modules, one concept each: :mod:`~geounet.model.network` (the U-Net and its size
 rules), :mod:`~geounet.model.card` (the model card) and :mod:`~geounet.model.checkpoint`
-(checkpoint files). Every public name is importable from ``geounet.model``.
+(checkpoint files), :mod:`~geounet.model.encoder` (the ResNet-encoder U-Net) and
+:mod:`~geounet.model.registry` (the architectures a card can name). Every public name is importable from ``geounet.model``.
 """
 
 from __future__ import annotations
@@ -28,14 +29,21 @@ from geounet.model.checkpoint import (
     read_checkpoint,
     save_checkpoint,
 )
+from geounet.model.encoder import ResNetUNet, ResNetUNetConfig, load_encoder_weights
 from geounet.model.network import (  # noqa: F401  (the constants re-exported)
     MAX_DEPTH,
     SAME_MIN_HALO,
     UNet,
     UNetConfig,
 )
+from geounet.model.registry import ARCHITECTURES, build_model
 
 __all__ = [
+    "ARCHITECTURES",
+    "ResNetUNet",
+    "ResNetUNetConfig",
+    "build_model",
+    "load_encoder_weights",
     "CHECKPOINT_FORMAT",
     "CHECKPOINT_FORMAT_VERSION",
     "ModelCard",

@@ -16,6 +16,12 @@ import numpy as np
 from geounet._version import __version__
 from geounet.errors import IncompatibleSceneError, InputError
 from geounet.model.network import UNetConfig
+from geounet.model.registry import (
+    ArchitectureConfig,
+    architecture_from_dict,
+    architecture_of,
+    architecture_to_dict,
+)
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -58,7 +64,8 @@ class ModelCard:
 
     Parameters
     ----------
-    architecture : the :class:`UNetConfig` of the weights.
+    architecture : the config of the weights: a registered architecture
+        (:mod:`geounet.model.registry`; :class:`UNetConfig` or :class:`ResNetUNetConfig`).
     bands : 1-based scene band indices fed to the model, ``len == in_channels``.
     mean, std : per band in raw scene units; the model input is ``(x - mean) / std``.
     classes : class names, ``len == num_classes``, e.g. ``("background", "buildings", "roads")``.
@@ -76,7 +83,7 @@ class ModelCard:
     >>> card.check_scene(count=3, dtype="uint8", pixel_size=0.5)
     """
 
-    architecture: UNetConfig
+    architecture: ArchitectureConfig
     bands: tuple[int, ...]
     mean: tuple[float, ...]
     std: tuple[float, ...]
@@ -88,11 +95,7 @@ class ModelCard:
     geounet_version: str = field(default=__version__)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.architecture, UNetConfig):
-            raise InputError(
-                "model card architecture must be a UNetConfig, got "
-                f"{type(self.architecture).__name__}"
-            )
+        architecture_of(self.architecture)  # a registered architecture, else InputError
         arch = self.architecture
         # normalise sequences to tuples of plain numbers (from_dict gives lists)
         try:
@@ -155,7 +158,7 @@ class ModelCard:
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict (lists, not tuples); the receptive field is included for readers."""
         return {
-            "architecture": self.architecture.to_dict(),
+            "architecture": architecture_to_dict(self.architecture),
             "bands": list(self.bands),
             "mean": list(self.mean),
             "std": list(self.std),
@@ -187,7 +190,7 @@ class ModelCard:
         arch = data["architecture"]
         if not isinstance(arch, dict):
             raise InputError(f"model card architecture must be a dict, got {type(arch).__name__}")
-        data["architecture"] = UNetConfig.from_dict(arch)
+        data["architecture"] = architecture_from_dict(arch)
         return cls(**data)
 
     def check_scene(self, count: int, dtype: str, pixel_size: float | None) -> None:

@@ -21,7 +21,7 @@ from torch import nn
 from geounet._version import __version__
 from geounet.errors import CheckpointError, InputError, OutputExistsError
 from geounet.model.card import ModelCard
-from geounet.model.network import UNet
+from geounet.model.registry import ARCHITECTURES, architecture_of, build_model
 
 if TYPE_CHECKING:
     from collections.abc import Mapping
@@ -43,7 +43,7 @@ CHECKPOINT_FORMAT_VERSION = 1
 
 def save_checkpoint(
     path: str | os.PathLike[str],
-    model: UNet,
+    model: nn.Module,
     card: ModelCard,
     *,
     extra: dict[str, Any] | None = None,
@@ -57,7 +57,7 @@ def save_checkpoint(
     Parameters
     ----------
     path : output file, conventionally ``.pt``.
-    model : the :class:`UNet`; its config must equal ``card.architecture``.
+    model : the network (:class:`~geounet.model.UNet` or another registered architecture); its config must equal ``card.architecture``.
     card : the model card.
     extra : plain data (numbers, strings, lists, dicts, tensors) such as optimizer state
         and epoch for resuming training; must load with ``weights_only=True``.
@@ -72,8 +72,14 @@ def save_checkpoint(
     >>> save_checkpoint("model.pt", net, card, extra={"epoch": 3})  # doctest: +SKIP
     """
     path = Path(path)
-    if not isinstance(model, UNet):
-        raise InputError(f"save_checkpoint needs a geounet UNet, got {type(model).__name__}")
+    config = getattr(model, "config", None)
+    if not isinstance(model, nn.Module) or config is None or (
+        type(model) is not architecture_of(config).build
+    ):
+        raise InputError(
+            f"save_checkpoint needs a geounet network (one of {sorted(ARCHITECTURES)}), "
+            f"got {type(model).__name__}"
+        )
     if model.config != card.architecture:
         raise InputError(
             f"model config {model.config} differs from the card's architecture "
@@ -209,7 +215,7 @@ def read_checkpoint(path: str | os.PathLike[str], map_location: Any = "cpu") -> 
 
 def load_checkpoint(
     path: str | os.PathLike[str], map_location: Any = "cpu"
-) -> tuple[UNet, ModelCard]:
+) -> tuple[nn.Module, ModelCard]:
     """Load a checkpoint into a :class:`UNet` in eval mode and its :class:`ModelCard`.
 
     Examples
@@ -222,7 +228,7 @@ def load_checkpoint(
         card = ModelCard.from_dict(payload["card"])
     except InputError as exc:
         raise CheckpointError(f"checkpoint {path} has an invalid model card: {exc}") from exc
-    model = UNet(card.architecture)
+    model = build_model(card.architecture)
     try:
         model.load_state_dict(payload["state_dict"], strict=True)
     except (RuntimeError, KeyError, TypeError, AttributeError) as exc:

@@ -116,8 +116,99 @@ def _receptive_field(depth: int, padding: str) -> int:
     return int((hi - lo).max()) + 1
 
 
+class SizeRuleMethods:
+    """The input-size rules every architecture shares, from four properties of its own.
+
+    A subclass defines ``padding``, ``alignment`` (tile origins and sides step by it),
+    ``shrink`` (pixels lost per axis; ``0`` for same padding), ``min_input_size`` and
+    ``size_rule`` / ``label`` (words for messages); the checks below follow from them, so an
+    architecture of the registry (:mod:`geounet.model.registry`) plugs into the tile grid
+    without a rule of its own.
+    """
+
+    padding: Padding
+    alignment: int
+    shrink: int
+    min_input_size: int
+    size_rule: str
+    label: str
+
+    def is_valid_input_size(self, input_size: int) -> bool:
+        """Whether ``input_size`` can be fed to the net."""
+        if input_size < self.min_input_size:
+            return False
+        return (input_size - self.min_input_size) % self.alignment == 0
+
+    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
+        """All valid input sides in ``[lo, hi]`` (inclusive), ascending.
+
+        Examples
+        --------
+        >>> UNetConfig(depth=4).valid_input_sizes(480, 520)
+        [492, 508]
+        """
+        first = self.min_input_size
+        a = self.alignment
+        start = max(lo, first)
+        start = first + -(-(start - first) // a) * a
+        return list(range(start, hi + 1, a))
+
+    def nearest_valid_input_sizes(self, input_size: int) -> tuple[int, ...]:
+        """The valid sides just below and just above ``input_size`` (one if below the minimum)."""
+        first = self.min_input_size
+        a = self.alignment
+        if input_size <= first:
+            return (first,)
+        below = first + (input_size - first) // a * a
+        if below == input_size:
+            return (input_size,)
+        return (below, below + a)
+
+    def check_input_size(self, input_size: int) -> None:
+        """Raise :class:`TileSizeError`, naming the nearest valid sizes, for an invalid size."""
+        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)):
+            raise TileSizeError(
+                f"tile size {input_size!r} is not an integer number of pixels; give a whole "
+                f"number such as {self.min_input_size + 4 * self.alignment}"
+            )
+        if self.is_valid_input_size(input_size):
+            return
+        nearest = " or ".join(str(s) for s in self.nearest_valid_input_sizes(input_size))
+        if self.padding == "valid":
+            raise TileSizeError(
+                f"tile size {input_size} is not a valid input for a {self.label} "
+                f"(valid sizes are {self.size_rule}); use {nearest}"
+            )
+        raise TileSizeError(
+            f"tile size {input_size} is not a valid input for a {self.label} "
+            f"(sizes must be {self.size_rule}, at least {self.min_input_size}); use {nearest}"
+        )
+
+    def output_size(self, input_size: int) -> int:
+        """Output side for a valid input side; :class:`TileSizeError` otherwise.
+
+        Examples
+        --------
+        >>> UNetConfig(depth=4).output_size(572)
+        388
+        """
+        self.check_input_size(input_size)
+        return int(input_size) - self.shrink
+
+    def input_size_for_output(self, output_size: int) -> int:
+        """Smallest valid input side whose output is at least ``output_size``.
+
+        Examples
+        --------
+        >>> UNetConfig(depth=4).input_size_for_output(500)
+        684
+        """
+        need = max(int(output_size) + self.shrink, self.min_input_size)
+        return self.valid_input_sizes(need, need + self.alignment)[0]
+
+
 @dataclass(frozen=True)
-class UNetConfig:
+class UNetConfig(SizeRuleMethods):
     """Architecture of a U-Net; the size rules are derived properties.
 
     Parameters
@@ -208,6 +299,11 @@ class UNetConfig:
         return self.alignment * bottom + offset
 
     @property
+    def label(self) -> str:
+        """The architecture in words, e.g. ``depth-4 valid-padding U-Net``."""
+        return f"depth-{self.depth} {self.padding}-padding U-Net"
+
+    @property
     def size_rule(self) -> str:
         """The valid input sizes in words, e.g. ``16k+12, at least 188``."""
         a = self.alignment
@@ -216,80 +312,6 @@ class UNetConfig:
         residue = self.min_input_size % a
         form = f"{a}k+{residue}" if residue else f"{a}k"
         return f"{form}, at least {self.min_input_size}"
-
-    def is_valid_input_size(self, input_size: int) -> bool:
-        """Whether ``input_size`` can be fed to the net."""
-        if input_size < self.min_input_size:
-            return False
-        return (input_size - self.min_input_size) % self.alignment == 0
-
-    def valid_input_sizes(self, lo: int, hi: int) -> list[int]:
-        """All valid input sides in ``[lo, hi]`` (inclusive), ascending.
-
-        Examples
-        --------
-        >>> UNetConfig(depth=4).valid_input_sizes(480, 520)
-        [492, 508]
-        """
-        first = self.min_input_size
-        a = self.alignment
-        start = max(lo, first)
-        start = first + -(-(start - first) // a) * a
-        return list(range(start, hi + 1, a))
-
-    def nearest_valid_input_sizes(self, input_size: int) -> tuple[int, ...]:
-        """The valid sides just below and just above ``input_size`` (one if below the minimum)."""
-        first = self.min_input_size
-        a = self.alignment
-        if input_size <= first:
-            return (first,)
-        below = first + (input_size - first) // a * a
-        if below == input_size:
-            return (input_size,)
-        return (below, below + a)
-
-    def check_input_size(self, input_size: int) -> None:
-        """Raise :class:`TileSizeError`, naming the nearest valid sizes, for an invalid size."""
-        if isinstance(input_size, bool) or not isinstance(input_size, (int, np.integer)):
-            raise TileSizeError(
-                f"tile size {input_size!r} is not an integer number of pixels; give a whole "
-                f"number such as {self.min_input_size + 4 * self.alignment}"
-            )
-        if self.is_valid_input_size(input_size):
-            return
-        nearest = " or ".join(str(s) for s in self.nearest_valid_input_sizes(input_size))
-        if self.padding == "valid":
-            raise TileSizeError(
-                f"tile size {input_size} is not a valid input for a depth-{self.depth} "
-                f"valid-padding U-Net (valid sizes are {self.size_rule}); use {nearest}"
-            )
-        raise TileSizeError(
-            f"tile size {input_size} is not a valid input for a depth-{self.depth} "
-            f"same-padding U-Net (sizes must be {self.size_rule}, at least {self.alignment}); "
-            f"use {nearest}"
-        )
-
-    def output_size(self, input_size: int) -> int:
-        """Output side for a valid input side; :class:`TileSizeError` otherwise.
-
-        Examples
-        --------
-        >>> UNetConfig(depth=4).output_size(572)
-        388
-        """
-        self.check_input_size(input_size)
-        return int(input_size) - self.shrink
-
-    def input_size_for_output(self, output_size: int) -> int:
-        """Smallest valid input side whose output is at least ``output_size``.
-
-        Examples
-        --------
-        >>> UNetConfig(depth=4).input_size_for_output(500)
-        684
-        """
-        need = max(int(output_size) + self.shrink, self.min_input_size)
-        return self.valid_input_sizes(need, need + self.alignment)[0]
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able dict of the fields."""
