@@ -43,6 +43,27 @@ def test_help_does_not_import_heavy_modules() -> None:
     assert out.stdout.strip() == ""
 
 
+@pytest.mark.parametrize("argv", [
+    ["segment", "missing.tif", "--out", "x.gpkg"],
+    ["predict", "missing.tif", "--out", "x.zarr"],
+    ["batch", "missing.txt", "--out-dir", "o"],
+    ["segment", "missing.tif", "--out", "x.gpkg", "--precision", "fp64"],
+])
+def test_user_mistake_is_reported_before_torch_is_imported(argv, tmp_path) -> None:
+    """A missing scene or a bad option is found before torch (1.8 s of imports) loads."""
+    code = (
+        "import sys; from click.testing import CliRunner; from geounet.cli.main import cli; "
+        "r = CliRunner().invoke(cli, sys.argv[1:]); "
+        "print(r.exit_code, 'torch' in sys.modules, 'distributed' in sys.modules); "
+        "print(r.output)"
+    )
+    out = subprocess.run([sys.executable, "-c", code, *argv], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60).stdout
+    status, torch_loaded, distributed_loaded = out.splitlines()[0].split()
+    assert status != "0" and "Error:" in out and "Traceback" not in out, out
+    assert torch_loaded == "False" and distributed_loaded == "False", out
+
+
 def test_library_error_is_one_clean_line() -> None:
     import click
 

@@ -178,8 +178,12 @@ def plan_prediction(
     from geounet.engine.runner import default_model_path
     from geounet.engine.tiling import plan_tiles
 
-    _check_settings(precision, probability_dtype, threshold, check_device, device, engine)
+    # user mistakes first, before torch is imported (device checks and the card need it)
+    _check_settings(precision, probability_dtype, threshold, False, device, engine)
     info = _open_placed_scene(scene, allow_no_crs)
+    if check_device:
+        _check_device(device, precision)
+        _check_engine(engine, device, precision)
     model_path = Path(model) if model is not None else default_model_path()
     card, bands = _load_card(model_path, bands)
     info = _fit_scene(info, card, resample, resampling, rescale)
