@@ -316,19 +316,39 @@ spur_length = click.option(
 )
 
 
+def _probability(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(
+            f"{value} is not a probability; give a value in 0-1 (e.g. 0.6) or 0 (keep all).",
+            param=param,
+        )
+    return value
+
+
+min_confidence = click.option(
+    "--min-confidence",
+    type=float,
+    default=None,
+    callback=_probability,
+    metavar="P",
+    help="Drop objects whose mean_probability (mean class probability over the object's "
+    "pixels) is below P (0-1). Default: keep all.",
+)
+
+
 def vectorize_options(func: Any) -> Any:
     """The polygon and centerline options of ``vectorize`` and ``segment``, in help order.
 
     They arrive as keyword arguments named like :func:`geounet.vectorize`'s keywords.
     """
     for decorator in reversed([min_area, simplify, fill_holes, regularize, centerlines,
-                               spur_length]):
+                               spur_length, min_confidence]):
         func = decorator(func)
     return func
 
 
 VECTORIZE_KEYWORDS = ("min_area", "simplify", "fill_holes", "regularize", "centerlines",
-                      "spur_length")
+                      "spur_length", "min_confidence")
 """Keyword names :func:`vectorize_options` adds to a command."""
 
 
