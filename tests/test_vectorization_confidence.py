@@ -9,11 +9,10 @@ import pytest
 from click.testing import CliRunner
 from rasterio.features import rasterize
 from scipy import ndimage
+from test_vectorization import TRANSFORM, blob_mask, read, write_mask, write_store
 
 from geounet.errors import InputError
 from geounet.vectorization import vectorize
-
-from test_vectorization import TRANSFORM, blob_mask, read, write_mask, write_store
 
 
 def _probabilities(mask: np.ndarray, seed: int) -> np.ndarray:
@@ -44,8 +43,8 @@ def test_min_probability_is_the_whole_scene_minimum_and_chunking_does_not_change
     mask = blob_mask(5, 96, 128)
     probs = _probabilities(mask, 5)
     store = write_store(tmp_path / "p.zarr", mask, probs, chunk=32)
-    whole = vectorize(store, tmp_path / "whole.gpkg", chunk_size=4096, min_area=0, simplify=0,
-                      centerlines=False)
+    vectorize(store, tmp_path / "whole.gpkg", chunk_size=4096, min_area=0, simplify=0,
+              centerlines=False)
     chunked = vectorize(store, tmp_path / "chunked.gpkg", chunk_size=chunk, min_area=0,
                         simplify=0, centerlines=False, cut_size=None)
     assert chunked.chunks > 1
