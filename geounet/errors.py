@@ -21,6 +21,10 @@ class TileSizeError(InputError):
     """A tile, chunk or chip size the model cannot use."""
 
 
+class RunTooLargeError(InputError):
+    """A planned run would compute more model pixels than its ceiling (``max_pixels``)."""
+
+
 class SceneError(GeounetError, OSError):
     """A scene is missing, unreadable, corrupt or truncated."""
 

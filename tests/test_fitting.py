@@ -155,3 +155,23 @@ def test_masks_survive_the_warp(tmp_path: Path, mask_kind: str) -> None:
     _, valid = read_window(planned, 0, 0, planned.height, planned.width, bands=[1, 2, 3])
     assert not valid[17:31, 9:27].any()  # inside the hole (0.5 m pixels), off its edges
     assert valid[:15].all() and valid[33:].all()
+
+
+@pytest.mark.parametrize(("pixel_size", "refused"),
+                         [(2.0, False), (0.125, False), (2.02, True), (0.12, True), (30.0, True)])
+def test_auto_resamples_only_within_the_factor(make_scene: Callable[..., Path],
+                                               pixel_size: float, refused: bool) -> None:
+    from geounet.raster.fitting import AUTO_RESAMPLE_MAX_FACTOR
+
+    assert AUTO_RESAMPLE_MAX_FACTOR == 4.0
+    info = open_scene(make_scene(40, 50, pixel_size=pixel_size))
+    if refused:
+        with pytest.raises(IncompatibleSceneError,
+                           match=r"within a factor 4: this warp would create .* px .*"
+                                 r"--resample always"):
+            plan_resample(info, 0.5, "auto")
+    else:
+        assert plan_resample(info, 0.5, "auto").pixel_size == pytest.approx(0.5)
+    # always: any factor (the pixel ceiling is planning's, not this function's)
+    assert plan_resample(info, 0.5, "always").width == pytest.approx(50 * pixel_size / 0.5,
+                                                                     abs=1)

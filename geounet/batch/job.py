@@ -65,7 +65,12 @@ from geounet.config import (
 )
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
 from geounet.run.pipeline import ProgressCallback
-from geounet.run.planning import _check_vectorize_options, runs_here
+from geounet.run.planning import (
+    DEFAULT_MAX_PIXELS,
+    _check_max_pixels,
+    _check_vectorize_options,
+    runs_here,
+)
 
 if TYPE_CHECKING:
     from geounet.run.pipeline import Plan
@@ -141,6 +146,7 @@ def run_batch(
     resample: ResampleMode = "auto",
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
     raster: BatchRaster = "none",
     vector_format: VectorFormat | None = None,
     vectorize_options: dict[str, Any] | None = None,
@@ -163,6 +169,9 @@ def run_batch(
     model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
         threshold, allow_no_crs, resample, resampling, rescale, engine : as for
         :func:`geounet.predict` (one setting for every scene).
+    max_pixels : as for :func:`geounet.predict`, per scene: a scene over it (or more than 4x
+        off the model's pixel size with ``resample="auto"``) fails in planning, before any of
+        its pixels is read; the other scenes run.
     raster : also keep each scene's prediction raster: ``none``, ``zarr`` or ``cog``.
     vector_format : ``gpkg`` (default locally), ``parquet`` (GeoParquet; default and
         recommended for ``s3://``) or ``fgb``. GeoPackage cannot be written to ``s3://``.
@@ -219,7 +228,7 @@ def run_batch(
                         probability_dtype=probability_dtype, threshold=threshold,
                         allow_no_crs=allow_no_crs, check_device=runs_here(client),
                         resample=resample, resampling=resampling, rescale=rescale,
-                        engine=engine)
+                        engine=engine, max_pixels=_check_max_pixels(max_pixels))
     options = dict(vectorize_options or {})
     _check_vectorize_options(options)
     job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,

@@ -247,7 +247,8 @@ resample = click.option(
     default="auto",
     show_default=True,
     help="Read the scene warped to the model's pixel size: auto when it is more than 1.25x "
-    "off, always when it differs at all, error to refuse a scene more than 2x off.",
+    "off (refusing a scene more than 4x off), always when it differs at all (any factor), "
+    "error to refuse a scene more than 2x off.",
 )
 resampling = click.option(
     "--resampling",
@@ -265,6 +266,34 @@ rescale = click.option(
     help="Map the scene's values into the model's range (needed when its data type differs "
     "from the model's): per-band percentiles of a sample (default 2,98), 0..2**N-1 "
     "(bits: N from the file or its maximum, e.g. 11-bit data), or MIN,MAX.",
+)
+
+def _max_pixels(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
+    from geounet.run.planning import DEFAULT_MAX_PIXELS
+
+    if value is None:
+        return DEFAULT_MAX_PIXELS
+    text = value.strip().lower()
+    scale = {"k": 1e3, "m": 1e6, "g": 1e9}.get(text[-1:], 1.0)
+    try:
+        number = float(text[:-1] if scale != 1.0 else text) * scale
+    except ValueError:
+        number = -1.0
+    if not (number >= 0 and number == int(number)):  # also rejects nan
+        raise click.BadParameter(
+            f"{value!r} is not a pixel count; give a whole number such as 4000000000, 4e9 or "
+            "4G, or 0 for no limit.", param=param)
+    return int(number) or None
+
+
+max_pixels = click.option(
+    "--max-pixels",
+    callback=_max_pixels,
+    default=None,
+    metavar="N",
+    help="Refuse, before reading any pixel, a run whose model grid (the scene after any "
+    "resampling) has more than N pixels (e.g. 4e9 or 4G; 0 = no limit). Default: 4G "
+    "(1,000 km^2 at 0.5 m).",
 )
 
 # ---- vectorize options (shared by `vectorize` and `segment`) -----------------------------
@@ -316,19 +345,39 @@ spur_length = click.option(
 )
 
 
+def _probability(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+    if value is not None and not 0.0 <= value <= 1.0:
+        raise click.BadParameter(
+            f"{value} is not a probability; give a value in 0-1 (e.g. 0.6) or 0 (keep all).",
+            param=param,
+        )
+    return value
+
+
+min_confidence = click.option(
+    "--min-confidence",
+    type=float,
+    default=None,
+    callback=_probability,
+    metavar="P",
+    help="Drop objects whose mean_probability (mean class probability over the object's "
+    "pixels) is below P (0-1). Default: keep all.",
+)
+
+
 def vectorize_options(func: Any) -> Any:
     """The polygon and centerline options of ``vectorize`` and ``segment``, in help order.
 
     They arrive as keyword arguments named like :func:`geounet.vectorize`'s keywords.
     """
     for decorator in reversed([min_area, simplify, fill_holes, regularize, centerlines,
-                               spur_length]):
+                               spur_length, min_confidence]):
         func = decorator(func)
     return func
 
 
 VECTORIZE_KEYWORDS = ("min_area", "simplify", "fill_holes", "regularize", "centerlines",
-                      "spur_length")
+                      "spur_length", "min_confidence")
 """Keyword names :func:`vectorize_options` adds to a command."""
 
 
@@ -344,7 +393,8 @@ def prediction_options(func: Any) -> Any:
     """
     for decorator in reversed(
         [model, bands, chunk_size, tile_size, batch_size, device, precision, engine,
-         probability_dtype, threshold, resample, resampling, rescale, workers, scheduler,
+         probability_dtype, threshold, resample, resampling, rescale, max_pixels, workers,
+         scheduler,
          in_process,
          scheduler_address, resume, allow_no_crs, overwrite]
     ):

@@ -9,7 +9,9 @@ describe the view every chunk task reads (plain values, so tasks pickle them).
   (:func:`geounet.georef.pixel_size_m`: geodesic for a geographic CRS, rotation-aware) is
   compared with the card's. Mode ``error`` keeps the card's rule (refuse beyond a factor 2,
   warn beyond 1.25); ``auto`` (the default) reads through a GDAL WarpedVRT at the card's pixel
-  size when the scene is more than 1.25x off; ``always`` whenever the sizes differ at all.
+  size when the scene is more than 1.25x off, and refuses a scene more than
+  :data:`AUTO_RESAMPLE_MAX_FACTOR` (4x) off either way, naming the pixel count the warp would
+  create and ``always`` (warp whenever the sizes differ, whatever the factor) to force it.
   The warped grid keeps the scene's CRS and upper-left corner, is north-up, and covers the
   whole scene (pixels past its edge are nodata).
 - **Value range** (:func:`plan_rescale`): a scene whose data type differs from the card's is
@@ -46,6 +48,19 @@ SAMPLE_WINDOWS = 64
 
 SAMPLE_WINDOW_SIZE = 256
 """Side of a sample window in pixels."""
+
+AUTO_RESAMPLE_MAX_FACTOR = 4.0
+"""``resample="auto"`` resamples a scene at most this factor finer or coarser than the model.
+
+Why 4: a scene 4x coarser than the model already shows each of its pixels as a 4 x 4 block of
+model pixels (16x the pixels of the file, all interpolated), and a scene 4x finer loses 15 of
+16 pixels; beyond that the model sees imagery unlike its training data (a 0.5 m building model
+on 30 m Landsat: each building is a fraction of one pixel) and the pixel count grows with the
+square of the factor (60x: 3,600x the file's pixels). Within it lie the usual mismatches of
+very-high-resolution imagery (0.3 m Pleiades Neo / WorldView against a 0.5 m model: 1.7x;
+1.2 m against 0.5 m: 2.4x; a 30 cm chip with a 7.5 cm model: 4x), and the resampled runs
+that are tested to match native scores (2.5x either way, tests/test_real_scenes.py).
+"""
 
 _SAME_SIZE = 1e-6  # relative pixel-size difference below which ``always`` does nothing
 
@@ -159,7 +174,8 @@ def plan_resample(
     info : from :func:`geounet.raster.open_scene`.
     target_pixel_size : the model card's metres per pixel, or None (nothing to match).
     mode : ``error`` (never warp), ``auto`` (warp when more than
-        :data:`geounet.model.PIXEL_SIZE_WARN_RATIO` off) or ``always`` (warp when different).
+        :data:`geounet.model.PIXEL_SIZE_WARN_RATIO` off, refuse when more than
+        :data:`AUTO_RESAMPLE_MAX_FACTOR` off) or ``always`` (warp when different).
     resampling : GDAL resampling for the imagery (``bilinear``, ``cubic``, ``lanczos``...);
         ``auto``: bilinear when the scene is finer than ``target_pixel_size``, lanczos when
         it is coarser.
@@ -174,7 +190,8 @@ def plan_resample(
     InputError
         An unknown mode.
     IncompatibleSceneError
-        ``always`` for a scene or card without a pixel size.
+        ``always`` for a scene or card without a pixel size; ``auto`` for a scene more than
+        :data:`AUTO_RESAMPLE_MAX_FACTOR` off (before any pixel is read).
     """
     from geounet.model import PIXEL_SIZE_WARN_RATIO
     from geounet.raster import _resampling
@@ -204,6 +221,18 @@ def plan_resample(
         return info
     if resampling == "auto":
         resampling = "lanczos" if scene_size > target_pixel_size else "bilinear"
+    if mode == "auto" and ratio > AUTO_RESAMPLE_MAX_FACTOR * (1.0 + _SAME_SIZE):
+        view = _warped_view(info, target_pixel_size, resampling)
+        relation = "coarser" if scene_size > target_pixel_size else "finer"
+        raise IncompatibleSceneError(
+            f"scene pixel size {scene_size:.3g} m is {ratio:.3g}x {relation} than the model's "
+            f"{target_pixel_size:g} m; --resample auto resamples only within a factor "
+            f"{AUTO_RESAMPLE_MAX_FACTOR:g}: this warp would create {view.width:,} x "
+            f"{view.height:,} = {view.width * view.height:,} px "
+            f"({view.width * view.height / 1e9:.3g} gigapixels) from the scene's "
+            f"{info.width:,} x {info.height:,}. Use a model trained near {scene_size:.3g} m, or "
+            "pass --resample always (resample=\"always\") to force it."
+        )
     return warp_to_pixel_size(info, target_pixel_size, resampling=resampling)
 
 
@@ -217,6 +246,17 @@ def warp_to_pixel_size(
     degree steps along x and y are chosen so that both pixel sides are ``pixel_size`` metres at
     the scene centre.
     """
+    view = _warped_view(info, pixel_size, resampling)
+    log.info(
+        "reading %s through a warp: %d x %d px at %.3g m -> %d x %d px at %.3g m (%s)",
+        info.path, info.height, info.width, info.pixel_size or float("nan"), view.height,
+        view.width, pixel_size, resampling,
+    )
+    return view
+
+
+def _warped_view(info: SceneInfo, pixel_size: float, resampling: str) -> SceneInfo:
+    """:func:`warp_to_pixel_size` without its log line (metadata only, no pixel read)."""
     from rasterio.transform import Affine
     from rasterio.warp import calculate_default_transform
 
@@ -248,11 +288,6 @@ def warp_to_pixel_size(
         height=int(new_height),
         width=int(new_width),
         resampling=resampling,
-    )
-    log.info(
-        "reading %s through a warp: %d x %d px at %.3g m -> %d x %d px at %.3g m (%s)",
-        info.path, info.height, info.width, info.pixel_size or float("nan"), new_height,
-        new_width, pixel_size, resampling,
     )
     return warped(info, warp)
 

@@ -33,6 +33,7 @@ from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Re
 from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
 from geounet.run.planning import (  # re-exported: the plan is part of this module's face
+    DEFAULT_MAX_PIXELS,
     Plan,
     RunnerSpec,
     _check_vectorize_options,
@@ -381,6 +382,7 @@ def predict(
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
     engine: Engine = "torch",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -407,7 +409,8 @@ def predict(
     workers : worker processes of the local cluster (threads for ``"threads"``).
     progress : ``callback(chunks_done, chunks_total, pixels_computed)``.
     resample : ``auto`` (default): a scene more than 1.25x off the model's pixel size is read
-        through a GDAL WarpedVRT at the model's pixel size; ``always``: whenever they differ;
+        through a GDAL WarpedVRT at the model's pixel size, a scene more than 4x off
+        (:data:`geounet.raster.fitting.AUTO_RESAMPLE_MAX_FACTOR`) is refused; ``always``: whenever they differ;
         ``error``: never (a scene more than 2x off is refused). The outputs are then on the
         warped grid (same CRS, the model's pixel size).
     resampling : GDAL resampling of that warp; ``auto`` (default): bilinear when the scene is
@@ -418,6 +421,10 @@ def predict(
     engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto`` (a rule on the
         CPU and the installed packages) (:mod:`geounet.engine.backends`; exported on the worker,
         cached next to the checkpoint).
+    max_pixels : refuse (:class:`~geounet.errors.RunTooLargeError`, before any pixel is read)
+        a run whose model grid (the scene after any resampling) has more pixels than this;
+        default :data:`geounet.run.planning.DEFAULT_MAX_PIXELS` (4 gigapixels); 0 or None: no
+        limit.
 
     Returns
     -------
@@ -439,7 +446,7 @@ def predict(
         device=device, precision=precision, probability_dtype=probability_dtype,
         threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
         resample=resample, resampling=resampling, rescale=rescale,
-        engine=engine,
+        engine=engine, max_pixels=max_pixels,
     )
     out = Path(out)
     chunks, skipped, resumed = _compute_store(

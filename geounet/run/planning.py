@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import inspect
+import logging
 import os
 import warnings
 from dataclasses import dataclass
@@ -19,12 +20,25 @@ from typing import TYPE_CHECKING, Any
 
 from geounet.distributed.cluster import SchedulerLike
 from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
-from geounet.errors import GeoreferenceError, InputError, TileSizeError
+from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, TileSizeError
 
 if TYPE_CHECKING:
     from geounet.model import ModelCard
     from geounet.raster import SceneInfo
     from geounet.engine.tiling import TileGrid
+
+
+DEFAULT_MAX_PIXELS = 4_000_000_000
+"""Default ceiling on the model pixels one run (one scene of a batch) computes: 4 gigapixels.
+
+4 Gpx is 1,000 km^2 at 0.5 m (about a 32 x 32 km city, or one large very-high-resolution
+satellite scene on the model's grid), so a real scene passes; what exceeds it is almost always
+a mistake (a coarse scene warped to a fine model, a wrong CRS) that would run for days: at the
+0.2-0.6 MP/s measured on a 2-core CPU (benchmarks/RESULTS.md) 4 Gpx already takes 2-6 hours.
+Raise it (``max_pixels``, ``--max-pixels``) or turn it off (0 or None) for larger jobs.
+"""
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -160,6 +174,7 @@ def plan_prediction(
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
     engine: Engine = "torch",
+    max_pixels: int | None = DEFAULT_MAX_PIXELS,
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward) and plan its grid.
 
@@ -168,25 +183,28 @@ def plan_prediction(
     ``rescale`` fit the scene to the model card (:mod:`geounet.raster.fitting`): the planned scene
     may be a warped view at the card's pixel size, and its values may be mapped into the
     card's range (percentile and bit-depth rescales read a sample of windows, nothing else
-    reads pixels).
+    reads pixels). ``max_pixels`` caps the pixels of the model grid (the scene as the model
+    reads it, after any warp), checked before any pixel is read; 0 or None: no cap. The plan
+    (input and model-grid size, chunks, tiles, model pixels) is logged at INFO before return.
 
     Raises
     ------
     SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
-    DeviceError, InputError
+    DeviceError, InputError, RunTooLargeError
     """
     from geounet.engine.runner import default_model_path
     from geounet.engine.tiling import plan_tiles
 
     # user mistakes first, before torch is imported (device checks and the card need it)
     _check_settings(precision, probability_dtype, threshold, False, device, engine)
-    info = _open_placed_scene(scene, allow_no_crs)
+    max_pixels = _check_max_pixels(max_pixels)
+    source = _open_placed_scene(scene, allow_no_crs)
     if check_device:
         _check_device(device, precision)
         _check_engine(engine, device, precision)
     model_path = Path(model) if model is not None else default_model_path()
     card, bands = _load_card(model_path, bands)
-    info = _fit_scene(info, card, resample, resampling, rescale)
+    info = _fit_scene(source, card, resample, resampling, rescale, max_pixels)
     card.check_scene(info.count, info.read_dtype, info.pixel_size)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
         raise TileSizeError(f"chunk size {chunk_size!r} is not a positive whole number of pixels.")
@@ -212,7 +230,66 @@ def plan_prediction(
         "warp": _plain(info.warp),
         "rescale": _plain(info.rescale),
     }
-    return Plan(info, card, grid, runner, chunk_size, tile_size, run)
+    plan = Plan(info, card, grid, runner, chunk_size, tile_size, run)
+    log.info("%s", describe_plan(plan, source))
+    return plan
+
+
+def describe_plan(plan: Plan, source: SceneInfo | None = None) -> str:
+    """One line saying what ``plan`` will compute: input and model grid, chunks, tiles, pixels.
+
+    ``source`` is the scene as opened (before any warp); default: the planned scene's own grid.
+    """
+    info, grid = plan.info, plan.grid
+    source = source if source is not None else info
+    rows, cols = grid.chunk_rows, grid.chunk_cols
+    tile_rows = -(-info.height // grid.stride)
+    tile_cols = -(-info.width // grid.stride)
+    pixels = info.height * info.width
+
+    def size(i: SceneInfo) -> str:
+        at = f" at {i.pixel_size:.3g} m" if i.pixel_size else ""
+        return f"{i.width:,} x {i.height:,} px{at}"
+
+    if info.warp is not None and info.warp.regrid:
+        model_grid = f"model grid {size(info)} (resampled, {info.warp.resampling})"
+    else:
+        model_grid = "model grid the same"
+    return (
+        f"plan: {os.path.basename(str(source.path))} {size(source)} -> {model_grid}; "
+        f"{rows * cols:,} chunk(s) of {grid.chunk_size} px ({rows} x {cols}), about "
+        f"{tile_rows * tile_cols:,} tile(s) of {grid.tile_size} px; "
+        f"{pixels:,} model pixels ({pixels / 1e6:,.1f} MP)"
+    )
+
+
+def _check_max_pixels(max_pixels: int | None) -> int | None:
+    """``max_pixels`` as a positive int, or None for no ceiling (None or 0)."""
+    if max_pixels is None:
+        return None
+    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, float)) or not (
+        max_pixels >= 0 and float(max_pixels) == int(max_pixels)
+    ):
+        raise InputError(
+            f"max_pixels {max_pixels!r} is not a whole number of pixels >= 0; give e.g. "
+            f"{DEFAULT_MAX_PIXELS:.0e} (--max-pixels), or 0 for no ceiling."
+        )
+    return int(max_pixels) or None
+
+
+def _check_model_pixels(info: SceneInfo, max_pixels: int | None) -> None:
+    """Raise RunTooLargeError when the model grid of ``info`` has more than ``max_pixels``."""
+    pixels = info.height * info.width
+    if max_pixels is not None and pixels > max_pixels:
+        grid = f"{info.width:,} x {info.height:,} px"
+        if info.warp is not None and info.warp.regrid:
+            grid += f", the scene resampled to {info.pixel_size:.3g} m"
+        raise RunTooLargeError(
+            f"this run would compute {pixels:,} model pixels ({pixels / 1e9:.3g} gigapixels: "
+            f"{grid}), more than the limit of {max_pixels:,} (max_pixels); check the scene "
+            "and model resolutions, split the scene, or raise the limit with --max-pixels N "
+            "(max_pixels=N; 0 = no limit)."
+        )
 
 
 def _check_settings(precision: Precision, probability_dtype: ProbabilityDtype,
@@ -287,13 +364,19 @@ def _load_card(model_path: Path, bands: tuple[int, ...] | None
 
 
 def _fit_scene(info: SceneInfo, card: ModelCard, resample: ResampleMode,
-               resampling: Resampling, rescale: str | tuple[float, float] | None) -> SceneInfo:
-    """The scene as the model reads it: warped to its pixel size, values mapped into its range."""
+               resampling: Resampling, rescale: str | tuple[float, float] | None,
+               max_pixels: int | None = None) -> SceneInfo:
+    """The scene as the model reads it: warped to its pixel size, values mapped into its range.
+
+    The pixel ceiling is checked on the model grid before the rescale samples any window."""
     from geounet.raster.fitting import plan_resample, plan_rescale
 
     if max(card.bands) <= info.count:  # else check_scene names the band problem
         info = plan_resample(info, card.pixel_size, resample, resampling=resampling)
+        _check_model_pixels(info, max_pixels)
         info = dataclasses.replace(info, rescale=plan_rescale(info, card, rescale))
+    else:
+        _check_model_pixels(info, max_pixels)
     return info
 
 

@@ -48,6 +48,7 @@ class _PolygonLayer:
         tolerance: float,
         regularize: bool,
         has_probabilities: bool,
+        min_confidence: float | None = None,
     ) -> None:
         self.name, self.layer, self.writer, self.frame = name, layer, writer, frame
         self.pixel_m = pixel_m  # ground size of a pixel (m)
@@ -56,14 +57,17 @@ class _PolygonLayer:
         self.tolerance = tolerance  # pixels
         self.regularize = regularize
         self.has_probabilities = has_probabilities
+        self.min_confidence = min_confidence  # drop objects whose mean probability is below
         self.geoms: list[Any] = []
         self.pixels: list[int] = []
         self.psums: list[float] = []
+        self.pmins: list[float] = []
 
-    def add(self, polygon: Any, pixels: int, psum: float) -> None:
+    def add(self, polygon: Any, pixels: int, psum: float, pmin: float) -> None:
         self.geoms.append(polygon)
         self.pixels.append(pixels)
         self.psums.append(psum)
+        self.pmins.append(pmin)
         if len(self.geoms) >= BATCH:
             self.flush()
 
@@ -76,8 +80,13 @@ class _PolygonLayer:
         geoms[:] = self.geoms
         pixels = np.asarray(self.pixels, dtype=np.float64)
         psums = np.asarray(self.psums, dtype=np.float64)
-        self.geoms, self.pixels, self.psums = [], [], []
+        pmins = np.asarray(self.pmins, dtype=np.float64)
+        self.geoms, self.pixels, self.psums, self.pmins = [], [], [], []
         geoms, index = shapely.get_parts(geoms, return_index=True)
+        if self.min_confidence is not None and self.has_probabilities:
+            # per object (all its parts), on the object's own pixels, before any cleaning
+            confident = psums[index] / np.maximum(pixels[index], 1) >= self.min_confidence
+            geoms, index = geoms[confident], index[confident]
         keep = shapely.get_type_id(geoms) == 3  # polygons only
         geoms, index = geoms[keep], index[keep]
         if self.fill_holes:
@@ -101,8 +110,10 @@ class _PolygonLayer:
         area, perimeter = self.frame.area_perimeter(geoms)
         if self.has_probabilities:
             mean_p = psums[index] / np.maximum(pixels[index], 1)
+            min_p = pmins[index]
         else:
             mean_p = np.full(len(geoms), np.nan)
+            min_p = np.full(len(geoms), np.nan)
         self.writer.write(
             self.layer,
             geoms,
@@ -111,6 +122,7 @@ class _PolygonLayer:
                 "area_m2": area,
                 "perimeter_m": perimeter,
                 "mean_probability": mean_p,
+                "min_probability": min_p,
             },
         )
 

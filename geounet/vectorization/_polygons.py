@@ -50,6 +50,7 @@ class _Group:
     pieces: list[Any]
     pixels: int
     probability_sum: float
+    probability_min: float
     value: int
     pending: set[Key] = field(default_factory=set)
 
@@ -59,11 +60,14 @@ class SeamMerger:
 
     Parameters
     ----------
-    emit : called as ``emit(value, polygon, pixels, probability_sum)`` for each finished object
-        (polygon in global pixel coordinates).
+    emit : called as ``emit(value, polygon, pixels, probability_sum, probability_min)`` for
+        each finished object (polygon in global pixel coordinates). Sum and minimum are over
+        every pixel of the object, whichever chunks they lie in: the sum adds and the minimum
+        takes the smaller across a seam, so both are the whole-scene values (``inf`` minimum
+        without probabilities).
     """
 
-    def __init__(self, emit: Callable[[int, Any, int, float], None]) -> None:
+    def __init__(self, emit: Callable[[int, Any, int, float, float], None]) -> None:
         self.emit = emit
         self.parent: dict[int, int] = {}
         self.groups: dict[int, _Group] = {}
@@ -94,6 +98,7 @@ class SeamMerger:
         ga.pieces.extend(gb.pieces)
         ga.pixels += gb.pixels
         ga.probability_sum += gb.probability_sum
+        ga.probability_min = min(ga.probability_min, gb.probability_min)
         ga.pending |= gb.pending
         del self.groups[rb]
 
@@ -131,8 +136,11 @@ class SeamMerger:
         pixels = np.bincount(flat, minlength=count + 1)
         if probability is not None:
             psum = np.bincount(flat, weights=probability.ravel(), minlength=count + 1)
+            pmin = np.full(count + 1, np.inf)
+            np.minimum.at(pmin, flat, probability.ravel().astype(np.float64))
         else:
             psum = np.zeros(count + 1)
+            pmin = np.full(count + 1, np.inf)
         values = np.zeros(count + 1, dtype=np.int64)
         values[flat] = mask.ravel()
 
@@ -151,7 +159,8 @@ class SeamMerger:
         polygons = trace_labels(labels, y0, x0) if count else {}
         for lab in range(1, count + 1):
             if not held[lab]:
-                self.emit(int(values[lab]), polygons[lab], int(pixels[lab]), float(psum[lab]))
+                self.emit(int(values[lab]), polygons[lab], int(pixels[lab]), float(psum[lab]),
+                          float(pmin[lab]))
 
         # node ids for held labels
         node_of = np.zeros(count + 1, dtype=np.int64)
@@ -172,7 +181,8 @@ class SeamMerger:
                 pending.add(right_key)
                 self.waiting[right_key].append(node)
             self.groups[node] = _Group(
-                [polygons[lab]], int(pixels[lab]), float(psum[lab]), int(values[lab]), pending
+                [polygons[lab]], int(pixels[lab]), float(psum[lab]), float(pmin[lab]),
+                int(values[lab]), pending
             )
 
         neighbours = ((above, labels[0], top), (left, labels[:, 0], west))
@@ -212,7 +222,8 @@ class SeamMerger:
             polygon = group.pieces[0]
         else:
             polygon = shapely.union_all(group.pieces)
-        self.emit(group.value, polygon, group.pixels, group.probability_sum)
+        self.emit(group.value, polygon, group.pixels, group.probability_sum,
+                  group.probability_min)
 
     def close(self) -> None:
         """Emit whatever is still held (nothing when every chunk of the cell was added)."""

@@ -109,6 +109,7 @@ def vectorize(
     regularize: bool = False,
     centerlines: bool = True,
     spur_length: float | None = None,
+    min_confidence: float | None = None,
     layer_names: Mapping[str, str] | None = None,
     overwrite: bool = False,
     cut_size: int | None = DEFAULT_CUT_SIZE,
@@ -133,6 +134,12 @@ def vectorize(
     regularize : make building footprints rectilinear (walls at right angles).
     centerlines : also write the ``road_centerlines`` layer (when ``roads`` is vectorized).
     spur_length : metres; shorter centerline spurs are dropped. Default 10.
+    min_confidence : drop polygon objects whose ``mean_probability`` (the mean, over the
+        object's pixels, of the probability of its class) is below this value (0-1); None or
+        0 keeps all. It filters the mean, not ``min_probability``: one uncertain edge pixel
+        sets an object's minimum, so a minimum filter would drop most true objects; the mean
+        measures the object as a whole. Needs a prediction with probabilities (a geounet store
+        or COG), not a bare class mask. Centerlines are not filtered.
     layer_names : class name (or ``road_centerlines``) -> layer name.
     overwrite : replace existing outputs instead of raising :class:`OutputExistsError`.
     cut_size : side in pixels of the scene-anchored grid no object crosses (objects are cut
@@ -153,7 +160,14 @@ def vectorize(
     started = time.perf_counter()
     out = Path(out)
     fmt = _check_options(out, chunk_size, cut_size, spur_length)
+    min_confidence = _check_min_confidence(min_confidence)
     with PredictionReader(pred) as reader:
+        if min_confidence is not None and not reader.has_probabilities:
+            raise InputError(
+                f"min_confidence {min_confidence} needs class probabilities, but {str(pred)!r} "
+                "holds only a class mask; vectorize the geounet prediction (.zarr store or "
+                "COG from `geounet predict`) or leave out --min-confidence."
+            )
         wanted, layers, lines_wanted = _choose_layers(
             reader, pred, classes, layer_names, centerlines
         )
@@ -181,6 +195,7 @@ def vectorize(
                     tolerance=tolerances[cls] / pixel_m,
                     regularize=regularize and cls == BUILDING_CLASS,
                     has_probabilities=reader.has_probabilities,
+                    min_confidence=min_confidence,
                 )
                 for cls in wanted
             }
@@ -218,6 +233,20 @@ def vectorize(
         max_held=stats["max_held"],
         layers=tuple(layers.values()),
     )
+
+
+def _check_min_confidence(value: float | None) -> float | None:
+    """``value`` as a float in 0-1, None for off (None or 0)."""
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
+        0.0 <= float(value) <= 1.0
+    ):
+        raise InputError(
+            f"min_confidence {value!r} is not a probability in 0-1; give e.g. 0.6 (objects "
+            "with a lower mean_probability are dropped) or 0 / None to keep all."
+        )
+    return float(value) or None
 
 
 def _check_options(
@@ -302,7 +331,7 @@ def _layer_specs(wanted: list[str], layers: dict[str, str], lines_wanted: bool) 
                 layers[cls],
                 "Polygon",
                 {"class": pa.string(), "area_m2": pa.float64(), "perimeter_m": pa.float64(),
-                 "mean_probability": pa.float64()},
+                 "mean_probability": pa.float64(), "min_probability": pa.float64()},
             )
         )
     if lines_wanted:

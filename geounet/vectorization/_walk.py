@@ -82,8 +82,8 @@ def _run_windows(
         else None
     )
 
-    def emit(value: int, polygon: Any, pixels: int, psum: float) -> None:
-        buffers[value].add(polygon, pixels, psum)
+    def emit(value: int, polygon: Any, pixels: int, psum: float, pmin: float) -> None:
+        buffers[value].add(polygon, pixels, psum, pmin)
 
     for ys, xs in order.plans:
         merger = SeamMerger(emit)
