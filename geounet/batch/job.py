@@ -54,6 +54,7 @@ from geounet.batch.table import (  # noqa: F401 - re-exported
 )
 from geounet.distributed.cluster import SchedulerLike
 from geounet.config import (
+    TTA,
     BatchRaster,
     Engine,
     Precision,
@@ -135,6 +136,7 @@ def run_batch(
     device: str = "auto",
     precision: Precision = "auto",
     engine: Engine = "torch",
+    tta: TTA = "none",
     probability_dtype: ProbabilityDtype = "uint8",
     threshold: float | None = None,
     allow_no_crs: bool = False,
@@ -161,7 +163,7 @@ def run_batch(
     out_dir : local folder (created if missing) or ``s3://bucket/prefix``.
     manifests : more manifest files (``.txt`` or ``.csv`` with a ``path`` column).
     model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-        threshold, allow_no_crs, resample, resampling, rescale, engine : as for
+        threshold, allow_no_crs, resample, resampling, rescale, engine, tta : as for
         :func:`geounet.predict` (one setting for every scene).
     raster : also keep each scene's prediction raster: ``none``, ``zarr`` or ``cog``.
     vector_format : ``gpkg`` (default locally), ``parquet`` (GeoParquet; default and
@@ -205,6 +207,9 @@ def run_batch(
     if not remote:
         out_dir = os.path.abspath(out_dir)
     fmt = _check_settings(out_dir, remote, raster, vector_format, window)
+    from geounet.engine.runner import tta_transforms
+
+    tta_transforms(tta)  # a job-wide mistake: refused before any scene
     if model is not None and not objectstore.is_url(model):
         model = os.path.abspath(model)
     scene_list = resolve_scenes(scenes, manifests)
@@ -219,7 +224,7 @@ def run_batch(
                         probability_dtype=probability_dtype, threshold=threshold,
                         allow_no_crs=allow_no_crs, check_device=runs_here(client),
                         resample=resample, resampling=resampling, rescale=rescale,
-                        engine=engine)
+                        engine=engine, tta=tta)
     options = dict(vectorize_options or {})
     _check_vectorize_options(options)
     job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,

@@ -18,7 +18,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geounet.distributed.cluster import SchedulerLike
-from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
+from geounet.config import (
+    TTA,
+    Engine,
+    Precision,
+    ProbabilityDtype,
+    ResampleMode,
+    Resampling,
+    choices,
+)
 from geounet.errors import GeoreferenceError, InputError, TileSizeError
 
 if TYPE_CHECKING:
@@ -38,6 +46,8 @@ class RunnerSpec:
     engine: Engine = "torch"
     model_sha256: str | None = None
     """The checkpoint's content hash: workers load the copy shipped under it (geounet.distributed.worker)."""
+    tta: TTA = "none"
+    """Test-time augmentation of every tile (:meth:`geounet.engine.runner.ModelRunner.forward`)."""
 
 
 @dataclass(frozen=True)
@@ -160,6 +170,7 @@ def plan_prediction(
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
     engine: Engine = "torch",
+    tta: TTA = "none",
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward) and plan its grid.
 
@@ -168,17 +179,18 @@ def plan_prediction(
     ``rescale`` fit the scene to the model card (:mod:`geounet.raster.fitting`): the planned scene
     may be a warped view at the card's pixel size, and its values may be mapped into the
     card's range (percentile and bit-depth rescales read a sample of windows, nothing else
-    reads pixels).
+    reads pixels). ``tta`` is checked here and travels in the runner spec.
 
     Raises
     ------
     SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
     DeviceError, InputError
     """
-    from geounet.engine.runner import default_model_path
+    from geounet.engine.runner import default_model_path, tta_transforms
     from geounet.engine.tiling import plan_tiles
 
     _check_settings(precision, probability_dtype, threshold, check_device, device, engine)
+    tta_transforms(tta)  # InputError naming the value
     info = _open_placed_scene(scene, allow_no_crs)
     model_path = Path(model) if model is not None else default_model_path()
     card, bands = _load_card(model_path, bands)
@@ -193,7 +205,7 @@ def plan_prediction(
     chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
     model_print = _model_fingerprint(model_path)
     runner = RunnerSpec(str(model_path.absolute()), device, precision, bands, engine,
-                        model_print["sha256"])
+                        model_print["sha256"], tta)
     run = {
         "scene": _fingerprint(scene),
         "model": model_print,
@@ -202,6 +214,7 @@ def plan_prediction(
         "tile_size": tile_size,
         "precision": precision,
         "engine": engine,
+        "tta": tta,
         "probability_dtype": probability_dtype,
         "threshold": threshold,
         # as JSON gives them back, so a resumed run compares equal to its stored record
