@@ -190,3 +190,16 @@ def test_library_refuses_a_bad_tta_value(make_scene: Callable[..., Path],
     with pytest.raises(InputError, match="tta 'x' is not one of"):
         run_batch([str(scene)], tmp_path / "b", tta="x")  # type: ignore[arg-type]
     assert not (tmp_path / "p.zarr").exists() and not (tmp_path / "b").exists()
+
+
+def test_resume_with_another_tta_is_refused(make_scene: Callable[..., Path],
+                                            tmp_path: Path) -> None:
+    """The run record names tta: a resume with another setting would mix outputs."""
+    from geounet import output
+    from geounet.run.planning import plan_prediction
+
+    scene, model = make_scene(64, 64), _checkpoint(tmp_path)
+    plain = plan_prediction(scene, model=model, check_device=False)
+    d4 = plan_prediction(scene, model=model, check_device=False, tta="d4")
+    assert (plain.runner.tta, d4.runner.tta) == ("none", "d4")
+    assert output.changed_settings(plain.run, d4.run) == ["tta"]
