@@ -63,8 +63,8 @@ def test_tta_is_the_average_over_the_transformed_scene(make_scene: Callable[...,
         np.testing.assert_allclose(probs, manual, atol=1e-5, rtol=0)
     # TTA changes the answer of a random model (so the comparison above can fail)
     assert np.abs(manual - plain).max() > 1e-3
-    np.testing.assert_allclose(predict_array(pixels, runner, valid, tta=tta),  # type: ignore[arg-type]
-                               manual, atol=1e-5, rtol=0)
+    whole_tta = predict_array(pixels, runner, valid, tta=tta)  # type: ignore[arg-type]
+    np.testing.assert_allclose(whole_tta, manual, atol=1e-5, rtol=0)
 
 
 @pytest.mark.parametrize("tta", ["flips", "d4"])
