@@ -27,6 +27,11 @@ Engine = Literal["torch", "onnxruntime", "openvino", "auto"]
 """Inference runtime of the forward pass (:mod:`geounet.engine.backends`); ``auto`` picks by the CPU's
 instruction sets and the installed packages (docs/engine.md)."""
 
+TTA = Literal["none", "flips", "d4"]
+"""Test-time augmentation of each tile: ``none``; ``flips`` (4 transforms: identity, left-right,
+up-down, both); ``d4`` (8: the four quarter turns, each also mirrored). The softmax
+probabilities are averaged over the transforms, each undone (docs/predict.md)."""
+
 
 
 def choices(alias: object) -> tuple[str, ...]:

@@ -223,3 +223,23 @@ def test_forwards_from_several_threads_at_once_equal_one_at_a_time(
     for a, b in zip(alone, together):
         np.testing.assert_array_equal(a, b)
     assert runner.calls == 24
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_tta_is_exact_with_every_engine(make_scene: Callable[..., Path], tmp_path: Path,
+                                        engine: str) -> None:
+    """TTA transforms the numpy batch around the engine call: tiled d4 == whole-scene d4 with
+    that engine (1e-5), and equals torch's d4 to rounding."""
+    path = make_scene(150, 173)
+    runner = get_runner(_checkpoint(tmp_path), "cpu", "fp32", engine=engine)
+    info = open_scene(path)
+    pixels, valid = read_window(info, 0, 0, info.height, info.width, bands=runner.card.bands)
+    whole = predict_array(pixels, runner, valid, tta="d4")
+    grid = plan_tiles(runner.config, info.height, info.width, chunk_size=32)
+    before = runner.tiles
+    probs, _ = predict_tiled(info, grid, runner, tta="d4")
+    np.testing.assert_allclose(probs, whole, atol=1e-5, rtol=0)
+    assert runner.tiles - before == 8 * grid.tile_rows * grid.tile_cols
+    reference = get_runner(tmp_path / "valid2-0.pt", "cpu", "fp32", engine="torch")
+    np.testing.assert_allclose(predict_array(pixels, reference, valid, tta="d4"), whole,
+                               atol=1e-4)

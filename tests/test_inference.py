@@ -181,9 +181,9 @@ def test_same_padding_runs_each_tile_once(tmp_path: Path) -> None:
     seen: list[tuple[int, ...]] = []
     forward = runner.forward
 
-    def counting(batch: np.ndarray) -> np.ndarray:
+    def counting(batch: np.ndarray, tta: str = "none") -> np.ndarray:
         seen.extend([tuple(batch.shape)] * batch.shape[0])
-        return forward(batch)
+        return forward(batch, tta)  # type: ignore[arg-type]
 
     runner.forward = counting  # type: ignore[method-assign]
     pieces = {}

@@ -54,6 +54,7 @@ from geounet.batch.table import (  # noqa: F401 - re-exported
 )
 from geounet.distributed.cluster import SchedulerLike
 from geounet.config import (
+    TTA,
     BatchRaster,
     Engine,
     Precision,
@@ -140,6 +141,7 @@ def run_batch(
     device: str = "auto",
     precision: Precision = "auto",
     engine: Engine = "torch",
+    tta: TTA = "none",
     probability_dtype: ProbabilityDtype = "uint8",
     threshold: float | None = None,
     allow_no_crs: bool = False,
@@ -167,7 +169,7 @@ def run_batch(
     out_dir : local folder (created if missing) or ``s3://bucket/prefix``.
     manifests : more manifest files (``.txt`` or ``.csv`` with a ``path`` column).
     model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-        threshold, allow_no_crs, resample, resampling, rescale, engine : as for
+        threshold, allow_no_crs, resample, resampling, rescale, engine, tta : as for
         :func:`geounet.predict` (one setting for every scene).
     max_pixels : as for :func:`geounet.predict`, per scene: a scene over it (or more than 4x
         off the model's pixel size with ``resample="auto"``) fails in planning, before any of
@@ -214,6 +216,9 @@ def run_batch(
     if not remote:
         out_dir = os.path.abspath(out_dir)
     fmt = _check_settings(out_dir, remote, raster, vector_format, window)
+    from geounet.engine.runner import tta_transforms
+
+    tta_transforms(tta)  # a job-wide mistake: refused before any scene
     if model is not None and not objectstore.is_url(model):
         model = os.path.abspath(model)
     scene_list = resolve_scenes(scenes, manifests)
@@ -228,7 +233,7 @@ def run_batch(
                         probability_dtype=probability_dtype, threshold=threshold,
                         allow_no_crs=allow_no_crs, check_device=runs_here(client),
                         resample=resample, resampling=resampling, rescale=rescale,
-                        engine=engine, max_pixels=_check_max_pixels(max_pixels))
+                        engine=engine, max_pixels=_check_max_pixels(max_pixels), tta=tta)
     options = dict(vectorize_options or {})
     _check_vectorize_options(options)
     job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,

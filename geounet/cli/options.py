@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from geounet.config import (
+    TTA,
     BatchRaster,
     Engine,
     Precision,
@@ -122,6 +123,14 @@ engine = click.option(
     show_default=True,
     help="Inference runtime: torch, onnxruntime, openvino (optional extras), or auto "
     "(by the CPU's instruction sets and the installed packages; see docs/engine.md).",
+)
+tta = click.option(
+    "--tta",
+    type=click.Choice(choices(TTA)),
+    default="none",
+    show_default=True,
+    help="Test-time augmentation of every tile: none, flips (4 transforms: 4x the model work) "
+    "or d4 (flips and quarter turns: 8x); probabilities averaged. See docs/predict.md.",
 )
 probability_dtype = click.option(
     "--probability-dtype",
@@ -392,7 +401,7 @@ def prediction_options(func: Any) -> Any:
     them out with :func:`pop_client`).
     """
     for decorator in reversed(
-        [model, bands, chunk_size, tile_size, batch_size, device, precision, engine,
+        [model, bands, chunk_size, tile_size, batch_size, device, precision, engine, tta,
          probability_dtype, threshold, resample, resampling, rescale, max_pixels, workers,
          scheduler,
          in_process,

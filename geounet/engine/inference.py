@@ -24,7 +24,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from geounet.engine.blend import DEFAULT_WINDOW, BlendAccumulator, TilePiece, weight_window
-from geounet.config import NODATA_CLASS, BlendWindow
+from geounet.config import NODATA_CLASS, TTA, BlendWindow
 from geounet.errors import InputError
 from geounet.raster import SceneInfo, mirror_pad, read_window
 from geounet.engine.runner import (  # re-exported: the runner is part of this module's face
@@ -105,6 +105,7 @@ def _run_tiles(
     touching: bool,
     batch_size: int,
     window: BlendWindow,
+    tta: TTA = "none",
 ) -> ChunkPrediction | None:
     """Run the chunk's tiles (own, or all ``touching`` its core) and crop or blend them into
     the core; return the prediction (with pieces when not ``touching``), or None without
@@ -135,7 +136,7 @@ def _run_tiles(
     for start in range(0, len(jobs), batch_size):
         group = jobs[start : start + batch_size]
         batch = np.stack([x[:, ty : ty + t, tx : tx + t] for _, ty, tx in group])
-        for (tile, ty, tx), tile_probs in zip(group, runner.forward(batch)):
+        for (tile, ty, tx), tile_probs in zip(group, runner.forward(batch, tta)):
             oy, ox = tile.y0 + off - chunk.y0, tile.x0 + off - chunk.x0  # output origin
             if acc is None:  # valid: the core is exact, crop it
                 ya, yb = max(0, tile.core_y0 - chunk.y0), min(chunk.height, tile.core_y0
@@ -198,6 +199,7 @@ def compute_chunk(
     *,
     batch_size: int = 1,
     window: BlendWindow = DEFAULT_WINDOW,
+    tta: TTA = "none",
 ) -> ChunkPrediction | None:
     """Run the tiles ``chunk`` owns, each tile of the grid once over all chunks.
 
@@ -213,7 +215,7 @@ def compute_chunk(
         ``valid`` is then all False).
     """
     return _run_tiles(info, chunk, grid, runner, touching=False, batch_size=batch_size,
-                      window=window)
+                      window=window, tta=tta)
 
 
 def blend_seams(
@@ -261,6 +263,7 @@ def predict_chunk(
     *,
     batch_size: int = 1,
     window: BlendWindow = DEFAULT_WINDOW,
+    tta: TTA = "none",
 ) -> tuple[np.ndarray, np.ndarray] | None:
     """Class probabilities of one chunk core on its own, computed from the global tile grid.
 
@@ -278,6 +281,8 @@ def predict_chunk(
     runner : from :func:`get_runner`.
     batch_size : tiles per forward pass (1 is best on CPU; larger on a GPU).
     window : blending window for same-padding models.
+    tta : test-time augmentation of every tile (``none``, ``flips``, ``d4``;
+        :meth:`ModelRunner.forward`).
 
     Returns
     -------
@@ -286,7 +291,7 @@ def predict_chunk(
         None, without calling the model, when every pixel of the chunk core is nodata.
     """
     result = _run_tiles(info, chunk, grid, runner, touching=True, batch_size=batch_size,
-                        window=window)
+                        window=window, tta=tta)
     return None if result is None else (result.probabilities, result.valid)
 
 
@@ -297,6 +302,7 @@ def predict_tiled(
     *,
     batch_size: int = 1,
     window: BlendWindow = DEFAULT_WINDOW,
+    tta: TTA = "none",
 ) -> tuple[np.ndarray, np.ndarray]:
     """Run every chunk as the pipeline does (:func:`compute_chunk`, then :func:`blend_seams`)
     and assemble a scene-sized result.
@@ -308,7 +314,8 @@ def predict_tiled(
     valid = np.zeros((grid.height, grid.width), dtype=bool)
     pieces: dict[tuple[int, int], tuple[TilePiece, ...]] = {}
     for chunk in grid.chunks():
-        result = compute_chunk(info, chunk, grid, runner, batch_size=batch_size, window=window)
+        result = compute_chunk(info, chunk, grid, runner, batch_size=batch_size, window=window,
+                               tta=tta)
         if result is not None:
             probs[:, chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result.probabilities
             valid[chunk.y0 : chunk.y1, chunk.x0 : chunk.x1] = result.valid
@@ -324,7 +331,8 @@ def predict_tiled(
 
 
 def predict_array(
-    pixels: np.ndarray, runner: ModelRunner, valid: np.ndarray | None = None
+    pixels: np.ndarray, runner: ModelRunner, valid: np.ndarray | None = None,
+    tta: TTA = "none",
 ) -> np.ndarray:
     """Whole-scene reference: mirror-pad the whole array and run the model once.
 
@@ -338,6 +346,9 @@ def predict_array(
     pixels : raw scene pixels (band, y, x) of the card's bands.
     runner : the model.
     valid : bool (y, x); invalid pixels are fed as the band mean and get probability 0.
+    tta : test-time augmentation (:meth:`ModelRunner.forward`) of the whole padded array:
+        what the tiles' own transforms give (valid padding: exactly, since every tile sits at
+        a multiple of the alignment from both ends of it).
 
     Returns
     -------
@@ -362,7 +373,7 @@ def predict_array(
         top_left = (crop, crop)
         after = (crop + (-height % a), crop + (-width % a))
     x = runner.normalize(mirror_pad(pixels, top_left, after), mirror_pad(valid, top_left, after))
-    out = runner.forward(x[None])[0][:, crop : crop + height, crop : crop + width]
+    out = runner.forward(x[None], tta)[0][:, crop : crop + height, crop : crop + width]
     return np.ascontiguousarray(out * valid[None], dtype=np.float32)
 
 
@@ -386,6 +397,7 @@ def measure_seam_error(
     *,
     batch_size: int = 1,
     window: BlendWindow = DEFAULT_WINDOW,
+    tta: TTA = "none",
 ) -> SeamReport:
     """Compare tiled inference (:func:`predict_tiled`) with :func:`predict_array`.
 
@@ -393,9 +405,10 @@ def measure_seam_error(
     same-padding models it is the seam error of blending. Reads the whole scene: for
     benchmark-sized scenes.
     """
-    tiled, valid = predict_tiled(info, grid, runner, batch_size=batch_size, window=window)
+    tiled, valid = predict_tiled(info, grid, runner, batch_size=batch_size, window=window,
+                                 tta=tta)
     pixels, whole_valid = read_window(info, 0, 0, info.height, info.width, bands=runner.card.bands)
-    whole = predict_array(pixels, runner, whole_valid)
+    whole = predict_array(pixels, runner, whole_valid, tta)
     if not valid.any():
         return SeamReport(0.0, 0.0, 1.0)
     diff = np.abs(tiled - whole)[:, valid]

@@ -20,7 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.config import Engine, Precision, choices
+from geounet.config import TTA, Engine, Precision, choices
 from geounet.errors import DeviceError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -104,6 +104,49 @@ def resolve_precision(precision: Precision, device: torch.device) -> str:
     return str(precision)
 
 
+# ---- test-time augmentation -------------------------------------------------------------
+TTA_TRANSFORMS: dict[str, tuple[tuple[int, bool], ...]] = {
+    "none": ((0, False),),
+    "flips": ((0, False), (0, True), (2, True), (2, False)),
+    "d4": tuple((k, flip) for k in range(4) for flip in (False, True)),
+}
+"""Each TTA setting's transforms ``(quarter turns, mirrored)``, applied as: mirror left-right
+(last axis) if ``mirrored``, then ``quarter turns`` x 90 degrees counter-clockwise (numpy
+``rot90`` on the last two axes). ``flips``: identity, left-right, up-down (= a half turn of the
+left-right mirror), both (= a half turn)."""
+
+
+def tta_transforms(tta: TTA) -> tuple[tuple[int, bool], ...]:
+    """The transforms of ``tta`` (:data:`TTA_TRANSFORMS`).
+
+    Raises
+    ------
+    InputError
+        ``tta`` is not one of ``none``, ``flips``, ``d4``.
+    """
+    if tta not in TTA_TRANSFORMS:
+        raise InputError(
+            f"tta {tta!r} is not one of {', '.join(choices(TTA))}; use none (no test-time "
+            "augmentation), flips (4 transforms) or d4 (8: flips and quarter turns)."
+        )
+    return TTA_TRANSFORMS[tta]
+
+
+def apply_transform(x: np.ndarray, transform: tuple[int, bool]) -> np.ndarray:
+    """``x`` (..., H, W) under one TTA transform (a contiguous copy)."""
+    turns, mirrored = transform
+    if mirrored:
+        x = x[..., ::-1]
+    return np.ascontiguousarray(np.rot90(x, turns, axes=(-2, -1)))
+
+
+def undo_transform(y: np.ndarray, transform: tuple[int, bool]) -> np.ndarray:
+    """The inverse of :func:`apply_transform` on an output ``y`` (..., h, w) (a view)."""
+    turns, mirrored = transform
+    y = np.rot90(y, -turns, axes=(-2, -1))
+    return y[..., ::-1] if mirrored else y
+
+
 # ---- the runner -------------------------------------------------------------------------
 class ModelRunner:
     """A loaded model with its card, device and precision: built once per worker process.
@@ -123,8 +166,10 @@ class ModelRunner:
 
     Attributes
     ----------
-    calls : forward passes (batches) run so far.
-    tiles : tiles run so far.
+    calls : forward passes (batches) run so far; with test-time augmentation, one per
+        transform.
+    tiles : tiles run so far; with test-time augmentation, each tile counts once per
+        transform (the model evaluations, the cost).
     """
 
     def __init__(
@@ -190,8 +235,28 @@ class ModelRunner:
             x *= valid[None]
         return x
 
-    def forward(self, batch: np.ndarray) -> np.ndarray:
-        """Softmax probabilities (N, K, h, w) float32 of a normalized batch (N, C, H, W)."""
+    def forward(self, batch: np.ndarray, tta: TTA = "none") -> np.ndarray:
+        """Softmax probabilities (N, K, h, w) float32 of a normalized batch (N, C, H, W).
+
+        ``tta`` (``none``, ``flips``, ``d4``): run the model on the batch under each transform
+        of :data:`TTA_TRANSFORMS` (one engine call each, on every engine), undo it on the
+        output and average the probabilities, in a fixed order, so a tile gives the same
+        result wherever it is run. Quarter turns need square inputs unless the model takes
+        both orientations (any valid size does); the output is then (N, K, h, w) as without.
+        """
+        transforms = tta_transforms(tta)
+        if len(transforms) == 1:
+            return self._forward(batch)
+        total: np.ndarray | None = None
+        for transform in transforms:
+            probs = undo_transform(self._forward(apply_transform(batch, transform)), transform)
+            total = probs.copy() if total is None else np.add(total, probs, out=total)
+        assert total is not None
+        total *= np.float32(1.0 / len(transforms))
+        return total
+
+    def _forward(self, batch: np.ndarray) -> np.ndarray:
+        """One engine call: softmax probabilities of a normalized batch."""
         import torch
 
         with self._lock:

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geounet.distributed.cluster import SchedulerLike
-from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
+from geounet.config import (
+    TTA,
+    Engine,
+    Precision,
+    ProbabilityDtype,
+    ResampleMode,
+    Resampling,
+    choices,
+)
 from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, TileSizeError
 
 if TYPE_CHECKING:
@@ -52,6 +60,8 @@ class RunnerSpec:
     engine: Engine = "torch"
     model_sha256: str | None = None
     """The checkpoint's content hash: workers load the copy shipped under it (geounet.distributed.worker)."""
+    tta: TTA = "none"
+    """Test-time augmentation of every tile (:meth:`geounet.engine.runner.ModelRunner.forward`)."""
 
 
 @dataclass(frozen=True)
@@ -175,6 +185,7 @@ def plan_prediction(
     rescale: str | tuple[float, float] | None = None,
     engine: Engine = "torch",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
+    tta: TTA = "none",
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward) and plan its grid.
 
@@ -185,18 +196,19 @@ def plan_prediction(
     card's range (percentile and bit-depth rescales read a sample of windows, nothing else
     reads pixels). ``max_pixels`` caps the pixels of the model grid (the scene as the model
     reads it, after any warp), checked before any pixel is read; 0 or None: no cap. The plan
-    (input and model-grid size, chunks, tiles, model pixels) is logged at INFO before return.
+    (input and model-grid size, chunks, tiles, model pixels) is logged at INFO before return. ``tta`` is checked here and travels in the runner spec.
 
     Raises
     ------
     SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
     DeviceError, InputError, RunTooLargeError
     """
-    from geounet.engine.runner import default_model_path
+    from geounet.engine.runner import default_model_path, tta_transforms
     from geounet.engine.tiling import plan_tiles
 
     # user mistakes first, before torch is imported (device checks and the card need it)
     _check_settings(precision, probability_dtype, threshold, False, device, engine)
+    tta_transforms(tta)  # InputError naming the value
     max_pixels = _check_max_pixels(max_pixels)
     source = _open_placed_scene(scene, allow_no_crs)
     if check_device:
@@ -215,7 +227,7 @@ def plan_prediction(
     chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
     model_print = _model_fingerprint(model_path)
     runner = RunnerSpec(str(model_path.absolute()), device, precision, bands, engine,
-                        model_print["sha256"])
+                        model_print["sha256"], tta)
     run = {
         "scene": _fingerprint(scene),
         "model": model_print,
@@ -224,6 +236,7 @@ def plan_prediction(
         "tile_size": tile_size,
         "precision": precision,
         "engine": engine,
+        "tta": tta,
         "probability_dtype": probability_dtype,
         "threshold": threshold,
         # as JSON gives them back, so a resumed run compares equal to its stored record
