@@ -64,6 +64,12 @@ class TrainConfig:
     precision : ``auto`` (fp16/bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
     workers : DataLoader worker processes (None = 0 on CPU, 4 on CUDA).
     description : stored in the model card.
+    pixel_size : training resolution in metres per pixel (None = chosen from the chips: the
+        most common within 10 %, ties the finest; :mod:`geounet.training.resolution`). Chips
+        at another resolution are resampled to it when loaded; the card stores it.
+    refit : after the run, retrain from fresh weights on every chip (train, val and buffer)
+        for the optimizer steps up to the selected epoch, and save that model as the best
+        checkpoint (the validation-selected one is kept as ``*.selected.pt``).
     """
 
     depth: int = 4
@@ -101,6 +107,8 @@ class TrainConfig:
     scale: float = 0.25
     dice_foreground: bool = True
     select_from: float = 0.7
+    pixel_size: float | None = None
+    refit: bool = False
 
     def __post_init__(self) -> None:
         for name in ("depth", "base_channels", "epochs", "batch_size"):
@@ -133,6 +141,10 @@ class TrainConfig:
                                                  and math.isfinite(self.max_minutes)):
             raise InputError(f"max minutes {self.max_minutes} must be > 0 (or None for no "
                              "time budget); e.g. 27 to finish within half an hour.")
+        if self.pixel_size is not None and not (self.pixel_size > 0
+                                                and math.isfinite(self.pixel_size)):
+            raise InputError(f"pixel size {self.pixel_size} must be > 0 metres (or None to "
+                             "choose it from the chips); e.g. 0.3.")
         if self.precision not in choices(Precision):
             raise InputError(f"precision {self.precision!r} is not one of {choices(Precision)}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -269,7 +269,9 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
     found = open_dataset(chips_dir, dataset, val_fraction=config.val_fraction, seed=config.seed)
     classes = card.classes if resume is not None else found.classes
     records = list(found.records)
-    stats = compute_stats(records, len(classes))
+    stats = compute_stats(records, len(classes), pixel_size=(
+        card.pixel_size if resume is not None else config.pixel_size))
+    log.info("%s", stats.resolution.describe())
     warn_if_unbalanced(stats, classes)
     arch, card = _card(chips_dir, config, resume, card, classes, stats)
     if config.class_weights is not None and len(config.class_weights) != len(classes):
@@ -333,7 +335,7 @@ def _datasets(config: TrainConfig, card: Any, classes: tuple[str, ...], records:
     common = dict(mean=card.mean, std=card.std, num_classes=len(classes),
                   class_weights=config.class_weights, border_weight=config.border_weight,
                   border_sigma=config.border_sigma, border_class=border_class,
-                  seed=config.seed)
+                  seed=config.seed, pixel_size=card.pixel_size)
     train_set = ChipDataset([r for r in records if r.split == "train"], spec, train=True,
                             elastic=config.elastic, brightness=config.brightness,
                             contrast=config.contrast, scale=config.scale, gamma=config.gamma,
