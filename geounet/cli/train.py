@@ -118,7 +118,9 @@ def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
             if not quiet:
                 click.echo(f"epoch {r.epoch}/{event.epochs}  train loss {r.train_loss:.4f}  "
                            f"val loss {r.val_loss:.4f}  mean IoU {r.mean_iou:.3f}  "
-                           f"{r.chips_per_s:.1f} chips/s")
+                           + (f"object F1 buildings {r.object_f1:.3f}  "
+                              if r.object_f1 == r.object_f1 else "")
+                           + f"{r.chips_per_s:.1f} chips/s")
         elif draw:
             filled = int(30 * event.step / max(event.steps, 1))
             click.echo(f"\repoch {event.epoch} [{'#' * filled}{'-' * (30 - filled)}] "

@@ -179,7 +179,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """Scores of one epoch."""
+    """Scores of one epoch (``f1`` per class is pixel F1; ``object_f1`` is the building
+    object F1 at IoU 0.5 over the validation windows, ``nan`` without a buildings class)."""
 
     epoch: int
     lr: float
@@ -190,13 +191,16 @@ class EpochRecord:
     mean_iou: float
     seconds: float
     chips_per_s: float
+    object_f1: float = float("nan")
 
     def row(self, classes: Sequence[str]) -> dict[str, Any]:
-        """A CSV row."""
+        """A CSV row (``object_f1_buildings`` when the model has a ``buildings`` class)."""
         row = {"epoch": self.epoch, "lr": self.lr, "train_loss": self.train_loss,
                "val_loss": self.val_loss, "mean_iou": self.mean_iou}
         row.update({f"iou_{c}": v for c, v in zip(classes, self.iou)})
         row.update({f"f1_{c}": v for c, v in zip(classes, self.f1)})
+        if "buildings" in classes:
+            row["object_f1_buildings"] = self.object_f1
         row.update({"seconds": self.seconds, "chips_per_s": self.chips_per_s})
         return row
 
@@ -251,6 +255,8 @@ class TrainResult:
             if i > 0 and i < len(rec.iou):
                 parts.append(f"IoU {name} {rec.iou[i]:.3f}")
                 parts.append(f"F1 {name} {rec.f1[i]:.3f}")
+                if name == "buildings" and math.isfinite(rec.object_f1):
+                    parts.append(f"object F1 {name} {rec.object_f1:.3f}")
         end = ("  (stopped early)" if self.stopped_early else "") + (
             "  (time budget spent)" if self.out_of_time else "")
         return (f"best epoch {rec.epoch}/{self.history[-1].epoch}: " + ", ".join(parts)

@@ -402,7 +402,7 @@ def _run_epoch(run: _Run, tally: _Tally, epoch: int, paths: dict[str, Path],
     seen, total = _train_epoch(run, tally, epoch, progress)
     train_seconds = time.perf_counter() - started
     train_loss = total / max(seen, 1)
-    val_loss, cm, val_seen = _validate(run, tally, epoch)
+    val_loss, cm, val_seen, objects = _validate(run, tally, epoch)
     current = run.score(cm.mean_iou(), val_loss) if val_seen else -train_loss
     if run.config.schedule == "plateau":  # mode "min" on the loss, "max" on the IoU
         run.scheduler.step(current if run.config.monitor == "iou" else -current)
@@ -411,11 +411,13 @@ def _run_epoch(run: _Run, tally: _Tally, epoch: int, paths: dict[str, Path],
         epoch=epoch, lr=run.optimizer.param_groups[0]["lr"], train_loss=train_loss,
         val_loss=val_loss, iou=tuple(s.iou for s in scores), f1=tuple(s.f1 for s in scores),
         mean_iou=cm.mean_iou(), seconds=time.perf_counter() - started,
-        chips_per_s=seen / train_seconds if train_seconds > 0 else float("nan"))
+        chips_per_s=seen / train_seconds if train_seconds > 0 else float("nan"),
+        object_f1=objects.f1 if objects is not None else float("nan"))
     improved = _keep(run, tally, record, current)
     _save_epoch(run, tally, epoch, improved, paths, chips_dir)
-    log.info("epoch %d/%d train loss %.4f val loss %.4f mean IoU %.3f (%.1f chips/s)",
+    log.info("epoch %d/%d train loss %.4f val loss %.4f mean IoU %.3f%s (%.1f chips/s)",
              epoch, run.config.epochs, train_loss, val_loss, record.mean_iou,
+             f" building object F1 {record.object_f1:.3f}" if objects is not None else "",
              record.chips_per_s)
     if progress is not None:
         progress(TrainProgress(epoch, run.config.epochs, run.steps, run.steps, train_loss,
@@ -483,15 +485,19 @@ def _set_lr(run: _Run, tally: _Tally) -> None:
             group["lr"] = config.lr * factor
 
 
-def _validate(run: _Run, tally: _Tally, epoch: int) -> tuple[float, Any, int]:
-    """One pass over the validation chips: mean loss, confusion matrix, chips seen."""
+def _validate(run: _Run, tally: _Tally, epoch: int) -> tuple[float, Any, int, Any]:
+    """One pass over the validation chips: mean loss, confusion matrix, chips seen and the
+    building object counts (IoU 0.5 matching per validation window; None without a
+    ``buildings`` class)."""
     import torch
 
-    from geounet.training.metrics import ConfusionMatrix
+    from geounet.training.metrics import ConfusionMatrix, ObjectCounter
 
     net, device = run.net, run.device
     net.eval()
     cm = ConfusionMatrix(run.classes)
+    objects = (ObjectCounter(run.classes.index("buildings")) if "buildings" in run.classes
+               else None)
     val_total, val_seen = 0.0, 0
     val_started = time.perf_counter()
     with torch.no_grad():
@@ -501,11 +507,15 @@ def _validate(run: _Run, tally: _Tally, epoch: int) -> tuple[float, Any, int]:
             loss = run.loss(logits, target, weights)
             val_total += loss.item() * images.shape[0]
             val_seen += images.shape[0]
-            cm.update(logits.argmax(1).to(torch.uint8).cpu().numpy(),
-                      target.clamp(max=255).to(torch.uint8).cpu().numpy())
+            pred = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            truth = target.clamp(max=255).to(torch.uint8).cpu().numpy()
+            cm.update(pred, truth)
+            if objects is not None:
+                for p, t in zip(pred, truth):
+                    objects.update(p, t)
     tally.val_estimate = time.perf_counter() - val_started
     val_loss = val_total / val_seen if val_seen else float("nan")
-    return val_loss, cm, val_seen
+    return val_loss, cm, val_seen, objects
 
 
 def _keep(run: _Run, tally: _Tally, record: EpochRecord, current: float) -> bool:

@@ -96,8 +96,8 @@ def choose_resolution(sizes: Sequence[float | None], pixel_size: float | None = 
     Examples
     --------
     >>> r = choose_resolution([0.075, 0.076, 0.15, 0.3, None])
-    >>> round(r.pixel_size, 4), r.factors[2], r.resampled
-    (0.0755, 2.0, 2)
+    >>> round(r.pixel_size, 4), round(r.factors[2], 2), r.resampled
+    (0.0755, 1.99, 2)
     """
     known = [s for s in sizes if s is not None]
     groups = _groups(known)
