@@ -230,6 +230,8 @@ class TrainResult:
     stopped_early: bool
     classes: tuple[str, ...] = field(default=())
     out_of_time: bool = False
+    refit: dict[str, Any] | None = None  # with ``refit``: chips, epochs, steps, samples seen
+    selected_path: Path | None = None  # with ``refit``: the validation-selected checkpoint
 
     @property
     def best(self) -> EpochRecord:
@@ -259,5 +261,8 @@ class TrainResult:
                     parts.append(f"object F1 {name} {rec.object_f1:.3f}")
         end = ("  (stopped early)" if self.stopped_early else "") + (
             "  (time budget spent)" if self.out_of_time else "")
+        if self.refit is not None:
+            end += (f"  (refit on all {self.refit['chips']} chips for {self.refit['steps']} "
+                    f"steps; selected model: {self.selected_path})")
         return (f"best epoch {rec.epoch}/{self.history[-1].epoch}: " + ", ".join(parts)
                 + f" -> {self.best_path}{end}")

@@ -129,7 +129,10 @@ def train(
     for epoch in range(tally.start, config.epochs + 1):
         if _run_epoch(run, tally, epoch, paths, chips_dir, progress):
             break
-    return _result(run, tally, paths)
+    result = _result(run, tally, paths)
+    if config.refit:
+        result = _refit(run, tally, paths, result)
+    return result
 
 
 @dataclass
@@ -149,6 +152,7 @@ class _Run:
     scheduler: Any
     scaler: Any
     average: WeightAverage | None
+    all_records: tuple[Any, ...] = ()  # train, val and buffer chips (for the refit)
 
     @property
     def pin(self) -> bool:
@@ -214,6 +218,7 @@ class _Tally:
     done_steps: int = 0  # optimizer steps and training seconds before this process
     spent: float = 0.0
     best_epoch: int = 0
+    best_steps: int = 0  # optimizer steps up to the end of the best epoch
     stopped: bool = False
     out_of_time: bool = False
     run_start: float = 0.0
@@ -297,7 +302,7 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
                                                                  else 0)
     optimizer, scheduler, scaler, average = _optimizer(config, model, amp_dtype)
     return _Run(config, classes, card, model, device, amp_dtype, train_set, val_set, workers,
-                optimizer, scheduler, scaler, average)
+                optimizer, scheduler, scaler, average, tuple(records) + tuple(found.buffer))
 
 
 def _card(chips_dir: str | os.PathLike[str], config: TrainConfig,
@@ -327,7 +332,7 @@ def _card(chips_dir: str | os.PathLike[str], config: TrainConfig,
 
 
 def _datasets(config: TrainConfig, card: Any, classes: tuple[str, ...], records: list[Any],
-              spec: Any) -> tuple[Any, Any]:
+              spec: Any, *, refit: bool = False) -> tuple[Any, Any]:
     """The training (augmented) and validation chip datasets."""
     from geounet.training.dataset import ChipDataset
 
@@ -341,7 +346,7 @@ def _datasets(config: TrainConfig, card: Any, classes: tuple[str, ...], records:
                             contrast=config.contrast, scale=config.scale, gamma=config.gamma,
                             hue=config.hue, **common)
     val_set = ChipDataset([r for r in records if r.split == "val"], spec, train=False, **common)
-    if len(val_set) == 0:
+    if len(val_set) == 0 and not refit:
         log.warning("no validation chips: early stopping and the best checkpoint follow the "
                     "training loss")
     return train_set, val_set
@@ -391,6 +396,7 @@ def _restore(run: _Run, state: dict[str, Any] | None, payload: dict[str, Any] | 
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     log.info("resuming from epoch %d of %s", tally.start - 1, resume)
     tally.best_epoch = int(state.get("best_epoch", 0))
+    tally.best_steps = int(state.get("best_steps", tally.best_epoch * run.steps))
     return tally
 
 
@@ -533,10 +539,12 @@ def _keep(run: _Run, tally: _Tally, record: EpochRecord, current: float) -> bool
                 or _progress(run, tally) >= config.select_from - 1e-9)
     if not competes:
         tally.best, tally.bad_epochs, tally.best_epoch = -math.inf, 0, record.epoch
+        tally.best_steps = tally.done_steps
         return True
     improved = current > tally.best or tally.best_epoch == 0 or tally.best == -math.inf
     if improved:
         tally.best, tally.bad_epochs, tally.best_epoch = current, 0, record.epoch
+        tally.best_steps = tally.done_steps
     else:
         tally.bad_epochs += 1
     tally.stopped = (run.config.patience is not None
@@ -555,6 +563,7 @@ def _save_epoch(run: _Run, tally: _Tally, epoch: int, improved: bool, paths: dic
         "history": [dataclasses.asdict(h) | {"iou": list(h.iou), "f1": list(h.f1)}
                     for h in tally.history],
         "best": tally.best, "best_epoch": tally.best_epoch, "bad_epochs": tally.bad_epochs,
+        "best_steps": tally.best_steps,
         "monitor": run.config.monitor, "steps": tally.done_steps,
         "seconds": tally.elapsed(),
         "live": run.model.state_dict() if run.average is not None else None,
@@ -597,3 +606,69 @@ def _result(run: _Run, tally: _Tally, paths: dict[str, Path]) -> TrainResult:
                          tally.out_of_time)
     log.info("%s", result.summary())
     return result
+
+
+def _refit(run: _Run, tally: _Tally, paths: dict[str, Path], result: TrainResult
+           ) -> TrainResult:
+    """Retrain from fresh (seeded) weights on every chip for the selected number of steps.
+
+    The run's validation picked the epoch ``tally.best_epoch`` after ``tally.best_steps``
+    optimizer steps; the refit trains on the train, val and buffer chips with the same
+    settings for that many steps rounded up to whole epochs over all chips, under the same
+    schedule shape (by steps: no time budget, no validation), and saves the result as the
+    best checkpoint with the same card. The validation-selected checkpoint is kept as
+    ``*.selected.pt``.
+    """
+    import shutil
+
+    import torch
+
+    from geounet.model import save_checkpoint
+
+    config = run.config
+    records = [dataclasses.replace(r, split="train") for r in run.all_records]
+    counts = {s: sum(r.split == s for r in run.all_records) for s in ("train", "val", "buffer")}
+    steps_per_epoch = math.ceil(len(records) / config.batch_size)
+    epochs = max(1, math.ceil(tally.best_steps / steps_per_epoch))
+    refit_config = dataclasses.replace(config, epochs=epochs, max_minutes=None, patience=None,
+                                       refit=False)
+    torch.manual_seed(config.seed)
+    model = _fresh_copy(run.model)
+    train_set, _ = _datasets(refit_config, run.card, run.classes, records,
+                             run.train_set.spec, refit=True)
+    optimizer, scheduler, scaler, average = _optimizer(refit_config, model, run.amp_dtype)
+    refit = _Run(refit_config, run.classes, run.card, model, run.device, run.amp_dtype,
+                 train_set, run.val_set, run.workers, optimizer, scheduler, scaler, average)
+    selected = paths["best"].with_name(paths["last"].name.replace(".last.pt", ".selected.pt"))
+    log.info("refit: retraining on all %d chips (%d train, %d val, %d buffer) for %d epochs "
+             "(%d steps; the selected epoch %d came after %d)", len(records), counts["train"],
+             counts["val"], counts["buffer"], epochs, epochs * steps_per_epoch,
+             tally.best_epoch, tally.best_steps)
+    inner = _Tally(run_start=time.perf_counter())
+    seen_total = 0
+    for epoch in range(1, epochs + 1):
+        seen, total = _train_epoch(refit, inner, epoch, None)
+        seen_total += seen
+        log.info("refit epoch %d/%d train loss %.4f", epoch, epochs, total / max(seen, 1))
+    shutil.copyfile(paths["best"], selected)
+    info = {"chips": len(records), "splits": counts, "epochs": epochs,
+            "steps": inner.done_steps, "samples": seen_total,
+            "selected_epoch": tally.best_epoch, "selected_steps": tally.best_steps,
+            "selected": selected.name, "seconds": inner.elapsed()}
+    save_checkpoint(paths["best"], refit.net, run.card, extra={"refit": info}, overwrite=True)
+    log.info("refit model (all %d chips) -> %s; the validation-selected model is %s",
+             len(records), paths["best"], selected)
+    return dataclasses.replace(result, refit=info, selected_path=selected)
+
+
+def _fresh_copy(model: Any) -> Any:
+    """A copy of ``model`` with re-initialized weights (from the current torch seed)."""
+    import copy
+
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if module is not fresh and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    if hasattr(fresh, "reset_parameters"):
+        fresh.reset_parameters()  # the network's own initialization (e.g. He for the U-Net)
+    return fresh
