@@ -50,6 +50,12 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
               help="Wall-time budget: the schedule anneals by it and training ends in time.")
 @click.option("--no-time-limit", "no_time_limit", is_flag=True, default=False,
               help="Train all epochs whatever the time (no --max-minutes).")
+@click.option("--pixel-size", type=click.FloatRange(0.0, min_open=True), default=None,
+              help="Training resolution in metres (default: the most common of the chips "
+                   "within 10%, ties the finest); other chips are resampled to it.")
+@click.option("--refit/--no-refit", default=False, show_default=True,
+              help="After the run, retrain on every chip (train, val, buffer) for the "
+                   "selected number of steps and save that as --out.")
 @click.option("--chip-size", type=int, default=None, callback=options._positive,
               help="Labelled window per sample (default: the largest chip).")
 @options.tile_size
@@ -112,7 +118,9 @@ def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
             if not quiet:
                 click.echo(f"epoch {r.epoch}/{event.epochs}  train loss {r.train_loss:.4f}  "
                            f"val loss {r.val_loss:.4f}  mean IoU {r.mean_iou:.3f}  "
-                           f"{r.chips_per_s:.1f} chips/s")
+                           + (f"object F1 buildings {r.object_f1:.3f}  "
+                              if r.object_f1 == r.object_f1 else "")
+                           + f"{r.chips_per_s:.1f} chips/s")
         elif draw:
             filled = int(30 * event.step / max(event.steps, 1))
             click.echo(f"\repoch {event.epoch} [{'#' * filled}{'-' * (30 - filled)}] "

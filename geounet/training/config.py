@@ -64,6 +64,12 @@ class TrainConfig:
     precision : ``auto`` (fp16/bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
     workers : DataLoader worker processes (None = 0 on CPU, 4 on CUDA).
     description : stored in the model card.
+    pixel_size : training resolution in metres per pixel (None = chosen from the chips: the
+        most common within 10 %, ties the finest; :mod:`geounet.training.resolution`). Chips
+        at another resolution are resampled to it when loaded; the card stores it.
+    refit : after the run, retrain from fresh weights on every chip (train, val and buffer)
+        for the optimizer steps up to the selected epoch, and save that model as the best
+        checkpoint (the validation-selected one is kept as ``*.selected.pt``).
     """
 
     depth: int = 4
@@ -101,6 +107,8 @@ class TrainConfig:
     scale: float = 0.25
     dice_foreground: bool = True
     select_from: float = 0.7
+    pixel_size: float | None = None
+    refit: bool = False
 
     def __post_init__(self) -> None:
         for name in ("depth", "base_channels", "epochs", "batch_size"):
@@ -133,6 +141,10 @@ class TrainConfig:
                                                  and math.isfinite(self.max_minutes)):
             raise InputError(f"max minutes {self.max_minutes} must be > 0 (or None for no "
                              "time budget); e.g. 27 to finish within half an hour.")
+        if self.pixel_size is not None and not (self.pixel_size > 0
+                                                and math.isfinite(self.pixel_size)):
+            raise InputError(f"pixel size {self.pixel_size} must be > 0 metres (or None to "
+                             "choose it from the chips); e.g. 0.3.")
         if self.precision not in choices(Precision):
             raise InputError(f"precision {self.precision!r} is not one of {choices(Precision)}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):
@@ -167,7 +179,8 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class EpochRecord:
-    """Scores of one epoch."""
+    """Scores of one epoch (``f1`` per class is pixel F1; ``object_f1`` is the building
+    object F1 at IoU 0.5 over the validation windows, ``nan`` without a buildings class)."""
 
     epoch: int
     lr: float
@@ -178,13 +191,16 @@ class EpochRecord:
     mean_iou: float
     seconds: float
     chips_per_s: float
+    object_f1: float = float("nan")
 
     def row(self, classes: Sequence[str]) -> dict[str, Any]:
-        """A CSV row."""
+        """A CSV row (``object_f1_buildings`` when the model has a ``buildings`` class)."""
         row = {"epoch": self.epoch, "lr": self.lr, "train_loss": self.train_loss,
                "val_loss": self.val_loss, "mean_iou": self.mean_iou}
         row.update({f"iou_{c}": v for c, v in zip(classes, self.iou)})
         row.update({f"f1_{c}": v for c, v in zip(classes, self.f1)})
+        if "buildings" in classes:
+            row["object_f1_buildings"] = self.object_f1
         row.update({"seconds": self.seconds, "chips_per_s": self.chips_per_s})
         return row
 
@@ -214,6 +230,8 @@ class TrainResult:
     stopped_early: bool
     classes: tuple[str, ...] = field(default=())
     out_of_time: bool = False
+    refit: dict[str, Any] | None = None  # with ``refit``: chips, epochs, steps, samples seen
+    selected_path: Path | None = None  # with ``refit``: the validation-selected checkpoint
 
     @property
     def best(self) -> EpochRecord:
@@ -239,7 +257,12 @@ class TrainResult:
             if i > 0 and i < len(rec.iou):
                 parts.append(f"IoU {name} {rec.iou[i]:.3f}")
                 parts.append(f"F1 {name} {rec.f1[i]:.3f}")
+                if name == "buildings" and math.isfinite(rec.object_f1):
+                    parts.append(f"object F1 {name} {rec.object_f1:.3f}")
         end = ("  (stopped early)" if self.stopped_early else "") + (
             "  (time budget spent)" if self.out_of_time else "")
+        if self.refit is not None:
+            end += (f"  (refit on all {self.refit['chips']} chips for {self.refit['steps']} "
+                    f"steps; selected model: {self.selected_path})")
         return (f"best epoch {rec.epoch}/{self.history[-1].epoch}: " + ", ".join(parts)
                 + f" -> {self.best_path}{end}")

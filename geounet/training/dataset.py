@@ -21,7 +21,6 @@ import numpy as np
 
 from geounet.config import DEFAULT_CLASSES
 from geounet.errors import LabelError
-from geounet.georef import pixel_size_m
 from geounet.training.chips import CHIPS_META, NODATA
 from geounet.training.pairing import RASTER_SUFFIXES
 from geounet.training.layout import (  # noqa: F401  (ChipRecord and readers re-exported)
@@ -45,9 +44,11 @@ class ChipStats:
     dtype : data type of the image chips.
     mean, std : per band, over labelled pixels of the training chips, raw units.
     value_range : (min, max) raw value seen.
-    pixel_size : metres per pixel from the chips' transform (geodesic for a geographic CRS,
-        :mod:`geounet.georef`), None without a CRS.
-    max_size : largest chip side.
+    pixel_size : the training resolution in metres per pixel, chosen from every chip's
+        transform by :func:`geounet.training.resolution.choose_resolution` (geodesic for a
+        geographic CRS, :mod:`geounet.georef`), None when no chip has a CRS.
+    max_size : largest chip side among the chips read as they are (at the training
+        resolution already); when every chip is resampled, the largest resampled side.
     class_pixels : labelled pixels per class over the training chips.
     """
 
@@ -59,6 +60,7 @@ class ChipStats:
     pixel_size: float | None
     max_size: int
     class_pixels: tuple[int, ...]
+    resolution: Any = None  # geounet.training.resolution.Resolution
 
 
 def read_classes(chips_dir: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -108,8 +110,12 @@ def _check_mask_grid(rec: ChipRecord, img: Any) -> None:
                 )
 
 
-def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
+def compute_stats(records: Sequence[ChipRecord], num_classes: int, *,
+                  pixel_size: float | None = None) -> ChipStats:
     """Read every chip once: check pairs and classes; stats from the training chips.
+
+    The training resolution is chosen from every chip's pixel size (``pixel_size`` overrides
+    it; :mod:`geounet.training.resolution`); band stats are over the chips' own pixels.
 
     Raises
     ------
@@ -118,12 +124,14 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
     """
     import rasterio
 
+    from geounet.training.resolution import chip_pixel_size, choose_resolution, resampled_shape
+
     count = dtype = None
     total = np.zeros(0)
     sums = sumsq = None
     lo, hi = np.inf, -np.inf
-    pixel_size: float | None = None
-    max_size = 0
+    sizes: list[float | None] = []
+    shapes: list[tuple[int, int]] = []
     class_pixels = np.zeros(num_classes, dtype=np.int64)
     for rec in records:
         with warnings.catch_warnings():
@@ -135,14 +143,13 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
                 count, dtype = img.count, img.dtypes[0]
                 sums, sumsq = np.zeros(count), np.zeros(count)
                 total = np.zeros(1)
-                pixel_size = pixel_size_m(img.crs, tuple(img.transform)[:6], img.width,
-                                          img.height)
             elif (img.count, img.dtypes[0]) != (count, dtype):
                 raise LabelError(
                     f"chip {rec.name!r} has {img.count} band(s) of {img.dtypes[0]} but earlier "
                     f"chips have {count} of {dtype}; all chips must come from alike scenes."
                 )
-            max_size = max(max_size, img.height, img.width)
+            sizes.append(chip_pixel_size(img))
+            shapes.append((img.height, img.width))
             mask = read_target(rec, img)
             labelled = mask != NODATA
             values = np.unique(mask[labelled])
@@ -167,9 +174,14 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int) -> ChipStats:
     mean = sums / total[0]
     std = np.sqrt(np.maximum(sumsq / total[0] - mean**2, 0.0))
     std = np.where(std > 1e-6, std, 1.0)
+    resolution = choose_resolution(sizes, pixel_size)
+    native = [max(shape) for shape, f in zip(shapes, resolution.factors) if f == 1.0]
+    max_size = max(native) if native else max(
+        max(resampled_shape(*shape, f)) for shape, f in zip(shapes, resolution.factors))
     return ChipStats(int(count), str(dtype), tuple(float(m) for m in mean),
-                     tuple(float(s) for s in std), (float(lo), float(hi)), pixel_size,
-                     int(max_size), tuple(int(c) for c in class_pixels))
+                     tuple(float(s) for s in std), (float(lo), float(hi)),
+                     resolution.pixel_size, int(max_size),
+                     tuple(int(c) for c in class_pixels), resolution)
 
 
 @dataclass(frozen=True)
@@ -206,6 +218,11 @@ class ChipDataset:
     mirror-padded around it to the model input, the target is 255 outside the chip.
     Training items take a random crop and random augmentations, seeded by
     ``(seed, epoch, index)``; validation items walk a fixed grid of crops.
+
+    With ``pixel_size`` (the card's training resolution), chips more than 10 % off it are
+    resampled to it when loaded (:func:`geounet.training.resolution.read_resampled`), so
+    crops, windows and objects are at the card's scale; chips without georeferencing are
+    read as they are.
     """
 
     def __init__(
@@ -228,6 +245,7 @@ class ChipDataset:
         scale: float = 0.0,
         gamma: float = 0.0,
         hue: float = 0.0,
+        pixel_size: float | None = None,
     ) -> None:
         self.records = list(records)
         self.spec = spec
@@ -246,12 +264,20 @@ class ChipDataset:
         self.seed = seed
         self.scale, self.gamma, self.hue = scale, gamma, hue  # see geounet.training.augment
         self.epoch = 0
+        self.factors = [1.0] * len(self.records)
+        if pixel_size is not None:
+            from geounet.training.resolution import choose_resolution
+
+            sizes = [_shape(rec.image)[2] for rec in self.records]
+            self.factors = list(choose_resolution(sizes, pixel_size).factors)
         if train:
             self.items = [(i, -1, -1) for i in range(len(self.records))]
         else:
+            from geounet.training.resolution import resampled_shape
+
             self.items = []
             for i, rec in enumerate(self.records):
-                height, width = _shape(rec.image)
+                height, width = resampled_shape(*_shape(rec.image)[:2], self.factors[i])
                 self.items.extend((i, y, x) for y, x in
                                   _windows(height, width, spec.output_size))
 
@@ -278,14 +304,26 @@ class ChipDataset:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
             img = rasterio.open(rec.image)
+        factor = self.factors[chip]
         with img:
-            height, width = img.height, img.width
+            if factor != 1.0:
+                from geounet.training.resolution import read_resampled
+
+                full_image, full_mask = read_resampled(rec, img, factor)
+                height, width = full_mask.shape
+            else:
+                height, width = img.height, img.width
             if y0 < 0:
                 y0 = int(rng.integers(0, max(0, height - size) + 1))
                 x0 = int(rng.integers(0, max(0, width - size) + 1))
             window = Window(x0, y0, min(size, width - x0), min(size, height - y0))
-            image = img.read(window=window).astype(np.float32)
-            mask = read_target(rec, img, window)
+            if factor != 1.0:
+                rows = slice(y0, y0 + int(window.height))
+                cols = slice(x0, x0 + int(window.width))
+                image, mask = full_image[:, rows, cols], full_mask[rows, cols]
+            else:
+                image = img.read(window=window).astype(np.float32)
+                mask = read_target(rec, img, window)
         if mask.size and (mask[mask != NODATA].max(initial=0) >= self.num_classes):
             raise LabelError(
                 f"mask of chip {rec.name!r} holds a class >= {self.num_classes}; the model has "
@@ -319,13 +357,16 @@ class ChipDataset:
                 torch.from_numpy(target), torch.from_numpy(wmap))
 
 
-def _shape(path: Path) -> tuple[int, int]:
+def _shape(path: Path) -> tuple[int, int, float | None]:
+    """Height, width and pixel size (metres, None without georeferencing) of a chip."""
     import rasterio
+
+    from geounet.training.resolution import chip_pixel_size
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
         with rasterio.open(path) as src:
-            return src.height, src.width
+            return src.height, src.width, chip_pixel_size(src)
 
 
 def warn_if_unbalanced(stats: ChipStats, classes: Sequence[str]) -> None:

@@ -132,6 +132,7 @@ class Dataset:
     split_rule : how the split was made, in words.
     unpaired : files that found no partner.
     n_buffer : chips left out because they touch a validation chip.
+    buffer : those chips (split ``buffer``; used only by a final refit on every chip).
     """
 
     root: Path
@@ -142,6 +143,7 @@ class Dataset:
     split_rule: str
     unpaired: tuple[Path, ...] = field(default=())
     n_buffer: int = 0
+    buffer: tuple[ChipRecord, ...] = field(default=())
 
     def describe(self) -> str:
         """A few lines for the log: pairs, rule, classes, split."""
@@ -211,10 +213,10 @@ def open_dataset(
         _warn_shared_names(root, records)
     coding, classes, mask_rule = _classes(root, records, config, shared)
     records = [replace(r, mask_values=coding, classes=classes) for r in records]
-    records, split_rule, n_buffer = _split(root, records, found[0][1] is not None or (
+    records, split_rule, buffer = _split(root, records, found[0][1] is not None or (
         len(found) > 1), config, val_fraction, seed)
     dataset = Dataset(root, tuple(records), tuple(classes), pairing, mask_rule, split_rule,
-                      tuple(unpaired), n_buffer)
+                      tuple(unpaired), len(buffer), tuple(buffer))
     log.info("%s", dataset.describe())
     if not any(r.split == "train" for r in records):
         raise LabelError(
@@ -307,12 +309,14 @@ def _classes(root: Path, records: list[ChipRecord], config: DatasetConfig,
 
 
 def _split(root: Path, records: list[ChipRecord], from_folders: bool, config: DatasetConfig,
-           val_fraction: float, seed: int) -> tuple[list[ChipRecord], str, int]:
-    """Split the records: by folders, ``split.csv``, spatially, or at random (in that order)."""
+           val_fraction: float, seed: int
+           ) -> tuple[list[ChipRecord], str, list[ChipRecord]]:
+    """Split the records: by folders, ``split.csv``, spatially, or at random (in that order);
+    returns the train/val records, the rule in words and the buffer records."""
     from geounet.training.split import random_split, spatial_split
 
     if from_folders:
-        return records, "train/ and val/ folders", 0
+        return records, "train/ and val/ folders", []
     split_file = root / SPLIT_FILE
     if split_file.exists():
         with open(split_file, newline="") as fh:
@@ -326,10 +330,9 @@ def _split(root: Path, records: list[ChipRecord], from_folders: bool, config: Da
         bad = sorted(set(table.values()) - {"train", "val", "buffer"})
         if bad:
             raise LabelError(f"{SPLIT_FILE} has split values {bad}; use train, val or buffer.")
-        kept = [replace(r, split=table[r.name]) for r in records if table[r.name] != "buffer"]
-        return kept, SPLIT_FILE, len(records) - len(kept)
-    bounds = _bounds(records)
-    if bounds is None:
+        split = [table[r.name] for r in records]
+        rule = SPLIT_FILE
+    elif (bounds := _bounds(records)) is None:
         split = random_split(len(records), val_fraction=val_fraction, seed=seed)
         rule = f"random {val_fraction:g} (chips without georeferencing)"
     else:
@@ -339,7 +342,8 @@ def _split(root: Path, records: list[ChipRecord], from_folders: bool, config: Da
         rule = (f"spatial {val_fraction:g}: blocks of up to {config.split_block}x"
                 f"{config.split_block} touching chips; train chips touching val are buffer")
     kept = [replace(r, split=s) for r, s in zip(records, split) if s != "buffer"]
-    return kept, rule, len(records) - len(kept)
+    buffer = [replace(r, split=s) for r, s in zip(records, split) if s == "buffer"]
+    return kept, rule, buffer
 
 
 def _bounds(records: Sequence[ChipRecord]) -> tuple[list[tuple[float, ...]], float] | None:

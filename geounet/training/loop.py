@@ -129,7 +129,10 @@ def train(
     for epoch in range(tally.start, config.epochs + 1):
         if _run_epoch(run, tally, epoch, paths, chips_dir, progress):
             break
-    return _result(run, tally, paths)
+    result = _result(run, tally, paths)
+    if config.refit:
+        result = _refit(run, tally, paths, result)
+    return result
 
 
 @dataclass
@@ -149,6 +152,7 @@ class _Run:
     scheduler: Any
     scaler: Any
     average: WeightAverage | None
+    all_records: tuple[Any, ...] = ()  # train, val and buffer chips (for the refit)
 
     @property
     def pin(self) -> bool:
@@ -214,6 +218,7 @@ class _Tally:
     done_steps: int = 0  # optimizer steps and training seconds before this process
     spent: float = 0.0
     best_epoch: int = 0
+    best_steps: int = 0  # optimizer steps up to the end of the best epoch
     stopped: bool = False
     out_of_time: bool = False
     run_start: float = 0.0
@@ -269,7 +274,9 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
     found = open_dataset(chips_dir, dataset, val_fraction=config.val_fraction, seed=config.seed)
     classes = card.classes if resume is not None else found.classes
     records = list(found.records)
-    stats = compute_stats(records, len(classes))
+    stats = compute_stats(records, len(classes), pixel_size=(
+        card.pixel_size if resume is not None else config.pixel_size))
+    log.info("%s", stats.resolution.describe())
     warn_if_unbalanced(stats, classes)
     arch, card = _card(chips_dir, config, resume, card, classes, stats)
     if config.class_weights is not None and len(config.class_weights) != len(classes):
@@ -295,7 +302,7 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
                                                                  else 0)
     optimizer, scheduler, scaler, average = _optimizer(config, model, amp_dtype)
     return _Run(config, classes, card, model, device, amp_dtype, train_set, val_set, workers,
-                optimizer, scheduler, scaler, average)
+                optimizer, scheduler, scaler, average, tuple(records) + tuple(found.buffer))
 
 
 def _card(chips_dir: str | os.PathLike[str], config: TrainConfig,
@@ -325,7 +332,7 @@ def _card(chips_dir: str | os.PathLike[str], config: TrainConfig,
 
 
 def _datasets(config: TrainConfig, card: Any, classes: tuple[str, ...], records: list[Any],
-              spec: Any) -> tuple[Any, Any]:
+              spec: Any, *, refit: bool = False) -> tuple[Any, Any]:
     """The training (augmented) and validation chip datasets."""
     from geounet.training.dataset import ChipDataset
 
@@ -333,13 +340,13 @@ def _datasets(config: TrainConfig, card: Any, classes: tuple[str, ...], records:
     common = dict(mean=card.mean, std=card.std, num_classes=len(classes),
                   class_weights=config.class_weights, border_weight=config.border_weight,
                   border_sigma=config.border_sigma, border_class=border_class,
-                  seed=config.seed)
+                  seed=config.seed, pixel_size=card.pixel_size)
     train_set = ChipDataset([r for r in records if r.split == "train"], spec, train=True,
                             elastic=config.elastic, brightness=config.brightness,
                             contrast=config.contrast, scale=config.scale, gamma=config.gamma,
                             hue=config.hue, **common)
     val_set = ChipDataset([r for r in records if r.split == "val"], spec, train=False, **common)
-    if len(val_set) == 0:
+    if len(val_set) == 0 and not refit:
         log.warning("no validation chips: early stopping and the best checkpoint follow the "
                     "training loss")
     return train_set, val_set
@@ -389,6 +396,7 @@ def _restore(run: _Run, state: dict[str, Any] | None, payload: dict[str, Any] | 
         torch.cuda.set_rng_state_all(state["rng"]["cuda"])
     log.info("resuming from epoch %d of %s", tally.start - 1, resume)
     tally.best_epoch = int(state.get("best_epoch", 0))
+    tally.best_steps = int(state.get("best_steps", tally.best_epoch * run.steps))
     return tally
 
 
@@ -400,7 +408,7 @@ def _run_epoch(run: _Run, tally: _Tally, epoch: int, paths: dict[str, Path],
     seen, total = _train_epoch(run, tally, epoch, progress)
     train_seconds = time.perf_counter() - started
     train_loss = total / max(seen, 1)
-    val_loss, cm, val_seen = _validate(run, tally, epoch)
+    val_loss, cm, val_seen, objects = _validate(run, tally, epoch)
     current = run.score(cm.mean_iou(), val_loss) if val_seen else -train_loss
     if run.config.schedule == "plateau":  # mode "min" on the loss, "max" on the IoU
         run.scheduler.step(current if run.config.monitor == "iou" else -current)
@@ -409,11 +417,13 @@ def _run_epoch(run: _Run, tally: _Tally, epoch: int, paths: dict[str, Path],
         epoch=epoch, lr=run.optimizer.param_groups[0]["lr"], train_loss=train_loss,
         val_loss=val_loss, iou=tuple(s.iou for s in scores), f1=tuple(s.f1 for s in scores),
         mean_iou=cm.mean_iou(), seconds=time.perf_counter() - started,
-        chips_per_s=seen / train_seconds if train_seconds > 0 else float("nan"))
+        chips_per_s=seen / train_seconds if train_seconds > 0 else float("nan"),
+        object_f1=objects.f1 if objects is not None else float("nan"))
     improved = _keep(run, tally, record, current)
     _save_epoch(run, tally, epoch, improved, paths, chips_dir)
-    log.info("epoch %d/%d train loss %.4f val loss %.4f mean IoU %.3f (%.1f chips/s)",
+    log.info("epoch %d/%d train loss %.4f val loss %.4f mean IoU %.3f%s (%.1f chips/s)",
              epoch, run.config.epochs, train_loss, val_loss, record.mean_iou,
+             f" building object F1 {record.object_f1:.3f}" if objects is not None else "",
              record.chips_per_s)
     if progress is not None:
         progress(TrainProgress(epoch, run.config.epochs, run.steps, run.steps, train_loss,
@@ -481,15 +491,19 @@ def _set_lr(run: _Run, tally: _Tally) -> None:
             group["lr"] = config.lr * factor
 
 
-def _validate(run: _Run, tally: _Tally, epoch: int) -> tuple[float, Any, int]:
-    """One pass over the validation chips: mean loss, confusion matrix, chips seen."""
+def _validate(run: _Run, tally: _Tally, epoch: int) -> tuple[float, Any, int, Any]:
+    """One pass over the validation chips: mean loss, confusion matrix, chips seen and the
+    building object counts (IoU 0.5 matching per validation window; None without a
+    ``buildings`` class)."""
     import torch
 
-    from geounet.training.metrics import ConfusionMatrix
+    from geounet.training.metrics import ConfusionMatrix, ObjectCounter
 
     net, device = run.net, run.device
     net.eval()
     cm = ConfusionMatrix(run.classes)
+    objects = (ObjectCounter(run.classes.index("buildings")) if "buildings" in run.classes
+               else None)
     val_total, val_seen = 0.0, 0
     val_started = time.perf_counter()
     with torch.no_grad():
@@ -499,11 +513,15 @@ def _validate(run: _Run, tally: _Tally, epoch: int) -> tuple[float, Any, int]:
             loss = run.loss(logits, target, weights)
             val_total += loss.item() * images.shape[0]
             val_seen += images.shape[0]
-            cm.update(logits.argmax(1).to(torch.uint8).cpu().numpy(),
-                      target.clamp(max=255).to(torch.uint8).cpu().numpy())
+            pred = logits.argmax(1).to(torch.uint8).cpu().numpy()
+            truth = target.clamp(max=255).to(torch.uint8).cpu().numpy()
+            cm.update(pred, truth)
+            if objects is not None:
+                for p, t in zip(pred, truth):
+                    objects.update(p, t)
     tally.val_estimate = time.perf_counter() - val_started
     val_loss = val_total / val_seen if val_seen else float("nan")
-    return val_loss, cm, val_seen
+    return val_loss, cm, val_seen, objects
 
 
 def _keep(run: _Run, tally: _Tally, record: EpochRecord, current: float) -> bool:
@@ -521,10 +539,12 @@ def _keep(run: _Run, tally: _Tally, record: EpochRecord, current: float) -> bool
                 or _progress(run, tally) >= config.select_from - 1e-9)
     if not competes:
         tally.best, tally.bad_epochs, tally.best_epoch = -math.inf, 0, record.epoch
+        tally.best_steps = tally.done_steps
         return True
     improved = current > tally.best or tally.best_epoch == 0 or tally.best == -math.inf
     if improved:
         tally.best, tally.bad_epochs, tally.best_epoch = current, 0, record.epoch
+        tally.best_steps = tally.done_steps
     else:
         tally.bad_epochs += 1
     tally.stopped = (run.config.patience is not None
@@ -543,6 +563,7 @@ def _save_epoch(run: _Run, tally: _Tally, epoch: int, improved: bool, paths: dic
         "history": [dataclasses.asdict(h) | {"iou": list(h.iou), "f1": list(h.f1)}
                     for h in tally.history],
         "best": tally.best, "best_epoch": tally.best_epoch, "bad_epochs": tally.bad_epochs,
+        "best_steps": tally.best_steps,
         "monitor": run.config.monitor, "steps": tally.done_steps,
         "seconds": tally.elapsed(),
         "live": run.model.state_dict() if run.average is not None else None,
@@ -585,3 +606,69 @@ def _result(run: _Run, tally: _Tally, paths: dict[str, Path]) -> TrainResult:
                          tally.out_of_time)
     log.info("%s", result.summary())
     return result
+
+
+def _refit(run: _Run, tally: _Tally, paths: dict[str, Path], result: TrainResult
+           ) -> TrainResult:
+    """Retrain from fresh (seeded) weights on every chip for the selected number of steps.
+
+    The run's validation picked the epoch ``tally.best_epoch`` after ``tally.best_steps``
+    optimizer steps; the refit trains on the train, val and buffer chips with the same
+    settings for that many steps rounded up to whole epochs over all chips, under the same
+    schedule shape (by steps: no time budget, no validation), and saves the result as the
+    best checkpoint with the same card. The validation-selected checkpoint is kept as
+    ``*.selected.pt``.
+    """
+    import shutil
+
+    import torch
+
+    from geounet.model import save_checkpoint
+
+    config = run.config
+    records = [dataclasses.replace(r, split="train") for r in run.all_records]
+    counts = {s: sum(r.split == s for r in run.all_records) for s in ("train", "val", "buffer")}
+    steps_per_epoch = math.ceil(len(records) / config.batch_size)
+    epochs = max(1, math.ceil(tally.best_steps / steps_per_epoch))
+    refit_config = dataclasses.replace(config, epochs=epochs, max_minutes=None, patience=None,
+                                       refit=False)
+    torch.manual_seed(config.seed)
+    model = _fresh_copy(run.model)
+    train_set, _ = _datasets(refit_config, run.card, run.classes, records,
+                             run.train_set.spec, refit=True)
+    optimizer, scheduler, scaler, average = _optimizer(refit_config, model, run.amp_dtype)
+    refit = _Run(refit_config, run.classes, run.card, model, run.device, run.amp_dtype,
+                 train_set, run.val_set, run.workers, optimizer, scheduler, scaler, average)
+    selected = paths["best"].with_name(paths["last"].name.replace(".last.pt", ".selected.pt"))
+    log.info("refit: retraining on all %d chips (%d train, %d val, %d buffer) for %d epochs "
+             "(%d steps; the selected epoch %d came after %d)", len(records), counts["train"],
+             counts["val"], counts["buffer"], epochs, epochs * steps_per_epoch,
+             tally.best_epoch, tally.best_steps)
+    inner = _Tally(run_start=time.perf_counter())
+    seen_total = 0
+    for epoch in range(1, epochs + 1):
+        seen, total = _train_epoch(refit, inner, epoch, None)
+        seen_total += seen
+        log.info("refit epoch %d/%d train loss %.4f", epoch, epochs, total / max(seen, 1))
+    shutil.copyfile(paths["best"], selected)
+    info = {"chips": len(records), "splits": counts, "epochs": epochs,
+            "steps": inner.done_steps, "samples": seen_total,
+            "selected_epoch": tally.best_epoch, "selected_steps": tally.best_steps,
+            "selected": selected.name, "seconds": inner.elapsed()}
+    save_checkpoint(paths["best"], refit.net, run.card, extra={"refit": info}, overwrite=True)
+    log.info("refit model (all %d chips) -> %s; the validation-selected model is %s",
+             len(records), paths["best"], selected)
+    return dataclasses.replace(result, refit=info, selected_path=selected)
+
+
+def _fresh_copy(model: Any) -> Any:
+    """A copy of ``model`` with re-initialized weights (from the current torch seed)."""
+    import copy
+
+    fresh = copy.deepcopy(model)
+    for module in fresh.modules():
+        if module is not fresh and hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+    if hasattr(fresh, "reset_parameters"):
+        fresh.reset_parameters()  # the network's own initialization (e.g. He for the U-Net)
+    return fresh

@@ -173,3 +173,75 @@ class ConfusionMatrix:
     def mean_iou(self, *, foreground_only: bool = True) -> float:
         """Mean IoU over classes with any truth or prediction (skipping index 0 by default)."""
         return mean_iou(self.scores(), foreground_only=foreground_only)
+
+
+OBJECT_IOU = 0.5
+"""IoU a predicted and a true object need to match (SpaceNet rule)."""
+
+
+def object_counts(pred: np.ndarray, truth: np.ndarray, *, iou_threshold: float = OBJECT_IOU
+                  ) -> tuple[int, int, int]:
+    """Matched (tp), unmatched predicted (fp) and unmatched true (fn) objects of two masks.
+
+    Objects are the 4-connected components of each boolean mask; a predicted and a true
+    object match one-to-one, greedily by decreasing IoU, when their IoU is at least
+    ``iou_threshold``. This is the rule of :func:`geounet.evaluation.match_objects` computed
+    on pixels: its polygons are traced pixel outlines, so their areas and intersections are
+    these pixel counts (``tests/test_object_f1.py`` checks the two agree).
+
+    Examples
+    --------
+    >>> t = np.zeros((6, 6), bool); t[0:2, 0:2] = t[4:6, 4:6] = True
+    >>> p = np.zeros((6, 6), bool); p[0:2, 0:3] = True
+    >>> object_counts(p, t)
+    (1, 0, 1)
+    """
+    from scipy.ndimage import label
+
+    cross = [[0, 1, 0], [1, 1, 1], [0, 1, 0]]
+    plab, n_pred = label(np.asarray(pred, bool), structure=cross)
+    tlab, n_true = label(np.asarray(truth, bool), structure=cross)
+    if n_pred == 0 or n_true == 0:
+        return 0, int(n_pred), int(n_true)
+    p_area = np.bincount(plab.ravel(), minlength=n_pred + 1)
+    t_area = np.bincount(tlab.ravel(), minlength=n_true + 1)
+    both = (plab > 0) & (tlab > 0)
+    pairs, inter = np.unique(plab[both].astype(np.int64) * (n_true + 1) + tlab[both],
+                             return_counts=True)
+    pi, ti = pairs // (n_true + 1), pairs % (n_true + 1)
+    iou = inter / (p_area[pi] + t_area[ti] - inter)
+    keep = iou >= iou_threshold
+    order = np.argsort(-iou[keep], kind="stable")
+    used_p: set[int] = set()
+    used_t: set[int] = set()
+    for i, j in zip(pi[keep][order], ti[keep][order]):
+        if i not in used_p and j not in used_t:
+            used_p.add(int(i))
+            used_t.add(int(j))
+    tp = len(used_p)
+    return tp, int(n_pred) - tp, int(n_true) - tp
+
+
+class ObjectCounter:
+    """Sums :func:`object_counts` of one class over windows; ``f1`` at the end.
+
+    Pixels where the truth is 255 (nodata) are left out of both masks.
+    """
+
+    def __init__(self, class_index: int, iou_threshold: float = OBJECT_IOU) -> None:
+        self.class_index = class_index
+        self.iou_threshold = iou_threshold
+        self.tp = self.fp = self.fn = 0
+
+    def update(self, pred: np.ndarray, truth: np.ndarray) -> None:
+        """Add the objects of one window (pred and truth class masks, same shape)."""
+        labelled = truth != NODATA
+        tp, fp, fn = object_counts((pred == self.class_index) & labelled,
+                                   truth == self.class_index,
+                                   iou_threshold=self.iou_threshold)
+        self.tp, self.fp, self.fn = self.tp + tp, self.fp + fp, self.fn + fn
+
+    @property
+    def f1(self) -> float:
+        """Object F1 (``nan`` when neither side has an object)."""
+        return ratio(2 * self.tp, 2 * self.tp + self.fp + self.fn)

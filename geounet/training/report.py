@@ -23,7 +23,8 @@ def write_log(path: Path, history: Sequence[EpochRecord], classes: Sequence[str]
 
 def write_plot(path: Path, history: Sequence[EpochRecord], classes: Sequence[str],
                best_epoch: int = 0) -> None:
-    """Draw the loss and validation IoU curves to a PNG (best epoch marked), atomically."""
+    """Draw the loss and validation IoU (and building object F1) curves to a PNG (best epoch
+    marked), atomically."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -40,10 +41,13 @@ def write_plot(path: Path, history: Sequence[EpochRecord], classes: Sequence[str
         if i > 0:
             right.plot(epochs, [r.iou[i] for r in history], label=f"IoU {name}")
     right.plot(epochs, [r.mean_iou for r in history], "k--", label="mean IoU")
+    if "buildings" in classes:
+        right.plot(epochs, [r.object_f1 for r in history], ":", label="object F1 buildings")
     if best_epoch:
         right.axvline(best_epoch, color="grey", lw=0.8, ls=":", label=f"best ({best_epoch})")
     right.set_xlabel("epoch")
-    right.set_ylabel("validation IoU")
+    right.set_ylabel("validation IoU / object F1" if "buildings" in classes
+                    else "validation IoU")
     right.set_ylim(0, 1)
     right.legend()
     fig.tight_layout()
