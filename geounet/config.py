@@ -27,6 +27,12 @@ Engine = Literal["torch", "onnxruntime", "openvino", "auto"]
 """Inference runtime of the forward pass (:mod:`geounet.engine.backends`); ``auto`` picks by the CPU's
 instruction sets and the installed packages (docs/engine.md)."""
 
+ArchitectureName = Literal["unet", "resnet-unet"]
+"""Network architectures a model card can name (:data:`geounet.model.registry.ARCHITECTURES`):
+the 2015 U-Net, or a U-Net decoder over a ResNet encoder (pretrained weights from a file)."""
+
+Encoder = Literal["resnet18", "resnet34"]
+"""ResNet encoders of the ``resnet-unet`` architecture (torchvision's parameter names)."""
 
 
 def choices(alias: object) -> tuple[str, ...]:
