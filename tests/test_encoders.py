@@ -306,3 +306,15 @@ def test_onnx_engine_runs_the_resnet_checkpoint(resnet_model: Path) -> None:
     onnx_out = ModelRunner(net, card, device="cpu", precision="fp32", engine="onnxruntime",
                            checkpoint=resnet_model).forward(x)
     np.testing.assert_allclose(onnx_out, torch_out, atol=1e-4, rtol=0)
+
+
+def test_training_tiles_follow_the_resnet_size_rules() -> None:
+    from geounet.errors import TileSizeError
+    from geounet.training.dataset import SampleSpec
+    from geounet.training.loop import sample_spec
+
+    arch = ResNetUNetConfig(encoder="resnet18")
+    assert sample_spec(arch, 100, None) == SampleSpec(128, 128, 0)  # rounded up to 32s
+    assert sample_spec(arch, 64, None) == SampleSpec(64, 64, 0)
+    with pytest.raises(TileSizeError, match="multiples of 32.*96 or 128"):
+        sample_spec(arch, 64, 100)
