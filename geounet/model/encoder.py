@@ -275,7 +275,7 @@ def load_encoder_weights(model: ResNetUNet, path: str | os.PathLike[str]) -> lis
     """
     try:
         raw = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except Exception as exc:  # noqa: BLE001 - torch raises many types (pickle, zip, EOF)
+    except Exception as exc:  # torch raises many types (pickle, zip, EOF)
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
             f"cannot read encoder weights {os.fspath(path)!r} ({first_line}); give a ResNet "

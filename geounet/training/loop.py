@@ -300,7 +300,6 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
     import torch
 
     from geounet.engine.runner import resolve_device
-    from geounet.model import build_model
     from geounet.training.dataset import compute_stats, warn_if_unbalanced
     from geounet.training.layout import open_dataset
 
