@@ -32,6 +32,12 @@ TTA = Literal["none", "flips", "d4"]
 up-down, both); ``d4`` (8: the four quarter turns, each also mirrored). The softmax
 probabilities are averaged over the transforms, each undone (docs/predict.md)."""
 
+ArchitectureName = Literal["unet", "resnet-unet"]
+"""Network architectures a model card can name (:data:`geounet.model.registry.ARCHITECTURES`):
+the 2015 U-Net, or a U-Net decoder over a ResNet encoder (pretrained weights from a file)."""
+
+Encoder = Literal["resnet18", "resnet34"]
+"""ResNet encoders of the ``resnet-unet`` architecture (torchvision's parameter names)."""
 
 
 def choices(alias: object) -> tuple[str, ...]:

@@ -8,7 +8,16 @@ from typing import Any
 import click
 
 from geounet.cli import options
-from geounet.config import LossType, LRSchedule, Monitor, Padding, Precision, choices
+from geounet.config import (
+    ArchitectureName,
+    Encoder,
+    LossType,
+    LRSchedule,
+    Monitor,
+    Padding,
+    Precision,
+    choices,
+)
 
 
 def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -22,12 +31,40 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
         ) from None
 
 
+def _widths(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    if value is None:
+        return None
+    try:
+        return tuple(int(v) for v in value.split(","))
+    except ValueError:
+        raise click.BadParameter(
+            f"{value!r} is not a comma-separated list of whole numbers; use e.g. "
+            "256,128,64,32,16.", param=param
+        ) from None
+
+
 @click.command()
 @click.argument("chips_dir", type=click.Path(exists=True, file_okay=False))
 @click.option("--out", type=click.Path(dir_okay=False), required=True,
               help="Best checkpoint (.pt); *.last.pt, *.log.csv and *.curves.png go next to it.")
 @click.option("--resume", type=click.Path(exists=True, dir_okay=False), default=None,
               help="Continue from a checkpoint's epoch and optimizer state (usually *.last.pt).")
+@click.option("--init", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Fine-tune a geounet checkpoint: a new run from its weights, keeping its "
+                   "architecture, classes and normalization (not its epoch or optimizer).")
+@click.option("--architecture", type=click.Choice(choices(ArchitectureName)), default="unet",
+              show_default=True,
+              help="unet (the 2015 U-Net) or resnet-unet (U-Net decoder over a ResNet encoder, "
+                   "same padding, tiles multiples of 32).")
+@click.option("--encoder", type=click.Choice(choices(Encoder)), default="resnet34",
+              show_default=True, help="ResNet encoder of --architecture resnet-unet.")
+@click.option("--encoder-weights", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Local file of pretrained ResNet weights (torchvision/timm state dict) for "
+                   "the resnet-unet encoder; nothing is downloaded.")
+@click.option("--decoder-channels", callback=_widths, default=None,
+              help="resnet-unet decoder widths, coarsest first (default 256,128,64,32,16).")
+@click.option("--freeze-encoder-epochs", type=click.IntRange(0), default=0, show_default=True,
+              help="Train the decoder only for the first N epochs (resnet-unet warm-up).")
 @click.option("--depth", type=int, default=4, show_default=True, callback=options._positive)
 @click.option("--base-channels", type=int, default=16, show_default=True,
               callback=options._positive, help="Channels at level 0 (doubled per level).")
@@ -91,11 +128,11 @@ def _weights(ctx: click.Context, param: click.Parameter, value: str | None) -> A
               help="DataLoader worker processes (default 0 on CPU, 4 on CUDA).")
 @options.overwrite
 @click.pass_context
-def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
+def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None, init: str | None,
           overwrite: bool, mask_pattern: str | None, mask_values: tuple[int, ...] | None,
           classes: tuple[str, ...] | None, labels: str | None, line_width: float | None,
           split_block: int, **kwargs: Any) -> None:
-    """Train the U-Net on CHIPS_DIR: images with masks or vector labels in any common layout
+    """Train a U-Net (or with --init fine-tune a checkpoint) on CHIPS_DIR: images with masks or vector labels in any common layout
     (images/ + masks/ as geounet chips writes, NAME.tif + NAME.mask.tif, img/ + gt/, per-chip
     GeoJSON, ...); the detected pairing rule, mask values and classes are logged."""
     from geounet.training.layout import DatasetConfig
@@ -127,5 +164,5 @@ def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None,
                        f"{event.step}/{event.steps} loss {event.loss:.4f}", nl=False, err=True)
 
     result = run_train(chips_dir, out, config=config, resume=resume, overwrite=overwrite,
-                       progress=progress, dataset=dataset)
+                       progress=progress, dataset=dataset, init=init)
     click.echo(result.summary() + f"  classes {','.join(result.classes)}")

@@ -22,17 +22,16 @@ import dataclasses
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import torch
 from torch import nn
 
-from geounet.config import choices
+from geounet.config import Encoder, choices
 from geounet.errors import CheckpointError, InputError
 from geounet.model.network import SAME_MIN_HALO, SizeRuleMethods
 
-Encoder = Literal["resnet18", "resnet34"]
-"""ResNet encoders: name -> blocks per stage (BasicBlock)."""
+# ResNet encoders (geounet.config.Encoder): name -> blocks per stage (BasicBlock).
 _BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
 _WIDTHS = (64, 128, 256, 512)
 _REDUCTION = 32  # stride of layer4: conv1 (2) x maxpool (2) x layer2..4 (2 each)
@@ -276,9 +275,11 @@ def load_encoder_weights(model: ResNetUNet, path: str | os.PathLike[str]) -> lis
     """
     try:
         raw = torch.load(os.fspath(path), map_location="cpu", weights_only=True)
-    except (OSError, RuntimeError, ValueError) as exc:
+    except Exception as exc:  # torch raises many types (pickle, zip, EOF)
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise CheckpointError(
-            f"cannot read encoder weights {os.fspath(path)!r}: {exc}; give a ResNet state dict "
+            f"cannot read encoder weights {os.fspath(path)!r} ({first_line}); give a ResNet "
+            f"state dict "
             f"saved with torch.save (torchvision's or timm's resnet18/resnet34 files)"
         ) from exc
     for key in ("state_dict", "model"):

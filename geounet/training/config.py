@@ -9,7 +9,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from geounet.config import LossType, LRSchedule, Monitor, Padding, Precision, choices
+from geounet.config import (
+    ArchitectureName,
+    Encoder,
+    LossType,
+    LRSchedule,
+    Monitor,
+    Padding,
+    Precision,
+    choices,
+)
 from geounet.errors import InputError
 
 
@@ -19,8 +28,21 @@ class TrainConfig:
 
     Attributes
     ----------
+    architecture : the network (:data:`geounet.config.ArchitectureName`): ``unet`` (default)
+        or ``resnet-unet`` (a U-Net decoder over a ResNet encoder, same padding, tiles
+        multiples of 32). A run started from ``init`` keeps that checkpoint's architecture.
     depth, base_channels, padding, batch_norm : U-Net architecture (batch norm on by default:
         in eval mode it is a per-channel affine map, so valid-padding tiling stays exact).
+    encoder : the ResNet of ``resnet-unet`` (:data:`geounet.config.Encoder`).
+    encoder_weights : a local file with pretrained ResNet weights (a torchvision or timm
+        state dict) loaded into the encoder before training (``resnet-unet`` only; nothing
+        is downloaded).
+    decoder_channels : the five decoder widths of ``resnet-unet``, coarsest first (None =
+        ``(256, 128, 64, 32, 16)``).
+    freeze_encoder_epochs : the first this many epochs train the decoder only (encoder
+        weights and BatchNorm statistics fixed; a ``resnet-unet`` model, new or from
+        ``init``): a warm-up that keeps
+        pretrained features from being wrecked by a random decoder's first gradients.
     epochs : total epochs (a resumed run continues up to this number).
     batch_size : samples per step.
     lr : peak AdamW learning rate.
@@ -109,8 +131,34 @@ class TrainConfig:
     select_from: float = 0.7
     pixel_size: float | None = None
     refit: bool = False
+    architecture: ArchitectureName = "unet"
+    encoder: Encoder = "resnet34"
+    encoder_weights: str | None = None
+    decoder_channels: tuple[int, ...] | None = None
+    freeze_encoder_epochs: int = 0
 
     def __post_init__(self) -> None:
+        if self.architecture not in choices(ArchitectureName):
+            raise InputError(f"architecture {self.architecture!r} is not one of "
+                             f"{choices(ArchitectureName)}; pick one.")
+        if self.encoder not in choices(Encoder):
+            raise InputError(f"encoder {self.encoder!r} is not one of {choices(Encoder)}.")
+        if self.architecture != "resnet-unet":
+            for name in ("encoder_weights", "decoder_channels"):
+                if getattr(self, name) is not None:
+                    raise InputError(
+                        f"{name} {getattr(self, name)!r} applies to the resnet-unet "
+                        f"architecture only; pass architecture 'resnet-unet' (--architecture "
+                        f"resnet-unet) or leave it out.")
+        if self.encoder_weights is not None:
+            object.__setattr__(self, "encoder_weights", str(self.encoder_weights))
+        if self.decoder_channels is not None:
+            object.__setattr__(self, "decoder_channels", tuple(self.decoder_channels))
+        if (isinstance(self.freeze_encoder_epochs, bool)
+                or not isinstance(self.freeze_encoder_epochs, int)
+                or self.freeze_encoder_epochs < 0):
+            raise InputError(f"freeze_encoder_epochs {self.freeze_encoder_epochs!r} must be a "
+                             "whole number >= 0 (0 = never frozen).")
         for name in ("depth", "base_channels", "epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -172,8 +220,9 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain dict (stored in checkpoints)."""
         out = dataclasses.asdict(self)
-        if out["class_weights"] is not None:
-            out["class_weights"] = list(out["class_weights"])
+        for name in ("class_weights", "decoder_channels"):
+            if out[name] is not None:
+                out[name] = list(out[name])
         return out
 
 

@@ -88,6 +88,7 @@ def train(
     overwrite: bool = False,
     progress: Callable[[TrainProgress], None] | None = None,
     dataset: Any = None,
+    init: str | os.PathLike[str] | None = None,
 ) -> TrainResult:
     """Train a U-Net on the chip pairs of ``chips_dir``; write ``out`` (best) and friends.
 
@@ -109,6 +110,10 @@ def train(
     dataset : :class:`geounet.training.layout.DatasetConfig`: pairing rule, mask values,
         class names, labels file, split blocks (default: detected, see
         :func:`geounet.training.layout.open_dataset`).
+    init : any geounet checkpoint to fine-tune (a new run from its weights): its card's
+        architecture, bands, classes, normalization and pixel size are kept, the chips must
+        have its band count, data type and classes; the architecture fields of ``config``
+        are not used. Unlike ``resume``, the epochs, schedule and optimizer start afresh.
 
     Returns
     -------
@@ -122,7 +127,10 @@ def train(
     paths = output_paths(out)
     _check_outputs(paths, overwrite, resume)
     payload, state, card, dataset = _read_resume(resume, dataset)
-    run = _set_up(chips_dir, config, dataset, resume, payload, card)
+    if init is not None:
+        payload, card, dataset = _read_init(init, resume, dataset)
+    run = _set_up(chips_dir, config, dataset, resume if init is None else init, payload, card,
+                  fine_tune=init is not None)
     tally = _restore(run, state, payload, resume)
     paths["best"].parent.mkdir(parents=True, exist_ok=True)  # only once the inputs are checked
     tally.run_start = time.perf_counter()
@@ -260,14 +268,43 @@ def _read_resume(resume: str | os.PathLike[str] | None, dataset: Any
     return payload, state, card, dataset
 
 
+def _read_init(init: str | os.PathLike[str], resume: str | os.PathLike[str] | None,
+               dataset: Any) -> tuple[dict[str, Any], Any, Any]:
+    """Read the checkpoint fine-tuned from: its payload, card, and the dataset rule with the
+    card's classes (the chips are read as the model reads them)."""
+    from geounet.model import ModelCard, read_checkpoint
+    from geounet.training.layout import DatasetConfig
+
+    if resume is not None:
+        raise InputError(
+            f"--init {str(init)!r} and --resume {str(resume)!r} both given: --resume continues "
+            "a run (its epoch, optimizer and schedule), --init starts a new run from a "
+            "checkpoint's weights; pass one of them."
+        )
+    payload = read_checkpoint(init)
+    card = ModelCard.from_dict(payload["card"])
+    if dataset is not None and dataset.classes is not None and \
+            tuple(dataset.classes) != tuple(card.classes):
+        raise CheckpointError(
+            f"checkpoint {str(init)!r} predicts classes {list(card.classes)} but the chips are "
+            f"read as {list(dataset.classes)}; fine-tuning keeps the model's classes: label "
+            f"the chips with {','.join(card.classes)} (--classes), or train a new model "
+            "without --init."
+        )
+    dataset = dataclasses.replace(dataset or DatasetConfig(), classes=card.classes)
+    return payload, card, dataset
+
+
 def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any,
             resume: str | os.PathLike[str] | None, payload: dict[str, Any] | None,
-            card: Any) -> _Run:
-    """Open the chips and build the card, model, datasets, optimizer and schedulers."""
+            card: Any, fine_tune: bool = False) -> _Run:
+    """Open the chips and build the card, model, datasets, optimizer and schedulers.
+
+    ``resume`` is the checkpoint continued from, or with ``fine_tune`` the one whose weights
+    start a new run (``--init``)."""
     import torch
 
     from geounet.engine.runner import resolve_device
-    from geounet.model import UNet
     from geounet.training.dataset import compute_stats, warn_if_unbalanced
     from geounet.training.layout import open_dataset
 
@@ -278,7 +315,7 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
         card.pixel_size if resume is not None else config.pixel_size))
     log.info("%s", stats.resolution.describe())
     warn_if_unbalanced(stats, classes)
-    arch, card = _card(chips_dir, config, resume, card, classes, stats)
+    arch, card = _card(chips_dir, config, resume, card, classes, stats, fine_tune)
     if config.class_weights is not None and len(config.class_weights) != len(classes):
         raise InputError(
             f"{len(config.class_weights)} class weights {config.class_weights} for "
@@ -289,9 +326,7 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
     device = resolve_device(config.device)
     amp_dtype = _autocast_dtype(config.precision, device)
     torch.manual_seed(config.seed)
-    model = UNet(arch)
-    if payload is not None:
-        model.load_state_dict(payload["state_dict"])
+    model = _model(config, arch, payload, resume, fine_tune)
     model.to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)
@@ -305,16 +340,59 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
                 optimizer, scheduler, scaler, average, tuple(records) + tuple(found.buffer))
 
 
+def _architecture(config: TrainConfig, bands: int, num_classes: int) -> Any:
+    """The architecture config a new run trains (:mod:`geounet.model.registry`)."""
+    from geounet.model import ResNetUNetConfig, UNetConfig
+
+    if config.architecture == "resnet-unet":
+        extra = ({} if config.decoder_channels is None
+                 else {"decoder_channels": config.decoder_channels})
+        return ResNetUNetConfig(in_channels=bands, num_classes=num_classes,
+                                encoder=config.encoder, **extra)
+    return UNetConfig(in_channels=bands, num_classes=num_classes, depth=config.depth,
+                      base_channels=config.base_channels, padding=config.padding,
+                      batch_norm=config.batch_norm)
+
+
+def _model(config: TrainConfig, arch: Any, payload: dict[str, Any] | None,
+           source: str | os.PathLike[str] | None, fine_tune: bool) -> Any:
+    """The network: new (pretrained encoder weights loaded from a file if given), or with
+    the weights of the checkpoint resumed or fine-tuned from."""
+    from geounet.model import ResNetUNetConfig, build_model, load_encoder_weights
+
+    if config.freeze_encoder_epochs and not isinstance(arch, ResNetUNetConfig):
+        raise InputError(
+            f"freeze_encoder_epochs {config.freeze_encoder_epochs} needs a resnet-unet model "
+            f"(a pretrained encoder to keep); this run trains a {arch.label}: pass "
+            "--architecture resnet-unet, or leave out --freeze-encoder-epochs."
+        )
+    model = build_model(arch)
+    if payload is not None:
+        if fine_tune and config.encoder_weights is not None:
+            raise InputError(
+                f"encoder weights {config.encoder_weights!r} and --init {str(source)!r} both "
+                "give the encoder's weights; fine-tuning starts from the checkpoint: leave "
+                "out --encoder-weights."
+            )
+        model.load_state_dict(payload["state_dict"])
+        if fine_tune:
+            log.info("fine-tuning %s from %s (its card's bands, classes and normalization)",
+                     arch.label, source)
+    elif config.encoder_weights is not None:
+        keys = load_encoder_weights(model, config.encoder_weights)
+        log.info("encoder weights: %d tensors from %s", len(keys), config.encoder_weights)
+    return model
+
+
 def _card(chips_dir: str | os.PathLike[str], config: TrainConfig,
           resume: str | os.PathLike[str] | None, card: Any, classes: tuple[str, ...],
-          stats: Any) -> tuple[Any, Any]:
-    """The architecture and model card: new from the chips, or the resumed one checked."""
-    from geounet.model import ModelCard, UNetConfig
+          stats: Any, fine_tune: bool = False) -> tuple[Any, Any]:
+    """The architecture and model card: new from the chips, or the resumed (fine-tuned)
+    checkpoint's, checked against the chips."""
+    from geounet.model import ModelCard
 
     if resume is None:
-        arch = UNetConfig(in_channels=stats.count, num_classes=len(classes), depth=config.depth,
-                          base_channels=config.base_channels, padding=config.padding,
-                          batch_norm=config.batch_norm)
+        arch = _architecture(config, stats.count, len(classes))
         card = ModelCard(
             architecture=arch, bands=tuple(range(1, stats.count + 1)), mean=stats.mean,
             std=stats.std, classes=classes, pixel_size=stats.pixel_size, dtype=stats.dtype,
@@ -323,11 +401,21 @@ def _card(chips_dir: str | os.PathLike[str], config: TrainConfig,
         )
     else:
         arch = card.architecture
+        fix = ("fine-tune on chips of its band count and data type, or train a new model "
+               "without --init" if fine_tune else "resume with the chips it was trained on")
         if card.architecture.in_channels != stats.count:
             raise CheckpointError(
                 f"checkpoint {str(resume)!r} reads {arch.in_channels} bands but the chips have "
-                f"{stats.count}; resume with the chips it was trained on."
+                f"{stats.count}; {fix}."
             )
+        if fine_tune:
+            if card.dtype != stats.dtype:
+                raise CheckpointError(
+                    f"checkpoint {str(resume)!r} was trained on {card.dtype} scenes but the "
+                    f"chips are {stats.dtype}; its normalization would not fit: {fix}."
+                )
+            card = dataclasses.replace(card, description=config.description or (
+                f"fine-tuned from {Path(resume).name} on chips {Path(chips_dir).name}"))
     return arch, card
 
 
@@ -438,6 +526,7 @@ def _train_epoch(run: _Run, tally: _Tally, epoch: int,
 
     config, model, device, pin = run.config, run.model, run.device, run.pin
     model.train()
+    _freeze_encoder(run, epoch)
     run.train_set.set_epoch(epoch)
     total, seen = 0.0, 0
     for step, (images, target, weights) in enumerate(run.loader(run.train_set, True, epoch), 1):
@@ -467,6 +556,24 @@ def _train_epoch(run: _Run, tally: _Tally, epoch: int,
             tally.out_of_time = True
             break
     return seen, total
+
+
+def _freeze_encoder(run: _Run, epoch: int) -> None:
+    """Freeze (epochs up to ``freeze_encoder_epochs``) or thaw the encoder of the model.
+
+    Frozen: no gradients (AdamW skips the parameters, weight decay included) and its
+    BatchNorm layers in eval mode, so neither weights nor statistics move."""
+    count = run.config.freeze_encoder_epochs
+    if not count:
+        return
+    frozen = epoch <= count
+    encoder = run.model.encoder
+    encoder.requires_grad_(not frozen)
+    if frozen:
+        encoder.eval()
+    if epoch in (1, count + 1):
+        log.info("epoch %d: encoder %s", epoch, f"frozen (warm-up of {count} epochs)"
+                 if frozen else "trained again")
 
 
 def _progress(run: _Run, tally: _Tally) -> float:
