@@ -201,6 +201,30 @@ def test_init_fine_tunes_from_the_checkpoint_weights(resnet_model: Path, chips: 
     assert not torch.equal(tuned["state_dict"]["head.weight"], init["state_dict"]["head.weight"])
 
 
+def test_refit_of_a_fine_tune_starts_from_the_init_weights(resnet_model: Path, chips: Path,
+                                                           tmp_path: Path) -> None:
+    """--refit retrains from where the run started (the --init checkpoint), not from scratch."""
+    init = read_checkpoint(resnet_model)
+    starts: dict[int, list[torch.Tensor]] = {}
+
+    def hook(optimizer: Any, args: Any, kwargs: Any) -> None:
+        starts.setdefault(id(optimizer), [p.detach().clone() for g in optimizer.param_groups
+                                          for p in g["params"]])
+
+    handle = register_optimizer_step_pre_hook(hook)
+    try:
+        result = train(chips, tmp_path / "rf.pt", init=resnet_model,
+                       config=TrainConfig(**TINY, ema=0.0, refit=True))
+    finally:
+        handle.remove()
+    assert result.refit is not None and len(starts) == 2  # the run, then the refit
+    names = [n for n, _ in ResNetUNet(ResNetUNetConfig(encoder="resnet18",
+                                                       decoder_channels=SMALL)).named_parameters()]
+    for start in starts.values():
+        for name, value in zip(names, start):
+            assert torch.equal(value, init["state_dict"][name]), name
+
+
 def test_init_thaws_the_encoder_after_the_warm_up(resnet_model: Path, chips: Path,
                                                   tmp_path: Path) -> None:
     init = read_checkpoint(resnet_model)

@@ -161,6 +161,7 @@ class _Run:
     scaler: Any
     average: WeightAverage | None
     all_records: tuple[Any, ...] = ()  # train, val and buffer chips (for the refit)
+    initial_state: dict[str, Any] | None = None  # the weights the run started from (refit)
 
     @property
     def pin(self) -> bool:
@@ -327,6 +328,15 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
     amp_dtype = _autocast_dtype(config.precision, device)
     torch.manual_seed(config.seed)
     model = _model(config, arch, payload, resume, fine_tune)
+    # the refit starts where this run started: seeded fresh weights, the pretrained encoder
+    # or the --init checkpoint (a resumed run's start is unknown: fresh weights, plus the
+    # encoder file when one is configured)
+    initial = None
+    if config.refit:
+        if resume is None or fine_tune:
+            initial = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        else:
+            initial = _model(config, arch, None, None, False).state_dict()
     model.to(device)
     if device.type == "cpu":
         model.to(memory_format=torch.channels_last)
@@ -337,7 +347,8 @@ def _set_up(chips_dir: str | os.PathLike[str], config: TrainConfig, dataset: Any
                                                                  else 0)
     optimizer, scheduler, scaler, average = _optimizer(config, model, amp_dtype)
     return _Run(config, classes, card, model, device, amp_dtype, train_set, val_set, workers,
-                optimizer, scheduler, scaler, average, tuple(records) + tuple(found.buffer))
+                optimizer, scheduler, scaler, average, tuple(records) + tuple(found.buffer),
+                initial)
 
 
 def _architecture(config: TrainConfig, bands: int, num_classes: int) -> Any:
@@ -741,6 +752,8 @@ def _refit(run: _Run, tally: _Tally, paths: dict[str, Path], result: TrainResult
                                        refit=False)
     torch.manual_seed(config.seed)
     model = _fresh_copy(run.model)
+    if run.initial_state is not None:
+        model.load_state_dict(run.initial_state)
     train_set, _ = _datasets(refit_config, run.card, run.classes, records,
                              run.train_set.spec, refit=True)
     optimizer, scheduler, scaler, average = _optimizer(refit_config, model, run.amp_dtype)
