@@ -203,3 +203,22 @@ def test_resume_with_another_tta_is_refused(make_scene: Callable[..., Path],
     d4 = plan_prediction(scene, model=model, check_device=False, tta="d4")
     assert (plain.runner.tta, d4.runner.tta) == ("none", "d4")
     assert output.changed_settings(plain.run, d4.run) == ["tta"]
+
+
+def test_batch_runs_every_scene_with_tta(make_scene: Callable[..., Path], tmp_path: Path) -> None:
+    """run_batch(tta=) reaches the chunk tasks: its Zarr equals the whole-scene TTA result."""
+    import zarr
+
+    from geounet.batch.job import run_batch
+
+    scene, model = make_scene(150, 131, name="s.tif"), _checkpoint(tmp_path)
+    result = run_batch([str(scene)], tmp_path / "out", model=model, raster="zarr", tta="flips",
+                       probability_dtype="float32", chunk_size=64, client="threads",
+                       workers=1, device="cpu", precision="fp32")
+    assert result.ok
+    probs = np.asarray(zarr.open_group(str(tmp_path / "out" / "s.zarr"),
+                                       mode="r")["probabilities"])
+    runner = make_runner(depth=2, seed=2)
+    pixels, valid = read_window(open_scene(scene), 0, 0, 150, 131, bands=runner.card.bands)
+    np.testing.assert_allclose(probs, predict_array(pixels, runner, valid, tta="flips"),
+                               atol=1e-5, rtol=0)
