@@ -123,7 +123,7 @@ def scene_name(scene: str) -> str:
     return Path(scene.rstrip("/").rsplit("/", 1)[-1]).stem
 
 
-def _check_names(scenes: Sequence[str]) -> list[str]:
+def check_names(scenes: Sequence[str]) -> list[str]:
     seen: dict[str, str] = {}
     for scene in scenes:
         name = scene_name(scene)

@@ -35,10 +35,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from geounet import objectstore
-from geounet.batch.finish import FinishTask, _check_outputs_free, finish_scene
+from geounet.batch.finish import FinishTask, check_outputs_free, finish_scene
 from geounet.batch.inputs import (  # noqa: F401 - re-exported
     MANIFEST_SUFFIXES,
-    _check_names,
+    check_names,
     resolve_scenes,
     scene_name,
 )
@@ -48,9 +48,9 @@ from geounet.batch.table import (  # noqa: F401 - re-exported
     BatchResult,
     SceneResult,
     SceneStatus,
-    _done_record_url,
-    _skip_finished,
-    _write_tables,
+    done_record_url,
+    skip_finished,
+    write_result_tables,
 )
 from geounet.distributed.cluster import SchedulerLike
 from geounet.config import (
@@ -65,7 +65,7 @@ from geounet.config import (
 )
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
 from geounet.run.pipeline import ProgressCallback
-from geounet.run.planning import _check_vectorize_options, runs_here
+from geounet.run.planning import check_vectorize_options, runs_here
 
 if TYPE_CHECKING:
     from geounet.run.pipeline import Plan
@@ -208,7 +208,7 @@ def run_batch(
     if model is not None and not objectstore.is_url(model):
         model = os.path.abspath(model)
     scene_list = resolve_scenes(scenes, manifests)
-    names = _check_names(scene_list)
+    names = check_names(scene_list)
     work = _make_dirs(out_dir, remote, work_dir)
     finished_before = _finished_before(out_dir, resume, overwrite)
     if any(objectstore.is_s3(s) for s in scene_list):
@@ -221,7 +221,7 @@ def run_batch(
                         resample=resample, resampling=resampling, rescale=rescale,
                         engine=engine)
     options = dict(vectorize_options or {})
-    _check_vectorize_options(options)
+    check_vectorize_options(options)
     job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,
                     plan_options, batch_size=batch_size, threshold=threshold,
                     probability_dtype=probability_dtype, resume=resume, overwrite=overwrite,
@@ -233,7 +233,7 @@ def run_batch(
     result = BatchResult(tuple(rows[i] for i in sorted(rows)), out_dir,
                          time.perf_counter() - start)
     if write_tables:
-        result = _write_tables(result)
+        result = write_result_tables(result)
     return result
 
 
@@ -474,7 +474,7 @@ class _BatchJob:
                     ) -> tuple[Path, StoreSpec, dict[str, Any]] | None:
         """The scene's store and its completed chunks; None if an earlier run finished it."""
         from geounet import output
-        from geounet.run.pipeline import _check_partial_store, prepare_store
+        from geounet.run.store import check_partial_store, prepare_store
 
         if plan.info.crs_wkt is None:
             from geounet.errors import GeoreferenceError
@@ -484,19 +484,19 @@ class _BatchJob:
                 "assign a CRS (e.g. gdal_edit.py -a_srs EPSG:32633) or run `geounet "
                 "predict --allow-no-crs` on it alone for a raster in pixel coordinates."
             )
-        record_url = _done_record_url(self.out_dir, name)
+        record_url = done_record_url(self.out_dir, name)
         if self.resume and name + ".json" in self.finished_before:
-            skipped = _skip_finished(record_url, scene, name, plan.run)
+            skipped = skip_finished(record_url, scene, name, plan.run)
             if skipped is not None:  # its chunks count as done on the progress bar
                 self.rows[index] = skipped
                 self.totals["known"] += skipped.chunks
                 self.totals["done"] += skipped.chunks
                 return None
         if not (self.overwrite or self.resume):  # resume replaces outputs of an unfinished finish
-            _check_outputs_free(self.out_dir, name, self.fmt, self.raster, plan)
+            check_outputs_free(self.out_dir, name, self.fmt, self.raster, plan)
         store_path = output.temporary_path(Path(self.work) / f"{name}.zarr")
         # an interrupted run's chunks are never discarded silently (name --resume)
-        _check_partial_store(store_path, resume=self.resume, overwrite=self.overwrite)
+        check_partial_store(store_path, resume=self.resume, overwrite=self.overwrite)
         spec, done = prepare_store(plan, store_path, probability_dtype=self.probability_dtype,
                                    resume=self.resume)
         return store_path, spec, done
@@ -518,7 +518,7 @@ class _BatchJob:
             time.perf_counter() - job.started, dict(value["objects"]), None,
             job.chunks, job.finished, job.resumed, tuple(value["outputs"]))
         objectstore.write_text(
-            _done_record_url(self.out_dir, job.name),
+            done_record_url(self.out_dir, job.name),
             json.dumps({"run": job.plan.run, "result": row.to_dict()}))
         self.rows[job.index] = row
 

@@ -1,5 +1,5 @@
 """Building objects: traced per window and merged across window seams
-(:class:`_ObjectCollector`), then matched one-to-one by IoU (:func:`match_objects`)."""
+(:class:`ObjectCollector`), then matched one-to-one by IoU (:func:`match_objects`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from geounet.evaluation.report import ObjectScores
 from geounet.evaluation.sources import Grid
 
 
-class _ObjectCollector:
+class ObjectCollector:
     """Collects per-window polygons; those touching an interior seam are merged at the end."""
 
     def __init__(self, grid: Grid) -> None:

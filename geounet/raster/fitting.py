@@ -177,7 +177,7 @@ def plan_resample(
         ``always`` for a scene or card without a pixel size.
     """
     from geounet.model import PIXEL_SIZE_WARN_RATIO
-    from geounet.raster import _resampling
+    from geounet.raster.scene import resampling_of
 
     if mode not in choices(ResampleMode):
         raise InputError(
@@ -185,7 +185,7 @@ def plan_resample(
             f"{', '.join(choices(ResampleMode))}."
         )
     if resampling != "auto":
-        _resampling(resampling)  # validate the name now, not in a task
+        resampling_of(resampling)  # validate the name now, not in a task
     if mode == "error":
         return info
     scene_size = info.pixel_size

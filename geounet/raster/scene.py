@@ -40,7 +40,7 @@ REMOTE_PREFIXES = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsios
 """Paths GDAL reads over the network: their directory listing costs requests, so it is skipped."""
 
 
-_WARP_OPTIONS = {"UNIFIED_SRC_NODATA": "YES"}
+WARP_OPTIONS = {"UNIFIED_SRC_NODATA": "YES"}
 """A source pixel is nodata where every band equals the nodata value (as in unwarped reads)."""
 
 
@@ -364,7 +364,7 @@ def _gcp_view(ds: Any, info: SceneInfo) -> SceneInfo:
             f"georeference it with gdalwarp."
         )
     _check_uniform_nodata(info, "GCP-georeferenced")
-    with WarpedVRT(ds, resampling=_resampling("bilinear"), warp_extras=_WARP_OPTIONS) as vrt:
+    with WarpedVRT(ds, resampling=resampling_of("bilinear"), warp_extras=WARP_OPTIONS) as vrt:
         return dataclasses.replace(
             info,
             height=int(vrt.height),
@@ -388,7 +388,7 @@ def _check_uniform_nodata(info: SceneInfo, why: str) -> None:
         )
 
 
-def _resampling(name: str) -> Any:
+def resampling_of(name: str) -> Any:
     from rasterio.enums import Resampling
 
     try:

@@ -136,7 +136,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(path)
 
 
-def _plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     """A dataclass as the plain JSON types its run record is stored in (None stays None)."""
     import json
 
@@ -205,8 +205,8 @@ def plan_prediction(
         "probability_dtype": probability_dtype,
         "threshold": threshold,
         # as JSON gives them back, so a resumed run compares equal to its stored record
-        "warp": _plain(info.warp),
-        "rescale": _plain(info.rescale),
+        "warp": to_plain(info.warp),
+        "rescale": to_plain(info.rescale),
     }
     return Plan(info, card, grid, runner, chunk_size, tile_size, run)
 
@@ -293,7 +293,7 @@ def _fit_scene(info: SceneInfo, card: ModelCard, resample: ResampleMode,
     return info
 
 
-def _check_vectorize_options(options: dict[str, Any] | None) -> None:
+def check_vectorize_options(options: dict[str, Any] | None) -> None:
     """Raise InputError now, before any prediction, when ``options`` do not fit vectorize."""
     from geounet.vectorization import vectorize
 
