@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Iterator
 
 from geounet import objectstore
+from geounet.raster import is_url
 from geounet.batch.finish import FinishTask, check_outputs_free, finish_scene
 from geounet.batch.inputs import (  # noqa: F401 - re-exported
     MANIFEST_SUFFIXES,
@@ -205,7 +206,7 @@ def run_batch(
     if not remote:
         out_dir = os.path.abspath(out_dir)
     fmt = _check_settings(out_dir, remote, raster, vector_format, window)
-    if model is not None and not objectstore.is_url(model):
+    if model is not None and not is_url(model):
         model = os.path.abspath(model)
     scene_list = resolve_scenes(scenes, manifests)
     names = check_names(scene_list)

@@ -33,6 +33,7 @@ from geounet.raster.scene import (
     block_cache_bytes,
     gdal_env,
     is_remote,
+    is_url,
     open_scene,
     warped,
 )
@@ -49,6 +50,7 @@ __all__ = [
     "close_datasets",
     "gdal_env",
     "is_remote",
+    "is_url",
     "mirror_indices",
     "mirror_pad",
     "open_scene",

@@ -44,6 +44,19 @@ WARP_OPTIONS = {"UNIFIED_SRC_NODATA": "YES"}
 """A source pixel is nodata where every band equals the nodata value (as in unwarped reads)."""
 
 
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``) or a GDAL virtual path (``/vsi...``), not a
+    local file: the one rule for "is this path a local file?" (os.stat, abspath, exists).
+
+    Examples
+    --------
+    >>> is_url("s3://bucket/a.tif"), is_url("/vsis3/bucket/a.tif"), is_url("a.tif")
+    (True, True, False)
+    """
+    text = os.fspath(path)
+    return "://" in text or text.startswith("/vsi")
+
+
 def is_remote(path: str) -> bool:
     """True for a network path (:data:`REMOTE_PREFIXES`), where sidecar lookups cost requests."""
     return str(path).lower().startswith(REMOTE_PREFIXES)
@@ -263,13 +276,12 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     path = os.fspath(path)
-    is_virtual = path.startswith("/vsi") or "://" in path
-    if not is_virtual and not os.path.exists(path):
+    if not is_url(path) and not os.path.exists(path):
         raise SceneError(
             f"scene {path!r} does not exist; check the path (relative paths are taken from "
             f"{os.getcwd()!r})."
         )
-    if not is_virtual and os.path.isdir(path):
+    if not is_url(path) and os.path.isdir(path):
         raise SceneError(
             f"scene {path!r} is a directory, not a raster file; give the path of a GeoTIFF, "
             f"COG or VRT inside it."
@@ -278,7 +290,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
         with gdal_env(path=path), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # GCP/RPC/no-georef files
             with rasterio.open(path) as ds:
-                if not is_virtual:
+                if not is_url(path):
                     _check_complete(ds, path)
                 info = _describe(ds, path)
     except RasterioIOError as exc:

@@ -23,7 +23,7 @@ from geounet.errors import (
     TransientError,
 )
 from geounet.raster.mirror import MIRROR_MODE, mirror_indices
-from geounet.raster.scene import WARP_OPTIONS, SceneInfo, resampling_of, gdal_env, is_remote
+from geounet.raster.scene import WARP_OPTIONS, SceneInfo, resampling_of, gdal_env, is_remote, is_url
 
 
 class _Handles(threading.local):
@@ -97,7 +97,7 @@ def _has_alpha_band(ds: Any) -> bool:
 
 def _dataset(info: SceneInfo) -> Any:
     stamp: Any = None
-    if not (info.path.startswith("/vsi") or "://" in info.path):
+    if not is_url(info.path):
         try:
             st = os.stat(info.path)
         except OSError as exc:

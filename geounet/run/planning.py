@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 from geounet.distributed.cluster import SchedulerLike
 from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
 from geounet.errors import GeoreferenceError, InputError, TileSizeError
+from geounet.raster import is_url
 
 if TYPE_CHECKING:
     from geounet.model import ModelCard
@@ -90,7 +91,7 @@ def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     if path is None:
         return {}
     text = os.fspath(path)
-    if "://" in text or text.startswith("/vsi"):
+    if is_url(text):
         return {"path": text, **_remote_stamp(text)}
     try:
         stat = os.stat(path)

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any, Iterator
 from geounet.config import ProbabilityDtype
 from geounet.errors import GeounetError, OutputExistsError, PredictionKeptError
 from geounet.output import StoreSpec
+from geounet.raster import is_url
 from geounet.run.planning import to_plain
 
 if TYPE_CHECKING:
@@ -48,7 +49,7 @@ def client_path(path: str | os.PathLike[str]) -> str:
     other directories, on other machines sharing the file system); URLs and GDAL ``/vsi``
     paths unchanged."""
     text = os.fspath(path)
-    if "://" in text or text.startswith("/vsi"):
+    if is_url(text):
         return text
     return os.path.abspath(text)
 
