@@ -19,9 +19,8 @@ import pytest
 import rasterio
 
 from geounet import output
-
-from geounet.run import pipeline
 from geounet.errors import OutputExistsError, PredictionKeptError
+from geounet.run import pipeline
 from geounet.synth import synthesize_scene
 
 FAST_CLI = ["--scheduler-address", "threads", "--precision", "fp32", "--chunk-size", "64"]

@@ -12,13 +12,13 @@ import csv
 import glob
 import io
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from geounet import objectstore
-from geounet.raster import is_url
 from geounet.batch.table import DONE_DIR, TABLE_NAMES
 from geounet.errors import InputError
+from geounet.raster import is_url
 
 MANIFEST_SUFFIXES = (".txt", ".csv")
 _GLOB_CHARS = "*?["

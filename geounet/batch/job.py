@@ -30,12 +30,12 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from geounet import objectstore
-from geounet.raster import is_url
 from geounet.batch.finish import FinishTask, check_outputs_free, finish_scene
 from geounet.batch.inputs import (  # noqa: F401 - re-exported
     MANIFEST_SUFFIXES,
@@ -53,7 +53,6 @@ from geounet.batch.table import (  # noqa: F401 - re-exported
     skip_finished,
     write_result_tables,
 )
-from geounet.distributed.cluster import SchedulerLike
 from geounet.config import (
     BatchRaster,
     Engine,
@@ -64,13 +63,15 @@ from geounet.config import (
     VectorFormat,
     choices,
 )
+from geounet.distributed.cluster import SchedulerLike
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
+from geounet.raster import is_url
 from geounet.run.pipeline import ProgressCallback
 from geounet.run.planning import check_vectorize_options, runs_here
 
 if TYPE_CHECKING:
-    from geounet.run.pipeline import Plan
     from geounet.output import StoreSpec
+    from geounet.run.pipeline import Plan
 
 log = logging.getLogger(__name__)
 

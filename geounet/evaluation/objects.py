@@ -21,9 +21,9 @@ class ObjectCollector:
         self.pending: list[Any] = []
 
     def add(self, mask: np.ndarray, y0: int, x0: int) -> None:
+        from rasterio.features import shapes
         from rasterio.windows import Window
         from rasterio.windows import transform as window_transform
-        from rasterio.features import shapes
         from shapely.geometry import shape
 
         if not mask.any():

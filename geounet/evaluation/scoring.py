@@ -18,7 +18,13 @@ from geounet.config import DEFAULT_CLASSES, NODATA_CLASS
 from geounet.errors import GeoreferenceError, InputError, UnsupportedFormatError
 from geounet.evaluation.objects import ObjectCollector, match_objects
 from geounet.evaluation.report import CenterlineScores, EvaluationReport
-from geounet.evaluation.sources import Grid, check_same_grid, open_source, VectorSource, score_windows
+from geounet.evaluation.sources import (
+    Grid,
+    VectorSource,
+    check_same_grid,
+    open_source,
+    score_windows,
+)
 from geounet.training.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from geounet.errors import (
     TransientError,
 )
 from geounet.raster.mirror import MIRROR_MODE, mirror_indices
-from geounet.raster.scene import WARP_OPTIONS, SceneInfo, resampling_of, gdal_env, is_remote, is_url
+from geounet.raster.scene import WARP_OPTIONS, SceneInfo, gdal_env, is_remote, is_url, resampling_of
 
 
 class _Handles(threading.local):

@@ -22,14 +22,15 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling
+from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
 from geounet.run.planning import (  # re-exported: the plan is part of this module's face
@@ -42,16 +43,16 @@ from geounet.run.planning import (  # re-exported: the plan is part of this modu
 from geounet.run.store import (  # re-exported: the store's life in a run
     RESUME_HINT,  # noqa: F401 - re-exported
     check_partial_store,
+    client_path,
     keep_for_resume,
     prediction_kept,
-    publish_raster,
-    client_path,
     prepare_store,
+    publish_raster,
 )
 
 if TYPE_CHECKING:
-    from geounet.raster import SceneInfo
     from geounet.engine.tiling import ChunkWindow, TileGrid
+    from geounet.raster import SceneInfo
 
 log = logging.getLogger(__name__)
 
@@ -224,10 +225,10 @@ def _dask_task(run: Callable[[Any], dict[str, Any]], task: Any) -> Any:
 
 def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     from geounet import output
+    from geounet.distributed.worker import model_path
     from geounet.engine.blend import pack_pieces
     from geounet.engine.inference import classify, compute_chunk
     from geounet.engine.runner import get_runner
-    from geounet.distributed.worker import model_path
 
     start = time.perf_counter()
     chunk, grid = task.chunk, task.grid

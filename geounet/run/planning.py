@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.distributed.cluster import SchedulerLike
 from geounet.config import Engine, Precision, ProbabilityDtype, ResampleMode, Resampling, choices
+from geounet.distributed.cluster import SchedulerLike
 from geounet.errors import GeoreferenceError, InputError, TileSizeError
 from geounet.raster import is_url
 
 if TYPE_CHECKING:
+    from geounet.engine.tiling import TileGrid
     from geounet.model import ModelCard
     from geounet.raster import SceneInfo
-    from geounet.engine.tiling import TileGrid
 
 
 @dataclass(frozen=True)

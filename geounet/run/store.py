@@ -14,8 +14,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from geounet.config import ProbabilityDtype
 from geounet.errors import GeounetError, OutputExistsError, PredictionKeptError

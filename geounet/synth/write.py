@@ -30,7 +30,7 @@ from geounet.synth.config import (
     SynthSummary,
 )
 from geounet.synth.plan import plan_scene
-from geounet.synth.render import window_indexes, render_indexed_window
+from geounet.synth.render import render_indexed_window, window_indexes
 
 logger = logging.getLogger(__name__)
 

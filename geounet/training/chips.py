@@ -19,8 +19,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from geounet.errors import GeoreferenceError, InputError, LabelError, OutputExistsError
 from geounet.raster.labels import (  # noqa: F401  (re-exported)
     DEFAULT_CLASS_LAYERS,

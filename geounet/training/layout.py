@@ -40,8 +40,8 @@ from geounet.training.pairing import (  # noqa: F401  (constants re-exported)
     RASTER_SUFFIXES,
     TRAIN_DIRS,
     VAL_DIRS,
-    discover,
     Found,
+    discover,
 )
 from geounet.training.record import (  # noqa: F401  (ChipRecord and readers re-exported)
     ChipRecord,

@@ -27,7 +27,7 @@ from geounet.vectorization._defaults import (
 )
 from geounet.vectorization._layers import PolygonLayer, write_lines
 from geounet.vectorization._source import PredictionReader
-from geounet.vectorization._walk import run_windows, WindowOrder
+from geounet.vectorization._walk import WindowOrder, run_windows
 from geounet.vectorization._writer import (
     SUFFIXES,
     FeatureWriter,
