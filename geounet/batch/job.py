@@ -71,7 +71,7 @@ from geounet.run.planning import check_vectorize_options, runs_here
 
 if TYPE_CHECKING:
     from geounet.output import StoreSpec
-    from geounet.run.pipeline import Plan
+    from geounet.run.planning import Plan
 
 log = logging.getLogger(__name__)
 
@@ -446,7 +446,7 @@ class _BatchJob:
 
     def _plan(self, index: int, scene: str, name: str) -> _Scene | None:
         """Plan one scene and open its store; None (and a row) if it is skipped or failed."""
-        from geounet.run.pipeline import plan_prediction
+        from geounet.run.planning import plan_prediction
 
         started = time.perf_counter()
         try:
