@@ -17,6 +17,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 test: $(STAMP)
+	$(PY) -m ruff check geounet tests
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-all: $(STAMP)

@@ -31,17 +31,17 @@ from pathlib import Path
 
 PHASES = {  # phase: (module file suffix, function name)
     "plan (open scene, card, grid)": ("planning.py", "plan_prediction"),
-    "model load (get_runner)": ("inference.py", "get_runner"),
+    "model load (get_runner)": ("runner.py", "get_runner"),
     "read window + mirror": ("window.py", "read_window"),
-    "normalize": ("inference.py", "normalize"),
-    "forward (engine)": ("inference.py", "forward"),
+    "normalize": ("runner.py", "normalize"),
+    "forward (engine)": ("runner.py", "forward"),
     "chunk total (compute_chunk)": ("inference.py", "_run_tiles"),
     "seam blend (blend_seams)": ("inference.py", "blend_seams"),
     "classify": ("inference.py", "classify"),
     "write chunk": ("store.py", "write_chunk"),
     "marker": ("store.py", "mark_done"),
     "scheduler start/stop": ("cluster.py", "scheduler"),
-    "publish (consolidate / COG)": ("runstore.py", "_publish_raster"),
+    "publish (consolidate / COG)": ("run/store.py", "publish_raster"),
     "finalize store": ("store.py", "finalize_store"),
 }
 

@@ -18,8 +18,9 @@ Nothing here reads pixels; this module imports neither torch nor rasterio's data
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 

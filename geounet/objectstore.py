@@ -25,18 +25,6 @@ SCHEMES = ("s3://",)
 """URL schemes geounet writes to."""
 
 
-def is_url(path: str | os.PathLike[str]) -> bool:
-    """Whether ``path`` is a URL (``scheme://...``) or a GDAL virtual path, not a local file.
-
-    Examples
-    --------
-    >>> is_url("s3://bucket/a.tif"), is_url("/vsis3/bucket/a.tif"), is_url("a.tif")
-    (True, True, False)
-    """
-    text = os.fspath(path)
-    return "://" in text or text.startswith("/vsi")
-
-
 def is_s3(path: str | os.PathLike[str]) -> bool:
     """Whether ``path`` is an ``s3://`` URL."""
     return os.fspath(path).startswith("s3://")

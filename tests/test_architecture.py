@@ -90,3 +90,69 @@ def test_every_invariant_names_tests_that_exist() -> None:
             assert re.search(rf"^\s*(async )?def {name}\(", source, re.MULTILINE), (
                 f"ARCHITECTURE invariant {number} names {path}::{name}, which does not exist"
             )
+
+
+def _private(name: str) -> bool:
+    return name.startswith("_") and not name.startswith("__")
+
+
+def _private_module_owner(dotted: str) -> str | None:
+    """The package a private module of ``dotted`` belongs to (``geounet.p._m`` -> ``geounet.p``),
+    or None when no component of ``dotted`` is private."""
+    parts = dotted.split(".")
+    for i, part in enumerate(parts):
+        if _private(part):
+            return ".".join(parts[:i])
+    return None
+
+
+def _is_module(dotted: str) -> bool:
+    base = ROOT.joinpath(*dotted.split("."))
+    return base.with_suffix(".py").is_file() or (base / "__init__.py").is_file()
+
+
+def private_imports_across_modules() -> list[str]:
+    """``path:line: what`` for every import under ``geounet/`` that breaks the rule in
+    docs/ARCHITECTURE.md, "One import path per name"."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "geounet").rglob("*.py")):
+        rel = path.relative_to(ROOT)
+        parts = list(rel.with_suffix("").parts)
+        face = parts[-1] == "__init__"
+        me = ".".join(parts[:-1] if face else parts)
+        package = me if face else me.rpartition(".")[0]
+
+        def inside(owner: str) -> bool:
+            return package == owner or package.startswith(owner + ".")
+
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), str(rel))):
+            if isinstance(node, ast.Import):
+                targets = [(a.name, None) for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                targets = [(node.module, a.name) for a in node.names]
+            else:
+                continue
+            for module, name in targets:
+                if module != "geounet" and not module.startswith("geounet."):
+                    continue
+                dotted = module if name is None else f"{module}.{name}"
+                if name is not None and not _is_module(dotted):
+                    owner = _private_module_owner(module)
+                    if _private(name) and not (face and module.startswith(me + ".")):
+                        found.append(f"{rel}:{node.lineno}: private name {dotted}")
+                        continue
+                else:
+                    owner = _private_module_owner(dotted)
+                if owner is not None and not inside(owner):
+                    found.append(f"{rel}:{node.lineno}: private module {dotted}")
+    return found
+
+
+def test_no_private_name_is_imported_across_modules() -> None:
+    """One import path per name (docs/ARCHITECTURE.md): a leading-underscore name is used only
+    in its module (or re-exported by its package's face), a private module only in its package."""
+    found = private_imports_across_modules()
+    assert not found, "private names imported across modules (make them public at home):\n" + \
+        "\n".join(found)

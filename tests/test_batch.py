@@ -5,17 +5,18 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from test_pipeline import make_checkpoint
 
 from geounet.batch import job as batch
 from geounet.cli.main import cli
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
-from test_pipeline import make_checkpoint
 
 FAST = {"client": "threads", "precision": "fp32", "chunk_size": 64}
 

@@ -2,16 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import rasterio
 from click.testing import CliRunner
+from test_pipeline import make_checkpoint
 
 from geounet.cli.main import cli
-from test_pipeline import make_checkpoint
 
 FAST = ["--in-process", "--precision", "fp32", "--chunk-size", "64"]
 

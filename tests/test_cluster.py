@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 
 from geounet.distributed import cluster
+
+
 def test_default_workers_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     for cores, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
         monkeypatch.setattr(cluster, "available_cores", lambda cores=cores: cores)

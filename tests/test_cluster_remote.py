@@ -21,11 +21,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from geounet.distributed import cluster
-
-from geounet.run import pipeline
 from geounet.cli.main import cli
+from geounet.distributed import cluster
 from geounet.errors import ClusterError, InputError, TransientError
+from geounet.run import pipeline
 from geounet.testing import write_scene
 
 pytestmark = pytest.mark.cluster
@@ -101,8 +100,8 @@ def test_segment_through_scheduler_equals_local_with_relative_paths_and_builtin_
     import torch
     from distributed import Client
 
-    from geounet.engine.inference import BUILTIN_MODEL, runner_load_count
     from geounet.distributed.worker import file_sha256, shipped_models
+    from geounet.engine.inference import BUILTIN_MODEL, runner_load_count
 
     monkeypatch.chdir(tmp_path)
     Path("s").mkdir()
@@ -305,10 +304,10 @@ def test_batch_through_scheduler_ships_the_model_and_equals_in_process(
     workers as shipped bytes (never as the client's path) and the outputs equal an in-process
     batch."""
     from distributed import Client
+    from test_pipeline import make_checkpoint
 
     from geounet.batch import job as batch
     from geounet.distributed.worker import file_sha256, shipped_models
-    from test_pipeline import make_checkpoint
 
     # a model no other test ships: its presence on the workers comes from this batch alone
     tiny_model = make_checkpoint(tmp_path / "batch_model.pt", seed=17)

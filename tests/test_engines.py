@@ -5,16 +5,14 @@ installed; an engine whose package is missing skips its cases (say so in the rep
 from __future__ import annotations
 
 import contextlib
-
 import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
 from geounet.engine import backends as engines
-from geounet.errors import EngineError, InputError
 from geounet.engine.inference import (
     clear_runner_cache,
     get_runner,
@@ -22,9 +20,10 @@ from geounet.engine.inference import (
     predict_tiled,
     runner_load_count,
 )
+from geounet.engine.tiling import plan_tiles
+from geounet.errors import EngineError, InputError
 from geounet.model import save_checkpoint
 from geounet.raster import open_scene, read_window
-from geounet.engine.tiling import plan_tiles
 from tests.test_inference import make_runner
 
 ENGINES = [  # torch's own exactness tests are in test_inference.py / test_pipeline.py
@@ -190,8 +189,8 @@ def test_predict_with_engine_equals_whole_scene(
     """The pipeline runs the engine on its workers (library keyword ``engine``), with a chunk
     size that is no whole number of tile cores (rounded), and still equals whole-scene
     inference (ARCHITECTURE invariants 1 and 2)."""
-    from geounet.run import pipeline
     from geounet.output import open_prediction
+    from geounet.run import pipeline
     from tests.test_pipeline import whole_scene_reference
 
     scene = make_scene(150, 173)

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 
 from geounet.errors import IncompatibleSceneError, InputError
-from geounet.raster.fitting import RescaleSpec, parse_rescale, plan_resample, plan_rescale
 from geounet.model import ModelCard, UNetConfig
 from geounet.raster import open_scene, read_window
+from geounet.raster.fitting import RescaleSpec, parse_rescale, plan_resample, plan_rescale
 
 
 def _card(**changes: object) -> ModelCard:

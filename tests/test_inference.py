@@ -2,21 +2,19 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest
 import torch
 
-from geounet.errors import DeviceError, InputError
-from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
 from geounet.engine.inference import (
     ModelRunner,
     classify,
     clear_runner_cache,
-    get_runner,
     compute_chunk,
+    get_runner,
     measure_seam_error,
     predict_array,
     predict_chunk,
@@ -25,8 +23,10 @@ from geounet.engine.inference import (
     resolve_precision,
     runner_load_count,
 )
-from geounet.raster import open_scene, read_window
 from geounet.engine.tiling import plan_tiles
+from geounet.errors import DeviceError, InputError
+from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
+from geounet.raster import open_scene, read_window
 
 CLASSES = ("background", "buildings", "roads")
 

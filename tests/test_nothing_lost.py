@@ -19,9 +19,8 @@ import pytest
 import rasterio
 
 from geounet import output
-
-from geounet.run import pipeline
 from geounet.errors import OutputExistsError, PredictionKeptError
+from geounet.run import pipeline
 from geounet.synth import synthesize_scene
 
 FAST_CLI = ["--scheduler-address", "threads", "--precision", "fp32", "--chunk-size", "64"]
@@ -209,11 +208,11 @@ def test_kept_for_resume_error_keeps_its_class_and_attributes(tmp_path: Path) ->
     """The hint is added to the message; the error stays the same class with its attributes
     (e.g. a TransientError's cause details), and names the kept store."""
     from geounet.errors import TransientError
-    from geounet.run.store import _keep_for_resume
+    from geounet.run.store import keep_for_resume
 
     error = TransientError("read failed")
     error.chunk = (0, 512)  # type: ignore[attr-defined]
-    kept = _keep_for_resume(error, tmp_path / "p.zarr")
+    kept = keep_for_resume(error, tmp_path / "p.zarr")
     assert type(kept) is TransientError and kept.chunk == (0, 512)  # type: ignore[attr-defined]
     assert str(kept).startswith("read failed") and "--resume" in str(kept)
     assert kept.resume_store == str(tmp_path / "p.zarr")  # type: ignore[attr-defined]

@@ -3,14 +3,14 @@ invariance, georeferencing, nodata skipping, validation before work, overwrite a
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
 import rasterio
 
-from geounet.run import pipeline
 from geounet.errors import (
     DeviceError,
     GeoreferenceError,
@@ -21,6 +21,7 @@ from geounet.errors import (
     TileSizeError,
     UnsupportedFormatError,
 )
+from geounet.run import pipeline
 
 CLASSES = ("background", "buildings", "roads")
 
@@ -537,8 +538,8 @@ def test_same_padding_seam_exchange_in_the_pipeline(tmp_path: Path,
     store is bit-identical across chunk sizes and schedulers and to blending, chunk by chunk,
     every tile touching the chunk; the kept tile outputs leave with the bookkeeping."""
     from geounet.engine.inference import get_runner, predict_chunk
-    from geounet.raster import open_scene
     from geounet.engine.tiling import plan_tiles
+    from geounet.raster import open_scene
 
     scene = _scene_with_holes(tmp_path / "holes.tif")
     outs = []

@@ -250,7 +250,6 @@ def test_warped_rescaled_run_is_chunk_exact_and_resumable(tmp_path: Path) -> Non
     import xarray as xr
 
     from geounet import output
-
     from geounet.run import pipeline
     from geounet.testing import write_scene
 

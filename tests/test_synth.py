@@ -193,13 +193,13 @@ def test_written_window_by_window(tmp_path: Path, monkeypatch) -> None:
     import geounet.synth.write as synth
 
     windows = []
-    render = synth._render_window
+    render = synth.render_indexed_window
 
     def spy(config, plan, indexes, y0, x0, height, width):
         windows.append((y0, x0, height, width))
         return render(config, plan, indexes, y0, x0, height, width)
 
-    monkeypatch.setattr(synth, "_render_window", spy)
+    monkeypatch.setattr(synth, "render_indexed_window", spy)
     synthesize_scene(tmp_path, height=600, width=300, chunk_size=256)
     assert max(h for *_, h, _ in windows) <= 256 and max(w for *_, w in windows) <= 256
     assert len(windows) == 3 * 2

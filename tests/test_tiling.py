@@ -5,8 +5,6 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geounet.errors import TileSizeError
-from geounet.model import UNetConfig
 from geounet.engine.tiling import (
     TileGrid,
     default_tile_size,
@@ -14,6 +12,8 @@ from geounet.engine.tiling import (
     plan_tiles,
     round_chunk_size,
 )
+from geounet.errors import TileSizeError
+from geounet.model import UNetConfig
 
 GEOMETRIES = [
     # height, width, chunk, tile, halo, stride, padding, alignment

@@ -17,8 +17,8 @@ from geounet.synth import synthesize_scene
 from geounet.training.augment import dihedral, elastic
 from geounet.training.chips import make_chips
 from geounet.training.dataset import ChipDataset, SampleSpec, find_chips
-from geounet.training.losses import border_weights, segmentation_loss
 from geounet.training.loop import TrainConfig, train
+from geounet.training.losses import border_weights, segmentation_loss
 
 TINY = dict(depth=2, base_channels=8, batch_size=4, lr=3e-3, patience=None)
 

@@ -3,8 +3,8 @@ averaged; exact and chunk-invariant like the plain forward (ARCHITECTURE invaria
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import pytest

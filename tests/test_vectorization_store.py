@@ -7,10 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import rasterio
+from test_vectorization import TRANSFORM, assert_same_polygons, blob_mask, read, reference
 
 from geounet.vectorization import vectorize
-
-from test_vectorization import TRANSFORM, assert_same_polygons, blob_mask, read, reference
 
 output = pytest.importorskip("geounet.output")
 

@@ -10,14 +10,15 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import pytest
+from test_pipeline import make_checkpoint
 
 from geounet.batch import job as batch
-from test_pipeline import make_checkpoint
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKFLOWS = ROOT / "workflows"

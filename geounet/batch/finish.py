@@ -84,7 +84,7 @@ def finish_scene(task: FinishTask) -> dict[str, Any]:
     return {"objects": dict(result.counts), "outputs": outputs}
 
 
-def _check_outputs_free(out_dir: str, name: str, fmt: VectorFormat, raster: BatchRaster,
+def check_outputs_free(out_dir: str, name: str, fmt: VectorFormat, raster: BatchRaster,
                         plan: Plan) -> None:
     """Raise OutputExistsError if a scene's final outputs exist (without overwrite)."""
     from geounet.vectorization import CENTERLINE_LAYER

@@ -12,12 +12,13 @@ import csv
 import glob
 import io
 import os
+from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Iterable, Sequence
 
 from geounet import objectstore
 from geounet.batch.table import DONE_DIR, TABLE_NAMES
 from geounet.errors import InputError
+from geounet.raster import is_url
 
 MANIFEST_SUFFIXES = (".txt", ".csv")
 _GLOB_CHARS = "*?["
@@ -50,19 +51,19 @@ def _read_manifest(path: str) -> list[str]:
     else:
         entries = [line.strip() for line in text.splitlines()]
     entries = [e for e in entries if e and not e.startswith("#")]
-    base = path.rsplit("/", 1)[0] if objectstore.is_url(path) else os.path.dirname(
+    base = path.rsplit("/", 1)[0] if is_url(path) else os.path.dirname(
         os.path.abspath(path))
-    return [e if objectstore.is_url(e) or os.path.isabs(e) else objectstore.join(base, e)
+    return [e if is_url(e) or os.path.isabs(e) else objectstore.join(base, e)
             for e in entries]
 
 
 def _expand(item: str) -> list[str]:
     if not any(ch in item for ch in _GLOB_CHARS):
-        return [item if objectstore.is_url(item) else os.path.abspath(item)]
+        return [item if is_url(item) else os.path.abspath(item)]
     if objectstore.is_s3(item):
         fs = objectstore.filesystem()
         matches = [f"s3://{key}" for key in fs.glob(item[len("s3://"):])]
-    elif objectstore.is_url(item):
+    elif is_url(item):
         return [item]
     else:
         matches = [os.path.abspath(p) for p in glob.glob(os.path.expanduser(item),
@@ -104,7 +105,7 @@ def resolve_scenes(
     items = [(os.fspath(m), True) for m in manifests] + [(os.fspath(s), False) for s in scenes]
     for item, is_manifest in items:
         if is_manifest or _is_manifest(item):
-            manifest = item if objectstore.is_url(item) else os.path.abspath(item)
+            manifest = item if is_url(item) else os.path.abspath(item)
             for entry in _read_manifest(manifest):
                 resolved.extend(_expand(entry))
         else:
@@ -123,7 +124,7 @@ def scene_name(scene: str) -> str:
     return Path(scene.rstrip("/").rsplit("/", 1)[-1]).stem
 
 
-def _check_names(scenes: Sequence[str]) -> list[str]:
+def check_names(scenes: Sequence[str]) -> list[str]:
     seen: dict[str, str] = {}
     for scene in scenes:
         name = scene_name(scene)

@@ -30,15 +30,16 @@ import os
 import tempfile
 import time
 import uuid
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any
 
 from geounet import objectstore
-from geounet.batch.finish import FinishTask, _check_outputs_free, finish_scene
+from geounet.batch.finish import FinishTask, check_outputs_free, finish_scene
 from geounet.batch.inputs import (  # noqa: F401 - re-exported
     MANIFEST_SUFFIXES,
-    _check_names,
+    check_names,
     resolve_scenes,
     scene_name,
 )
@@ -48,11 +49,10 @@ from geounet.batch.table import (  # noqa: F401 - re-exported
     BatchResult,
     SceneResult,
     SceneStatus,
-    _done_record_url,
-    _skip_finished,
-    _write_tables,
+    done_record_url,
+    skip_finished,
+    write_result_tables,
 )
-from geounet.distributed.cluster import SchedulerLike
 from geounet.config import (
     TTA,
     BatchRaster,
@@ -64,18 +64,20 @@ from geounet.config import (
     VectorFormat,
     choices,
 )
+from geounet.distributed.cluster import SchedulerLike
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
+from geounet.raster import is_url
 from geounet.run.pipeline import ProgressCallback
 from geounet.run.planning import (
     DEFAULT_MAX_PIXELS,
-    _check_max_pixels,
-    _check_vectorize_options,
+    check_max_pixels,
+    check_vectorize_options,
     runs_here,
 )
 
 if TYPE_CHECKING:
-    from geounet.run.pipeline import Plan
     from geounet.output import StoreSpec
+    from geounet.run.planning import Plan
 
 log = logging.getLogger(__name__)
 
@@ -219,10 +221,10 @@ def run_batch(
     from geounet.engine.runner import tta_transforms
 
     tta_transforms(tta)  # a job-wide mistake: refused before any scene
-    if model is not None and not objectstore.is_url(model):
+    if model is not None and not is_url(model):
         model = os.path.abspath(model)
     scene_list = resolve_scenes(scenes, manifests)
-    names = _check_names(scene_list)
+    names = check_names(scene_list)
     work = _make_dirs(out_dir, remote, work_dir)
     finished_before = _finished_before(out_dir, resume, overwrite)
     if any(objectstore.is_s3(s) for s in scene_list):
@@ -233,9 +235,9 @@ def run_batch(
                         probability_dtype=probability_dtype, threshold=threshold,
                         allow_no_crs=allow_no_crs, check_device=runs_here(client),
                         resample=resample, resampling=resampling, rescale=rescale,
-                        engine=engine, max_pixels=_check_max_pixels(max_pixels), tta=tta)
+                        engine=engine, max_pixels=check_max_pixels(max_pixels), tta=tta)
     options = dict(vectorize_options or {})
-    _check_vectorize_options(options)
+    check_vectorize_options(options)
     job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,
                     plan_options, batch_size=batch_size, threshold=threshold,
                     probability_dtype=probability_dtype, resume=resume, overwrite=overwrite,
@@ -247,7 +249,7 @@ def run_batch(
     result = BatchResult(tuple(rows[i] for i in sorted(rows)), out_dir,
                          time.perf_counter() - start)
     if write_tables:
-        result = _write_tables(result)
+        result = write_result_tables(result)
     return result
 
 
@@ -458,7 +460,7 @@ class _BatchJob:
 
     def _plan(self, index: int, scene: str, name: str) -> _Scene | None:
         """Plan one scene and open its store; None (and a row) if it is skipped or failed."""
-        from geounet.run.pipeline import plan_prediction
+        from geounet.run.planning import plan_prediction
 
         started = time.perf_counter()
         try:
@@ -488,7 +490,7 @@ class _BatchJob:
                     ) -> tuple[Path, StoreSpec, dict[str, Any]] | None:
         """The scene's store and its completed chunks; None if an earlier run finished it."""
         from geounet import output
-        from geounet.run.pipeline import _check_partial_store, prepare_store
+        from geounet.run.store import check_partial_store, prepare_store
 
         if plan.info.crs_wkt is None:
             from geounet.errors import GeoreferenceError
@@ -498,19 +500,19 @@ class _BatchJob:
                 "assign a CRS (e.g. gdal_edit.py -a_srs EPSG:32633) or run `geounet "
                 "predict --allow-no-crs` on it alone for a raster in pixel coordinates."
             )
-        record_url = _done_record_url(self.out_dir, name)
+        record_url = done_record_url(self.out_dir, name)
         if self.resume and name + ".json" in self.finished_before:
-            skipped = _skip_finished(record_url, scene, name, plan.run)
+            skipped = skip_finished(record_url, scene, name, plan.run)
             if skipped is not None:  # its chunks count as done on the progress bar
                 self.rows[index] = skipped
                 self.totals["known"] += skipped.chunks
                 self.totals["done"] += skipped.chunks
                 return None
         if not (self.overwrite or self.resume):  # resume replaces outputs of an unfinished finish
-            _check_outputs_free(self.out_dir, name, self.fmt, self.raster, plan)
+            check_outputs_free(self.out_dir, name, self.fmt, self.raster, plan)
         store_path = output.temporary_path(Path(self.work) / f"{name}.zarr")
         # an interrupted run's chunks are never discarded silently (name --resume)
-        _check_partial_store(store_path, resume=self.resume, overwrite=self.overwrite)
+        check_partial_store(store_path, resume=self.resume, overwrite=self.overwrite)
         spec, done = prepare_store(plan, store_path, probability_dtype=self.probability_dtype,
                                    resume=self.resume)
         return store_path, spec, done
@@ -532,7 +534,7 @@ class _BatchJob:
             time.perf_counter() - job.started, dict(value["objects"]), None,
             job.chunks, job.finished, job.resumed, tuple(value["outputs"]))
         objectstore.write_text(
-            _done_record_url(self.out_dir, job.name),
+            done_record_url(self.out_dir, job.name),
             json.dumps({"run": job.plan.run, "result": row.to_dict()}))
         self.rows[job.index] = row
 

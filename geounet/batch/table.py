@@ -2,7 +2,7 @@
 
 A scene finished by a run leaves a done record (``_geounet_batch/NAME.json``: its run
 settings and row) under the output folder, written last; a resumed batch skips the scene when
-its settings and outputs are unchanged (:func:`_skip_finished`). Re-exported by
+its settings and outputs are unchanged (:func:`skip_finished`). Re-exported by
 :mod:`geounet.batch.job`.
 """
 
@@ -166,12 +166,12 @@ class BatchResult:
         return "\n".join(lines)
 
 
-def _done_record_url(out_dir: str, name: str) -> str:
+def done_record_url(out_dir: str, name: str) -> str:
     """Where a scene's done record lives under the output folder."""
     return objectstore.join(out_dir, DONE_DIR, f"{name}.json")
 
 
-def _skip_finished(record_url: str, scene: str, name: str,
+def skip_finished(record_url: str, scene: str, name: str,
                    run: dict[str, Any]) -> SceneResult | None:
     """The row of a scene an earlier run finished with the same settings, or None to redo it.
 
@@ -205,7 +205,7 @@ def _skip_finished(record_url: str, scene: str, name: str,
                        None, previous.chunks, 0, previous.chunks, previous.outputs)
 
 
-def _write_tables(result: BatchResult) -> BatchResult:
+def write_result_tables(result: BatchResult) -> BatchResult:
     """Write ``batch.csv`` and ``batch.json`` into the output folder; the result naming them."""
     paths = []
     for name, text in zip(TABLE_NAMES, (result.to_csv(), result.to_json())):

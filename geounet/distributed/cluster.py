@@ -29,11 +29,12 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Callable, Iterator, Literal, Sequence, Union, get_args
+from typing import TYPE_CHECKING, Any, Literal, Union, get_args
 
-from geounet.errors import ClusterError, GeounetError, InputError, TransientError
 from geounet.distributed.versions import VERSION_PACKAGES, check_versions  # noqa: F401 - re-exported
+from geounet.errors import ClusterError, GeounetError, InputError, TransientError
 
 if TYPE_CHECKING:
     from distributed import Client

@@ -23,10 +23,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geounet.engine.blend import DEFAULT_WINDOW, BlendAccumulator, TilePiece, weight_window
 from geounet.config import NODATA_CLASS, TTA, BlendWindow
-from geounet.errors import InputError
-from geounet.raster import SceneInfo, mirror_pad, read_window
+from geounet.engine.blend import DEFAULT_WINDOW, BlendAccumulator, TilePiece, weight_window
 from geounet.engine.runner import (  # re-exported: the runner is part of this module's face
     BUILTIN_MODEL,
     ModelRunner,
@@ -39,6 +37,8 @@ from geounet.engine.runner import (  # re-exported: the runner is part of this m
     runner_load_count,
 )
 from geounet.engine.tiling import ChunkWindow, Rect, TileGrid, TileWindow, clip_rect
+from geounet.errors import InputError
+from geounet.raster import SceneInfo, mirror_pad, read_window
 
 __all__ = [
     "BUILTIN_MODEL",

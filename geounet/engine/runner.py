@@ -322,9 +322,6 @@ def default_model_path() -> Path:
     return BUILTIN_MODEL
 
 
-_default_model_path = default_model_path  # older private name, kept for callers of it
-
-
 def get_runner(
     model_path: str | os.PathLike[str] | None,
     device: str = "auto",

@@ -1,5 +1,5 @@
 """Building objects: traced per window and merged across window seams
-(:class:`_ObjectCollector`), then matched one-to-one by IoU (:func:`match_objects`)."""
+(:class:`ObjectCollector`), then matched one-to-one by IoU (:func:`match_objects`)."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ from geounet.evaluation.report import ObjectScores
 from geounet.evaluation.sources import Grid
 
 
-class _ObjectCollector:
+class ObjectCollector:
     """Collects per-window polygons; those touching an interior seam are merged at the end."""
 
     def __init__(self, grid: Grid) -> None:
@@ -21,9 +21,9 @@ class _ObjectCollector:
         self.pending: list[Any] = []
 
     def add(self, mask: np.ndarray, y0: int, x0: int) -> None:
+        from rasterio.features import shapes
         from rasterio.windows import Window
         from rasterio.windows import transform as window_transform
-        from rasterio.features import shapes
         from shapely.geometry import shape
 
         if not mask.any():

@@ -16,9 +16,15 @@ import numpy as np
 
 from geounet.config import DEFAULT_CLASSES, NODATA_CLASS
 from geounet.errors import GeoreferenceError, InputError, UnsupportedFormatError
-from geounet.evaluation.objects import _ObjectCollector, match_objects
+from geounet.evaluation.objects import ObjectCollector, match_objects
 from geounet.evaluation.report import CenterlineScores, EvaluationReport
-from geounet.evaluation.sources import Grid, _check_same_grid, _open_source, _VectorSource, _windows
+from geounet.evaluation.sources import (
+    Grid,
+    VectorSource,
+    check_same_grid,
+    open_source,
+    score_windows,
+)
 from geounet.training.metrics import ConfusionMatrix
 
 log = logging.getLogger(__name__)
@@ -112,9 +118,9 @@ def evaluate(
     names = tuple(classes) if classes is not None else None
     layers = {c: c for c in (names or DEFAULT_CLASSES)[1:]}
     with contextlib.ExitStack() as stack:  # closed in reverse order (nested GDAL envs)
-        p_src = _open_source(pred, layers, line_width)
+        p_src = open_source(pred, layers, line_width)
         stack.callback(p_src.close)
-        t_src = _open_source(truth, layers, line_width)
+        t_src = open_source(truth, layers, line_width)
         stack.callback(t_src.close)
         return _evaluate(p_src, t_src, names, iou_threshold, centerline_tolerance, window_size,
                          str(pred), str(truth))
@@ -122,8 +128,8 @@ def evaluate(
 
 def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_threshold: float,
               tolerance: float, window_size: int, pred: str, truth: str) -> EvaluationReport:
-    vector_p = isinstance(p_src, _VectorSource)
-    vector_t = isinstance(t_src, _VectorSource)
+    vector_p = isinstance(p_src, VectorSource)
+    vector_t = isinstance(t_src, VectorSource)
     if vector_p and vector_t:
         raise UnsupportedFormatError(
             "both the prediction and the truth are vector files; one must be a raster "
@@ -140,13 +146,13 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
         vector.class_layers = {c: c for c in names[1:]}
         vector.attach(raster.grid)
     else:
-        _check_same_grid(p_src.grid, t_src.grid, ("prediction", "truth"))
+        check_same_grid(p_src.grid, t_src.grid, ("prediction", "truth"))
     grid: Grid = t_src.grid if not vector_t else p_src.grid
     cm = ConfusionMatrix(names)
     b_idx = names.index("buildings") if "buildings" in names else None
     r_idx = names.index("roads") if "roads" in names else None
-    p_objects = _ObjectCollector(grid) if b_idx is not None and not vector_p else None
-    t_objects = _ObjectCollector(grid) if b_idx is not None and not vector_t else None
+    p_objects = ObjectCollector(grid) if b_idx is not None and not vector_p else None
+    t_objects = ObjectCollector(grid) if b_idx is not None and not vector_t else None
     if grid.crs is None and r_idx is not None:
         warnings.warn(
             f"{str(getattr(t_src if not vector_t else p_src, 'path', ''))!r} has no CRS; the "
@@ -156,7 +162,7 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
         )
     halo = _halo_px(grid, tolerance)
     cl = [0, 0, 0, 0]
-    for y0, x0, height, width in _windows(grid.height, grid.width, window_size):
+    for y0, x0, height, width in score_windows(grid.height, grid.width, window_size):
         p = p_src.read(y0, x0, height, width)
         t = t_src.read(y0, x0, height, width)
         cm.update(p, t)

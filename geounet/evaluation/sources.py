@@ -1,6 +1,6 @@
 """The two sides of an evaluation, read window by window on one grid: a class-mask raster
 (:class:`_RasterSource`) or vector labels burnt onto the raster side's grid
-(:class:`_VectorSource`)."""
+(:class:`VectorSource`)."""
 
 from __future__ import annotations
 
@@ -76,7 +76,7 @@ def _footprint(height: int, width: int, transform: Any) -> tuple[float, float, f
     return min(xs), min(ys), max(xs), max(ys)
 
 
-class _VectorSource:
+class VectorSource:
     """Label layers burnt onto another source's grid, window by window."""
 
     def __init__(self, path: Path, class_layers: Mapping[str, str], line_width: float | None):
@@ -131,17 +131,17 @@ class _VectorSource:
         pass
 
 
-def _open_source(path: str | os.PathLike[str], class_layers: Mapping[str, str],
-                 line_width: float | None) -> _RasterSource | _VectorSource:
+def open_source(path: str | os.PathLike[str], class_layers: Mapping[str, str],
+                 line_width: float | None) -> _RasterSource | VectorSource:
     path = Path(path)
     if not path.exists():
         raise SceneError(f"{str(path)!r} does not exist; give a mask GeoTIFF, Zarr or GeoPackage.")
     if path.suffix.lower() in VECTOR_SUFFIXES:
-        return _VectorSource(path, class_layers, line_width)
+        return VectorSource(path, class_layers, line_width)
     return _RasterSource(path)
 
 
-def _check_same_grid(a: Grid, b: Grid, names: tuple[str, str]) -> None:
+def check_same_grid(a: Grid, b: Grid, names: tuple[str, str]) -> None:
     if (a.height, a.width) != (b.height, b.width):
         raise GeoreferenceError(
             f"{names[0]} is {a.height}x{a.width} px but {names[1]} is {b.height}x{b.width}; "
@@ -159,7 +159,7 @@ def _check_same_grid(a: Grid, b: Grid, names: tuple[str, str]) -> None:
         )
 
 
-def _windows(height: int, width: int, size: int) -> Iterator[tuple[int, int, int, int]]:
+def score_windows(height: int, width: int, size: int) -> Iterator[tuple[int, int, int, int]]:
     for y0 in range(0, height, size):
         for x0 in range(0, width, size):
             yield y0, x0, min(size, height - y0), min(size, width - x0)

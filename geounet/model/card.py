@@ -15,7 +15,6 @@ import numpy as np
 
 from geounet._version import __version__
 from geounet.errors import IncompatibleSceneError, InputError
-from geounet.model.network import UNetConfig
 from geounet.model.registry import (
     ArchitectureConfig,
     architecture_from_dict,
@@ -77,6 +76,7 @@ class ModelCard:
 
     Examples
     --------
+    >>> from geounet.model.network import UNetConfig
     >>> card = ModelCard(UNetConfig(), bands=(1, 2, 3), mean=(0.0,) * 3, std=(255.0,) * 3,
     ...                  classes=("background", "buildings", "roads"), pixel_size=0.5,
     ...                  dtype="uint8", value_range=(0.0, 255.0))

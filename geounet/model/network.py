@@ -67,7 +67,7 @@ def _widen(lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return new_lo, new_hi
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _receptive_field(depth: int, padding: str) -> int:
     """Side of the receptive field, by propagating dependence intervals through the net in 1-D.
 

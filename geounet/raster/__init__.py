@@ -24,16 +24,16 @@ scenes are opened (sidecars, directory listing): :mod:`~geounet.raster.scene`.
 from __future__ import annotations
 
 from geounet.raster.mirror import MIRROR_MODE, mirror_indices, mirror_pad
-from geounet.raster.scene import (  # noqa: F401  (_resampling re-exported for geounet.raster.fitting)
+from geounet.raster.scene import (
     MIN_CACHE_BYTES,
     REMOTE_PREFIXES,
     Rescale,
     SceneInfo,
     Warp,
-    _resampling,
     block_cache_bytes,
     gdal_env,
     is_remote,
+    is_url,
     open_scene,
     warped,
 )
@@ -50,6 +50,7 @@ __all__ = [
     "close_datasets",
     "gdal_env",
     "is_remote",
+    "is_url",
     "mirror_indices",
     "mirror_pad",
     "open_scene",

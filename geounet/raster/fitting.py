@@ -26,8 +26,9 @@ from __future__ import annotations
 import logging
 import math
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -194,7 +195,7 @@ def plan_resample(
         :data:`AUTO_RESAMPLE_MAX_FACTOR` off (before any pixel is read).
     """
     from geounet.model import PIXEL_SIZE_WARN_RATIO
-    from geounet.raster import _resampling
+    from geounet.raster.scene import resampling_of
 
     if mode not in choices(ResampleMode):
         raise InputError(
@@ -202,7 +203,7 @@ def plan_resample(
             f"{', '.join(choices(ResampleMode))}."
         )
     if resampling != "auto":
-        _resampling(resampling)  # validate the name now, not in a task
+        resampling_of(resampling)  # validate the name now, not in a task
     if mode == "error":
         return info
     scene_size = info.pixel_size

@@ -40,7 +40,7 @@ class ClassShapes:
 
 
 
-def _check_class_layers(class_layers: Mapping[str, str]) -> None:
+def check_class_layers(class_layers: Mapping[str, str]) -> None:
     if not class_layers:
         raise InputError("class_layers is empty; give at least one, e.g. {'buildings': 'buildings'}.")
     if len(class_layers) > 254:
@@ -80,7 +80,7 @@ def load_label_shapes(
     from pyproj import CRS
 
     class_layers = dict(DEFAULT_CLASS_LAYERS if class_layers is None else class_layers)
-    _check_class_layers(class_layers)
+    check_class_layers(class_layers)
     path = Path(labels)
     if not path.exists():
         raise LabelError(f"label file {str(path)!r} does not exist; give a GeoPackage path.")

@@ -40,8 +40,21 @@ REMOTE_PREFIXES = ("/vsicurl", "/vsis3", "/vsigs", "/vsiaz", "/vsiadls", "/vsios
 """Paths GDAL reads over the network: their directory listing costs requests, so it is skipped."""
 
 
-_WARP_OPTIONS = {"UNIFIED_SRC_NODATA": "YES"}
+WARP_OPTIONS = {"UNIFIED_SRC_NODATA": "YES"}
 """A source pixel is nodata where every band equals the nodata value (as in unwarped reads)."""
+
+
+def is_url(path: str | os.PathLike[str]) -> bool:
+    """Whether ``path`` is a URL (``scheme://...``) or a GDAL virtual path (``/vsi...``), not a
+    local file: the one rule for "is this path a local file?" (os.stat, abspath, exists).
+
+    Examples
+    --------
+    >>> is_url("s3://bucket/a.tif"), is_url("/vsis3/bucket/a.tif"), is_url("a.tif")
+    (True, True, False)
+    """
+    text = os.fspath(path)
+    return "://" in text or text.startswith("/vsi")
 
 
 def is_remote(path: str) -> bool:
@@ -263,13 +276,12 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     path = os.fspath(path)
-    is_virtual = path.startswith("/vsi") or "://" in path
-    if not is_virtual and not os.path.exists(path):
+    if not is_url(path) and not os.path.exists(path):
         raise SceneError(
             f"scene {path!r} does not exist; check the path (relative paths are taken from "
             f"{os.getcwd()!r})."
         )
-    if not is_virtual and os.path.isdir(path):
+    if not is_url(path) and os.path.isdir(path):
         raise SceneError(
             f"scene {path!r} is a directory, not a raster file; give the path of a GeoTIFF, "
             f"COG or VRT inside it."
@@ -278,7 +290,7 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
         with gdal_env(path=path), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # GCP/RPC/no-georef files
             with rasterio.open(path) as ds:
-                if not is_virtual:
+                if not is_url(path):
                     _check_complete(ds, path)
                 info = _describe(ds, path)
     except RasterioIOError as exc:
@@ -364,7 +376,7 @@ def _gcp_view(ds: Any, info: SceneInfo) -> SceneInfo:
             f"georeference it with gdalwarp."
         )
     _check_uniform_nodata(info, "GCP-georeferenced")
-    with WarpedVRT(ds, resampling=_resampling("bilinear"), warp_extras=_WARP_OPTIONS) as vrt:
+    with WarpedVRT(ds, resampling=resampling_of("bilinear"), warp_extras=WARP_OPTIONS) as vrt:
         return dataclasses.replace(
             info,
             height=int(vrt.height),
@@ -388,7 +400,7 @@ def _check_uniform_nodata(info: SceneInfo, why: str) -> None:
         )
 
 
-def _resampling(name: str) -> Any:
+def resampling_of(name: str) -> Any:
     from rasterio.enums import Resampling
 
     try:

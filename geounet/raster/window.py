@@ -23,7 +23,7 @@ from geounet.errors import (
     TransientError,
 )
 from geounet.raster.mirror import MIRROR_MODE, mirror_indices
-from geounet.raster.scene import _WARP_OPTIONS, SceneInfo, _resampling, gdal_env, is_remote
+from geounet.raster.scene import WARP_OPTIONS, SceneInfo, gdal_env, is_remote, is_url, resampling_of
 
 
 class _Handles(threading.local):
@@ -52,11 +52,11 @@ class _Opened:
         warp = info.warp
         if warp is not None:
             try:
-                resampling = _resampling(warp.resampling)
+                resampling = resampling_of(warp.resampling)
                 if warp.gcps:  # GDAL's grid for the GCPs (rasterio ignores GCPs with a grid)
                     self.stack.append(
                         WarpedVRT(self.stack[-1], resampling=resampling, add_alpha=True,
-                                  warp_extras=_WARP_OPTIONS)
+                                  warp_extras=WARP_OPTIONS)
                     )
                 if warp.regrid:
                     from affine import Affine
@@ -72,7 +72,7 @@ class _Opened:
                         # an alpha band of the source (or of the GCP view) carries on as the
                         # view's last band; otherwise the warp adds one from masks and nodata
                         add_alpha=not _has_alpha_band(top),
-                        warp_extras=_WARP_OPTIONS,
+                        warp_extras=WARP_OPTIONS,
                     ))
             except BaseException:
                 self.close()
@@ -97,7 +97,7 @@ def _has_alpha_band(ds: Any) -> bool:
 
 def _dataset(info: SceneInfo) -> Any:
     stamp: Any = None
-    if not (info.path.startswith("/vsi") or "://" in info.path):
+    if not is_url(info.path):
         try:
             st = os.stat(info.path)
         except OSError as exc:

@@ -22,37 +22,38 @@ import logging
 import os
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Callable
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.config import TTA, Engine, Precision, ProbabilityDtype, ResampleMode, Resampling
+from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
 from geounet.run.planning import (  # re-exported: the plan is part of this module's face
     DEFAULT_MAX_PIXELS,
     Plan,
     RunnerSpec,
-    _check_vectorize_options,
+    check_vectorize_options,
     plan_prediction,
     runs_here,
 )
 from geounet.run.store import (  # re-exported: the store's life in a run
     RESUME_HINT,  # noqa: F401 - re-exported
-    _check_partial_store,
-    _keep_for_resume,
-    _prediction_kept,
-    _publish_raster,
+    check_partial_store,
     client_path,
+    keep_for_resume,
+    prediction_kept,
     prepare_store,
+    publish_raster,
 )
 
 if TYPE_CHECKING:
-    from geounet.raster import SceneInfo
     from geounet.engine.tiling import ChunkWindow, TileGrid
+    from geounet.raster import SceneInfo
 
 log = logging.getLogger(__name__)
 
@@ -225,10 +226,10 @@ def _dask_task(run: Callable[[Any], dict[str, Any]], task: Any) -> Any:
 
 def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     from geounet import output
+    from geounet.distributed.worker import model_path
     from geounet.engine.blend import pack_pieces
     from geounet.engine.inference import classify, compute_chunk
     from geounet.engine.runner import get_runner
-    from geounet.distributed.worker import model_path
 
     start = time.perf_counter()
     chunk, grid = task.chunk, task.grid
@@ -350,7 +351,7 @@ def _compute_store(
                                       keys=[f"geounet-seams-{t.chunk.y0}-{t.chunk.x0}-{token}"
                                             for t in seams])
             except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
-                annotated = _keep_for_resume(exc, store_path)
+                annotated = keep_for_resume(exc, store_path)
                 if annotated is exc:
                     raise
                 raise annotated from exc
@@ -446,7 +447,7 @@ def predict(
     start = time.perf_counter()
     fmt = output.check_output(out, overwrite=overwrite)
     store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
-    _check_partial_store(store_path, resume=resume, overwrite=overwrite)
+    check_partial_store(store_path, resume=resume, overwrite=overwrite)
     plan = plan_prediction(
         scene, model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
         device=device, precision=precision, probability_dtype=probability_dtype,
@@ -459,8 +460,8 @@ def predict(
         plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
         batch_size=batch_size, resume=resume, client=client, workers=workers, progress=progress,
     )
-    with _prediction_kept(store_path, "writing " + str(out)):
-        _publish_raster(store_path, out, fmt, overwrite=overwrite)
+    with prediction_kept(store_path, "writing " + str(out)):
+        publish_raster(store_path, out, fmt, overwrite=overwrite)
     output.remove_path(store_path)
     result = _result(out, plan, (chunks, skipped, resumed), start)
     log.debug("predict: %s", result.summary())
@@ -521,12 +522,12 @@ def segment(
             "vectorize_options."
         )
     # vectorize runs after the prediction: check its keywords before that work
-    _check_vectorize_options(vectorize_options)
+    check_vectorize_options(vectorize_options)
     keep = {k: predict_options.pop(k) for k in ("resume", "client", "workers", "progress",
                                                 "batch_size") if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
     threshold = predict_options.get("threshold")
-    _check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
+    check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
     plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
     if plan.info.crs_wkt is None:  # allow_no_crs let predict through; polygons need a CRS
         raise GeoreferenceError(
@@ -545,13 +546,13 @@ def segment(
     if vectors_done:
         log.info("%s was finished by the interrupted run; not vectorizing again", out_gpkg)
     else:
-        with _prediction_kept(store_path, "vectorizing into " + str(out_gpkg)):
+        with prediction_kept(store_path, "vectorizing into " + str(out_gpkg)):
             vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
         output.record_output(store_path, out_gpkg)  # a resume after a COG failure keeps it
     if raster_out is not None:
         raster_out = Path(raster_out)
-        with _prediction_kept(store_path, "writing " + str(raster_out)):
-            _publish_raster(store_path, raster_out, fmt, overwrite=overwrite)
+        with prediction_kept(store_path, "writing " + str(raster_out)):
+            publish_raster(store_path, raster_out, fmt, overwrite=overwrite)
         extra = (raster_out,)
     output.remove_path(store_path)
     result = _result(out_gpkg, plan, (chunks, skipped, resumed), start, extra)

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.distributed.cluster import SchedulerLike
 from geounet.config import (
     TTA,
     Engine,
@@ -28,12 +27,14 @@ from geounet.config import (
     Resampling,
     choices,
 )
+from geounet.distributed.cluster import SchedulerLike
 from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, TileSizeError
+from geounet.raster import is_url
 
 if TYPE_CHECKING:
+    from geounet.engine.tiling import TileGrid
     from geounet.model import ModelCard
     from geounet.raster import SceneInfo
-    from geounet.engine.tiling import TileGrid
 
 
 DEFAULT_MAX_PIXELS = 4_000_000_000
@@ -114,7 +115,7 @@ def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
     if path is None:
         return {}
     text = os.fspath(path)
-    if "://" in text or text.startswith("/vsi"):
+    if is_url(text):
         return {"path": text, **_remote_stamp(text)}
     try:
         stat = os.stat(path)
@@ -160,7 +161,7 @@ def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
     return file_sha256(path)
 
 
-def _plain(value: Any) -> Any:
+def to_plain(value: Any) -> Any:
     """A dataclass as the plain JSON types its run record is stored in (None stays None)."""
     import json
 
@@ -209,7 +210,7 @@ def plan_prediction(
     # user mistakes first, before torch is imported (device checks and the card need it)
     _check_settings(precision, probability_dtype, threshold, False, device, engine)
     tta_transforms(tta)  # InputError naming the value
-    max_pixels = _check_max_pixels(max_pixels)
+    max_pixels = check_max_pixels(max_pixels)
     source = _open_placed_scene(scene, allow_no_crs)
     if check_device:
         _check_device(device, precision)
@@ -240,8 +241,8 @@ def plan_prediction(
         "probability_dtype": probability_dtype,
         "threshold": threshold,
         # as JSON gives them back, so a resumed run compares equal to its stored record
-        "warp": _plain(info.warp),
-        "rescale": _plain(info.rescale),
+        "warp": to_plain(info.warp),
+        "rescale": to_plain(info.rescale),
     }
     plan = Plan(info, card, grid, runner, chunk_size, tile_size, run)
     log.info("%s", describe_plan(plan, source))
@@ -276,7 +277,7 @@ def describe_plan(plan: Plan, source: SceneInfo | None = None) -> str:
     )
 
 
-def _check_max_pixels(max_pixels: int | None) -> int | None:
+def check_max_pixels(max_pixels: int | None) -> int | None:
     """``max_pixels`` as a positive int, or None for no ceiling (None or 0)."""
     if max_pixels is None:
         return None
@@ -393,7 +394,7 @@ def _fit_scene(info: SceneInfo, card: ModelCard, resample: ResampleMode,
     return info
 
 
-def _check_vectorize_options(options: dict[str, Any] | None) -> None:
+def check_vectorize_options(options: dict[str, Any] | None) -> None:
     """Raise InputError now, before any prediction, when ``options`` do not fit vectorize."""
     from geounet.vectorization import vectorize
 

@@ -2,9 +2,9 @@
 
 The store is built under a hidden temporary name (:func:`prepare_store` creates it, or reopens
 an interrupted run's store with the same settings); it is never discarded silently
-(:func:`_check_partial_store`); a failure while computing or after prediction keeps it and
-names the ``--resume`` command (:func:`_keep_for_resume`, :func:`_prediction_kept`); a finished
-store is moved into place or streamed into a COG (:func:`_publish_raster`). ARCHITECTURE
+(:func:`check_partial_store`); a failure while computing or after prediction keeps it and
+names the ``--resume`` command (:func:`keep_for_resume`, :func:`prediction_kept`); a finished
+store is moved into place or streamed into a COG (:func:`publish_raster`). ARCHITECTURE
 invariant 7. Used by :mod:`geounet.run.pipeline` and :mod:`geounet.batch.job`, re-exported by
 :mod:`geounet.run.pipeline`.
 """
@@ -14,13 +14,15 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterator
+from typing import TYPE_CHECKING, Any
 
 from geounet.config import ProbabilityDtype
 from geounet.errors import GeounetError, OutputExistsError, PredictionKeptError
 from geounet.output import StoreSpec
-from geounet.run.planning import _plain
+from geounet.raster import is_url
+from geounet.run.planning import to_plain
 
 if TYPE_CHECKING:
     from geounet.run.planning import Plan
@@ -38,8 +40,8 @@ def _store_attrs(plan: Plan) -> dict[str, Any]:
         "scene": os.path.basename(plan.info.path),
         # how the scene was fitted to the model: the grid of a warped view (the store's own
         # grid then), the value map; None for a scene read as it is
-        "scene_warp": _plain(plan.info.warp),
-        "scene_rescale": _plain(plan.info.rescale),
+        "scene_warp": to_plain(plan.info.warp),
+        "scene_rescale": to_plain(plan.info.rescale),
     }
 
 
@@ -48,12 +50,12 @@ def client_path(path: str | os.PathLike[str]) -> str:
     other directories, on other machines sharing the file system); URLs and GDAL ``/vsi``
     paths unchanged."""
     text = os.fspath(path)
-    if "://" in text or text.startswith("/vsi"):
+    if is_url(text):
         return text
     return os.path.abspath(text)
 
 
-def _keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
+def keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
     """The error a failed run raises: ``exc`` with where its completed chunks are kept and how
     to resume (the CLI adds the exact command from ``exc.resume_store``)."""
     from geounet import output
@@ -72,7 +74,7 @@ def _keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
     return annotated
 
 
-def _publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> None:
+def publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> None:
     """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
     into a COG (.tif); the store is left in place, still resumable, for a COG."""
     from geounet import output
@@ -123,7 +125,7 @@ def prepare_store(
     return spec, {}
 
 
-def _check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> None:
+def check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> None:
     """Refuse to silently discard an interrupted run's store: name ``--resume`` and
     ``--overwrite`` (which discards it; :func:`_compute_store` does that).
 
@@ -147,7 +149,7 @@ RESUME_HINT = "rerun the same command with --resume (resume=True) to finish the 
 
 
 @contextlib.contextmanager
-def _prediction_kept(store_path: Path, step: str) -> Iterator[None]:
+def prediction_kept(store_path: Path, step: str) -> Iterator[None]:
     """Around a step after prediction: any failure or Ctrl-C keeps the finished prediction
     (its store stays under the resumable name) and says how to finish the job.
 

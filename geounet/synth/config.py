@@ -29,20 +29,20 @@ SCENE_NODATA = 0  # valid pixels are always >= 1
 NOISE_BLOCK = 256  # sensor noise is seeded per block of this size on the global grid
 
 # Reflectance-like colours (R, G, B, NIR) of the materials.
-_GRASS = (0.12, 0.17, 0.08, 0.46)
-_DRY = (0.30, 0.27, 0.17, 0.34)
-_SOIL = (0.37, 0.29, 0.21, 0.37)
-_GRAVEL = (0.31, 0.31, 0.30, 0.23)
-_TREE = (0.05, 0.085, 0.04, 0.34)
-_SHADOW_TINT = (0.36, 0.39, 0.47, 0.30)
-_ROAD_COLOURS = (
+GRASS = (0.12, 0.17, 0.08, 0.46)
+DRY = (0.30, 0.27, 0.17, 0.34)
+SOIL = (0.37, 0.29, 0.21, 0.37)
+GRAVEL = (0.31, 0.31, 0.30, 0.23)
+TREE = (0.05, 0.085, 0.04, 0.34)
+SHADOW_TINT = (0.36, 0.39, 0.47, 0.30)
+ROAD_COLOURS = (
     (0.19, 0.19, 0.20, 0.27),  # asphalt
     (0.42, 0.41, 0.40, 0.38),  # concrete
     (0.38, 0.30, 0.22, 0.34),  # dirt
 )
-_ROAD_P_MAIN = (0.6, 0.3, 0.1)
-_ROAD_P_SIDE = (0.45, 0.2, 0.35)
-_ROOF_COLOURS = (
+ROAD_P_MAIN = (0.6, 0.3, 0.1)
+ROAD_P_SIDE = (0.45, 0.2, 0.35)
+ROOF_COLOURS = (
     (0.45, 0.22, 0.15, 0.33),  # terracotta
     (0.30, 0.30, 0.31, 0.27),  # grey
     (0.15, 0.15, 0.16, 0.14),  # dark
@@ -51,7 +51,7 @@ _ROOF_COLOURS = (
     (0.27, 0.32, 0.37, 0.29),  # blue metal
     (0.36, 0.35, 0.30, 0.31),  # beige
 )
-_ROOF_P = (0.22, 0.2, 0.12, 0.1, 0.14, 0.1, 0.12)
+ROOF_P = (0.22, 0.2, 0.12, 0.1, 0.14, 0.1, 0.12)
 
 
 @dataclass(frozen=True)
@@ -216,7 +216,7 @@ class ScenePlan:
 
     roads: np.ndarray  # shapely LineStrings (pixel space)
     road_width_m: np.ndarray  # float64 per road
-    road_kind: np.ndarray  # int, index into _ROAD_COLOURS
+    road_kind: np.ndarray  # int, index into ROAD_COLOURS
     road_polygons: np.ndarray  # roads buffered by width / 2 (pixel space)
     road_colour: np.ndarray  # (n, 4) float32
     buildings: np.ndarray  # shapely Polygons (pixel space)
@@ -229,6 +229,6 @@ class ScenePlan:
     lot_colour: np.ndarray  # (n, 4) float32
 
 
-def _rng(config: SynthConfig, *key: int) -> np.random.Generator:
+def make_rng(config: SynthConfig, *key: int) -> np.random.Generator:
     """The generator of stream ``key`` for the scene's seed."""
     return np.random.default_rng([int(config.seed), *key])

@@ -9,14 +9,14 @@ from typing import Any
 import numpy as np
 
 from geounet.synth.config import (
-    _ROAD_COLOURS,
-    _ROAD_P_MAIN,
-    _ROAD_P_SIDE,
-    _ROOF_COLOURS,
-    _ROOF_P,
+    ROAD_COLOURS,
+    ROAD_P_MAIN,
+    ROAD_P_SIDE,
+    ROOF_COLOURS,
+    ROOF_P,
     ScenePlan,
     SynthConfig,
-    _rng,
+    make_rng,
 )
 
 
@@ -49,7 +49,7 @@ def _plan_roads(config: SynthConfig, rng: np.random.Generator) -> tuple[list, li
     kinds: list[int] = []
 
     def main_kind() -> int:
-        return int(rng.choice(3, p=_ROAD_P_MAIN))
+        return int(rng.choice(3, p=ROAD_P_MAIN))
 
     for axis_length, cross_length, horizontal in (
         (width_m, height_m, True),
@@ -100,7 +100,7 @@ def _plan_roads(config: SynthConfig, rng: np.random.Generator) -> tuple[list, li
         )
         lines.append(shapely.linestrings(xy))
         widths.append(float(rng.uniform(4, 7)))
-        kinds.append(int(rng.choice(3, p=_ROAD_P_SIDE)))
+        kinds.append(int(rng.choice(3, p=ROAD_P_SIDE)))
     return lines, widths, kinds
 
 
@@ -132,9 +132,9 @@ def _plan_buildings(
     footprints = shapely.normalize(shapely.simplify(footprints, 0.0))
     building, paved = _placed(d, footprints, centre_x, centre_y, road_polygons_m)
     shadow_parts = _shadow_parts(d, ring)
-    colour = (np.asarray(_ROOF_COLOURS, dtype=np.float64)[d.roof] * d.roof_gain[:, None]
+    colour = (np.asarray(ROOF_COLOURS, dtype=np.float64)[d.roof] * d.roof_gain[:, None]
               * d.roof_tint)
-    lot_colour = np.asarray(_ROAD_COLOURS[:2], dtype=np.float64)[d.lot_kind] * d.lot_gain[:, None]
+    lot_colour = np.asarray(ROAD_COLOURS[:2], dtype=np.float64)[d.lot_kind] * d.lot_gain[:, None]
     normal = np.stack([-sin, cos], -1)  # across the long axis (the ridge runs along it)
     # the side facing the sun is brighter: sign the gable step by the sun direction
     facing = np.sign(normal[:, 0] * math.sin(d.sun_azimuth)
@@ -180,7 +180,7 @@ def _draw_buildings(config: SynthConfig, rng: np.random.Generator) -> SimpleName
     flip_y = np.where(rng.random(n) < 0.5, -1.0, 1.0)
     lot_length, lot_depth = rng.uniform(12, 26, n), rng.uniform(9, 18, n)
     height = rng.uniform(3, 8, n) + 0.25 * length
-    roof = rng.choice(len(_ROOF_COLOURS), size=n, p=_ROOF_P)
+    roof = rng.choice(len(ROOF_COLOURS), size=n, p=ROOF_P)
     roof_gain = rng.uniform(0.85, 1.15, n)
     roof_tint = rng.uniform(0.95, 1.05, (n, 4))
     gable = np.where(~is_l & (rng.random(n) < 0.6), rng.uniform(0.07, 0.18, n), 0.0)
@@ -306,15 +306,15 @@ def plan_scene(config: SynthConfig) -> ScenePlan:
     """
     import shapely
 
-    rng = _rng(config, 1)
+    rng = make_rng(config, 1)
     lines_m, widths, kinds = _plan_roads(config, rng)
     lines_arr, widths_arr, kinds_arr = _connected_roads(
         config, np.asarray(lines_m, dtype=object), np.asarray(widths), np.asarray(kinds)
     )
     road_polygons_m = shapely.buffer(lines_arr, widths_arr / 2, quad_segs=8)
-    parts = _plan_buildings(config, _rng(config, 2), list(road_polygons_m))
-    road_rng = _rng(config, 3)
-    road_colour = np.asarray(_ROAD_COLOURS, dtype=np.float64)[kinds_arr]
+    parts = _plan_buildings(config, make_rng(config, 2), list(road_polygons_m))
+    road_rng = make_rng(config, 3)
+    road_colour = np.asarray(ROAD_COLOURS, dtype=np.float64)[kinds_arr]
     road_colour = road_colour * road_rng.uniform(0.88, 1.12, (len(kinds_arr), 1))
     road_colour = road_colour * road_rng.uniform(0.97, 1.03, (len(kinds_arr), 4))
 

@@ -7,18 +7,18 @@ from types import SimpleNamespace
 import numpy as np
 
 from geounet.synth.config import (
-    _DRY,
-    _GRASS,
-    _GRAVEL,
-    _SHADOW_TINT,
-    _SOIL,
-    _TREE,
+    DRY,
+    GRASS,
+    GRAVEL,
     MASK_NODATA,
     NOISE_BLOCK,
     SCENE_NODATA,
+    SHADOW_TINT,
+    SOIL,
+    TREE,
     ScenePlan,
     SynthConfig,
-    _rng,
+    make_rng,
 )
 
 _HALO = 4  # context pixels per side for the blur (radius 2)
@@ -35,7 +35,7 @@ def _lattice(config: SynthConfig, key: int, r0: int, r1: int, c0: int, c1: int) 
     out = np.empty((r1 - r0, c1 - c0), dtype=np.float32)
     for bi in range(r0 // block, (r1 - 1) // block + 1):
         for bj in range(c0 // block, (c1 - 1) // block + 1):
-            values = _rng(config, 10, key, bi, bj).standard_normal((block, block), np.float32)
+            values = make_rng(config, 10, key, bi, bj).standard_normal((block, block), np.float32)
             ys, ye = max(r0, bi * block), min(r1, (bi + 1) * block)
             xs, xe = max(c0, bj * block), min(c1, (bj + 1) * block)
             out[ys - r0 : ye - r0, xs - c0 : xe - c0] = values[
@@ -120,7 +120,7 @@ class _Index:
         return np.sort(self.tree.query(box, predicate="intersects"))
 
 
-def _render_window(
+def render_indexed_window(
     config: SynthConfig,
     plan: ScenePlan,
     indexes: dict[str, _Index],
@@ -227,16 +227,16 @@ def _paint(config: SynthConfig, plan: ScenePlan, layers: SimpleNamespace,
     image = np.empty((config.band_count, *is_building.shape), dtype=np.float32)
     for band in range(config.band_count):
         value = (
-            ground.grass * _GRASS[band]
-            + ground.soil * _SOIL[band]
-            + ground.dry * _DRY[band]
-            + ground.gravel * _GRAVEL[band]
+            ground.grass * GRASS[band]
+            + ground.soil * SOIL[band]
+            + ground.dry * DRY[band]
+            + ground.gravel * GRAVEL[band]
         ).astype(np.float32)
-        value += ground.tree * (np.float32(_TREE[band]) - value)
+        value += ground.tree * (np.float32(TREE[band]) - value)
         value *= ground.ground_gain
         value[is_road] = plan.road_colour[road_idx, band] * smooth_gain[is_road]
         value[is_lot] = plan.lot_colour[lot_idx, band] * smooth_gain[is_lot]
-        value[in_shadow] *= np.float32(_SHADOW_TINT[band])
+        value[in_shadow] *= np.float32(SHADOW_TINT[band])
         value[is_building] = (
             plan.building_colour[roof_idx, band] * smooth_gain[is_building] * roof_gain[is_building]
         )
@@ -252,7 +252,7 @@ def _add_noise(config: SynthConfig, image: np.ndarray, y0: int, x0: int, height:
     noise_sigma = np.float32(0.008)
     for by0 in range(y0, y0 + height, NOISE_BLOCK):
         for bx0 in range(x0, x0 + width, NOISE_BLOCK):
-            rng = _rng(config, 20, by0 // NOISE_BLOCK, bx0 // NOISE_BLOCK)
+            rng = make_rng(config, 20, by0 // NOISE_BLOCK, bx0 // NOISE_BLOCK)
             noise = rng.standard_normal((4, NOISE_BLOCK, NOISE_BLOCK), np.float32)
             bh = min(NOISE_BLOCK, y0 + height - by0)
             bw = min(NOISE_BLOCK, x0 + width - bx0)
@@ -283,11 +283,11 @@ def render_window(
     The result depends only on the window's position, never on how the scene is cut into
     windows.
     """
-    indexes = _indexes(plan)
-    return _render_window(config, plan, indexes, y0, x0, height, width)
+    indexes = window_indexes(plan)
+    return render_indexed_window(config, plan, indexes, y0, x0, height, width)
 
 
-def _indexes(plan: ScenePlan) -> dict[str, _Index]:
+def window_indexes(plan: ScenePlan) -> dict[str, _Index]:
     """A spatial index per burnt layer of the plan."""
     return {
         "buildings": _Index(plan.buildings),

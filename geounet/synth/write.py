@@ -30,7 +30,7 @@ from geounet.synth.config import (
     SynthSummary,
 )
 from geounet.synth.plan import plan_scene
-from geounet.synth.render import _indexes, _render_window
+from geounet.synth.render import render_indexed_window, window_indexes
 
 logger = logging.getLogger(__name__)
 
@@ -236,7 +236,7 @@ def _render(config: SynthConfig, plan: ScenePlan, scene_path: Path, mask_path: P
     if config.band_count == 4:  # NIR, not GDAL's default alpha for a 4th band (a mask)
         scene_profile.update(photometric="RGB", alpha="UNSPECIFIED")
     mask_profile = dict(common, count=1, dtype="uint8", nodata=MASK_NODATA)
-    indexes = _indexes(plan)
+    indexes = window_indexes(plan)
     counts = np.zeros(256, dtype=np.int64)
     step = config.chunk_size
     names = ("red", "green", "blue", "nir")
@@ -251,7 +251,7 @@ def _render(config: SynthConfig, plan: ScenePlan, scene_path: Path, mask_path: P
             for x0 in range(0, config.width, step):
                 height = min(step, config.height - y0)
                 width = min(step, config.width - x0)
-                pixels, mask = _render_window(config, plan, indexes, y0, x0, height, width)
+                pixels, mask = render_indexed_window(config, plan, indexes, y0, x0, height, width)
                 window = Window(x0, y0, width, height)
                 scene.write(pixels, window=window)
                 mask_file.write(mask, 1, window=window)

@@ -19,13 +19,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from geounet.errors import GeoreferenceError, InputError, LabelError, OutputExistsError
 from geounet.raster.labels import (  # noqa: F401  (re-exported)
     DEFAULT_CLASS_LAYERS,
     ClassShapes,
-    _check_class_layers,
+    check_class_layers,
     load_label_shapes,
     rasterize_shapes,
 )
@@ -199,7 +197,7 @@ def make_chips(
 def _check_options(class_layers: dict[str, str], chip_size: int, min_labelled: float,
                    max_nodata: float, val_fraction: float, split_block: int) -> None:
     """Validate the class layers, chip size, limits and split block of :func:`make_chips`."""
-    _check_class_layers(class_layers)
+    check_class_layers(class_layers)
     if chip_size < 8:
         raise InputError(f"chip size {chip_size} is too small; use at least 8 (e.g. 256).")
     for name, value in (("min_labelled", min_labelled), ("max_nodata", max_nodata),

@@ -71,7 +71,7 @@ def _mask_values_error(values: Sequence[int], why: str,
     )
 
 
-def _read_meta_classes(root: Path) -> tuple[str, ...] | None:
+def read_meta_classes(root: Path) -> tuple[str, ...] | None:
     """Class names from the chips.json of ``root``, if any."""
     meta = root / CHIPS_META
     if meta.exists():
@@ -85,7 +85,7 @@ def _read_meta_classes(root: Path) -> tuple[str, ...] | None:
     return None
 
 
-def _tag_classes(records: Sequence[ChipRecord]) -> tuple[str, ...] | None:
+def tag_classes(records: Sequence[ChipRecord]) -> tuple[str, ...] | None:
     """Class names from the first raster mask's ``classes`` tag, if any."""
     import rasterio
 
@@ -100,7 +100,7 @@ def _tag_classes(records: Sequence[ChipRecord]) -> tuple[str, ...] | None:
     return None
 
 
-def _vector_classes(records: Sequence[ChipRecord], shared: Path | None) -> tuple[str, ...]:
+def vector_classes(records: Sequence[ChipRecord], shared: Path | None) -> tuple[str, ...]:
     """Classes of vector labels: the known layers present, else background and buildings."""
     import pyogrio
 
@@ -116,7 +116,7 @@ def _vector_classes(records: Sequence[ChipRecord], shared: Path | None) -> tuple
     return ("background", DEFAULT_FOREGROUND)
 
 
-def _label_coding(records: Sequence[ChipRecord], config: Any,
+def label_coding(records: Sequence[ChipRecord], config: Any,
                   named: tuple[str, ...] | None) -> tuple[tuple[int, ...] | None,
                                                           tuple[str, ...], str]:
     """(mask value per class or None for class indices, classes, rule in words) under

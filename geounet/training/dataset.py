@@ -22,13 +22,13 @@ import numpy as np
 from geounet.config import DEFAULT_CLASSES
 from geounet.errors import LabelError
 from geounet.training.chips import CHIPS_META, NODATA
-from geounet.training.pairing import RASTER_SUFFIXES
 from geounet.training.layout import (  # noqa: F401  (ChipRecord and readers re-exported)
     ChipRecord,
     decode_mask,
     open_dataset,
     read_target,
 )
+from geounet.training.pairing import RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
 
@@ -291,7 +291,6 @@ class ChipDataset:
     def __getitem__(self, index: int) -> tuple[Any, Any, Any]:
         import rasterio
         import torch
-
         from rasterio.windows import Window
 
         from geounet.training.augment import colour, dihedral, elastic, jitter, rescale

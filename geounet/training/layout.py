@@ -27,10 +27,10 @@ from geounet.training.chips import NODATA, SPLIT_FILE
 from geounet.training.coding import (  # noqa: F401  (constants re-exported)
     DEFAULT_FOREGROUND,
     LEGACY_CLASSES,
-    _label_coding,
-    _read_meta_classes,
-    _tag_classes,
-    _vector_classes,
+    label_coding,
+    read_meta_classes,
+    tag_classes,
+    vector_classes,
 )
 from geounet.training.pairing import (  # noqa: F401  (constants re-exported)
     IMAGE_DIRS,
@@ -40,8 +40,8 @@ from geounet.training.pairing import (  # noqa: F401  (constants re-exported)
     RASTER_SUFFIXES,
     TRAIN_DIRS,
     VAL_DIRS,
-    _discover,
-    _Found,
+    Found,
+    discover,
 )
 from geounet.training.record import (  # noqa: F401  (ChipRecord and readers re-exported)
     ChipRecord,
@@ -237,22 +237,22 @@ def _check_inputs(root: Path, config: DatasetConfig) -> None:
 
 
 def _find_pairs(root: Path, config: DatasetConfig
-                ) -> tuple[list[tuple[_Found, str | None]], bool]:
+                ) -> tuple[list[tuple[Found, str | None]], bool]:
     """The pairs of the root, else of its train/ and val/ folders (with their split); and
     whether they came from those folders."""
     subdirs = {p.name.lower(): p for p in root.iterdir() if p.is_dir()}
     split_dirs = [(subdirs[n], "train") for n in TRAIN_DIRS if n in subdirs] + [
         (subdirs[n], "val") for n in VAL_DIRS if n in subdirs]
-    root_found = _discover(root, config)
-    found: list[tuple[_Found, str | None]] = []
+    root_found = discover(root, config)
+    found: list[tuple[Found, str | None]] = []
     if split_dirs and not root_found.pairs:
-        found = [(_discover(folder, config), split) for folder, split in split_dirs]
+        found = [(discover(folder, config), split) for folder, split in split_dirs]
     else:
         found = [(root_found, None)]
     return found, bool(split_dirs) and found[0][0] is not root_found
 
 
-def _pair_records(found: list[tuple[_Found, str | None]], config: DatasetConfig,
+def _pair_records(found: list[tuple[Found, str | None]], config: DatasetConfig,
                   shared: Path | None) -> tuple[list[ChipRecord], list[Path]]:
     """One record per pair (sorted by name within a folder) and the unpaired files."""
     records: list[ChipRecord] = []
@@ -301,11 +301,11 @@ def _warn_shared_names(root: Path, records: list[ChipRecord]) -> None:
 def _classes(root: Path, records: list[ChipRecord], config: DatasetConfig,
              shared: Path | None) -> tuple[tuple[int, ...] | None, tuple[str, ...], str]:
     """Mask value per class (None: class indices), class names, and the rule in words."""
-    named = config.classes or _read_meta_classes(root) or _tag_classes(records)
+    named = config.classes or read_meta_classes(root) or tag_classes(records)
     if all(r.mask is None or r.mask.suffix.lower() in VECTOR_SUFFIXES for r in records):
-        classes = named or _vector_classes(records, shared)
+        classes = named or vector_classes(records, shared)
         return None, classes, "vector labels burnt on each chip's grid"
-    return _label_coding(records, config, named)
+    return label_coding(records, config, named)
 
 
 def _split(root: Path, records: list[ChipRecord], from_folders: bool, config: DatasetConfig,

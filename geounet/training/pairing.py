@@ -31,7 +31,7 @@ VAL_DIRS = ("val", "valid", "validation")
 
 
 @dataclass(frozen=True)
-class _Found:
+class Found:
     """The pairs of one folder, the rule that paired them (in words) and the files left over."""
 
     pairs: dict[str, tuple[Path, Path | None]]
@@ -97,7 +97,7 @@ def _describe(img_dir: Path, lab_dir: Path, isuf: str, lsuf: str, labels: Iterab
     return (f"{kind} {where}: {rel_i}NAME{isuf}{img_ext[0]} + {rel_l}NAME{lsuf}{ext[0]}")
 
 
-def _discover(folder: Path, config: Any) -> _Found:
+def discover(folder: Path, config: Any) -> Found:
     """Pairs of one folder (a dataset root, or its train/ or val/) under ``config``
     (a :class:`~geounet.training.layout.DatasetConfig`: its ``labels`` and ``mask_pattern``)."""
     subdirs = sorted(p for p in folder.iterdir() if p.is_dir()) if folder.is_dir() else []
@@ -112,11 +112,11 @@ def _discover(folder: Path, config: Any) -> _Found:
         for img_dir in [d for d in [*image_dirs, folder] if _files(d, RASTER_SUFFIXES)][:1]:
             images = [p for p in _files(img_dir, RASTER_SUFFIXES)
                       if not any(_strip(p.stem, s) for s in MASK_SUFFIXES)]
-            return _Found({p.stem: (p, None) for p in images},
+            return Found({p.stem: (p, None) for p in images},
                           f"one labels file for all chips: {shared.name}", ())
-        return _Found({}, "one labels file for all chips", ())
+        return Found({}, "one labels file for all chips", ())
     if config.mask_pattern is not None:
-        best: _Found | None = None
+        best: Found | None = None
         for img_dir in [folder, *image_dirs]:
             images = _files(img_dir, RASTER_SUFFIXES)
             masks = {p: img_dir / config.mask_pattern.format(stem=p.stem) for p in images}
@@ -127,12 +127,12 @@ def _discover(folder: Path, config: Any) -> _Found:
                              if not m.exists() and p.resolve() not in taken)
             if best is None or len(pairs) > len(best.pairs):
                 where = img_dir.relative_to(folder) if img_dir != folder else "."
-                best = _Found(pairs, f"--mask-pattern {config.mask_pattern!r} from {where}/",
+                best = Found(pairs, f"--mask-pattern {config.mask_pattern!r} from {where}/",
                               unpaired)
-        return best if best is not None else _Found({}, "", ())
+        return best if best is not None else Found({}, "", ())
     seen = {p for d in {d for pair in candidates for d in pair}
             for p in _files(d, RASTER_SUFFIXES + VECTOR_SUFFIXES)}
-    best_found = _Found({}, "", tuple(sorted(seen)))
+    best_found = Found({}, "", tuple(sorted(seen)))
     best_key = (0, 0)
     for rank, (img_dir, lab_dir) in enumerate(candidates):
         images = _files(img_dir, RASTER_SUFFIXES)
@@ -142,6 +142,6 @@ def _discover(folder: Path, config: Any) -> _Found:
             continue
         used = {p for pair in pairs.values() for p in pair}
         rule = _describe(img_dir, lab_dir, isuf, lsuf, [m for _, m in pairs.values()], folder)
-        best_found = _Found(pairs, rule, tuple(sorted((set(images) | set(labels)) - used)))
+        best_found = Found(pairs, rule, tuple(sorted((set(images) | set(labels)) - used)))
         best_key = (n, -rank)
     return best_found

@@ -13,8 +13,8 @@ prunes spurs on the joined lines.
 from __future__ import annotations
 
 import heapq
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 

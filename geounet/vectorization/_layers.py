@@ -1,5 +1,5 @@
 """Finished objects to features: cleaning, measuring and writing polygons of one class
-(:class:`_PolygonLayer`, in batches of :data:`BATCH`) and road centerlines (:func:`_write_lines`),
+(:class:`PolygonLayer`, in batches of :data:`BATCH`) and road centerlines (:func:`write_lines`),
 in map coordinates."""
 
 from __future__ import annotations
@@ -32,7 +32,7 @@ def _regularize(geoms: np.ndarray, frame: Frame, tolerance_m: float) -> np.ndarr
     return out
 
 
-class _PolygonLayer:
+class PolygonLayer:
     """Buffers finished objects of one class and writes them cleaned, in map coordinates."""
 
     def __init__(
@@ -127,7 +127,7 @@ class _PolygonLayer:
         )
 
 
-def _write_lines(
+def write_lines(
     lines: list[np.ndarray],
     writer: FeatureWriter,
     layer: str,

@@ -11,8 +11,9 @@ coordinates union exactly, so the result equals tracing the whole mask at once.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 

@@ -25,9 +25,9 @@ from geounet.vectorization._defaults import (
     DEFAULT_SPUR_LENGTH,
     ROAD_CLASS,
 )
-from geounet.vectorization._layers import _PolygonLayer, _write_lines
+from geounet.vectorization._layers import PolygonLayer, write_lines
 from geounet.vectorization._source import PredictionReader
-from geounet.vectorization._walk import _run_windows, _WindowOrder
+from geounet.vectorization._walk import WindowOrder, run_windows
 from geounet.vectorization._writer import (
     SUFFIXES,
     FeatureWriter,
@@ -184,7 +184,7 @@ def vectorize(
 
         with FeatureWriter(out, fmt, specs, reader.crs_wkt) as writer:
             buffers = {
-                reader.classes.index(cls): _PolygonLayer(
+                reader.classes.index(cls): PolygonLayer(
                     name=cls,
                     layer=layers[cls],
                     writer=writer,
@@ -202,7 +202,7 @@ def vectorize(
             road_value = reader.classes.index(ROAD_CLASS) if ROAD_CLASS in wanted else None
 
             def line_writer(coords: list[np.ndarray]) -> None:
-                _write_lines(
+                write_lines(
                     coords, writer, layers[CENTERLINE_LAYER], frame,
                     tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
                 )
@@ -229,7 +229,7 @@ def vectorize(
         counts=counts,
         seconds=seconds,
         pixels=reader.height * reader.width,
-        chunks=_WindowOrder(reader.height, reader.width, chunk_size, None).total,
+        chunks=WindowOrder(reader.height, reader.width, chunk_size, None).total,
         max_held=stats["max_held"],
         layers=tuple(layers.values()),
     )
@@ -347,7 +347,7 @@ def _layer_specs(wanted: list[str], layers: dict[str, str], lines_wanted: bool) 
 
 def _run_passes(
     reader: PredictionReader,
-    buffers: dict[int, _PolygonLayer],
+    buffers: dict[int, PolygonLayer],
     *,
     road_value: int | None,
     chunk_size: int,
@@ -367,13 +367,13 @@ def _run_passes(
     ]
     passes = [(bufs, cut, lines) for bufs, cut, lines in passes if bufs]
     orders = [
-        _WindowOrder(reader.height, reader.width, chunk_size, cut) for _, cut, _ in passes
+        WindowOrder(reader.height, reader.width, chunk_size, cut) for _, cut, _ in passes
     ]
     total = sum(order.total for order in orders)
     stats = {"chunks": 0, "max_held": 0}
     for (bufs, _, lines), order in zip(passes, orders):
         done_before = stats["chunks"]
-        part = _run_windows(
+        part = run_windows(
             reader,
             bufs,
             order=order,

@@ -13,7 +13,7 @@ from geounet.config import NODATA_CLASS
 from geounet.errors import InputError
 from geounet.vectorization._centerlines import LineMerger, trace_centerlines
 from geounet.vectorization._defaults import CENTERLINE_HALO
-from geounet.vectorization._layers import _PolygonLayer
+from geounet.vectorization._layers import PolygonLayer
 from geounet.vectorization._polygons import SeamMerger
 from geounet.vectorization._source import PredictionReader
 
@@ -23,7 +23,7 @@ def _breaks(start: int, stop: int, step: int) -> list[int]:
     return [start, *inner, stop]
 
 
-class _WindowOrder:
+class WindowOrder:
     """The windows of one pass: the chunk grid cut by the cut grid, cut cells in row-major
     order and windows in row-major order inside each cell. ``rank`` numbers them in that order."""
 
@@ -58,11 +58,11 @@ class _WindowOrder:
         return max(self.rank(r, c) for r in rows for c in cols)
 
 
-def _run_windows(
+def run_windows(
     reader: PredictionReader,
-    buffers: dict[int, _PolygonLayer],
+    buffers: dict[int, PolygonLayer],
     *,
-    order: _WindowOrder,
+    order: WindowOrder,
     road_value: int | None,
     line_writer: Callable[[list[np.ndarray]], None],
     spur_px: float,
