@@ -82,3 +82,17 @@ training targets): the one definition every module imports."""
 DEFAULT_CLASSES: tuple[str, ...] = ("background", "buildings", "roads")
 """Class names, index = class value, when a prediction or label set names none (the built-in
 model's classes)."""
+
+AUTO_RESAMPLE_MAX_FACTOR = 4.0
+"""``resample="auto"`` resamples a scene at most this factor finer or coarser than the model.
+
+Why 4: a scene 4x coarser than the model already shows each of its pixels as a 4 x 4 block of
+model pixels (16x the pixels of the file, all interpolated), and a scene 4x finer loses 15 of
+16 pixels; beyond that the model sees imagery unlike its training data (a 0.5 m building model
+on 30 m Landsat: each building is a fraction of one pixel) and the pixel count grows with the
+square of the factor (60x: 3,600x the file's pixels). Within it lie the usual mismatches of
+very-high-resolution imagery (0.3 m Pleiades Neo / WorldView against a 0.5 m model: 1.7x;
+1.2 m against 0.5 m: 2.4x; a 30 cm chip with a 7.5 cm model: 4x), and the resampled runs
+that are tested to match native scores (2.5x either way, tests/test_real_scenes.py).
+"""
+

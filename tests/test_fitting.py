@@ -161,7 +161,7 @@ def test_masks_survive_the_warp(tmp_path: Path, mask_kind: str) -> None:
                          [(2.0, False), (0.125, False), (2.02, True), (0.12, True), (30.0, True)])
 def test_auto_resamples_only_within_the_factor(make_scene: Callable[..., Path],
                                                pixel_size: float, refused: bool) -> None:
-    from geounet.raster.fitting import AUTO_RESAMPLE_MAX_FACTOR
+    from geounet.config import AUTO_RESAMPLE_MAX_FACTOR
 
     assert AUTO_RESAMPLE_MAX_FACTOR == 4.0
     info = open_scene(make_scene(40, 50, pixel_size=pixel_size))

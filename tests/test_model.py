@@ -477,6 +477,14 @@ def test_check_scene_dtype_range(make_scene) -> None:
         make_card(UNetConfig()).check_scene(3, "uint16", 0.5)
 
 
+def test_check_scene_beyond_the_auto_factor_names_resample_always() -> None:
+    """A scene more than 4x off is refused by --resample auto too: the fix is `always`."""
+    card = make_card(UNetConfig(), pixel_size=0.5)
+    with pytest.raises(IncompatibleSceneError, match="--resample always") as info:
+        card.check_scene(3, "uint8", 30.0)
+    assert "--resample auto (" not in str(info.value)
+
+
 @pytest.mark.parametrize(
     ("scene_pixel", "outcome"),
     [(0.5, "ok"), (0.6, "ok"), (0.75, "warn"), (0.3, "warn"), (1.0, "warn"), (1.5, "error"),

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet._version import __version__
+from geounet.config import AUTO_RESAMPLE_MAX_FACTOR
 from geounet.errors import IncompatibleSceneError, InputError
 from geounet.model.registry import (
     ArchitectureConfig,
@@ -31,6 +32,17 @@ logger = logging.getLogger(__name__)
 
 PIXEL_SIZE_WARN_RATIO = 1.25
 PIXEL_SIZE_MAX_RATIO = 2.0
+
+
+def _resample_fix(ratio: float, pixel_size: float) -> str:
+    """The resample option that reads a scene ``ratio`` off the card: ``auto`` resamples only
+    within :data:`geounet.config.AUTO_RESAMPLE_MAX_FACTOR` (``raster.fitting`` refuses beyond)."""
+    if ratio <= AUTO_RESAMPLE_MAX_FACTOR:
+        return f"read it resampled to {pixel_size:g} m with --resample auto (resample=\"auto\")"
+    return (
+        f"--resample auto resamples only within a factor {AUTO_RESAMPLE_MAX_FACTOR:g}; force "
+        f"a warp to {pixel_size:g} m with --resample always (resample=\"always\")"
+    )
 
 
 def _dtype_limits(dtype: str) -> tuple[float, float]:
@@ -256,8 +268,8 @@ class ModelCard:
             raise IncompatibleSceneError(
                 f"scene pixel size {pixel_size:g} m is {ratio:.2g}x {relation} than the model's "
                 f"{self.pixel_size:g} m: it must be within a factor {PIXEL_SIZE_MAX_RATIO:g}; "
-                f"read it resampled to {self.pixel_size:g} m with --resample auto "
-                f"(resample=\"auto\") or use a model trained at this resolution"
+                f"{_resample_fix(ratio, self.pixel_size)} or use a model trained at this "
+                f"resolution"
             )
         if ratio > PIXEL_SIZE_WARN_RATIO:
             warnings.warn(

@@ -32,7 +32,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geounet.config import ResampleMode, choices
+from geounet.config import AUTO_RESAMPLE_MAX_FACTOR, ResampleMode, choices
 from geounet.errors import IncompatibleSceneError, InputError
 
 if TYPE_CHECKING:
@@ -50,18 +50,6 @@ SAMPLE_WINDOWS = 64
 SAMPLE_WINDOW_SIZE = 256
 """Side of a sample window in pixels."""
 
-AUTO_RESAMPLE_MAX_FACTOR = 4.0
-"""``resample="auto"`` resamples a scene at most this factor finer or coarser than the model.
-
-Why 4: a scene 4x coarser than the model already shows each of its pixels as a 4 x 4 block of
-model pixels (16x the pixels of the file, all interpolated), and a scene 4x finer loses 15 of
-16 pixels; beyond that the model sees imagery unlike its training data (a 0.5 m building model
-on 30 m Landsat: each building is a fraction of one pixel) and the pixel count grows with the
-square of the factor (60x: 3,600x the file's pixels). Within it lie the usual mismatches of
-very-high-resolution imagery (0.3 m Pleiades Neo / WorldView against a 0.5 m model: 1.7x;
-1.2 m against 0.5 m: 2.4x; a 30 cm chip with a 7.5 cm model: 4x), and the resampled runs
-that are tested to match native scores (2.5x either way, tests/test_real_scenes.py).
-"""
 
 _SAME_SIZE = 1e-6  # relative pixel-size difference below which ``always`` does nothing
 

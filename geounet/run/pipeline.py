@@ -412,7 +412,7 @@ def predict(
     progress : ``callback(chunks_done, chunks_total, pixels_computed)``.
     resample : ``auto`` (default): a scene more than 1.25x off the model's pixel size is read
         through a GDAL WarpedVRT at the model's pixel size, a scene more than 4x off
-        (:data:`geounet.raster.fitting.AUTO_RESAMPLE_MAX_FACTOR`) is refused; ``always``: whenever they differ;
+        (:data:`geounet.config.AUTO_RESAMPLE_MAX_FACTOR`) is refused; ``always``: whenever they differ;
         ``error``: never (a scene more than 2x off is refused). The outputs are then on the
         warped grid (same CRS, the model's pixel size).
     resampling : GDAL resampling of that warp; ``auto`` (default): bilinear when the scene is
