@@ -170,16 +170,38 @@ def test_vector_truth_and_zarr_prediction(tmp_path):
     assert nowhere.exit_code == 1 and "does not exist" in nowhere.output
 
 
+def test_prediction_on_another_grid_is_read_onto_the_truth_grid(tmp_path):
+    """A resampled run's store lies on the model grid: evaluate aligns it (nearest)."""
+    truth = scene_truth()
+    t = write_mask(tmp_path / "t.tif", truth)  # 0.5 m
+    # the same labels on a 4x finer grid (0.125 m), as a resampled run writes its store
+    fine = np.repeat(np.repeat(truth, 4, axis=0), 4, axis=1)
+    p = write_mask(tmp_path / "p.tif", fine, from_origin(500_000.0, 5e6, 0.125, 0.125))
+    report = evaluate(p, t, window_size=64)
+    assert all(s.iou == 1.0 for s in report.pixel) and report.objects.tp == 9
+    # and it can fail: the fine prediction shifted by 2 m (16 fine px) scores lower
+    shifted = np.roll(fine, 16, axis=1)
+    q = write_mask(tmp_path / "q.tif", shifted, from_origin(500_000.0, 5e6, 0.125, 0.125))
+    assert evaluate(q, t).score("buildings").iou < 0.9
+    # an offset grid of the same pixel size is aligned too: 3 px east, the 6 px road half on
+    other = write_mask(tmp_path / "o.tif", truth, from_origin(500_001.5, 5e6, 0.5, 0.5))
+    offset = evaluate(other, t).score("roads")
+    assert offset.iou == pytest.approx(3 / 9)
+
+
 def test_grid_mismatch_and_bad_values(tmp_path):
     t = write_mask(tmp_path / "t.tif", scene_truth())
-    other = write_mask(tmp_path / "o.tif", scene_truth(), from_origin(500_010.0, 5e6, 0.5, 0.5))
+    bare = tmp_path / "bare.tif"  # no CRS: grids cannot be aligned, so they must be one
+    with rasterio.open(bare, "w", driver="GTiff", height=100, width=100, count=1,
+                       dtype="uint8") as dst:
+        dst.write(np.zeros((1, 100, 100), np.uint8))
     with pytest.raises(GeoreferenceError, match="grid"):
-        evaluate(other, t)
+        evaluate(bare, t)
     odd = scene_truth()
     odd[0, 0] = 9
     with pytest.raises(InputError, match="class 9"):
         evaluate(write_mask(tmp_path / "x.tif", odd), t)
-    result = CliRunner().invoke(cli, ["evaluate", str(other), str(t)])
+    result = CliRunner().invoke(cli, ["evaluate", str(bare), str(t)])
     assert result.exit_code == 1 and "Error:" in result.output and "Traceback" not in result.output
 
 

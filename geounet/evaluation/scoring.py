@@ -19,10 +19,12 @@ from geounet.errors import GeoreferenceError, InputError, UnsupportedFormatError
 from geounet.evaluation.objects import ObjectCollector, match_objects
 from geounet.evaluation.report import CenterlineScores, EvaluationReport
 from geounet.evaluation.sources import (
+    AlignedSource,
     Grid,
     VectorSource,
     check_same_grid,
     open_source,
+    same_grid,
     score_windows,
 )
 from geounet.training.metrics import ConfusionMatrix
@@ -89,7 +91,10 @@ def evaluate(
     ----------
     pred, truth : class-mask GeoTIFF / geounet COG (band 1) / geounet Zarr store (``mask``),
         or a GeoPackage with one layer per class (named like the classes); at least one side
-        must be a raster, whose grid the vector side is burnt onto. Rasters must share a grid.
+        must be a raster, whose grid the vector side is burnt onto. Two georeferenced rasters
+        on different grids are scored on the truth's grid (the prediction read onto it,
+        nearest neighbour: e.g. a resampled run's store on the model grid); without a CRS they
+        must share one grid.
     classes : class names in index order; default from the store / mask tags, else
         ``("background", "buildings", "roads")``.
     iou_threshold : IoU a predicted building needs to match a true one (object F1).
@@ -145,8 +150,13 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
             )
         vector.class_layers = {c: c for c in names[1:]}
         vector.attach(raster.grid)
-    else:
-        check_same_grid(p_src.grid, t_src.grid, ("prediction", "truth"))
+    elif not same_grid(p_src.grid, t_src.grid):
+        if p_src.grid.crs is None or t_src.grid.crs is None:
+            check_same_grid(p_src.grid, t_src.grid, ("prediction", "truth"))  # raises
+        log.info("prediction grid %dx%d differs from the truth's %dx%d: reading the prediction "
+                 "onto the truth's grid (nearest neighbour)", p_src.grid.height,
+                 p_src.grid.width, t_src.grid.height, t_src.grid.width)
+        p_src = AlignedSource(p_src, t_src.grid)
     grid: Grid = t_src.grid if not vector_t else p_src.grid
     cm = ConfusionMatrix(names)
     b_idx = names.index("buildings") if "buildings" in names else None

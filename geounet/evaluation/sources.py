@@ -141,6 +141,56 @@ def open_source(path: str | os.PathLike[str], class_layers: Mapping[str, str],
     return _RasterSource(path)
 
 
+class AlignedSource:
+    """A class-mask raster read onto another grid, window by window, nearest neighbour.
+
+    For predictions geounet wrote on the model's grid (a resampled run) scored against a truth
+    on the scene's grid, or any two georeferenced rasters of one area: each window of the target
+    grid reads the covering window of the source (plus one pixel) and reprojects it with
+    ``rasterio.warp.reproject`` (nearest: a class mask has no in-between values; 255 where the
+    source has no pixel). Memory stays one window per side.
+    """
+
+    def __init__(self, source: _RasterSource, grid: Grid) -> None:
+        self.source, self.grid = source, grid
+        self.path, self.classes = source.path, source.classes
+
+    def read(self, y0: int, x0: int, height: int, width: int) -> np.ndarray:
+        from rasterio.warp import Resampling, reproject, transform_bounds
+        from rasterio.windows import Window
+        from rasterio.windows import transform as window_transform
+
+        src = self.source.grid
+        dst_transform = window_transform(Window(x0, y0, width, height), self.grid.transform)
+        bounds = _footprint(height, width, dst_transform)
+        if self.grid.crs != src.crs:
+            bounds = transform_bounds(self.grid.crs, src.crs, *bounds, densify_pts=21)
+        inverse = ~src.transform
+        corners = [inverse * (x, y) for x in (bounds[0], bounds[2]) for y in (bounds[1], bounds[3])]
+        cols, rows = zip(*corners)
+        c0, c1 = max(0, math.floor(min(cols)) - 1), min(src.width, math.ceil(max(cols)) + 1)
+        r0, r1 = max(0, math.floor(min(rows)) - 1), min(src.height, math.ceil(max(rows)) + 1)
+        out = np.full((height, width), 255, np.uint8)
+        if c1 <= c0 or r1 <= r0:
+            return out
+        block = self.source.read(r0, c0, r1 - r0, c1 - c0)
+        reproject(block, out, src_transform=window_transform(Window(c0, r0, c1 - c0, r1 - r0),
+                                                             src.transform),
+                  src_crs=src.crs, dst_transform=dst_transform, dst_crs=self.grid.crs,
+                  resampling=Resampling.nearest, src_nodata=255, dst_nodata=255)
+        return out
+
+    def close(self) -> None:
+        self.source.close()
+
+
+def same_grid(a: Grid, b: Grid) -> bool:
+    """Whether two grids are one: size, transform (to 1e-3 of a pixel) and CRS."""
+    return ((a.height, a.width) == (b.height, b.width)
+            and a.transform.almost_equals(b.transform, precision=1e-3 * a.crs_unit_step)
+            and (a.crs is None or b.crs is None or a.crs == b.crs))
+
+
 def check_same_grid(a: Grid, b: Grid, names: tuple[str, str]) -> None:
     if (a.height, a.width) != (b.height, b.width):
         raise GeoreferenceError(
