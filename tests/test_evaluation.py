@@ -15,7 +15,7 @@ from rasterio.transform import from_origin
 from shapely.geometry import LineString, box
 
 from geounet.cli.main import cli
-from geounet.errors import GeoreferenceError, InputError
+from geounet.errors import GeoreferenceError, InputError, LabelError
 from geounet.evaluation import evaluate, match_objects
 
 CRS = "EPSG:32633"
@@ -187,6 +187,22 @@ def test_prediction_on_another_grid_is_read_onto_the_truth_grid(tmp_path):
     other = write_mask(tmp_path / "o.tif", truth, from_origin(500_001.5, 5e6, 0.5, 0.5))
     offset = evaluate(other, t).score("roads")
     assert offset.iou == pytest.approx(3 / 9)
+
+
+def test_one_class_truth_geojson_named_like_the_chip_scores(tmp_path):
+    """evaluate reads vector truth by training's rule: one foreground class, every feature."""
+    truth = scene_truth()
+    buildings = np.where(truth == 1, 1, 0)
+    pred = write_mask(tmp_path / "chip_7.pred.tif", buildings)
+    boxes = [box(500_000.0 + x * 0.5, 5e6 - (y + 10) * 0.5, 500_000.0 + (x + 10) * 0.5,
+                 5e6 - y * 0.5) for y in (20, 80, 140) for x in (20, 60, 150)]
+    geojson = tmp_path / "chip_7.geojson"  # its one layer is named "chip_7"
+    gpd.GeoDataFrame(geometry=boxes, crs=CRS).to_crs("EPSG:4326").to_file(geojson)
+    report = evaluate(pred, geojson, classes=("background", "buildings"))
+    assert report.score("buildings").iou > 0.95 and report.objects.tp == 9
+    # the same file for a two-class model cannot tell buildings from roads: a clear error
+    with pytest.raises(LabelError, match="'class' column"):
+        evaluate(pred, geojson)
 
 
 def test_grid_mismatch_and_bad_values(tmp_path):

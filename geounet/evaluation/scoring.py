@@ -149,7 +149,7 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
                 f"{str(raster.path)!r} has no CRS; vector labels cannot be burnt onto it."
             )
         vector.class_layers = {c: c for c in names[1:]}
-        vector.attach(raster.grid)
+        vector.attach(raster.grid, names[0])
     elif not same_grid(p_src.grid, t_src.grid):
         if p_src.grid.crs is None or t_src.grid.crs is None:
             check_same_grid(p_src.grid, t_src.grid, ("prediction", "truth"))  # raises

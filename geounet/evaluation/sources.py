@@ -87,12 +87,15 @@ class VectorSource:
         self.shapes: list[Any] = []
         self.grid: Grid | None = None
 
-    def attach(self, grid: Grid) -> None:
-        from geounet.raster.labels import load_label_shapes
+    def attach(self, grid: Grid, background: str = "background") -> None:
+        """Read the labels onto ``grid`` by the rule training uses
+        (:func:`geounet.raster.labels.load_class_shapes`): layers named like the classes; else
+        one layer with a ``class`` column; else, with one foreground class, every feature."""
+        from geounet.raster.labels import load_class_shapes
 
         self.grid = grid
-        self.shapes = load_label_shapes(self.path, grid.crs, class_layers=self.class_layers,
-                                        line_width=self.line_width)
+        classes = (background, *self.class_layers)
+        self.shapes = load_class_shapes(self.path, grid.crs, classes, line_width=self.line_width)
         from shapely import STRtree
 
         self._trees = {c.index: STRtree(list(c.geometries)) for c in self.shapes}
