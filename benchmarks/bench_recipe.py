@@ -3,10 +3,10 @@
 Usage::
 
     PYTHONPATH=. python benchmarks/bench_recipe.py --out recipe-run --seeds 0,1,2 \\
-        --budget epochs:3 \\
+        --train 60 --eval 12 --budget epochs:6,chip_size:128,max_minutes:none \\
         --recipe old= --recipe bw10=border_weight:10
     PYTHONPATH=. python benchmarks/bench_recipe.py --out recipe-run --seeds none \\
-        --devset ../shared/devset --budget epochs:3 --recipe old= --recipe bw10=border_weight:10
+        --devset ../shared/devset --budget epochs:6,chip_size:128 --recipe old= --recipe bw10=border_weight:10
 
 For each seed, ``benchmarks/proxy_data.py`` writes ``--train`` training chips (256 px, mixed
 0.075/0.15/0.30 m, OSM-like label noise) and ``--eval`` evaluation chips of other scenes (exact
