@@ -13,7 +13,6 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
-@pytest.mark.slow  # renders three small proxy sets: ~20 s idle, ~70 s on the shared machine
 def test_proxy_layout_resolutions_and_exact_eval_labels(tmp_path: Path) -> None:
     import rasterio
     from rasterio.features import rasterize
