@@ -15,11 +15,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 def test_proxy_layout_resolutions_and_exact_eval_labels(tmp_path: Path) -> None:
     import rasterio
+    from proxy_data import make_proxy
     from rasterio.features import rasterize
     from shapely import wkt
 
     from geounet.training import open_dataset
-    from proxy_data import make_proxy
 
     summary = make_proxy(tmp_path / "a", seed=3, n_train=10, n_eval=4)
     assert {s["pixel_m"] for s in summary["scenes"] if s["split"] == "train"} == {0.075, 0.15, 0.3}

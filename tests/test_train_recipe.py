@@ -150,3 +150,4 @@ def test_cli_defaults_are_the_train_config_defaults():
             checked += 1
     assert checked >= 15
     assert defaults.batch_norm and defaults.schedule == "one-cycle" and defaults.monitor == "iou"
+    assert defaults.border_weight == 10.0  # measured better on the proxy and the devset (issue 21)

@@ -103,7 +103,7 @@ def _widths(ctx: click.Context, param: click.Parameter, value: str | None) -> An
               help="Pixel loss: ce (softmax cross-entropy) or bce (per-class sigmoid BCE).")
 @click.option("--dice-weight", type=click.FloatRange(0.0), default=1.0, show_default=True,
               help="Weight of the soft-Dice term added to the pixel loss (0 = off).")
-@click.option("--border-weight", type=click.FloatRange(0.0), default=0.0, show_default=True,
+@click.option("--border-weight", type=click.FloatRange(0.0), default=10.0, show_default=True,
               help="U-Net border weight w0 between touching buildings (paper: 10; 0 = off).")
 @click.option("--border-sigma", type=click.FloatRange(0.0, min_open=True), default=5.0,
               show_default=True, help="Border weight sigma in pixels.")
