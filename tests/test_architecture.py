@@ -156,3 +156,21 @@ def test_no_private_name_is_imported_across_modules() -> None:
     found = private_imports_across_modules()
     assert not found, "private names imported across modules (make them public at home):\n" + \
         "\n".join(found)
+
+
+def test_every_test_the_readme_names_exists() -> None:
+    """Each promise row of the README names tests; a renamed or deleted test breaks this."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    named, missing = 0, []
+    for row in text.splitlines():
+        current = None
+        for match in re.finditer(r"(tests/[\w/]+\.py)?::(\w+)", row):
+            path, name = match.group(1), match.group(2)
+            current = path or current
+            if current is None:
+                continue
+            named += 1
+            if not re.search(rf"^def {name}\(", (ROOT / current).read_text(encoding="utf-8"),
+                             re.MULTILINE):
+                missing.append(f"{current}::{name}")
+    assert named > 20 and not missing, missing
