@@ -109,6 +109,19 @@ def test_a_coarse_chip_is_seen_at_the_card_scale(mixed):
     assert (raw[0][1].numpy() == 1).sum() == 12 * 12
 
 
+def test_a_resampled_chip_is_read_once_and_samples_do_not_change_it(mixed):
+    found = open_dataset(mixed)
+    spec = SampleSpec(64, 64, 0)
+    val = ChipDataset([r for r in found.records if r.name == "c2"], spec, mean=(0,) * 3,
+                      std=(1,) * 3, num_classes=2, train=False, pixel_size=0.1)
+    first_image, first_target, _ = val[0]
+    first_image.add_(100.0)  # a caller (or an augmentation) changing its sample in place
+    again_image, again_target, _ = val[0]
+    assert len(val._resampled) == 1  # resampled once, kept for the next samples
+    assert np.array_equal(again_target.numpy(), first_target.numpy())
+    assert float((first_image - again_image).min()) == pytest.approx(100.0)
+
+
 def test_given_pixel_size_and_chips_without_georeferencing(tmp_path):
     root = _chips(tmp_path / "c", [("a", 0.1, 0), ("b", 0.2, 100), ("n", 0.1, 0, False)],
                   val=("b",))

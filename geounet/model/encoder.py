@@ -29,7 +29,7 @@ from torch import nn
 
 from geounet.config import Encoder, choices
 from geounet.errors import CheckpointError, InputError
-from geounet.model.network import SAME_MIN_HALO, SizeRuleMethods
+from geounet.model.network import SAME_MIN_HALO, SizeRuleMethods, he_init
 
 # ResNet encoders (geounet.config.Encoder): name -> blocks per stage (BasicBlock).
 _BLOCKS = {"resnet18": (2, 2, 2, 2), "resnet34": (3, 4, 6, 3)}
@@ -231,14 +231,11 @@ class ResNetUNet(nn.Module):
             )
             c_in = width
         self.head = nn.Conv2d(c_in, config.num_classes, 1)
-        for module in self.modules():
-            if isinstance(module, nn.Conv2d):
-                nn.init.kaiming_normal_(module.weight, mode="fan_out", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        self.reset_parameters()
+
+    def reset_parameters(self) -> None:
+        """He initialisation (fan-out, torchvision's for ResNets); zero biases."""
+        he_init(self, mode="fan_out")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes, H, W)``; ``H`` and ``W`` must be multiples of 32."""

@@ -334,6 +334,19 @@ class UNetConfig(SizeRuleMethods):
 # --------------------------------------------------------------------------------------
 
 
+def he_init(net: nn.Module, mode: str) -> None:
+    """Kaiming (He) normal weights for every (transposed) convolution of ``net`` (``mode``
+    ``fan_in`` or ``fan_out``), zero biases, BatchNorm at identity."""
+    for module in net.modules():
+        if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
+            nn.init.kaiming_normal_(module.weight, mode=mode, nonlinearity="relu")
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+        elif isinstance(module, nn.BatchNorm2d):
+            nn.init.ones_(module.weight)
+            nn.init.zeros_(module.bias)
+
+
 class _DoubleConv(nn.Sequential):
     """Two 3x3 convolutions, each followed by (BatchNorm and) ReLU."""
 
@@ -396,14 +409,7 @@ class UNet(nn.Module):
 
     def reset_parameters(self) -> None:
         """Kaiming (He) normal initialisation for the ReLU convolutions; zero biases."""
-        for module in self.modules():
-            if isinstance(module, (nn.Conv2d, nn.ConvTranspose2d)):
-                nn.init.kaiming_normal_(module.weight, mode="fan_in", nonlinearity="relu")
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.BatchNorm2d):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
+        he_init(self, mode="fan_in")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Logits ``(N, num_classes, H', W')`` for a batch ``(N, in_channels, H, W)``."""

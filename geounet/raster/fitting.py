@@ -149,6 +149,12 @@ def _range_spec(low: float, high: float, value: object, hint: str) -> RescaleSpe
 # --------------------------------------------------------------------------------------
 
 
+def auto_resampling(pixel_size: float, target_pixel_size: float) -> str:
+    """``resampling="auto"``: lanczos when enlarging (the source is coarser than the target),
+    bilinear when shrinking. Shared by predict's warp and training's resampled chips."""
+    return "lanczos" if pixel_size > target_pixel_size else "bilinear"
+
+
 def plan_resample(
     info: SceneInfo,
     target_pixel_size: float | None,
@@ -209,7 +215,7 @@ def plan_resample(
     if mode == "always" and ratio - 1.0 <= _SAME_SIZE:
         return info
     if resampling == "auto":
-        resampling = "lanczos" if scene_size > target_pixel_size else "bilinear"
+        resampling = auto_resampling(scene_size, target_pixel_size)
     if mode == "auto" and ratio > AUTO_RESAMPLE_MAX_FACTOR * (1.0 + _SAME_SIZE):
         view = _warped_view(info, target_pixel_size, resampling)
         relation = "coarser" if scene_size > target_pixel_size else "finer"

@@ -32,6 +32,9 @@ from geounet.training.pairing import RASTER_SUFFIXES
 
 log = logging.getLogger(__name__)
 
+RESAMPLED_CACHE = 16
+"""Resampled chips a dataset keeps in memory (a 256 px chip at 4x: ~13 MB as float32)."""
+
 
 
 @dataclass(frozen=True)
@@ -270,6 +273,8 @@ class ChipDataset:
 
             sizes = [_shape(rec.image)[2] for rec in self.records]
             self.factors = list(choose_resolution(sizes, pixel_size).factors)
+        # resampled chips, read and resampled once per chip (not per sample), bounded
+        self._resampled: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         if train:
             self.items = [(i, -1, -1) for i in range(len(self.records))]
         else:
@@ -287,6 +292,20 @@ class ChipDataset:
 
     def __len__(self) -> int:
         return len(self.items)
+
+    def _resampled_chip(self, chip: int, rec: Any, img: Any,
+                        factor: float) -> tuple[np.ndarray, np.ndarray]:
+        """Chip ``chip`` at the training resolution, kept for the next samples of it (the
+        :data:`RESAMPLED_CACHE` most recently read chips; oldest dropped first)."""
+        from geounet.training.resolution import read_resampled
+
+        hit = self._resampled.pop(chip, None)
+        if hit is None:
+            hit = read_resampled(rec, img, factor)
+            while len(self._resampled) >= RESAMPLED_CACHE:
+                self._resampled.pop(next(iter(self._resampled)))
+        self._resampled[chip] = hit  # most recent last
+        return hit
 
     def __getitem__(self, index: int) -> tuple[Any, Any, Any]:
         import rasterio
@@ -306,9 +325,7 @@ class ChipDataset:
         factor = self.factors[chip]
         with img:
             if factor != 1.0:
-                from geounet.training.resolution import read_resampled
-
-                full_image, full_mask = read_resampled(rec, img, factor)
+                full_image, full_mask = self._resampled_chip(chip, rec, img, factor)
                 height, width = full_mask.shape
             else:
                 height, width = img.height, img.width
@@ -319,7 +336,8 @@ class ChipDataset:
             if factor != 1.0:
                 rows = slice(y0, y0 + int(window.height))
                 cols = slice(x0, x0 + int(window.width))
-                image, mask = full_image[:, rows, cols], full_mask[rows, cols]
+                # copies: the augmentations must not change the cached chip
+                image, mask = full_image[:, rows, cols].copy(), full_mask[rows, cols].copy()
             else:
                 image = img.read(window=window).astype(np.float32)
                 mask = read_target(rec, img, window)

@@ -6,6 +6,7 @@ The settings and records (:class:`TrainConfig`, :class:`EpochRecord`, :class:`Tr
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import math
@@ -751,9 +752,8 @@ def _refit(run: _Run, tally: _Tally, paths: dict[str, Path], result: TrainResult
     refit_config = dataclasses.replace(config, epochs=epochs, max_minutes=None, patience=None,
                                        refit=False)
     torch.manual_seed(config.seed)
-    model = _fresh_copy(run.model)
-    if run.initial_state is not None:
-        model.load_state_dict(run.initial_state)
+    model = copy.deepcopy(run.model)
+    model.load_state_dict(run.initial_state)  # set for every run with refit
     train_set, _ = _datasets(refit_config, run.card, run.classes, records,
                              run.train_set.spec, refit=True)
     optimizer, scheduler, scaler, average = _optimizer(refit_config, model, run.amp_dtype)
@@ -779,16 +779,3 @@ def _refit(run: _Run, tally: _Tally, paths: dict[str, Path], result: TrainResult
     log.info("refit model (all %d chips) -> %s; the validation-selected model is %s",
              len(records), paths["best"], selected)
     return dataclasses.replace(result, refit=info, selected_path=selected)
-
-
-def _fresh_copy(model: Any) -> Any:
-    """A copy of ``model`` with re-initialized weights (from the current torch seed)."""
-    import copy
-
-    fresh = copy.deepcopy(model)
-    for module in fresh.modules():
-        if module is not fresh and hasattr(module, "reset_parameters"):
-            module.reset_parameters()
-    if hasattr(fresh, "reset_parameters"):
-        fresh.reset_parameters()  # the network's own initialization (e.g. He for the U-Net)
-    return fresh

@@ -139,10 +139,11 @@ def read_resampled(rec: Any, img: Any, factor: float) -> tuple[np.ndarray, np.nd
     """
     from rasterio.enums import Resampling
 
+    from geounet.raster.fitting import auto_resampling
     from geounet.training.record import read_target
 
     height, width = resampled_shape(img.height, img.width, factor)
-    kernel = Resampling.lanczos if factor > 1.0 else Resampling.bilinear
+    kernel = Resampling[auto_resampling(factor, 1.0)]  # factor > 1: chip coarser
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = img.read(out_shape=(img.count, height, width), resampling=kernel)
