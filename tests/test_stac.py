@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import pickle
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,7 @@ def _features(path: Path) -> dict[str, list[bytes]]:
 # --------------------------------------------------------------------------------------
 
 
-def test_names_and_paths() -> None:
+def test_which_paths_are_items_and_their_gdal_names() -> None:
     assert is_stac_item("a/item.JSON") and is_stac_item("s3://b/items/x.json?sig=1")
     assert is_stac_item("https://earth-search.example/v1/collections/s2/items/S2B_33UUP")
     assert not is_stac_item("scene.tif") and not is_stac_item("s3://b/scene.tif")
@@ -110,7 +111,7 @@ def test_item_of_single_band_cogs_reads_like_its_geotiff(
         make_scene: Callable[..., Path], tmp_path: Path) -> None:
     """Every window (edges mirrored, nodata border) of the stack equals the GeoTIFF's, pixel
     for pixel and in validity; by asset key or by common name; relative hrefs resolved
-    against the item's folder, whatever the working directory."""
+    against the item's folder."""
     scene = make_scene(150, 173, nodata=0, nodata_border=3, seed=3)
     item = _item_of(scene, tmp_path / "stac")
     ref = open_scene(scene)
@@ -128,6 +129,10 @@ def test_item_of_single_band_cogs_reads_like_its_geotiff(
         assert not vb.all()  # the nodata border is invalid in both
     assert open_item(item, "red,green,blue").stack.bands == ("red=B04", "green=B03",
                                                               "blue=B02")
+    # what a chunk task carries: a plain value, read the same after pickling
+    carried = pickle.loads(pickle.dumps(info))
+    np.testing.assert_array_equal(read_window(carried, 3, 4, 50, 50)[0],
+                                  read_window(ref, 3, 4, 50, 50)[0])
     # the bands in another order are the other band order
     swapped = open_item(item, "blue,green,red")
     a, _ = read_window(swapped, 0, 0, 32, 32)
