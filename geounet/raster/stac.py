@@ -163,8 +163,8 @@ def _item_json(href: str, read_text: ReadText | None) -> Any:
         return json.loads(text)
     except ValueError as exc:
         raise SceneError(
-            f"scene {href!r} is not a STAC item: it is not JSON ({exc}); --assets is for "
-            "STAC items (.json files or .../items/ID URLs): give an item, or drop --assets "
+            f"scene {href!r} is not a STAC item: it is not JSON ({exc}); --assets (assets=) "
+            "is for STAC items (.json files or .../items/ID URLs): give an item, or drop --assets "
             "to read a raster."
         ) from None
 
@@ -235,8 +235,8 @@ def choose_assets(item: Any, names: Sequence[str]) -> list[_Choice]:
                        f"several assets ({', '.join(c.key for c in found)}) with a band named")
             raise InputError(
                 f"STAC item {item.get_self_href()!r} has {problem} {name!r}; its assets: "
-                f"{_describe_assets(item)}. Give --assets as asset keys or common names, "
-                "e.g. --assets red,green,blue."
+                f"{_describe_assets(item)}. Give --assets (assets=) as asset keys or "
+                "common names, e.g. --assets red,green,blue."
             )
         chosen.append(found[0])
     return chosen
@@ -247,8 +247,8 @@ def _parse_assets(assets: str | Sequence[str] | None, item: Any) -> list[str]:
     names = [n.strip() for part in names for n in str(part).split(",")]
     if not names or not all(names):
         raise InputError(
-            f"STAC item {item.get_self_href()!r} needs --assets naming the bands to read, in "
-            f"the model's order (e.g. --assets red,green,blue); its assets: "
+            f"STAC item {item.get_self_href()!r} needs --assets (assets=) naming the bands to "
+            f"read, in the model's order (e.g. --assets red,green,blue); its assets: "
             f"{_describe_assets(item)}."
         )
     return names
