@@ -176,8 +176,7 @@ def run_batch(
     model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
         threshold, allow_no_crs, resample, resampling, rescale, engine, tta : as for
         :func:`geounet.predict` (one setting for every scene).
-    assets : the bands of every STAC item among the scenes (:func:`geounet.predict`); rasters
-        ignore it.
+    assets : the bands of every STAC item among the scenes (rasters ignore it).
     max_pixels : as for :func:`geounet.predict`, per scene: a scene over it (or more than 4x
         off the model's pixel size with ``resample="auto"``) fails in planning, before any of
         its pixels is read; the other scenes run.

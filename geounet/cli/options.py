@@ -487,22 +487,14 @@ def dataset_options(func: Any) -> Any:
     return func
 
 
-# --- STAC items (predict, segment, batch) ---------------------------------------------------
-
-
 def _assets(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
-    if value is None:
-        return None
-    names = tuple(v.strip() for v in value.split(","))
-    if not all(names):
-        raise click.BadParameter(f"{value!r} has an empty asset name; use e.g. "
-                                 "red,green,blue (asset keys or eo:bands common names).",
-                                 param=param)
+    names = None if value is None else tuple(v.strip() for v in value.split(","))
+    if names is not None and not all(names):
+        raise click.BadParameter(f"{value!r} has an empty asset name; use e.g. red,green,blue "
+                                 "(asset keys or eo:bands common names).", param=param)
     return names
 
 
-assets = click.option(
-    "--assets", callback=_assets, default=None, metavar="NAME,NAME,...",
-    help="For a STAC item (item.json, or its URL): the assets to read as bands, in the "
-         "model's order: asset keys or eo:bands common names, e.g. red,green,blue. Bands of "
-         "different resolutions are stacked on the finest one's grid.")
+assets = click.option("--assets", callback=_assets, default=None, metavar="NAME,NAME,...",
+                      help="For a STAC item (item.json or its URL): the assets read as bands "
+                      "in the model's order (asset keys or eo:bands common names).")

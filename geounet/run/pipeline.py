@@ -391,8 +391,7 @@ def predict(
 
     Parameters
     ----------
-    scene : GeoTIFF / COG / VRT / any GDAL path, or a STAC item (``.json``, local or a URL,
-        or a STAC API ``.../items/ID`` URL) whose ``assets`` are read as the scene's bands.
+    scene : GeoTIFF / COG / VRT / any GDAL path, or a STAC item (read as its ``assets``).
     out : ``*.zarr`` (Zarr v3 store) or ``*.tif`` (COG, made from a temporary store).
     model : geounet checkpoint (``.pt``); default: the built-in model.
     bands : 1-based scene bands fed to the model; default: the model card's.
@@ -434,9 +433,8 @@ def predict(
         the softmax probabilities are averaged over the transforms, each undone. Every tile
         gets the same transforms, so the output stays exact and chunk-invariant
         (docs/predict.md gives the measured cost and gain).
-    assets : for a STAC item: the asset keys or ``eo:bands`` common names to read as bands, in
-        the model's order (``"red,green,blue"``); assets of different resolutions are stacked
-        on the finest one's grid (:func:`geounet.raster.stac.open_item`, docs/predict.md).
+    assets : a STAC item's asset keys or ``eo:bands`` common names read as its bands, in the
+        model's order (``"red,green,blue"``): :func:`geounet.raster.stac.open_item`.
 
     Returns
     -------
