@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+
 from geounet.config import RasterFormat
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
 
