@@ -22,13 +22,9 @@ import numpy as np
 from geounet.config import DEFAULT_CLASSES
 from geounet.errors import LabelError
 from geounet.training.chips import CHIPS_META, NODATA
-from geounet.training.layout import (  # noqa: F401  (ChipRecord and readers re-exported)
-    ChipRecord,
-    decode_mask,
-    open_dataset,
-    read_target,
-)
+from geounet.training.layout import open_dataset
 from geounet.training.pairing import RASTER_SUFFIXES
+from geounet.training.record import ChipRecord, read_target
 
 log = logging.getLogger(__name__)
 
