@@ -158,7 +158,7 @@ def cmd_efficiency(args: argparse.Namespace, work: Path) -> None:
     """
     import torch
 
-    from geounet.distributed.cluster import available_cores
+    from geounet.distributed.threads import available_cores
     from geounet.engine.inference import get_runner
     from geounet.engine.tiling import plan_tiles
 

@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     import torch
     from distributed import Client, LocalCluster
 
-    from geounet.distributed.cluster import available_cores, get_client
+    from geounet.distributed.cluster import get_client
+    from geounet.distributed.threads import available_cores
     from geounet.engine.inference import get_runner
     from geounet.run.pipeline import predict
     from geounet.synth import synthesize_scene

@@ -151,7 +151,7 @@ def score(model_path: Path, chips: Path, scratch: Path) -> dict[str, float]:
 def main(argv: list[str] | None = None) -> int:
     import torch
 
-    from geounet.training.loop import TrainConfig, train
+    from geounet.training import TrainConfig, train
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--recipe", choices=("old", "new"), default="new")

@@ -53,8 +53,13 @@ VectorFormat = Literal["gpkg", "parquet", "fgb"]
 """Vector output formats, picked by the output suffix: GeoPackage (every layer in one file),
 GeoParquet and FlatGeobuf (one file per layer)."""
 
-BatchRaster = Literal["none", "zarr", "cog"]
-"""Which prediction raster ``geounet batch`` keeps per scene: none, a Zarr store or a COG."""
+RasterFormat = Literal["zarr", "cog"]
+"""Prediction raster formats: a Zarr v3 store (``.zarr``) or a Cloud-Optimized GeoTIFF
+(``.tif`` / ``.tiff``); :func:`geounet.output.output_format` names the one a path asks for."""
+
+BatchRaster = Literal["none", RasterFormat]
+"""Which prediction raster ``geounet batch`` keeps per scene: none, or a
+:data:`RasterFormat` (a Zarr store or a COG)."""
 
 LRSchedule = Literal["one-cycle", "cosine", "plateau"]
 """Learning-rate schedule of training: ``one-cycle`` (cosine warm-up from lr/25 to lr, then

@@ -6,9 +6,12 @@ vectorization and evaluation agree on one rule:
 
 - A **projected** CRS: the pixel's side lengths from the affine transform (rotation-aware:
   ``hypot(a, d)`` and ``hypot(b, e)``), times the CRS's linear unit in metres (feet, US feet...).
-- A **geographic** CRS (degrees): geodesic distances on the CRS's ellipsoid, measured one pixel
-  step along each pixel axis at the given point (the scene centre by default).
-- No CRS: unknown (``None``); callers decide whether that is an error.
+- A **geographic** CRS (degrees): the pixel's steps in degrees scaled by the metres per degree
+  of longitude and of latitude at the given point (the scene centre by default), geodesic on
+  the CRS's ellipsoid (:func:`metres_per_degree`, centred steps). Pixel sides
+  (:func:`pixel_sides_m`) and ground frames (:meth:`Frame.ground_matrix`) use this one rule.
+- No CRS: unknown (``None``); callers decide whether that is an error (:func:`pixel_sides_m`
+  gives the transform's own units).
 
 The size of a pixel is the geometric mean of its two sides (``sqrt(x_side * y_side)``): the
 side of the square with the same ground area, which is what a resolution comparison needs.
@@ -85,21 +88,43 @@ def _geod(crs: Any) -> Any:
     return Geod(a=ell.semi_major_metre, b=ell.semi_minor_metre)
 
 
+GEODESIC_STEP = 1e-4
+"""Half the step in degrees of the centred geodesic differences of :func:`metres_per_degree`
+(about 11 m: far below any pixel that matters, far above the geodesic's rounding)."""
+
+
+def _metres_per_degree(geod: Any, lon: float, lat: float) -> tuple[float, float]:
+    """Ground metres per degree of longitude (east) and of latitude (north) at ``(lon, lat)``:
+    geodesic lengths of centred steps of +-:data:`GEODESIC_STEP` degrees (latitudes within
+    0.1 degree of a pole taken at 89.9)."""
+    lat = max(-89.9, min(89.9, lat))
+    step = GEODESIC_STEP
+    _, _, east = geod.inv(lon - step, lat, lon + step, lat)
+    _, _, north = geod.inv(lon, lat - step, lon, lat + step)
+    return float(east) / (2 * step), float(north) / (2 * step)
+
+
+def metres_per_degree(crs: Any, lon: float, lat: float) -> tuple[float, float]:
+    """Ground metres per degree of longitude and of latitude at ``(lon, lat)`` on the
+    ellipsoid of the geographic ``crs``: the one geodesic rule of geounet (pixel sides and
+    ground frames both scale degrees by it)."""
+    return _metres_per_degree(_geod(crs_from(crs)), lon, lat)
+
+
 def pixel_sides_m(crs: Any, transform: Transform, col: float, row: float) -> tuple[float, float]:
     """Ground length in metres of one pixel step along columns and along rows at ``(col, row)``.
 
-    Rotation-aware; geodesic on the ellipsoid for a geographic CRS.
+    Rotation-aware. Geographic CRS: the pixel's steps in degrees scaled by
+    :func:`metres_per_degree` there (geodesic on the ellipsoid). No CRS (``None``): the
+    transform's own units, which the caller decides how to read.
     """
     a, b, c, d, e, f = (float(v) for v in transform[:6])
+    if crs is None:
+        return float(math.hypot(a, d)), float(math.hypot(b, e))
     pc = crs_from(crs)
     if pc.is_geographic:
-        geod = _geod(pc)
-        lon = a * col + b * row + c
-        lat = d * col + e * row + f
-        lat = max(-89.9, min(89.9, lat))
-        _, _, dx = geod.inv(lon, lat, lon + a, lat + d)
-        _, _, dy = geod.inv(lon, lat, lon + b, lat + e)
-        return float(abs(dx)), float(abs(dy))
+        east, north = _metres_per_degree(_geod(pc), a * col + b * row + c, d * col + e * row + f)
+        return float(math.hypot(a * east, d * north)), float(math.hypot(b * east, e * north))
     factor = linear_unit_factor(pc)
     return float(math.hypot(a, d) * factor), float(math.hypot(b, e) * factor)
 
@@ -161,12 +186,8 @@ class Frame:
         linear = np.array([[a, b], [d, e]], dtype=np.float64)
         if self.geod is None:
             return linear * self.factor
-        lon = a * col + b * row + c
-        lat = d * col + e * row + f
-        step = 1e-4
-        _, _, east = self.geod.inv(lon - step, lat, lon + step, lat)
-        _, _, north = self.geod.inv(lon, lat - step, lon, lat + step)
-        return np.diag([east / (2 * step), north / (2 * step)]) @ linear
+        east, north = _metres_per_degree(self.geod, a * col + b * row + c, d * col + e * row + f)
+        return np.diag([east, north]) @ linear
 
     def area_perimeter(self, geoms: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """Area (m^2) and perimeter (m) of map-coordinate polygons."""

@@ -257,7 +257,7 @@ def regrid(
     from affine import Affine
     from pyproj import Transformer
 
-    from geounet.georef import pixel_sides_m
+    from geounet.georef import metres_per_degree, pixel_sides_m
 
     with rasterio.open(src) as s:
         profile = s.profile.copy()
@@ -272,7 +272,7 @@ def regrid(
         centre = t * (width / 2, height / 2)
         lon, lat = Transformer.from_crs(source_crs.to_wkt(), crs, always_xy=True).transform(
             *centre)
-        east, north = pixel_sides_m(crs, (1.0, 0.0, lon, 0.0, 1.0, lat), 0, 0)  # m per degree
+        east, north = metres_per_degree(crs, lon, lat)
         dlon, dlat = col_m / east, row_m / north
         transform = Affine(dlon, 0.0, lon - dlon * width / 2, 0.0, -dlat, lat + dlat * height / 2)
         profile.update(crs=crs, transform=transform)

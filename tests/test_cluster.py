@@ -1,19 +1,20 @@
-"""The one place geounet makes a Dask cluster: worker counts and torch threads."""
+"""The one place geounet makes a Dask cluster: worker counts and torch threads (and that a
+run leaves this process's settings as it found them)."""
 
 from __future__ import annotations
 
 import pytest
 
-from geounet.distributed import cluster
+from geounet.distributed import cluster, threads
 
 
 def test_default_workers_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) -> None:
     for cores, expected in ((1, 1), (2, 2), (3, 3), (16, 4)):
-        monkeypatch.setattr(cluster, "available_cores", lambda cores=cores: cores)
-        assert cluster.default_workers("cpu") == expected
-        assert cluster.default_workers("cuda:0") == 1
-        workers = cluster.default_workers("cpu")
-        assert workers * cluster.torch_threads_per_worker(workers) <= max(cores, workers)
+        monkeypatch.setattr(threads, "available_cores", lambda cores=cores: cores)
+        assert threads.default_workers("cpu") == expected
+        assert threads.default_workers("cuda:0") == 1
+        workers = threads.default_workers("cpu")
+        assert workers * threads.torch_threads_per_worker(workers) <= max(cores, workers)
 
 
 def test_configure_threads_never_oversubscribes(monkeypatch) -> None:
@@ -24,17 +25,17 @@ def test_configure_threads_never_oversubscribes(monkeypatch) -> None:
     old = torch.get_num_threads()
     monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
     try:
-        cores = cluster.available_cores()
-        assert cluster.set_torch_threads(2) == max(1, cores // 2) == torch.get_num_threads()
+        cores = threads.available_cores()
+        assert threads.set_torch_threads(2) == max(1, cores // 2) == torch.get_num_threads()
         monkeypatch.setenv("OMP_NUM_THREADS", "1")  # on a worker: the user's choice wins
-        assert cluster.set_torch_threads(2) == 1 == torch.get_num_threads()
+        assert threads.set_torch_threads(2) == 1 == torch.get_num_threads()
         # in the client process it may be distributed's leftover: all cores in-process
-        assert cluster.configure_threads(1, 1) == cores == torch.get_num_threads()
+        assert threads.configure_threads(1, 1) == cores == torch.get_num_threads()
         monkeypatch.delenv("OMP_NUM_THREADS")
-        assert cluster.configure_threads(1, 1) == cores == torch.get_num_threads()
-        n = cluster.configure_threads(threads_per_worker=2, workers=1)
+        assert threads.configure_threads(1, 1) == cores == torch.get_num_threads()
+        n = threads.configure_threads(threads_per_worker=2, workers=1)
         assert n == max(1, cores // 2) and n * 2 <= max(cores, 2)
-        assert cluster.configure_threads(threads_per_worker=4, workers=4) == 1
+        assert threads.configure_threads(threads_per_worker=4, workers=4) == 1
     finally:
         torch.set_num_threads(old)
 
@@ -45,8 +46,8 @@ def test_local_cluster_never_has_more_workers_than_tasks() -> None:
 
     with cluster.scheduler(None, workers=1, tasks=1) as client:
         assert len(client.scheduler_info()["workers"]) == 1
-        threads = client.run(torch.get_num_threads)
-        assert list(threads.values()) == [cluster.available_cores()]
+        counts = client.run(torch.get_num_threads)
+        assert list(counts.values()) == [threads.available_cores()]
 
 
 def test_default_local_run_uses_threads_in_this_process() -> None:
@@ -59,7 +60,7 @@ def test_default_local_run_uses_threads_in_this_process() -> None:
     import torch
 
     old = torch.get_num_threads()
-    expected = min(cluster.default_workers(), 5)
+    expected = min(threads.default_workers(), 5)
     seen: set[int] = set()
 
     def task(_: int) -> int:
@@ -70,7 +71,7 @@ def test_default_local_run_uses_threads_in_this_process() -> None:
     try:
         with cluster.scheduler(None, tasks=5) as on:
             assert on == ("threads" if expected > 1 else "synchronous")
-            assert torch.get_num_threads() == max(1, cluster.available_cores() // expected)
+            assert torch.get_num_threads() == max(1, threads.available_cores() // expected)
             assert cluster.run_tasks(task, list(range(5)), on) == [1] * 5
         assert len(seen) == expected
     finally:
@@ -86,8 +87,54 @@ def test_one_worker_job_runs_in_process_without_a_cluster() -> None:
     try:
         with cluster.scheduler(None, tasks=1) as on:
             assert on == "synchronous"
-            assert torch.get_num_threads() == cluster.available_cores()
+            assert torch.get_num_threads() == threads.available_cores()
             records = cluster.run_tasks(sum, [[1, 2]], on)
         assert records == [3]
     finally:
         torch.set_num_threads(old)
+
+
+def _settings() -> tuple[int, dict, dict]:
+    """This process's torch threads, Dask config and environment, as a run must leave them."""
+    import copy
+    import os
+
+    import dask
+    import torch
+
+    return torch.get_num_threads(), copy.deepcopy(dask.config.config), dict(os.environ)
+
+
+@pytest.mark.parametrize("tasks", [1, 5])
+def test_in_process_run_restores_torch_threads_and_dask_config(tasks: int) -> None:
+    """scheduler() sets cores // threads torch threads and Dask's num_workers for its run
+    only: afterwards this process has its own settings back (issue 18, bounded state)."""
+    import dask
+    import torch
+
+    old = torch.get_num_threads()
+    odd = threads.available_cores() + 1  # more than any run picks
+    torch.set_num_threads(odd)
+    try:
+        before = _settings()
+        with cluster.scheduler(None, tasks=tasks) as on:
+            inside = torch.get_num_threads(), dask.config.get("num_workers", None)
+            assert cluster.run_tasks(sum, [[1, 2]] * tasks, on) == [3] * tasks
+        expected = min(threads.default_workers(), tasks)
+        assert inside[0] == max(1, threads.available_cores() // expected) != odd
+        assert inside[1] == (expected if expected > 1 else None)
+        assert _settings() == before
+    finally:
+        torch.set_num_threads(old)
+
+
+@pytest.mark.cluster
+def test_local_cluster_leaves_this_process_environment_unchanged() -> None:
+    """A local cluster's nanny sets OMP_NUM_THREADS=1 (and friends) in the process that starts
+    it; scheduler() puts the environment, torch threads and Dask config back on exit."""
+    import distributed  # noqa: F401  (its defaults join Dask's config on import)
+
+    before = _settings()
+    with cluster.scheduler(None, workers=1) as client:
+        assert cluster.run_tasks(sum, [[1, 2]], client) == [3]
+    assert _settings() == before

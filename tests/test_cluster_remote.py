@@ -22,7 +22,7 @@ import pytest
 from click.testing import CliRunner
 
 from geounet.cli.main import cli
-from geounet.distributed import cluster
+from geounet.distributed import cluster, threads, versions
 from geounet.errors import ClusterError, InputError, TransientError
 from geounet.run import pipeline
 from geounet.testing import write_scene
@@ -100,8 +100,9 @@ def test_segment_through_scheduler_equals_local_with_relative_paths_and_builtin_
     import torch
     from distributed import Client
 
-    from geounet.distributed.worker import file_sha256, shipped_models
+    from geounet.distributed.worker import shipped_models
     from geounet.engine.inference import BUILTIN_MODEL, runner_load_count
+    from geounet.model.checkpoint import file_sha256
 
     monkeypatch.chdir(tmp_path)
     Path("s").mkdir()
@@ -124,7 +125,7 @@ def test_segment_through_scheduler_equals_local_with_relative_paths_and_builtin_
     with Client(dask_processes.address) as client:
         assert set(client.run(os.getcwd).values()) == {str(dask_processes.worker_cwd)}
         assert all(sha in models for models in client.run(shipped_models).values())
-        expected = max(1, cluster.available_cores() // 2)  # two 1-thread workers on this host
+        expected = max(1, threads.available_cores() // 2)  # two 1-thread workers on this host
         assert set(client.run(torch.get_num_threads).values()) == {expected}
         loads = client.run(runner_load_count)
         # a second run on the same workers reuses the loaded model (once per worker)
@@ -159,12 +160,12 @@ def test_version_mismatch_is_a_readable_error(dask_processes: Any,
 
     with Client(dask_processes.address) as client:
         real = client.get_versions(packages=["geounet", "torch", "numpy", "cloudpickle"])
-        cluster.check_versions(client)  # the same environment everywhere: no error
+        versions.check_versions(client)  # the same environment everywhere: no error
         worker = next(iter(real["workers"]))
         real["workers"][worker]["packages"]["geounet"] = "0.0.1"
         monkeypatch.setattr(client, "get_versions", lambda **kwargs: real)
         with pytest.raises(ClusterError, match=f"geounet .* but 0.0.1 on the worker {worker}"):
-            cluster.check_versions(client)
+            versions.check_versions(client)
 
 
 def test_worker_killed_mid_run_gives_identical_output(
@@ -307,7 +308,8 @@ def test_batch_through_scheduler_ships_the_model_and_equals_in_process(
     from test_pipeline import make_checkpoint
 
     from geounet.batch import job as batch
-    from geounet.distributed.worker import file_sha256, shipped_models
+    from geounet.distributed.worker import shipped_models
+    from geounet.model.checkpoint import file_sha256
 
     # a model no other test ships: its presence on the workers comes from this batch alone
     tiny_model = make_checkpoint(tmp_path / "batch_model.pt", seed=17)

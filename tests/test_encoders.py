@@ -28,9 +28,9 @@ from geounet.model import (
 from geounet.model.encoder import ResNetEncoder
 from geounet.model.registry import architecture_from_dict, architecture_to_dict
 from geounet.synth import synthesize_scene
+from geounet.training import TrainConfig, train
 from geounet.training.chips import make_chips
 from geounet.training.layout import DatasetConfig
-from geounet.training.loop import TrainConfig, train
 
 SMALL = (16, 16, 16, 8, 8)
 TINY = dict(architecture="resnet-unet", encoder="resnet18", decoder_channels=SMALL,
@@ -335,7 +335,7 @@ def test_onnx_engine_runs_the_resnet_checkpoint(resnet_model: Path) -> None:
 def test_training_tiles_follow_the_resnet_size_rules() -> None:
     from geounet.errors import TileSizeError
     from geounet.training.dataset import SampleSpec
-    from geounet.training.loop import sample_spec
+    from geounet.training.prepare import sample_spec
 
     arch = ResNetUNetConfig(encoder="resnet18")
     assert sample_spec(arch, 100, None) == SampleSpec(128, 128, 0)  # rounded up to 32s

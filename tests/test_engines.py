@@ -242,3 +242,64 @@ def test_tta_is_exact_with_every_engine(make_scene: Callable[..., Path], tmp_pat
     reference = get_runner(tmp_path / "valid2-0.pt", "cpu", "fp32", engine="torch")
     np.testing.assert_allclose(predict_array(pixels, reference, valid, tta="d4"), whole,
                                atol=1e-4)
+
+
+def test_runner_cache_keeps_at_most_its_limit(tmp_path: Path) -> None:
+    """Issue 18, bounded state: a process that meets many checkpoints (or rewritten ones)
+    keeps at most RUNNER_CACHE_SIZE runners; the least recently used is loaded again."""
+    from geounet.engine import runner as runner_module
+
+    limit = runner_module.RUNNER_CACHE_SIZE
+    paths = [_checkpoint(tmp_path, seed=i) for i in range(limit + 3)]
+    start = runner_load_count()
+    first = get_runner(paths[0], "cpu", "fp32")
+    for path in paths[1:]:
+        get_runner(path, "cpu", "fp32")
+        get_runner(paths[0], "cpu", "fp32")  # kept in use: never dropped
+        assert runner_module.cached_runner_count() <= limit
+    assert runner_module.cached_runner_count() == limit
+    assert runner_load_count() == start + len(paths)
+    assert get_runner(paths[0], "cpu", "fp32") is first
+    get_runner(paths[1], "cpu", "fp32")  # dropped long ago: loaded again
+    assert runner_load_count() == start + len(paths) + 1
+
+
+@pytest.mark.skipif(not engines.engine_installed("openvino"), reason="openvino is not installed")
+def test_openvino_keeps_a_bounded_number_of_compiled_shapes(tmp_path: Path) -> None:
+    runner = get_runner(_checkpoint(tmp_path, padding="same"), "cpu", "fp32", engine="openvino")
+    backend = runner.backend
+    rng = np.random.default_rng(0)
+    for n in range(1, engines.COMPILED_SHAPES + 4):  # a new batch size each time
+        batch = rng.normal(size=(n, 3, 64, 64)).astype(np.float32)
+        np.testing.assert_allclose(runner.forward(batch)[:1], runner.forward(batch[:1]),
+                                   atol=1e-5)
+        assert len(backend._compiled) <= engines.COMPILED_SHAPES
+        assert len(backend._local.requests) <= engines.COMPILED_SHAPES
+    assert len(backend._compiled) == engines.COMPILED_SHAPES
+
+
+@pytest.mark.parametrize("engine", ENGINES)
+def test_export_of_a_model_in_memory_leaves_no_temporary_folder(engine: str) -> None:
+    """A runner of a model without a checkpoint file exports it to a temporary folder, which
+    is removed once the runner (and its backend) is gone."""
+    import gc
+
+    from geounet.engine.runner import ModelRunner
+
+    model = make_runner(depth=2)
+    runner = ModelRunner(model.model, model.card, device="cpu", precision="fp32", engine=engine)
+    folder = Path(runner.backend.path).parents[1]
+    assert folder.name.startswith("geounet-export-") and folder.is_dir()
+    probs = runner.forward(np.zeros((1, 3, 92, 92), np.float32))
+    assert probs.shape[1] == runner.num_classes
+    del runner
+    gc.collect()
+    assert not folder.exists()
+
+
+def test_every_engine_but_torch_is_a_registered_backend() -> None:
+    from geounet.config import Engine, choices
+
+    assert set(engines.BACKENDS) == set(choices(Engine)) - {"torch", "auto"}
+    assert all(cls.name == name for name, cls in engines.BACKENDS.items())
+    assert engines.available_engines()[0] == "torch"

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import shapely
 
-from geounet.georef import Frame, pixel_sides_m, pixel_size_m, units_name
+from geounet.georef import Frame, metres_per_degree, pixel_sides_m, pixel_size_m, units_name
 
 
 def test_projected_metres_and_feet() -> None:
@@ -54,3 +54,38 @@ def test_frame_area_in_square_metres_for_projected_and_geographic() -> None:
     geo = Frame("EPSG:4326", (deg, 0, 10.0, 0, -deg, 0.0))
     area, _ = geo.area_perimeter(geo.to_map(square))
     assert area[0] == pytest.approx(25.0, rel=0.02)
+
+
+@pytest.mark.parametrize("lat", [0.0, 33.5, -45.0, 60.0, 80.0])
+def test_one_geodesic_rule_matches_pyproj_geod(lat: float) -> None:
+    """Pixel sides and ground frames share one rule (metres per degree from centred geodesic
+    steps); it agrees with the closed-form ellipsoid radii and with pyproj.Geod's geodesic
+    across a pixel, for north-up and rotated geographic grids."""
+    from pyproj import Geod
+
+    geod = Geod(ellps="WGS84")
+    a, f = geod.a, geod.f
+    e2 = f * (2 - f)
+    phi = math.radians(lat)
+    w = 1 - e2 * math.sin(phi) ** 2
+    east_exact = math.pi / 180 * a * math.cos(phi) / math.sqrt(w)  # parallel radius
+    north_exact = math.pi / 180 * a * (1 - e2) / w**1.5  # meridian radius of curvature
+    east, north = metres_per_degree("EPSG:4326", 12.0, lat)
+    assert east == pytest.approx(east_exact, rel=1e-7)
+    assert north == pytest.approx(north_exact, rel=1e-7)
+    theta = math.radians(25)
+    for deg in (1e-5, 3e-4):  # about 1 m and 30 m pixels
+        for t in ((deg, 0.0, 12.0, 0.0, -deg, lat),
+                  (deg * math.cos(theta), -deg * math.sin(theta), 12.0,
+                   deg * math.sin(theta), deg * math.cos(theta) * -1, lat)):
+            sides = pixel_sides_m("EPSG:4326", t, 0, 0)
+            for (da, dd), side in zip(((t[0], t[3]), (t[1], t[4])), sides):
+                # the geodesic across one pixel step centred on the point
+                _, _, dist = geod.inv(12.0 - da / 2, lat - dd / 2, 12.0 + da / 2, lat + dd / 2)
+                assert side == pytest.approx(dist, rel=1e-6)
+            matrix = Frame("EPSG:4326", t).ground_matrix(0, 0)
+            assert tuple(np.hypot(matrix[0], matrix[1])) == pytest.approx(sides, rel=1e-12)
+
+
+def test_no_crs_sides_are_the_transform_units() -> None:
+    assert pixel_sides_m(None, (3.0, 4.0, 0, 0, -2.0, 0), 5, 5) == (3.0, pytest.approx(4.47213595))

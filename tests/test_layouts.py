@@ -16,9 +16,9 @@ from shapely.geometry import box
 from geounet.cli.main import cli
 from geounet.errors import InputError, LabelError
 from geounet.model import load_checkpoint
+from geounet.training import TrainConfig, train
 from geounet.training.dataset import ChipDataset, SampleSpec
 from geounet.training.layout import DatasetConfig, open_dataset
-from geounet.training.loop import TrainConfig, train
 
 SIZE = 48
 TINY = dict(depth=2, base_channels=4, batch_size=4, lr=3e-3, patience=None, epochs=1)

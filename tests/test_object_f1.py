@@ -13,11 +13,12 @@ from affine import Affine
 from geounet.evaluation import match_objects
 from geounet.model import load_checkpoint
 from geounet.synth import synthesize_scene
+from geounet.training import TrainConfig, train
 from geounet.training.chips import make_chips
 from geounet.training.dataset import ChipDataset
 from geounet.training.layout import open_dataset
-from geounet.training.loop import TrainConfig, sample_spec, train
 from geounet.training.metrics import ObjectCounter, object_counts
+from geounet.training.prepare import sample_spec
 
 
 def _constructed():

@@ -46,7 +46,13 @@ def _fill_store(path: Path, height: int, width: int, chunk: int, dtype: str = "u
 
 def test_output_format_by_suffix() -> None:
     assert output.output_format("a/b.zarr") == "zarr"
-    assert output.output_format("b.TIF") == "tif"
+    assert output.output_format("b.TIF") == "cog"
+    # one closed set of raster formats: the suffixes' formats are batch's raster choices
+    from geounet.config import BatchRaster, RasterFormat, choices
+    from geounet.output.paths import SUFFIXES
+
+    assert set(SUFFIXES.values()) == set(choices(RasterFormat)) == \
+        set(choices(BatchRaster)) - {"none"}
     with pytest.raises(UnsupportedFormatError, match=r"\.zarr"):
         output.output_format("pred.png")
 

@@ -14,10 +14,10 @@ import torch
 from geounet.errors import CheckpointError, LabelError, OutputExistsError
 from geounet.model import load_checkpoint, read_checkpoint
 from geounet.synth import synthesize_scene
+from geounet.training import TrainConfig, train
 from geounet.training.augment import dihedral, elastic
 from geounet.training.chips import make_chips
 from geounet.training.dataset import ChipDataset, SampleSpec, find_chips
-from geounet.training.loop import TrainConfig, train
 from geounet.training.losses import border_weights, segmentation_loss
 
 TINY = dict(depth=2, base_channels=8, batch_size=4, lr=3e-3, patience=None)
@@ -109,6 +109,33 @@ def test_resume_continues_with_same_optimizer_state(small_chips, tmp_path):
         assert int(opt_a[key]["step"]) == int(opt_b[key]["step"]) == 3
         torch.testing.assert_close(opt_b[key]["exp_avg"], opt_a[key]["exp_avg"],
                                    rtol=1e-4, atol=1e-6)
+
+
+def test_same_seed_gives_bit_identical_weights(small_chips, tmp_path):
+    """A run is a function of its settings and chips: the same seed gives the same weights,
+    optimizer state and history bit for bit (refit included), another seed other weights."""
+    config = dict(TINY, base_channels=4, epochs=2, max_minutes=None, select_from=0.0,
+                  refit=True, seed=5)
+
+    def run(name: str, **changes):
+        result = train(small_chips, tmp_path / f"{name}.pt",
+                       config=TrainConfig(**{**config, **changes}))
+        return result, [read_checkpoint(p) for p in (result.best_path, result.last_path,
+                                                     result.selected_path)]
+
+    first, saved = run("a")
+    again, saved_again = run("b")
+    for one, other in zip(saved, saved_again):
+        assert one["state_dict"].keys() == other["state_dict"].keys()
+        assert all(torch.equal(v, other["state_dict"][k]) for k, v in one["state_dict"].items())
+    opt, opt_again = (s["extra"]["train_state"]["optimizer"]["state"] for s in
+                      (saved[1], saved_again[1]))
+    assert all(torch.equal(opt[k]["exp_avg"], opt_again[k]["exp_avg"]) for k in opt)
+    assert [(h.train_loss, h.val_loss, h.lr) for h in first.history] == \
+        [(h.train_loss, h.val_loss, h.lr) for h in again.history]
+    _, other_seed = run("c", seed=6)
+    assert any(not torch.equal(v, other_seed[0]["state_dict"][k])
+               for k, v in saved[0]["state_dict"].items())
 
 
 def test_corrupt_checkpoint_for_resume(small_chips, tmp_path):

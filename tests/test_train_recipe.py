@@ -14,9 +14,10 @@ import torch
 from geounet.errors import InputError
 from geounet.model import read_checkpoint
 from geounet.synth import synthesize_scene
+from geounet.training import TrainConfig, train
 from geounet.training.augment import colour, rescale
+from geounet.training.average import WeightAverage
 from geounet.training.chips import make_chips
-from geounet.training.loop import TrainConfig, WeightAverage, train
 
 TINY = dict(depth=2, base_channels=4, batch_size=4, lr=3e-3, patience=None)
 

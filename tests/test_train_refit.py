@@ -10,9 +10,9 @@ import torch
 
 from geounet.model import load_checkpoint, read_checkpoint
 from geounet.synth import synthesize_scene
+from geounet.training import TrainConfig, train
 from geounet.training.chips import make_chips
 from geounet.training.layout import open_dataset
-from geounet.training.loop import TrainConfig, train
 
 
 @pytest.fixture(scope="module")
@@ -32,7 +32,7 @@ def test_refit_trains_on_every_chip_and_writes_a_valid_checkpoint(chips, tmp_pat
     config = TrainConfig(depth=2, base_channels=4, batch_size=4, lr=3e-3, epochs=3,
                          max_minutes=None, select_from=0.0, refit=True)
     seen = []
-    with caplog.at_level(logging.INFO, logger="geounet.training.loop"):
+    with caplog.at_level(logging.INFO, logger="geounet.training"):
         result = train(chips, tmp_path / "m.pt", config=config,
                        progress=lambda p: seen.append(p))
     info = result.refit

@@ -12,9 +12,9 @@ import rasterio
 from rasterio.transform import from_origin
 
 from geounet.model import read_checkpoint
+from geounet.training import TrainConfig, train
 from geounet.training.dataset import ChipDataset, SampleSpec, compute_stats
 from geounet.training.layout import open_dataset
-from geounet.training.loop import TrainConfig, train
 from geounet.training.resolution import choose_resolution
 
 GROUND = 6.4  # metres per chip side
@@ -75,7 +75,7 @@ def test_card_pixel_size_follows_the_rule_and_the_log_says_what_was_done(mixed, 
                                                                          caplog):
     config = TrainConfig(depth=2, base_channels=4, batch_size=4, epochs=1, max_minutes=None,
                          ema=0.0)
-    with caplog.at_level(logging.INFO, logger="geounet.training.loop"):
+    with caplog.at_level(logging.INFO, logger="geounet.training"):
         train(mixed, tmp_path / "m.pt", config=config)
     card = read_checkpoint(tmp_path / "m.pt")["card"]
     assert card["pixel_size"] == pytest.approx(0.1)

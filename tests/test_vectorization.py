@@ -253,6 +253,11 @@ def test_parquet_and_flatgeobuf(tmp_path: Path, suffix: str) -> None:
     assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
         ["m.tif", f"o_buildings{suffix}", f"o_roads{suffix}"]
     )
+    # the one naming rule, which `geounet batch` also follows
+    from geounet.vectorization import layer_file_names
+
+    named = layer_file_names(f"o{suffix}", suffix[1:], list(result.paths))
+    assert {layer: path.name for layer, path in result.paths.items()} == named
 
 
 def test_empty_mask_gives_valid_empty_layers(tmp_path: Path) -> None:

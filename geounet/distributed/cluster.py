@@ -27,22 +27,28 @@ Examples
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Union, get_args
+from typing import TYPE_CHECKING, Any, Union, get_args
 
-from geounet.distributed.versions import VERSION_PACKAGES, check_versions  # noqa: F401 - re-exported
+from geounet.distributed.local import LocalScheduler, in_this_process, run_in_process
+from geounet.distributed.threads import (
+    configure_threads,
+    default_workers,
+    environment_kept,
+    set_torch_threads,
+    torch_threads_per_worker,
+)
+from geounet.distributed.versions import check_versions
 from geounet.errors import ClusterError, GeounetError, InputError, TransientError
 
 if TYPE_CHECKING:
     from distributed import Client
 
 log = logging.getLogger(__name__)
-
-LocalScheduler = Literal["threads", "synchronous"]
-"""In-process Dask schedulers, for tests and debugging (the model is loaded once per process)."""
 
 SchedulerLike = Union["Client", str, None]
 """What ``client=`` accepts: a ``distributed.Client``, a scheduler address
@@ -75,39 +81,6 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 """The retry policy of every run (read at run time)."""
-
-
-def available_cores() -> int:
-    """Cores this process may use (CPU affinity where the OS reports it)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except (AttributeError, OSError):
-        return max(1, os.cpu_count() or 1)
-
-
-def default_workers(device: str = "auto") -> int:
-    """Worker processes of a local cluster: one per CUDA run, else one per core, at most 4
-    (each gets cores // workers torch threads).
-
-    On the 2-core development machine 2 workers x 1 torch thread segmented a 4096² scene
-    16-19% faster than 1 worker x 2 threads (``benchmarks/bench_threads.py``): chunk I/O,
-    normalization and writing overlap with the other worker's forward pass, and one-thread
-    convolutions scale better than two threads splitting one. The cap bounds memory (each
-    worker holds the model and its chunk's buffers).
-
-    Examples
-    --------
-    >>> default_workers("cuda:0")
-    1
-    """
-    if device.startswith("cuda"):
-        return 1
-    return max(1, min(4, available_cores()))
-
-
-def torch_threads_per_worker(workers: int, threads_per_worker: int = 1) -> int:
-    """Torch threads each worker thread gets so that workers never oversubscribe the cores."""
-    return max(1, available_cores() // max(1, workers * threads_per_worker))
 
 
 def configured_address() -> str | None:
@@ -203,31 +176,6 @@ def _log_dashboard(client: Client) -> None:
         log.info("Dask dashboard: %s", link)
 
 
-def configure_threads(threads_per_worker: int = 1, workers: int = 1) -> int:
-    """Set torch's intra-op threads so Dask threads x torch threads <= the cores.
-
-    Call once in each worker process (:func:`get_client` runs it on every worker). With
-    ``workers`` worker processes of ``threads_per_worker`` Dask threads each on a machine
-    with ``C`` cores, every task gets ``max(1, C // (workers * threads_per_worker))`` torch
-    threads (:func:`set_torch_threads`'s rule; ``OMP_NUM_THREADS`` is not consulted). Returns
-    that number.
-
-    Examples
-    --------
-    >>> configure_threads(threads_per_worker=1, workers=1) >= 1
-    True
-    """
-    if threads_per_worker < 1 or workers < 1:
-        raise InputError(
-            f"threads_per_worker {threads_per_worker} / workers {workers} must be >= 1."
-        )
-    # not OMP_NUM_THREADS here: a LocalCluster's nanny leaves OMP_NUM_THREADS=1 in the
-    # client process, which would starve the in-process ("synchronous") runs
-    threads = set_torch_threads(workers * threads_per_worker, honour_env=False)
-    log.debug("torch threads set to %d", threads)
-    return threads
-
-
 def get_client(
     workers: int | None = None,
     threads_per_worker: int = 1,
@@ -313,27 +261,19 @@ def scheduler(
     """
     client = resolve(client, workers)
     if client is None and workers is None and tasks is not None:
-        threads = max(1, min(default_workers(device), tasks))
-        torch_threads = configure_threads(threads_per_worker=threads, workers=1)
-        log.info("running in this process: %d Dask thread(s) x %d torch thread(s) "
-                 "(--workers N for a local cluster of worker processes)", threads, torch_threads)
-        if threads == 1:
-            yield "synchronous"
-            return
-        import dask
-
-        with dask.config.set(num_workers=threads):
-            yield "threads"
+        with in_this_process(max(1, min(default_workers(device), tasks))) as on:
+            yield on
         return
     if client is None or (isinstance(client, str) and not is_in_process(client)):
-        made = get_client(workers=workers, address=client, device=device)
-        try:
-            yield made
-        finally:
-            cluster = made.cluster
-            made.close()
-            if cluster is not None:
-                cluster.close()
+        with environment_kept():  # a local cluster's nanny sets OMP_NUM_THREADS=1 here
+            made = get_client(workers=workers, address=client, device=device)
+            try:
+                yield made
+            finally:
+                cluster = made.cluster
+                made.close()
+                if cluster is not None:
+                    cluster.close()
         return
     yield client
 
@@ -352,7 +292,7 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
     str
         The checkpoint's SHA-256 (hex).
     """
-    from geounet.distributed.worker import file_sha256
+    from geounet.model.checkpoint import file_sha256
 
     sha256 = sha256 or file_sha256(path)
     if isinstance(on, str):
@@ -363,7 +303,7 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
         return sha256
     with open(path, "rb") as handle:
         data = handle.read()
-    if file_sha256_bytes(data) != sha256:
+    if hashlib.sha256(data).hexdigest() != sha256:
         raise InputError(
             f"checkpoint {str(path)!r} changed while the run was being planned; keep the "
             "model file unchanged during a run and start again."
@@ -382,22 +322,6 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
         on._geounet_models = known  # type: ignore[union-attr]
     log.debug("model %s (sha256 %s) shipped to the workers", path, sha256[:12])
     return sha256
-
-
-def set_torch_threads(host_threads: int, *, honour_env: bool = True) -> int:
-    """Give each Dask thread ``cores // host_threads`` torch threads; return that number.
-
-    Run on a worker (by :class:`GeounetPlugin`, and by :func:`get_client` on a local
-    cluster). With ``honour_env``, ``OMP_NUM_THREADS`` set on the worker (a user's explicit
-    choice, or the local cluster's) wins. The one torch-thread rule of geounet.
-    """
-    import torch
-
-    explicit = os.environ.get("OMP_NUM_THREADS", "")
-    threads = (int(explicit) if honour_env and explicit.isdigit() and int(explicit) > 0
-               else torch_threads_per_worker(host_threads))
-    torch.set_num_threads(threads)
-    return threads
 
 
 def _host_threads(identity: dict[str, Any], host: str) -> int:
@@ -429,7 +353,8 @@ def _make_plugin_class() -> type:
         async def setup(self, worker: Any) -> None:
             from pathlib import Path
 
-            from geounet.distributed.worker import file_sha256, register_shipped
+            from geounet.distributed.worker import register_shipped
+            from geounet.model.checkpoint import file_sha256
 
             folder = Path(worker.local_directory) / "geounet-models"
             folder.mkdir(parents=True, exist_ok=True)
@@ -460,13 +385,6 @@ def __getattr__(name: str) -> Any:
         globals()["GeounetPlugin"] = cls
         return cls
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-
-
-def file_sha256_bytes(data: bytes) -> str:
-    """Hex SHA-256 of ``data``."""
-    import hashlib
-
-    return hashlib.sha256(data).hexdigest()
 
 
 def run_tasks(
@@ -520,32 +438,16 @@ def run_tasks(
             on_result(value)
 
     if isinstance(on, str):
-        import dask
-        from dask.callbacks import Callback
+        run_in_process(fn, args, keys, on, workers, record)
+    else:
+        _run_on_client(fn, args, keys, on, retries, record)
+    return results
 
-        wanted = set(keys)
 
-        class _Done(Callback):
-            def _posttask(self, key: Any, result: Any, dsk: Any, state: Any, id: Any) -> None:
-                if key in wanted:
-                    record(result)
-
-        call = dask.delayed(fn, pure=False)
-        tasks = [call(dask.delayed(arg, name=f"{key}-arg", traverse=False), dask_key_name=key)
-                 for arg, key in zip(args, keys)]
-        import dask.local
-        import dask.threaded
-
-        # the scheduler function itself, not its name: a name makes dask import distributed
-        # (0.3 s) to look for a default client
-        get = dask.threaded.get if on == "threads" else dask.local.get_sync
-        kwargs: dict[str, Any] = {"scheduler": get}
-        if on == "threads":  # workers given, else what scheduler() set, else one thread
-            kwargs["num_workers"] = workers or dask.config.get("num_workers", None) or 1
-        with _Done():
-            dask.compute(*tasks, **kwargs)
-        return results
-
+def _run_on_client(fn: Callable[[Any], Any], args: Sequence[Any], keys: Sequence[str],
+                   on: Client, retries: int | None, record: Callable[[Any], None]) -> None:
+    """:func:`run_tasks` on a ``distributed.Client``: one ``Client.map``, results as they
+    finish, the rest cancelled on the first failure."""
     from distributed import as_completed
     from distributed.scheduler import KilledWorker
 
@@ -563,7 +465,6 @@ def run_tasks(
     except BaseException:
         on.cancel(futures)
         raise
-    return results
 
 
 @contextlib.contextmanager

@@ -2,7 +2,7 @@
 
 A task pickled by the client and run by a worker must mean the same on both, so
 :func:`geounet.distributed.cluster.connect` compares their versions of :data:`VERSION_PACKAGES` and names
-each one that differs. Re-exported by :mod:`geounet.distributed.cluster`.
+each one that differs.
 """
 
 from __future__ import annotations

@@ -28,15 +28,18 @@ import functools
 import importlib.util
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import warnings
+import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 from geounet.config import Engine, choices
+from geounet.engine.cache import LeastRecentlyUsed
 from geounet.errors import EngineError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -80,7 +83,7 @@ def engine_installed(engine: str) -> bool:
 
 def available_engines() -> tuple[str, ...]:
     """The engines this installation can run, ``torch`` first."""
-    return tuple(e for e in ("torch", "onnxruntime", "openvino") if engine_installed(e))
+    return tuple(e for e in ("torch", *BACKENDS) if engine_installed(e))
 
 
 def resolve_engine(
@@ -263,6 +266,22 @@ def exported_model(
 
 
 # ---- backends ---------------------------------------------------------------------------
+class Backend(Protocol):
+    """An engine's forward pass, what :class:`geounet.engine.runner.ModelRunner` calls: a
+    normalized float32 batch ``(N, C, H, W)`` to logits ``(N, K, h, w)`` float32, safe to
+    call from several threads at once. ``name`` is its :data:`geounet.config.Engine` name."""
+
+    name: str
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+COMPILED_SHAPES = 8
+"""Input shapes an :class:`OpenVinoBackend` keeps compiled (and each thread keeps infer
+requests for); beyond it the least recently used is dropped and compiled again if it comes
+back. A run sees a few (full batches, the last batch of a chunk)."""
+
+
 class OnnxRuntimeBackend:
     """ONNX Runtime CPU session of an exported model; ``threads`` intra-op threads."""
 
@@ -302,7 +321,8 @@ class OpenVinoBackend:
             "INFERENCE_NUM_THREADS": max(1, int(threads)),
             "PERFORMANCE_HINT": "LATENCY",
         }
-        self._compiled: dict[tuple[int, ...], Any] = {}
+        self._compiled: LeastRecentlyUsed[tuple[int, ...], Any] = LeastRecentlyUsed(
+            COMPILED_SHAPES)
         self._lock = threading.Lock()
         self._local = threading.local()  # one infer request per thread and shape
 
@@ -313,14 +333,15 @@ class OpenVinoBackend:
                 model = self.model.clone()
                 model.reshape({model.inputs[0].any_name: list(shape)})
                 compiled = self.core.compile_model(model, "CPU", self.config)
-                self._compiled[shape] = compiled
+                self._compiled.put(shape, compiled)
             return compiled
 
     def _request_for(self, shape: tuple[int, ...]) -> Any:
-        requests = self._local.__dict__.setdefault("requests", {})
+        requests = self._local.__dict__.setdefault("requests", LeastRecentlyUsed(COMPILED_SHAPES))
         request = requests.get(shape)
         if request is None:  # an infer request runs one inference at a time: one per thread
-            request = requests[shape] = self._compiled_for(shape).create_infer_request()
+            request = self._compiled_for(shape).create_infer_request()
+            requests.put(shape, request)
         return request
 
     def __call__(self, batch: np.ndarray) -> np.ndarray:
@@ -331,6 +352,11 @@ class OpenVinoBackend:
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
 
+BACKENDS: dict[str, type[Backend]] = {"onnxruntime": OnnxRuntimeBackend,
+                                       "openvino": OpenVinoBackend}
+"""The engines besides torch (the runner's own path), by :data:`geounet.config.Engine` name."""
+
+
 def make_backend(
     engine: str,
     model: UNet,
@@ -338,10 +364,11 @@ def make_backend(
     channels: int,
     precision: str,
     threads: int,
-) -> OnnxRuntimeBackend | OpenVinoBackend:
+) -> Backend:
     """Export (or reuse the cached export of) ``checkpoint`` and open it with ``engine``.
 
-    ``checkpoint=None`` (a model built in memory) exports into a fresh temporary folder.
+    ``checkpoint=None`` (a model built in memory) exports into a fresh temporary folder,
+    removed once the backend is garbage-collected (or at exit).
 
     Raises
     ------
@@ -349,13 +376,24 @@ def make_backend(
         ``onnxruntime`` with a precision other than fp32.
     """
     resolve_engine(engine, "cpu", precision=precision)  # onnxruntime: fp32 only
+    folder = None
     if checkpoint is None:
         import torch
 
         folder = Path(tempfile.mkdtemp(prefix="geounet-export-"))
         checkpoint = folder / "model.pt"
         torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoint)
-    path = exported_model(checkpoint, model, channels, engine)
-    if engine == "onnxruntime":
-        return OnnxRuntimeBackend(path, threads)
-    return OpenVinoBackend(path, threads, precision)
+    try:
+        path = exported_model(checkpoint, model, channels, engine)
+        backend: Backend
+        if engine == "onnxruntime":
+            backend = OnnxRuntimeBackend(path, threads)
+        else:
+            backend = OpenVinoBackend(path, threads, precision)
+    except BaseException:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        raise
+    if folder is not None:
+        weakref.finalize(backend, shutil.rmtree, folder, ignore_errors=True)
+    return backend

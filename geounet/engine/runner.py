@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet.config import TTA, Engine, Precision, choices
+from geounet.engine.cache import LeastRecentlyUsed
 from geounet.errors import DeviceError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
@@ -285,7 +286,12 @@ class ModelRunner:
             return probs.contiguous().numpy()
 
 
-_RUNNERS: dict[tuple[Any, ...], ModelRunner] = {}
+RUNNER_CACHE_SIZE = 8
+"""Runners a process keeps (one per checkpoint file version, device, precision and engine,
+plus band views of them): beyond it the least recently used is dropped and loaded again
+when next asked for. A run uses one or two; a rewritten checkpoint is a new entry."""
+
+_RUNNERS: LeastRecentlyUsed[tuple[Any, ...], ModelRunner] = LeastRecentlyUsed(RUNNER_CACHE_SIZE)
 _RUNNER_LOCK = threading.Lock()
 _LOADS = {"count": 0}
 
@@ -293,6 +299,12 @@ _LOADS = {"count": 0}
 def runner_load_count() -> int:
     """How many times :func:`get_runner` loaded a checkpoint in this process."""
     return _LOADS["count"]
+
+
+def cached_runner_count() -> int:
+    """How many runners the cache holds now (at most :data:`RUNNER_CACHE_SIZE`)."""
+    with _RUNNER_LOCK:
+        return len(_RUNNERS)
 
 
 def clear_runner_cache() -> None:
@@ -364,7 +376,7 @@ def get_runner(
             runner = ModelRunner(model, card, device=device, precision=precision,
                                  engine=engine, checkpoint=path)
             _LOADS["count"] += 1
-            _RUNNERS[key] = runner
+            _RUNNERS.put(key, runner)
             log.info("loaded %s as %r", path, runner)
         if bands is None or tuple(bands) == tuple(runner.card.bands):
             return runner
@@ -376,5 +388,5 @@ def get_runner(
                                precision=runner.precision,  # type: ignore[arg-type]
                                engine=runner.engine,  # type: ignore[arg-type]
                                backend=runner.backend)
-            _RUNNERS[band_key] = view
+            _RUNNERS.put(band_key, view)
         return view

@@ -131,18 +131,11 @@ def evaluate(
                          str(pred), str(truth))
 
 
-def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_threshold: float,
-              tolerance: float, window_size: int, pred: str, truth: str) -> EvaluationReport:
+def _on_one_grid(p_src: Any, t_src: Any, names: tuple[str, ...]) -> Any:
+    """Put both sides on one grid: vector labels burnt onto the raster side's grid, or a
+    georeferenced prediction read onto the truth's grid; returns the prediction side."""
     vector_p = isinstance(p_src, VectorSource)
-    vector_t = isinstance(t_src, VectorSource)
-    if vector_p and vector_t:
-        raise UnsupportedFormatError(
-            "both the prediction and the truth are vector files; one must be a raster "
-            "(mask GeoTIFF or Zarr) to give the grid."
-        )
-    if names is None:
-        names = p_src.classes or t_src.classes or DEFAULT_CLASSES
-    if vector_p or vector_t:
+    if vector_p or isinstance(t_src, VectorSource):
         raster, vector = (t_src, p_src) if vector_p else (p_src, t_src)
         if raster.grid.crs is None:
             raise GeoreferenceError(
@@ -156,7 +149,45 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
         log.info("prediction grid %dx%d differs from the truth's %dx%d: reading the prediction "
                  "onto the truth's grid (nearest neighbour)", p_src.grid.height,
                  p_src.grid.width, t_src.grid.height, t_src.grid.width)
-        p_src = AlignedSource(p_src, t_src.grid)
+        return AlignedSource(p_src, t_src.grid)
+    return p_src
+
+
+def _window_centerlines(p_src: Any, t_src: Any, grid: Grid,
+                        read: tuple[np.ndarray, np.ndarray],
+                        window: tuple[int, int, int, int], halo: int, r_idx: int,
+                        tolerance: float) -> tuple[int, int, int, int]:
+    """Centerline counts of one score window, its skeletons compared with ``halo`` pixels of
+    context (``read``: the window's prediction and truth, reused when no halo fits)."""
+    y0, x0, height, width = window
+    hy0, hx0 = max(0, y0 - halo), max(0, x0 - halo)
+    hy1 = min(grid.height, y0 + height + halo)
+    hx1 = min(grid.width, x0 + width + halo)
+    if (hy0, hx0, hy1, hx1) == (y0, x0, y0 + height, x0 + width):
+        ph, th = read
+    else:
+        ph = p_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
+        th = t_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
+    valid = (ph != NODATA_CLASS) & (th != NODATA_CLASS)
+    core = (slice(y0 - hy0, y0 - hy0 + height), slice(x0 - hx0, x0 - hx0 + width))
+    col_m, row_m = grid.pixel_sides_m(x0 + width / 2, y0 + height / 2)
+    sampling = (row_m, col_m)  # distance_transform_edt: (rows, cols)
+    return _centerline_counts((ph == r_idx) & valid, (th == r_idx) & valid, valid, core,
+                              sampling, tolerance)
+
+
+def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_threshold: float,
+              tolerance: float, window_size: int, pred: str, truth: str) -> EvaluationReport:
+    vector_p = isinstance(p_src, VectorSource)
+    vector_t = isinstance(t_src, VectorSource)
+    if vector_p and vector_t:
+        raise UnsupportedFormatError(
+            "both the prediction and the truth are vector files; one must be a raster "
+            "(mask GeoTIFF or Zarr) to give the grid."
+        )
+    if names is None:
+        names = p_src.classes or t_src.classes or DEFAULT_CLASSES
+    p_src = _on_one_grid(p_src, t_src, names)
     grid: Grid = t_src.grid if not vector_t else p_src.grid
     cm = ConfusionMatrix(names)
     b_idx = names.index("buildings") if "buildings" in names else None
@@ -182,20 +213,8 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
             if t_objects is not None:
                 t_objects.add(t == b_idx, y0, x0)
         if r_idx is not None:
-            hy0, hx0 = max(0, y0 - halo), max(0, x0 - halo)
-            hy1 = min(grid.height, y0 + height + halo)
-            hx1 = min(grid.width, x0 + width + halo)
-            if (hy0, hx0, hy1, hx1) == (y0, x0, y0 + height, x0 + width):
-                ph, th = p, t
-            else:
-                ph = p_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
-                th = t_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
-            valid = (ph != NODATA_CLASS) & (th != NODATA_CLASS)
-            core = (slice(y0 - hy0, y0 - hy0 + height), slice(x0 - hx0, x0 - hx0 + width))
-            col_m, row_m = grid.pixel_sides_m(x0 + width / 2, y0 + height / 2)
-            sampling = (row_m, col_m)  # distance_transform_edt: (rows, cols)
-            counts = _centerline_counts((ph == r_idx) & valid, (th == r_idx) & valid, valid,
-                                        core, sampling, tolerance)
+            counts = _window_centerlines(p_src, t_src, grid, (p, t), (y0, x0, height, width),
+                                         halo, r_idx, tolerance)
             cl = [a + b for a, b in zip(cl, counts)]
     objects = None
     if b_idx is not None:

@@ -30,18 +30,19 @@ class Grid:
     @property
     def crs_unit_step(self) -> float:
         """Length of one pixel step along columns in CRS units (for transform comparisons)."""
-        return float(math.hypot(self.transform.a, self.transform.d))
-
-    def pixel_sides_m(self, col: float, row: float) -> tuple[float, float]:
-        """Ground metres of one pixel step along columns and along rows near ``(col, row)``:
-        rotation-aware, geodesic in a geographic CRS. Without a CRS the transform's units are
-        taken as metres (a warning says so once, in :func:`evaluate`)."""
         from geounet.georef import pixel_sides_m
 
-        if self.crs is None:
-            t = self.transform
-            return float(math.hypot(t.a, t.d)), float(math.hypot(t.b, t.e))
-        return pixel_sides_m(self.crs.to_wkt(), tuple(self.transform)[:6], col, row)
+        return pixel_sides_m(None, tuple(self.transform)[:6], 0, 0)[0]
+
+    def pixel_sides_m(self, col: float, row: float) -> tuple[float, float]:
+        """Ground metres of one pixel step along columns and along rows near ``(col, row)``
+        (:func:`geounet.georef.pixel_sides_m`: rotation-aware, geodesic in a geographic CRS).
+        Without a CRS the transform's units are taken as metres (a warning says so once, in
+        :func:`evaluate`)."""
+        from geounet.georef import pixel_sides_m
+
+        crs = self.crs.to_wkt() if self.crs is not None else None
+        return pixel_sides_m(crs, tuple(self.transform)[:6], col, row)
 
 
 class _RasterSource:

@@ -22,7 +22,6 @@ from geounet.output.cog import (
 )
 from geounet.output.paths import (
     SUFFIXES,
-    OutputFormat,
     check_new_path,
     check_output,
     output_format,
@@ -55,7 +54,6 @@ __all__ = [
     "CLASS_COLOURS",
     "COG_BLOCK_SIZE",
     "SUFFIXES",
-    "OutputFormat",
     "StoreSpec",
     "changed_settings",
     "check_new_path",

@@ -8,18 +8,16 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
-from typing import Literal
 
+from geounet.config import RasterFormat
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
 
-OutputFormat = Literal["zarr", "tif"]
-"""Prediction output formats, chosen by the output path's suffix."""
-
-SUFFIXES: dict[str, OutputFormat] = {".zarr": "zarr", ".tif": "tif", ".tiff": "tif"}
+SUFFIXES: dict[str, RasterFormat] = {".zarr": "zarr", ".tif": "cog", ".tiff": "cog"}
+"""Prediction output suffix -> format (:data:`geounet.config.RasterFormat`)."""
 _TMP_TAG = ".geounet-partial"
 
 
-def output_format(path: str | os.PathLike[str]) -> OutputFormat:
+def output_format(path: str | os.PathLike[str]) -> RasterFormat:
     """Return the output format for a path from its suffix.
 
     Raises
@@ -30,7 +28,7 @@ def output_format(path: str | os.PathLike[str]) -> OutputFormat:
     Examples
     --------
     >>> output_format("pred.zarr"), output_format("pred.tif")
-    ('zarr', 'tif')
+    ('zarr', 'cog')
     """
     suffix = Path(path).suffix.lower()
     if suffix not in SUFFIXES:
@@ -42,7 +40,7 @@ def output_format(path: str | os.PathLike[str]) -> OutputFormat:
     return SUFFIXES[suffix]
 
 
-def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> OutputFormat:
+def check_output(path: str | os.PathLike[str], *, overwrite: bool) -> RasterFormat:
     """Validate an output path before any work: known suffix, parent exists, not existing.
 
     Raises

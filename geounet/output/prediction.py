@@ -18,7 +18,12 @@ from typing import Any
 import numpy as np
 
 from geounet.config import DEFAULT_CLASSES, NODATA_CLASS
-from geounet.errors import GeoreferenceError, SceneError, UnsupportedFormatError
+from geounet.errors import (
+    GeoreferenceError,
+    GeounetError,
+    SceneError,
+    UnsupportedFormatError,
+)
 
 __all__ = ["DEFAULT_CLASSES", "NODATA_CLASS", "PredictionReader", "zarr_georeference"]
 
@@ -131,29 +136,11 @@ class PredictionReader:
         row = ds.width * ds.block_shapes[0][0] * ds.count * np.dtype(ds.dtypes[0]).itemsize
         self._env = gdal_env(cache_bytes=block_cache_bytes(row), path=self.path)
         self._env.__enter__()
-        if ds.crs is None or ds.transform.is_identity:
-            if self.require_crs:
-                self.close()
-                raise GeoreferenceError(
-                    f"{self.path!r} has no CRS or geotransform; polygons need map coordinates. "
-                    "Fix: write the mask with the scene's CRS and transform (e.g. `gdal_edit.py "
-                    "-a_srs EPSG:XXXX -a_ullr ...` or rasterio's crs=/transform=)."
-                )
-        first = ds.descriptions[0]
-        if ds.count >= 2 and first not in (None, "", "class"):
+        try:
+            _check_tiff(ds, self.path, self.require_crs)
+        except GeounetError:
             self.close()
-            raise UnsupportedFormatError(
-                f"{self.path!r} has {ds.count} bands and band 1 is {first!r}, not 'class': it "
-                "looks like an image, not a prediction. Give a class mask (band 1 = class index) "
-                "or the .zarr store / COG written by `geounet predict`."
-            )
-        integer = ds.dtypes[0] in _INTEGER
-        if not integer and not (first == "class" and ds.dtypes[0] in ("float32", "float64")):
-            self.close()
-            raise UnsupportedFormatError(
-                f"band 1 of {self.path!r} is {ds.dtypes[0]}; it must be an integer class mask "
-                "(uint8 class index, 255 = nodata) or the 'class' band of a geounet COG."
-            )
+            raise
         self.height, self.width = ds.height, ds.width
         self.chunk_shape = tuple(int(v) for v in ds.block_shapes[0])
         self.crs_wkt = ds.crs.to_wkt() if ds.crs is not None else None
@@ -161,16 +148,9 @@ class PredictionReader:
         self.transform = (t.a, t.b, t.c, t.d, t.e, t.f)
         # a declared nodata value or a mask band (internal, .msk) marks nodata pixels
         self._gdal_mask = MaskFlags.all_valid not in ds.mask_flag_enums[0]
-        tags = ds.tags()
-        descriptions = ds.descriptions[1:]
-        if tags.get("classes"):
-            self.named_classes = tuple(tags["classes"].split(","))
-        elif ds.count >= 2 and all(descriptions):
-            self.named_classes = tuple(str(d) for d in descriptions)
-        else:
-            band_tags = ds.tags(1)
-            if band_tags.get("classes"):
-                self.named_classes = tuple(band_tags["classes"].split(","))
+        named = _tiff_classes(ds)
+        if named is not None:
+            self.named_classes = named
         if ds.count >= 2 and ds.count - 1 == len(self.classes):
             self._probabilities = True
             if ds.dtypes[1] == "uint8":
@@ -270,3 +250,43 @@ def zarr_georeference(
         a, e = x[1] - x[0], y[1] - y[0]
         return (str(wkt) if wkt else None), (a, 0.0, x[0] - a / 2, 0.0, e, y[0] - e / 2)
     raise GeoreferenceError(f"Zarr store {path!r} has no GeoTransform or x/y coordinates. {fix}")
+
+
+def _check_tiff(ds: Any, path: str, require_crs: bool) -> None:
+    """Refuse a GeoTIFF that is not a class mask (or a geounet COG), or one without
+    georeferencing where polygons need it."""
+    if ds.crs is None or ds.transform.is_identity:
+        if require_crs:
+            raise GeoreferenceError(
+                f"{path!r} has no CRS or geotransform; polygons need map coordinates. "
+                "Fix: write the mask with the scene's CRS and transform (e.g. `gdal_edit.py "
+                "-a_srs EPSG:XXXX -a_ullr ...` or rasterio's crs=/transform=)."
+            )
+    first = ds.descriptions[0]
+    if ds.count >= 2 and first not in (None, "", "class"):
+        raise UnsupportedFormatError(
+            f"{path!r} has {ds.count} bands and band 1 is {first!r}, not 'class': it "
+            "looks like an image, not a prediction. Give a class mask (band 1 = class index) "
+            "or the .zarr store / COG written by `geounet predict`."
+        )
+    integer = ds.dtypes[0] in _INTEGER
+    if not integer and not (first == "class" and ds.dtypes[0] in ("float32", "float64")):
+        raise UnsupportedFormatError(
+            f"band 1 of {path!r} is {ds.dtypes[0]}; it must be an integer class mask "
+            "(uint8 class index, 255 = nodata) or the 'class' band of a geounet COG."
+        )
+
+
+def _tiff_classes(ds: Any) -> tuple[str, ...] | None:
+    """The class names a GeoTIFF prediction names: its ``classes`` tag, its probability band
+    descriptions, or band 1's ``classes`` tag (None when it names none)."""
+    tags = ds.tags()
+    descriptions = ds.descriptions[1:]
+    if tags.get("classes"):
+        return tuple(tags["classes"].split(","))
+    if ds.count >= 2 and all(descriptions):
+        return tuple(str(d) for d in descriptions)
+    band_tags = ds.tags(1)
+    if band_tags.get("classes"):
+        return tuple(band_tags["classes"].split(","))
+    return None

@@ -167,9 +167,32 @@ def read_window(
     >>> pixels.shape, valid.shape  # doctest: +SKIP
     ((3, 440, 440), (440, 440))
     """
-    from rasterio.errors import RasterioError
-    from rasterio.windows import Window
+    bands = _checked_request(info, bands, height, width, halo)
+    rows = mirror_indices(y0 - halo, y0 + height + halo, info.height)
+    cols = mirror_indices(x0 - halo, x0 + width + halo, info.width)
+    ry0, ry1 = int(rows.min()), int(rows.max()) + 1
+    rx0, rx1 = int(cols.min()), int(cols.max()) + 1
+    data, valid = _read_clipped(info, bands, ry0, rx0, ry1, rx1)
+    pads = _simple_pads(y0 - halo, y0 + height + halo, info.height) + _simple_pads(
+        x0 - halo, x0 + width + halo, info.width
+    )
+    if pads == (0, 0, 0, 0):
+        return data, valid
+    if all(p >= 0 for p in pads):  # mirrors only pixels of the clipped read: np.pad is fastest
+        top, bottom, left, right = pads
+        data = np.pad(data, ((0, 0), (top, bottom), (left, right)), mode=MIRROR_MODE)
+        valid = np.pad(valid, ((top, bottom), (left, right)), mode=MIRROR_MODE)
+        return data, valid
+    rows_local = rows - ry0
+    cols_local = cols - rx0
+    data = np.take(np.take(data, rows_local, axis=1), cols_local, axis=2)
+    valid = np.take(np.take(valid, rows_local, axis=0), cols_local, axis=1)
+    return data, valid
 
+
+def _checked_request(info: SceneInfo, bands: Sequence[int] | None, height: int, width: int,
+                     halo: int) -> tuple[int, ...]:
+    """The bands to read (default all), after checking them and the window's size."""
     bands = tuple(range(1, info.count + 1)) if bands is None else tuple(int(b) for b in bands)
     bad = [b for b in bands if not 1 <= b <= info.count]
     if bad or not bands:
@@ -182,10 +205,17 @@ def read_window(
             f"window {height} x {width} with halo {halo} is empty or negative; give a "
             f"positive size and a halo >= 0."
         )
-    rows = mirror_indices(y0 - halo, y0 + height + halo, info.height)
-    cols = mirror_indices(x0 - halo, x0 + width + halo, info.width)
-    ry0, ry1 = int(rows.min()), int(rows.max()) + 1
-    rx0, rx1 = int(cols.min()), int(cols.max()) + 1
+    return bands
+
+
+def _read_clipped(info: SceneInfo, bands: tuple[int, ...], ry0: int, rx0: int, ry1: int,
+                  rx1: int) -> tuple[np.ndarray, np.ndarray]:
+    """Pixels and validity of rows ``ry0:ry1``, columns ``rx0:rx1`` (inside the scene),
+    through the scene's view; a read that fails is a :class:`SceneError`, or a
+    :class:`TransientError` where it may pass on retry."""
+    from rasterio.errors import RasterioError
+    from rasterio.windows import Window
+
     window = Window(rx0, ry0, rx1 - rx0, ry1 - ry0)
     try:
         _faults.before_read(info.path)
@@ -223,20 +253,6 @@ def read_window(
             f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
             f"({type(exc).__name__}: {exc}); the file is truncated or corrupt."
         ) from exc
-    pads = _simple_pads(y0 - halo, y0 + height + halo, info.height) + _simple_pads(
-        x0 - halo, x0 + width + halo, info.width
-    )
-    if pads == (0, 0, 0, 0):
-        return data, valid
-    if all(p >= 0 for p in pads):  # mirrors only pixels of the clipped read: np.pad is fastest
-        top, bottom, left, right = pads
-        data = np.pad(data, ((0, 0), (top, bottom), (left, right)), mode=MIRROR_MODE)
-        valid = np.pad(valid, ((top, bottom), (left, right)), mode=MIRROR_MODE)
-        return data, valid
-    rows_local = rows - ry0
-    cols_local = cols - rx0
-    data = np.take(np.take(data, rows_local, axis=1), cols_local, axis=2)
-    valid = np.take(np.take(valid, rows_local, axis=0), cols_local, axis=1)
     return data, valid
 
 

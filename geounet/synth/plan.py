@@ -79,7 +79,18 @@ def _plan_roads(config: SynthConfig, rng: np.random.Generator) -> tuple[list, li
         widths.append(float(rng.uniform(6, 10)))
         kinds.append(main_kind())
     # side streets: short dead ends leaving a main road at right angles
-    main_lines = list(lines)
+    for line, width, kind in _side_streets(rng, list(lines)):
+        lines.append(line)
+        widths.append(width)
+        kinds.append(kind)
+    return lines, widths, kinds
+
+
+def _side_streets(rng: np.random.Generator, main_lines: list) -> list[tuple[Any, float, int]]:
+    """Short dead ends leaving the main roads at right angles: (line, width, kind) each."""
+    import shapely
+
+    streets = []
     total = sum(line.length for line in main_lines)
     n_side = rng.poisson(total / 250.0)
     for _ in range(int(n_side)):
@@ -98,10 +109,9 @@ def _plan_roads(config: SynthConfig, rng: np.random.Generator) -> tuple[list, li
         xy = np.column_stack(
             [a.x + along * nx - cross * ny, a.y + along * ny + cross * nx]
         )
-        lines.append(shapely.linestrings(xy))
-        widths.append(float(rng.uniform(4, 7)))
-        kinds.append(int(rng.choice(3, p=ROAD_P_SIDE)))
-    return lines, widths, kinds
+        streets.append((shapely.linestrings(xy), float(rng.uniform(4, 7)),
+                        int(rng.choice(3, p=ROAD_P_SIDE))))
+    return streets
 
 
 def _smooth_at(

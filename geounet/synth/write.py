@@ -109,22 +109,7 @@ def write_synthetic_scene(
 ) -> SynthResult:
     """Write the scene described by ``config``; see :func:`synthesize_scene`."""
     out_dir = Path(out_dir)
-    if out_dir.exists() and not out_dir.is_dir():
-        raise OutputExistsError(
-            f"output directory {str(out_dir)!r} is a file; give a directory path."
-        )
-    existing = [name for name in OUTPUT_NAMES if (out_dir / name).exists()]
-    not_files = [name for name in existing if not (out_dir / name).is_file()]
-    if not_files:
-        raise OutputExistsError(
-            f"{str(out_dir / not_files[0])!r} is a directory, not a file, so it cannot be "
-            f"replaced by synth's {not_files[0]}; remove it or choose another directory."
-        )
-    if existing and not overwrite:
-        raise OutputExistsError(
-            f"{str(out_dir)!r} already holds {', '.join(existing)}; "
-            f"use --overwrite (overwrite=True) to replace them, or choose another directory."
-        )
+    _check_outputs(out_dir, overwrite)
     created = _make_directory(out_dir)
     tmp = None
     try:
@@ -132,26 +117,7 @@ def write_synthetic_scene(
         tmp = Path(tempfile.mkdtemp(prefix=".synth-", dir=out_dir))
         counts = _render(config, plan, tmp / SCENE_NAME, tmp / MASK_NAME)
         road_length = _write_truth(config, plan, tmp / TRUTH_NAME)
-        valid = int(counts[:3].sum())
-        summary = SynthSummary(
-            height=config.height,
-            width=config.width,
-            band_count=config.band_count,
-            dtype=config.dtype,
-            crs=config.crs,
-            pixel_size=config.pixel_size,
-            nodata=config.nodata,
-            seed=int(config.seed),
-            n_buildings=len(plan.buildings),
-            n_roads=len(plan.roads),
-            road_length_m=round(road_length, 1),
-            class_fractions=(
-                round(float(counts[0]) / max(valid, 1), 4),
-                round(float(counts[1]) / max(valid, 1), 4),
-                round(float(counts[2]) / max(valid, 1), 4),
-            ),
-            nodata_fraction=round(float(counts[3]) / (config.height * config.width), 4),
-        )
+        summary = _summary(config, plan, counts, road_length)
         (tmp / SUMMARY_NAME).write_text(json.dumps(summary.to_dict(), indent=2) + "\n")
         for name in OUTPUT_NAMES:
             os.replace(tmp / name, out_dir / name)
@@ -177,6 +143,53 @@ def write_synthetic_scene(
         mask_path=out_dir / MASK_NAME,
         summary_path=out_dir / SUMMARY_NAME,
         summary=summary,
+    )
+
+
+def _check_outputs(out_dir: Path, overwrite: bool) -> None:
+    """Refuse a file as ``out_dir``, a directory where an output goes, and existing outputs
+    without ``overwrite``."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise OutputExistsError(
+            f"output directory {str(out_dir)!r} is a file; give a directory path."
+        )
+    existing = [name for name in OUTPUT_NAMES if (out_dir / name).exists()]
+    not_files = [name for name in existing if not (out_dir / name).is_file()]
+    if not_files:
+        raise OutputExistsError(
+            f"{str(out_dir / not_files[0])!r} is a directory, not a file, so it cannot be "
+            f"replaced by synth's {not_files[0]}; remove it or choose another directory."
+        )
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"{str(out_dir)!r} already holds {', '.join(existing)}; "
+            f"use --overwrite (overwrite=True) to replace them, or choose another directory."
+        )
+
+
+def _summary(config: SynthConfig, plan: ScenePlan, counts: np.ndarray,
+             road_length: float) -> SynthSummary:
+    """What ``synth.json`` says of the written scene (``counts``: pixels per class and
+    nodata)."""
+    valid = int(counts[:3].sum())
+    return SynthSummary(
+        height=config.height,
+        width=config.width,
+        band_count=config.band_count,
+        dtype=config.dtype,
+        crs=config.crs,
+        pixel_size=config.pixel_size,
+        nodata=config.nodata,
+        seed=int(config.seed),
+        n_buildings=len(plan.buildings),
+        n_roads=len(plan.roads),
+        road_length_m=round(road_length, 1),
+        class_fractions=(
+            round(float(counts[0]) / max(valid, 1), 4),
+            round(float(counts[1]) / max(valid, 1), 4),
+            round(float(counts[2]) / max(valid, 1), 4),
+        ),
+        nodata_fraction=round(float(counts[3]) / (config.height * config.width), 4),
     )
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from geounet.errors import GeoreferenceError, InputError, LabelError, OutputExistsError
-from geounet.raster.labels import (  # noqa: F401  (re-exported)
+from geounet.raster.labels import (
     DEFAULT_CLASS_LAYERS,
     ClassShapes,
     check_class_layers,

@@ -116,6 +116,26 @@ def vector_classes(records: Sequence[ChipRecord], shared: Path | None) -> tuple[
     return ("background", DEFAULT_FOREGROUND)
 
 
+def _given_coding(coding: tuple[int, ...], values: set[int], declared: set[float],
+                  named: tuple[str, ...] | None
+                  ) -> tuple[tuple[int, ...] | None, tuple[str, ...], str]:
+    """:func:`label_coding` under ``--mask-values``: every mask value is a given one or
+    nodata, one value per class."""
+    classes = named or ("background", *([DEFAULT_FOREGROUND] if len(coding) == 2 else
+                                        [f"class_{i}" for i in range(1, len(coding))]))
+    if len(classes) != len(coding):
+        raise InputError(f"{len(coding)} mask values {list(coding)} for {len(classes)} "
+                         f"classes {list(classes)}; give one value per class.")
+    nodata = {int(v) for v in declared if v != 0 and math.isfinite(v)} or (
+        {NODATA} - set(coding))
+    extra = sorted(values - set(coding) - nodata)
+    if extra:
+        raise _mask_values_error(extra, f"are not in --mask-values {list(coding)} nor "
+                                        "nodata; list every class value", sorted(values))
+    rule = f"--mask-values {','.join(map(str, coding))}"
+    return (None if coding == tuple(range(len(coding))) else coding), classes, rule
+
+
 def label_coding(records: Sequence[ChipRecord], config: Any,
                   named: tuple[str, ...] | None) -> tuple[tuple[int, ...] | None,
                                                           tuple[str, ...], str]:
@@ -130,20 +150,7 @@ def label_coding(records: Sequence[ChipRecord], config: Any,
         raise _mask_values_error(sorted(values), "mix 0/1 masks and 0/255 masks (no mask "
                                                  "holds both 1 and 255)", (0, 1))
     if config.mask_values is not None:
-        coding = config.mask_values
-        classes = named or ("background", *([DEFAULT_FOREGROUND] if len(coding) == 2 else
-                                            [f"class_{i}" for i in range(1, len(coding))]))
-        if len(classes) != len(coding):
-            raise InputError(f"{len(coding)} mask values {list(coding)} for {len(classes)} "
-                             f"classes {list(classes)}; give one value per class.")
-        nodata = {int(v) for v in declared if v != 0 and math.isfinite(v)} or (
-            {NODATA} - set(coding))
-        extra = sorted(values - set(coding) - nodata)
-        if extra:
-            raise _mask_values_error(extra, f"are not in --mask-values {list(coding)} nor "
-                                            "nodata; list every class value", sorted(values))
-        rule = f"--mask-values {','.join(map(str, coding))}"
-        return (None if coding == tuple(range(len(coding))) else coding), classes, rule
+        return _given_coding(tuple(config.mask_values), values, declared, named)
     nodata = {int(v) for v in declared  # 0 is always background; NaN marks no value
               if v != 0 and math.isfinite(v)}
     data = values - nodata

@@ -139,6 +139,13 @@ class TrainConfig:
     freeze_encoder_epochs: int = 0
 
     def __post_init__(self) -> None:
+        self._check_architecture()
+        self._check_loss()
+        self._check_schedule()
+        self._check_run()
+
+    def _check_architecture(self) -> None:
+        """The network fields (normalized where they may come as lists)."""
         if self.architecture not in choices(ArchitectureName):
             raise InputError(f"architecture {self.architecture!r} is not one of "
                              f"{choices(ArchitectureName)}; pick one.")
@@ -160,6 +167,9 @@ class TrainConfig:
                 or self.freeze_encoder_epochs < 0):
             raise InputError(f"freeze_encoder_epochs {self.freeze_encoder_epochs!r} must be a "
                              "whole number >= 0 (0 = never frozen).")
+
+    def _check_loss(self) -> None:
+        """Network sizes, padding and the loss."""
         for name in ("depth", "base_channels", "epochs", "batch_size"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
@@ -170,6 +180,9 @@ class TrainConfig:
             raise InputError(f"loss {self.loss!r} is not one of {choices(LossType)}; pick one.")
         if not (self.dice_weight >= 0 and math.isfinite(self.dice_weight)):
             raise InputError(f"dice weight {self.dice_weight} must be finite and >= 0; e.g. 1.")
+
+    def _check_schedule(self) -> None:
+        """The schedule, its selection and the time budget."""
         if self.schedule not in choices(LRSchedule):
             raise InputError(f"schedule {self.schedule!r} is not one of {choices(LRSchedule)}.")
         if self.monitor not in choices(Monitor):
@@ -194,6 +207,9 @@ class TrainConfig:
                                                 and math.isfinite(self.pixel_size)):
             raise InputError(f"pixel size {self.pixel_size} must be > 0 metres (or None to "
                              "choose it from the chips); e.g. 0.3.")
+
+    def _check_run(self) -> None:
+        """Precision, learning rate, patience, the split, weights and sizes."""
         if self.precision not in choices(Precision):
             raise InputError(f"precision {self.precision!r} is not one of {choices(Precision)}.")
         if not (self.lr > 0 and math.isfinite(self.lr)):

@@ -22,13 +22,9 @@ import numpy as np
 from geounet.config import DEFAULT_CLASSES
 from geounet.errors import LabelError
 from geounet.training.chips import CHIPS_META, NODATA
-from geounet.training.layout import (  # noqa: F401  (ChipRecord and readers re-exported)
-    ChipRecord,
-    decode_mask,
-    open_dataset,
-    read_target,
-)
+from geounet.training.layout import open_dataset
 from geounet.training.pairing import RASTER_SUFFIXES
+from geounet.training.record import ChipRecord, read_target
 
 log = logging.getLogger(__name__)
 
@@ -308,16 +304,45 @@ class ChipDataset:
         return hit
 
     def __getitem__(self, index: int) -> tuple[Any, Any, Any]:
-        import rasterio
         import torch
-        from rasterio.windows import Window
 
-        from geounet.training.augment import colour, dihedral, elastic, jitter, rescale
         from geounet.training.losses import border_weights
 
         chip, y0, x0 = self.items[index]
         rec = self.records[chip]
         rng = np.random.default_rng((self.seed, self.epoch, index))
+        size = self.spec.output_size
+        image, mask = self._read_crop(chip, y0, x0, rng)
+        if mask.size and (mask[mask != NODATA].max(initial=0) >= self.num_classes):
+            raise LabelError(
+                f"mask of chip {rec.name!r} holds a class >= {self.num_classes}; the model has "
+                f"{self.num_classes} classes. Fix the masks or the class names."
+            )
+        image, mask = self._augment(image, mask, rng)
+        image[:, mask == NODATA] = 0.0
+        weights = self.class_weights[np.where(mask == NODATA, self.num_classes, mask)]
+        if self.border_weight > 0 and self.border_class is not None:
+            weights = weights + border_weights(mask, self.border_class, w0=self.border_weight,
+                                               sigma=self.border_sigma)
+        height, width = mask.shape
+        off, total = self.spec.offset, self.spec.input_size
+        image = np.pad(image, ((0, 0), (off, total - off - height), (off, total - off - width)),
+                       mode="symmetric" if min(height, width) < 2 else "reflect")
+        target = np.full((size, size), NODATA, dtype=np.int64)
+        target[:height, :width] = mask
+        wmap = np.zeros((size, size), dtype=np.float32)
+        wmap[:height, :width] = weights
+        return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
+                torch.from_numpy(target), torch.from_numpy(wmap))
+
+    def _read_crop(self, chip: int, y0: int, x0: int,
+                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Image (float32) and mask of the window at ``(y0, x0)`` of chip ``chip`` at the
+        training resolution (``y0 < 0``: a random crop drawn from ``rng``)."""
+        import rasterio
+        from rasterio.windows import Window
+
+        rec = self.records[chip]
         size = self.spec.output_size
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
@@ -337,15 +362,15 @@ class ChipDataset:
                 rows = slice(y0, y0 + int(window.height))
                 cols = slice(x0, x0 + int(window.width))
                 # copies: the augmentations must not change the cached chip
-                image, mask = full_image[:, rows, cols].copy(), full_mask[rows, cols].copy()
-            else:
-                image = img.read(window=window).astype(np.float32)
-                mask = read_target(rec, img, window)
-        if mask.size and (mask[mask != NODATA].max(initial=0) >= self.num_classes):
-            raise LabelError(
-                f"mask of chip {rec.name!r} holds a class >= {self.num_classes}; the model has "
-                f"{self.num_classes} classes. Fix the masks or the class names."
-            )
+                return full_image[:, rows, cols].copy(), full_mask[rows, cols].copy()
+            return img.read(window=window).astype(np.float32), read_target(rec, img, window)
+
+    def _augment(self, image: np.ndarray, mask: np.ndarray,
+                 rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+        """Normalize ``image``; for training samples also the geometric (image and mask
+        together) and radiometric augmentations, drawn from ``rng`` in a fixed order."""
+        from geounet.training.augment import colour, dihedral, elastic, jitter, rescale
+
         if self.train:
             image, mask = dihedral(image, mask, int(rng.integers(8)))
             if self.elastic:
@@ -357,21 +382,7 @@ class ChipDataset:
             image = jitter(image, rng, brightness=self.brightness, contrast=self.contrast)
         if self.train and (self.gamma > 0 or self.hue > 0):
             image = colour(image, rng, gamma=self.gamma, hue=self.hue)
-        image[:, mask == NODATA] = 0.0
-        weights = self.class_weights[np.where(mask == NODATA, self.num_classes, mask)]
-        if self.border_weight > 0 and self.border_class is not None:
-            weights = weights + border_weights(mask, self.border_class, w0=self.border_weight,
-                                               sigma=self.border_sigma)
-        height, width = mask.shape
-        off, total = self.spec.offset, self.spec.input_size
-        image = np.pad(image, ((0, 0), (off, total - off - height), (off, total - off - width)),
-                       mode="symmetric" if min(height, width) < 2 else "reflect")
-        target = np.full((size, size), NODATA, dtype=np.int64)
-        target[:height, :width] = mask
-        wmap = np.zeros((size, size), dtype=np.float32)
-        wmap[:height, :width] = weights
-        return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                torch.from_numpy(target), torch.from_numpy(wmap))
+        return image, mask
 
 
 def _shape(path: Path) -> tuple[int, int, float | None]:

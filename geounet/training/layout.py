@@ -24,30 +24,9 @@ import numpy as np
 from geounet.errors import InputError, LabelError
 from geounet.raster.labels import VECTOR_SUFFIXES
 from geounet.training.chips import NODATA, SPLIT_FILE
-from geounet.training.coding import (  # noqa: F401  (constants re-exported)
-    DEFAULT_FOREGROUND,
-    LEGACY_CLASSES,
-    label_coding,
-    read_meta_classes,
-    tag_classes,
-    vector_classes,
-)
-from geounet.training.pairing import (  # noqa: F401  (constants re-exported)
-    IMAGE_DIRS,
-    IMAGE_SUFFIXES,
-    MASK_DIRS,
-    MASK_SUFFIXES,
-    RASTER_SUFFIXES,
-    TRAIN_DIRS,
-    VAL_DIRS,
-    Found,
-    discover,
-)
-from geounet.training.record import (  # noqa: F401  (ChipRecord and readers re-exported)
-    ChipRecord,
-    decode_mask,
-    read_target,
-)
+from geounet.training.coding import label_coding, read_meta_classes, tag_classes, vector_classes
+from geounet.training.pairing import TRAIN_DIRS, VAL_DIRS, Found, discover
+from geounet.training.record import ChipRecord, read_target
 
 log = logging.getLogger(__name__)
 

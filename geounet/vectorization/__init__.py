@@ -26,7 +26,7 @@ from geounet.vectorization._defaults import (  # noqa: F401  (class names re-exp
 )
 from geounet.vectorization._regularize import regularize_polygon
 from geounet.vectorization._vectorize import VectorizeResult, vectorize
-from geounet.vectorization._writer import VectorFormat
+from geounet.vectorization._writer import VectorFormat, layer_file_names
 
 __all__ = [
     "CENTERLINE_HALO",
@@ -38,6 +38,7 @@ __all__ = [
     "DEFAULT_SPUR_LENGTH",
     "VectorFormat",
     "VectorizeResult",
+    "layer_file_names",
     "regularize_polygon",
     "vectorize",
 ]

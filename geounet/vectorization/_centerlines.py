@@ -60,6 +60,48 @@ class Piece:
     open: tuple[bool, bool]
 
 
+def _adjacency(a: np.ndarray, b: np.ndarray, n_nodes: int
+               ) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The undirected edges ``a[i] - b[i]`` in CSR form: ``(src, dst, edge id, start)``,
+    node ``n``'s edges at ``start[n]:start[n + 1]``."""
+    src = np.concatenate([a, b])
+    dst = np.concatenate([b, a])
+    edge_id = np.concatenate([np.arange(a.size), np.arange(a.size)])
+    order = np.argsort(src, kind="stable")
+    src, dst, edge_id = src[order], dst[order], edge_id[order]
+    return src, dst, edge_id, np.searchsorted(src, np.arange(n_nodes + 1))
+
+
+def _walk_lines(src: np.ndarray, dst: np.ndarray, edge_id: np.ndarray, start: np.ndarray,
+                through: np.ndarray) -> list[list[int]]:
+    """Every edge in one line of node ids: lines run from an end node (not ``through``) to
+    the next, then loops whose every node is a through node."""
+    used = np.zeros(edge_id.size // 2, dtype=bool)
+
+    def walk(node: int, k: int) -> list[int]:
+        path = [node]
+        while True:
+            used[edge_id[k]] = True
+            node = int(dst[k])
+            path.append(node)
+            if not through[node]:
+                return path
+            nxt = [j for j in range(start[node], start[node + 1]) if not used[edge_id[j]]]
+            if not nxt:
+                return path  # closed loop
+            k = nxt[0]
+
+    lines: list[list[int]] = []
+    for node in np.nonzero(~through)[0]:
+        for k in range(start[node], start[node + 1]):
+            if not used[edge_id[k]]:
+                lines.append(walk(int(node), k))
+    for k in range(src.size):  # loops whose every node is a through node
+        if not used[edge_id[k]]:
+            lines.append(walk(int(src[k]), k))
+    return lines
+
+
 def trace_centerlines(road: np.ndarray, core: tuple[int, int, int, int]) -> list[Piece]:
     """Trace the road skeleton of a window into the line pieces owned by its core.
 
@@ -89,42 +131,13 @@ def trace_centerlines(road: np.ndarray, core: tuple[int, int, int, int]) -> list
         return []
     nodes, inverse = np.unique(np.concatenate([p, q]), return_inverse=True)
     a, b = inverse[: p.size], inverse[p.size :]
-    n_nodes = nodes.size
-    # adjacency in CSR form
-    src = np.concatenate([a, b])
-    dst = np.concatenate([b, a])
-    edge_id = np.concatenate([np.arange(a.size), np.arange(a.size)])
-    order = np.argsort(src, kind="stable")
-    src, dst, edge_id = src[order], dst[order], edge_id[order]
-    start = np.searchsorted(src, np.arange(n_nodes + 1))
+    src, dst, edge_id, start = _adjacency(a, b, nodes.size)
     degree = np.diff(start)
     node_full_degree = full_degree[nodes]
     # a line passes through a node only where the whole skeleton has degree 2 there and this
     # window owns both edges; everywhere else it ends (free end, junction or seam end)
     through = (degree == 2) & (node_full_degree == 2)
-    used = np.zeros(a.size, dtype=bool)
-
-    def walk(node: int, k: int) -> list[int]:
-        path = [node]
-        while True:
-            used[edge_id[k]] = True
-            node = int(dst[k])
-            path.append(node)
-            if not through[node]:
-                return path
-            nxt = [j for j in range(start[node], start[node + 1]) if not used[edge_id[j]]]
-            if not nxt:
-                return path  # closed loop
-            k = nxt[0]
-
-    lines: list[list[int]] = []
-    for node in np.nonzero(~through)[0]:
-        for k in range(start[node], start[node + 1]):
-            if not used[edge_id[k]]:
-                lines.append(walk(int(node), k))
-    for k in range(src.size):  # loops whose every node is a through node
-        if not used[edge_id[k]]:
-            lines.append(walk(int(src[k]), k))
+    lines = _walk_lines(src, dst, edge_id, start, through)
 
     rows, cols = np.divmod(nodes, width)
     xy = np.column_stack([cols + 0.5, rows + 0.5]).astype(np.float64)

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections import defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -44,6 +44,31 @@ def trace_labels(labels: np.ndarray, y0: int, x0: int) -> dict[int, Any]:
             polygon = shapely.make_valid(polygon)
         polygons[int(value)] = polygon
     return polygons
+
+
+class _Stats(NamedTuple):
+    """Per label of a chunk (index = label): pixels, probability sum and minimum, class value."""
+
+    pixels: np.ndarray
+    psum: np.ndarray
+    pmin: np.ndarray
+    values: np.ndarray
+
+
+def _label_stats(labels: np.ndarray, count: int, mask: np.ndarray,
+                 probability: np.ndarray | None) -> _Stats:
+    flat = labels.ravel()
+    pixels = np.bincount(flat, minlength=count + 1)
+    if probability is not None:
+        psum = np.bincount(flat, weights=probability.ravel(), minlength=count + 1)
+        pmin = np.full(count + 1, np.inf)
+        np.minimum.at(pmin, flat, probability.ravel().astype(np.float64))
+    else:
+        psum = np.zeros(count + 1)
+        pmin = np.full(count + 1, np.inf)
+    values = np.zeros(count + 1, dtype=np.int64)
+    values[flat] = mask.ravel()
+    return _Stats(pixels, psum, pmin, values)
 
 
 @dataclass
@@ -133,44 +158,45 @@ class SeamMerger:
         """
         top, bottom, west, east = soft
         labels, count = label_chunk(mask)
-        flat = labels.ravel()
-        pixels = np.bincount(flat, minlength=count + 1)
-        if probability is not None:
-            psum = np.bincount(flat, weights=probability.ravel(), minlength=count + 1)
-            pmin = np.full(count + 1, np.inf)
-            np.minimum.at(pmin, flat, probability.ravel().astype(np.float64))
-        else:
-            psum = np.zeros(count + 1)
-            pmin = np.full(count + 1, np.inf)
-        values = np.zeros(count + 1, dtype=np.int64)
-        values[flat] = mask.ravel()
-
-        edge_sets = {}
-        for name, is_soft, line in (
-            ("top", top, labels[0]),
-            ("bottom", bottom, labels[-1]),
-            ("left", west, labels[:, 0]),
-            ("right", east, labels[:, -1]),
-        ):
-            edge_sets[name] = np.unique(line[line > 0]) if is_soft else np.empty(0, np.int32)
-        held_labels = np.unique(np.concatenate(list(edge_sets.values())))
+        stats = _label_stats(labels, count, mask, probability)
+        edges = {name: np.unique(line[line > 0]) if is_soft else np.empty(0, np.int32)
+                 for name, is_soft, line in (("top", top, labels[0]),
+                                             ("bottom", bottom, labels[-1]),
+                                             ("left", west, labels[:, 0]),
+                                             ("right", east, labels[:, -1]))}
+        held_labels = np.unique(np.concatenate(list(edges.values())))
         held = np.zeros(count + 1, dtype=bool)
         held[held_labels] = True
 
         polygons = trace_labels(labels, y0, x0) if count else {}
         for lab in range(1, count + 1):
             if not held[lab]:
-                self.emit(int(values[lab]), polygons[lab], int(pixels[lab]), float(psum[lab]),
-                          float(pmin[lab]))
+                self.emit(int(stats.values[lab]), polygons[lab], int(stats.pixels[lab]),
+                          float(stats.psum[lab]), float(stats.pmin[lab]))
+        node_of = self._hold(key, held_labels, polygons, stats, edges["bottom"], edges["right"])
+        for neighbour, line_labels, is_soft in ((above, labels[0], top),
+                                                (left, labels[:, 0], west)):
+            if neighbour is not None and is_soft:
+                self._join(neighbour, node_of[line_labels], stats.values[line_labels])
+        self._settle(key, {int(node_of[lab]) for lab in held_labels.tolist()})
+        bottom_row = labels[-1]
+        right_col = labels[:, -1]
+        return (
+            (node_of[bottom_row], stats.values[bottom_row]),
+            (node_of[right_col], stats.values[right_col]),
+        )
 
-        # node ids for held labels
-        node_of = np.zeros(count + 1, dtype=np.int64)
+    def _hold(self, key: Key, held_labels: np.ndarray, polygons: dict[int, Any],
+              stats: _Stats, bottom: np.ndarray, right: np.ndarray) -> np.ndarray:
+        """Open a group for each held label (waiting for the chunks below and right where it
+        touches them); returns the node id of every label (0 where none is held)."""
+        node_of = np.zeros(stats.values.size, dtype=np.int64)
         if held_labels.size:
             node_of[held_labels] = self.next_id + np.arange(held_labels.size)
             self.next_id += int(held_labels.size)
         below_key, right_key = (key[0] + 1, key[1]), (key[0], key[1] + 1)
-        bottom_set = set(edge_sets["bottom"].tolist())
-        right_set = set(edge_sets["right"].tolist())
+        bottom_set = set(bottom.tolist())
+        right_set = set(right.tolist())
         for lab in held_labels.tolist():
             node = int(node_of[lab])
             self.parent[node] = node
@@ -182,23 +208,24 @@ class SeamMerger:
                 pending.add(right_key)
                 self.waiting[right_key].append(node)
             self.groups[node] = _Group(
-                [polygons[lab]], int(pixels[lab]), float(psum[lab]), float(pmin[lab]),
-                int(values[lab]), pending
+                [polygons[lab]], int(stats.pixels[lab]), float(stats.psum[lab]),
+                float(stats.pmin[lab]), int(stats.values[lab]), pending
             )
+        return node_of
 
-        neighbours = ((above, labels[0], top), (left, labels[:, 0], west))
-        for neighbour, line_labels, is_soft in neighbours:
-            if neighbour is None or not is_soft:
-                continue
-            ids, vals = neighbour
-            mine = node_of[line_labels]
-            match = (ids > 0) & (mine > 0) & (vals == values[line_labels])
-            if match.any():
-                pairs = np.unique(np.stack([ids[match], mine[match]], axis=1), axis=0)
-                for a, b in pairs.tolist():
-                    self.union(a, b)
+    def _join(self, neighbour: tuple[np.ndarray, np.ndarray], mine: np.ndarray,
+              values: np.ndarray) -> None:
+        """Unite the pieces on both sides of a seam that share a pixel edge and a value."""
+        ids, vals = neighbour
+        match = (ids > 0) & (mine > 0) & (vals == values)
+        if match.any():
+            pairs = np.unique(np.stack([ids[match], mine[match]], axis=1), axis=0)
+            for a, b in pairs.tolist():
+                self.union(a, b)
 
-        touched = {int(node_of[lab]) for lab in held_labels.tolist()}
+    def _settle(self, key: Key, touched: set[int]) -> None:
+        """Chunk ``key`` is done: groups that waited only for it (or were just opened and
+        wait for nothing) are finished."""
         for node in self.waiting.pop(key, []):
             root = self.find(node)
             self.groups[root].pending.discard(key)
@@ -207,13 +234,6 @@ class SeamMerger:
             group = self.groups.get(root)
             if group is not None and not group.pending:
                 self._finish(root)
-
-        bottom_row = labels[-1]
-        right_col = labels[:, -1]
-        return (
-            (node_of[bottom_row], values[bottom_row]),
-            (node_of[right_col], values[right_col]),
-        )
 
     def _finish(self, root: int) -> None:
         import shapely

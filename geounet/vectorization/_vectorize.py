@@ -162,12 +162,7 @@ def vectorize(
     fmt = _check_options(out, chunk_size, cut_size, spur_length)
     min_confidence = _check_min_confidence(min_confidence)
     with PredictionReader(pred) as reader:
-        if min_confidence is not None and not reader.has_probabilities:
-            raise InputError(
-                f"min_confidence {min_confidence} needs class probabilities, but {str(pred)!r} "
-                "holds only a class mask; vectorize the geounet prediction (.zarr store or "
-                "COG from `geounet predict`) or leave out --min-confidence."
-            )
+        _check_probabilities(reader, pred, min_confidence)
         wanted, layers, lines_wanted = _choose_layers(
             reader, pred, classes, layer_names, centerlines
         )
@@ -176,26 +171,20 @@ def vectorize(
         tolerances = _per_class(simplify, DEFAULT_SIMPLIFY, wanted, "simplify")
         spur_m = DEFAULT_SPUR_LENGTH if spur_length is None else float(spur_length)
         pixel_m = reader.pixel_size_m()
-        if chunk_size is None:
-            is_store = Path(reader.path).is_dir()
-            chunk_size = int(min(reader.chunk_shape)) if is_store else DEFAULT_CHUNK_SIZE
+        if chunk_size is None:  # a store's chunking, else the default
+            chunk_size = (int(min(reader.chunk_shape)) if Path(reader.path).is_dir()
+                          else DEFAULT_CHUNK_SIZE)
         frame = Frame(reader.crs_wkt, reader.transform)
         specs = _layer_specs(wanted, layers, lines_wanted)
 
         with FeatureWriter(out, fmt, specs, reader.crs_wkt) as writer:
             buffers = {
                 reader.classes.index(cls): PolygonLayer(
-                    name=cls,
-                    layer=layers[cls],
-                    writer=writer,
-                    frame=frame,
-                    pixel_m=pixel_m,
-                    fill_holes=fill_holes,
-                    min_area=min_areas[cls],
+                    name=cls, layer=layers[cls], writer=writer, frame=frame, pixel_m=pixel_m,
+                    fill_holes=fill_holes, min_area=min_areas[cls],
                     tolerance=tolerances[cls] / pixel_m,
                     regularize=regularize and cls == BUILDING_CLASS,
-                    has_probabilities=reader.has_probabilities,
-                    min_confidence=min_confidence,
+                    has_probabilities=reader.has_probabilities, min_confidence=min_confidence,
                 )
                 for cls in wanted
             }
@@ -208,15 +197,9 @@ def vectorize(
                 )
 
             stats = _run_passes(
-                reader,
-                buffers,
-                road_value=road_value,
-                chunk_size=chunk_size,
-                cut_size=cut_size,
-                lines_wanted=lines_wanted,
-                line_writer=line_writer,
-                spur_px=spur_m / pixel_m,
-                progress=progress,
+                reader, buffers, road_value=road_value, chunk_size=chunk_size,
+                cut_size=cut_size, lines_wanted=lines_wanted, line_writer=line_writer,
+                spur_px=spur_m / pixel_m, progress=progress,
             )
             for buffer in buffers.values():
                 buffer.flush()
@@ -247,6 +230,17 @@ def _check_min_confidence(value: float | None) -> float | None:
             "with a lower mean_probability are dropped) or 0 / None to keep all."
         )
     return float(value) or None
+
+
+def _check_probabilities(reader: PredictionReader, pred: str | Path,
+                         min_confidence: float | None) -> None:
+    """``min_confidence`` filters on probabilities: refuse a bare class mask."""
+    if min_confidence is not None and not reader.has_probabilities:
+        raise InputError(
+            f"min_confidence {min_confidence} needs class probabilities, but {str(pred)!r} "
+            "holds only a class mask; vectorize the geounet prediction (.zarr store or "
+            "COG from `geounet predict`) or leave out --min-confidence."
+        )
 
 
 def _check_options(

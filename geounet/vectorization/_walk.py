@@ -95,15 +95,7 @@ def run_windows(
                 raw = reader.read_mask(y0, x0, y1 - y0, x1 - x0)
                 _check_classes(raw, n_classes, reader.path, y0, x0)
                 mask = lookup[raw]
-                probability = None
-                if reader.has_probabilities and mask.any():
-                    probability = np.zeros(mask.shape, dtype=np.float32)
-                    for v in values.tolist():
-                        sel = mask == v
-                        if sel.any():
-                            probability[sel] = reader.read_probability(
-                                v, y0, x0, y1 - y0, x1 - x0
-                            )[sel]
+                probability = _own_probability(reader, mask, values, y0, x0)
                 soft = (r > 0, r < len(ys) - 2, col > 0, col < len(xs) - 2)
                 bottom, right = merger.add_chunk(
                     (r, col), mask, probability, y0, x0, soft, above.get(col), left
@@ -111,13 +103,7 @@ def run_windows(
                 above[col], left = bottom, right
                 held = merger.held
                 if lines is not None:
-                    halo = CENTERLINE_HALO
-                    road = reader.read_mask(
-                        y0 - halo, x0 - halo, y1 - y0 + 2 * halo, x1 - x0 + 2 * halo
-                    ) == road_value
-                    core = (halo, halo, halo + y1 - y0, halo + x1 - x0)
-                    for piece in trace_centerlines(road, core):
-                        lines.add(piece, x0 - halo, y0 - halo)
+                    _add_centerlines(reader, lines, road_value, y0, x0, y1 - y0, x1 - x0)
                     lines.expire(rank)
                     held += lines.held
                     line_writer(finished_lines)
@@ -131,6 +117,32 @@ def run_windows(
         lines.close()
         line_writer(finished_lines)
     return {"chunks": order.total, "max_held": max_held}
+
+
+def _own_probability(reader: PredictionReader, mask: np.ndarray, values: np.ndarray,
+                     y0: int, x0: int) -> np.ndarray | None:
+    """Per pixel, the probability of its own class in ``mask`` (None without probabilities,
+    or when the window holds no wanted class)."""
+    if not (reader.has_probabilities and mask.any()):
+        return None
+    height, width = mask.shape
+    probability = np.zeros(mask.shape, dtype=np.float32)
+    for v in values.tolist():
+        sel = mask == v
+        if sel.any():
+            probability[sel] = reader.read_probability(v, y0, x0, height, width)[sel]
+    return probability
+
+
+def _add_centerlines(reader: PredictionReader, lines: LineMerger, road_value: int | None,
+                     y0: int, x0: int, height: int, width: int) -> None:
+    """Trace the road skeleton of one window (read with a halo) into ``lines``."""
+    halo = CENTERLINE_HALO
+    road = reader.read_mask(y0 - halo, x0 - halo, height + 2 * halo,
+                            width + 2 * halo) == road_value
+    core = (halo, halo, halo + height, halo + width)
+    for piece in trace_centerlines(road, core):
+        lines.add(piece, x0 - halo, y0 - halo)
 
 
 def _check_classes(raw: np.ndarray, n_classes: int, path: str, y0: int, x0: int) -> None:

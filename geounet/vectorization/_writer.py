@@ -12,7 +12,8 @@ import os
 import shutil
 import tempfile
 import uuid
-from pathlib import Path
+from collections.abc import Sequence
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 import numpy as np
@@ -26,11 +27,26 @@ SUFFIXES: dict[str, VectorFormat] = {
 DRIVERS = {"gpkg": "GPKG", "fgb": "FlatGeobuf"}
 
 
-def layer_paths(out: Path, fmt: VectorFormat, layers: list[str]) -> dict[str, Path]:
-    """Final path of each layer: one GeoPackage, or ``<stem>_<layer><suffix>`` per layer."""
+def layer_file_names(name: str, fmt: VectorFormat, layers: Sequence[str]) -> dict[str, str]:
+    """File name of each layer of the vector output named ``name``: the one GeoPackage for
+    every layer, or ``<stem>_<layer><suffix>`` per layer (GeoParquet, FlatGeobuf). The one
+    naming rule of vector outputs (``vectorize`` and ``geounet batch``).
+
+    >>> layer_file_names("objects.fgb", "fgb", ["buildings", "roads"])
+    {'buildings': 'objects_buildings.fgb', 'roads': 'objects_roads.fgb'}
+    >>> layer_file_names("objects.gpkg", "gpkg", ["buildings", "roads"])
+    {'buildings': 'objects.gpkg', 'roads': 'objects.gpkg'}
+    """
     if fmt == "gpkg":
-        return {layer: out for layer in layers}
-    return {layer: out.with_name(f"{out.stem}_{layer}{out.suffix}") for layer in layers}
+        return {layer: name for layer in layers}
+    path = PurePosixPath(name)
+    return {layer: f"{path.stem}_{layer}{path.suffix}" for layer in layers}
+
+
+def layer_paths(out: Path, fmt: VectorFormat, layers: list[str]) -> dict[str, Path]:
+    """Final path of each layer of ``out`` (:func:`layer_file_names`)."""
+    return {layer: out.with_name(file) for layer, file in
+            layer_file_names(out.name, fmt, layers).items()}
 
 
 class LayerSpec:
