@@ -16,5 +16,12 @@ DEFAULT_SPUR_LENGTH = 10.0
 CENTERLINE_HALO = 64
 """Pixels of road mask around each chunk that the skeleton sees (roads up to ~100 px wide)."""
 CENTERLINE_LAYER = "road_centerlines"
+DEFAULT_GAP_LENGTH = 10.0
+"""Metres; a free road end is joined to the network when it is within this distance of it."""
+JUNCTION_MERGE_LENGTH = 4.0
+"""Metres; two junctions joined by a shorter edge are one crossing (the skeleton splits a
+crossing of two roads into two 3-way junctions a few pixels apart)."""
+EDGES_LAYER = "road_edges"
+NODES_LAYER = "road_nodes"
 ROAD_CLASS = "roads"
 BUILDING_CLASS = "buildings"
