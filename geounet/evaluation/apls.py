@@ -253,7 +253,7 @@ def score_graph_files(pred: str | Path, truth: str | Path, *, spacing: float = D
     p_lines, p_crs = read_lines(pred, p_layer, role="prediction", allow_empty=True)
     target = metric_crs(p_crs if p_crs is not None else t_crs,
                         p_lines if len(p_lines) else t_lines)
-    t_lines = to_metric(t_lines, t_crs, target)
+    t_lines = to_metric(t_lines, t_crs, target, role="truth")
     if extent is not None:
         area = to_metric(np.array([extent[0]], dtype=object), extent[1], target)[0]
         t_lines = shapely.get_parts(shapely.intersection(t_lines, area))
@@ -261,6 +261,7 @@ def score_graph_files(pred: str | Path, truth: str | Path, *, spacing: float = D
         if len(t_lines) == 0:
             raise InputError(f"truth {str(truth)!r} has no road line inside the prediction's "
                              "extent; give centrelines of the same area.")
-    p_graph = road_graph(to_metric(p_lines, p_crs, target)) if len(p_lines) else road_graph([])
+    p_graph = (road_graph(to_metric(p_lines, p_crs, target, role="prediction"))
+               if len(p_lines) else road_graph([]))
     return apls(p_graph, road_graph(t_lines), spacing=spacing, snap=snap,
                 min_path_length=min_path_length)

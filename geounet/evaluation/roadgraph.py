@@ -109,8 +109,10 @@ def metric_crs(crs: Any, lines: np.ndarray) -> tuple[Any, float]:
     return CRS.from_epsg(zones[0].code), 1.0
 
 
-def to_metric(lines: np.ndarray, crs: Any, target: tuple[Any, float]) -> np.ndarray:
-    """``lines`` from ``crs`` into the metric plane ``target`` (from :func:`metric_crs`)."""
+def to_metric(lines: np.ndarray, crs: Any, target: tuple[Any, float], *,
+              role: str = "truth") -> np.ndarray:
+    """``lines`` from ``crs`` into the metric plane ``target`` (from :func:`metric_crs`);
+    InputError when coordinates do not fit ``crs`` (e.g. metres in a lon/lat file)."""
     import shapely
     from pyproj import Transformer
 
@@ -125,6 +127,12 @@ def to_metric(lines: np.ndarray, crs: Any, target: tuple[Any, float]) -> np.ndar
             return np.column_stack(transformer.transform(xy[:, 0], xy[:, 1]))
 
         lines = shapely.transform(lines, move)
+        if not np.isfinite(shapely.get_coordinates(lines)).all():
+            raise InputError(
+                f"the {role} lines do not fit their CRS {src.name!r} (coordinates out of its "
+                "range after reprojection; a GeoJSON file is always read as lon/lat "
+                "EPSG:4326); write them with their true CRS, e.g. as a GeoPackage."
+            )
     return shapely.transform(lines, lambda xy: xy * factor) if factor != 1.0 else lines
 
 

@@ -205,9 +205,8 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
     vector_t = isinstance(t_src, VectorSource)
     if vector_p and vector_t:
         raise UnsupportedFormatError(
-            "both the prediction and the truth are vector files; one must be a raster "
-            "(mask GeoTIFF or Zarr) to give the grid, or the prediction must hold a road graph "
-            "(layer 'road_edges', from `geounet segment`) and the truth road lines, for APLS."
+            "both the prediction and the truth are vector files; one must be a raster (mask "
+            "GeoTIFF or Zarr) to give the grid, or, for APLS, hold road_edges and road lines."
         )
     if names is None:
         names = p_src.classes or t_src.classes or DEFAULT_CLASSES
