@@ -94,23 +94,25 @@ def _positions(graph: Any, nodes: np.ndarray) -> np.ndarray:
 def _insert(graph: Any, line: Any, ends: tuple[int, int], offsets: list[float],
             ids: list[int]) -> None:
     """Add ``line`` (from node ``ends[0]`` to ``ends[1]``) to ``graph``, cut at ``offsets``
-    (increasing, inside the line) into nodes ``ids``."""
-    from shapely.ops import substring
+    (increasing, inside the line) into nodes ``ids``. The pieces carry their length and ends
+    only: path lengths are all the scoring needs of them (snapping uses the graph the pieces
+    were cut from)."""
+    import shapely
 
     chain = [ends[0], *ids, ends[1]]
     stops = [0.0, *offsets, float(line.length)]
-    for node, t in zip(ids, offsets):
-        point = line.interpolate(t)
-        graph.add_node(node, xy=(point.x, point.y))
+    if ids:
+        xy = shapely.get_coordinates(shapely.line_interpolate_point(line, offsets))
+        for node, (x, y) in zip(ids, xy):
+            graph.add_node(node, xy=(float(x), float(y)))
     for k in range(len(chain) - 1):
-        piece = substring(line, stops[k], stops[k + 1])
-        graph.add_edge(chain[k], chain[k + 1], geometry=piece, length=stops[k + 1] - stops[k],
+        graph.add_edge(chain[k], chain[k + 1], geometry=None, length=stops[k + 1] - stops[k],
                        ends=(chain[k], chain[k + 1]))
 
 
 def with_control_nodes(graph: Any, spacing: float) -> tuple[Any, np.ndarray]:
-    """A copy of ``graph`` with control nodes injected along its edges (rule 1), and the ids
-    of all its control nodes (every node)."""
+    """A copy of ``graph`` with control nodes injected along its edges (rule 1; edges cut
+    there carry no geometry), and the ids of all its control nodes (every node)."""
     import networkx as nx
 
     out = nx.MultiGraph()
@@ -141,7 +143,8 @@ def _nearest_edges(lines: list[Any], points: np.ndarray, snap: float) -> dict[in
 
 def snap_points(graph: Any, points: np.ndarray, snap: float) -> tuple[Any, np.ndarray]:
     """A copy of ``graph`` with ``points`` inserted on their nearest edge within ``snap``
-    (rule 2), and each point's node id there (-1 when it is farther)."""
+    (rule 2; edges cut there carry no geometry), and each point's node id there (-1 when it
+    is farther)."""
     import shapely
 
     out = graph.copy()
