@@ -166,6 +166,16 @@ def test_spur_pruned_and_ends_reach_the_scene_edge(tmp_path: Path) -> None:
     assert sorted(nodes["degree"]) == [1, 1, 1, 3]  # the stub is kept without pruning
 
 
+def test_hole_in_a_road_leaves_one_edge_not_a_bubble(tmp_path: Path) -> None:
+    mask = np.zeros((60, 300), np.uint8)
+    mask[20:40, :] = 2  # a 10 m road with a 2 m x 3 m hole (a car): the skeleton goes round it
+    mask[26:32, 140:146] = 0
+    vectorize(write_mask(tmp_path / "m.tif", mask), tmp_path / "g.gpkg", **ROADS)
+    edges, nodes, _ = read_graph(tmp_path / "g.gpkg")
+    assert len(edges) == 1 and list(nodes["degree"]) == [1, 1]
+    assert edges["length_m"].iloc[0] == pytest.approx(150.0, abs=3.0)  # round the hole
+
+
 def test_graph_layers_cli_and_options(tmp_path: Path) -> None:
     from click.testing import CliRunner
 

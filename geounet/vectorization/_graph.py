@@ -11,16 +11,21 @@ window) and builds the graph once the roads pass is done, by rules that depend o
 2. Junctions (degree >= 3) joined by an edge shorter than the junction merge length become one
    node at their mean position: the skeleton splits one crossing of two roads into two 3-way
    junctions a few pixels apart.
-3. Gaps: each free end (degree 1) is joined by a straight edge to the nearest point of another
+3. Bubbles: a loop (an edge from a node back to itself), or an edge between two nodes that a
+   shorter edge joins too, shorter than the bubble length is dropped: the skeleton runs round
+   both sides of a small hole in the road mask (a car, a shadow), and merged junctions leave
+   such rings as loops.
+4. Gaps: each free end (degree 1) is joined by a straight edge to the nearest point of another
    edge within the gap length, unless the network already joins the two within 3 times that
    distance (so a dead end is never tied back to its own junction). A target within the
    junction merge length of an edge's end snaps to that end. Targets are chosen on the graph
    before any bridge is added; two free ends that choose each other get one bridge.
-4. Scene edge: a free end that the gap length, straight ahead along its edge's last gap
+5. Scene edge: a free end that the gap length, straight ahead along its edge's last gap
    length, takes to the scene's edge is extended to it (the skeleton of a road leaving the
    scene stops about half a road width short of the edge, where the mask ends).
-5. Nodes of degree 2 are dissolved: their two edges become one.
-6. Nodes are numbered in (row, col) order of their position; edges run from the lower id to
+6. Nodes of degree 2 are dissolved: their two edges become one (then rule 3 and this one
+   once more, for the rings dissolving closes).
+7. Nodes are numbered in (row, col) order of their position; edges run from the lower id to
    the higher and are sorted by (u, v, geometry).
 
 Distances are metres converted once to pixels at the scene's pixel size
@@ -86,11 +91,13 @@ class GraphBuilder:
     gap : pixels; free ends within this distance of the network are bridged, or extended to
         the scene's edge (0: off).
     merge : pixels; junctions joined by a shorter edge are merged (0: off).
+    bubble : pixels; shorter loops and second edges between two nodes are dropped (0: off).
     height, width : the scene's size in pixels.
     """
 
-    def __init__(self, *, gap: float, merge: float, height: int, width: int) -> None:
-        self.gap, self.merge = float(gap), float(merge)
+    def __init__(self, *, gap: float, merge: float, bubble: float, height: int,
+                 width: int) -> None:
+        self.gap, self.merge, self.bubble = float(gap), float(merge), float(bubble)
         self.height, self.width = height, width
         self.lines: list[np.ndarray] = []
 
@@ -107,10 +114,15 @@ class GraphBuilder:
         self.lines = []
         if self.merge > 0:
             graph = _merge_junctions(graph, self.merge)
+        if self.bubble > 0:
+            _drop_bubbles(graph, self.bubble)
         if self.gap > 0:
             graph = _bridge_gaps(graph, self.gap, self.merge)
             _extend_to_edge(graph, self.gap, self.height, self.width)
         _dissolve(graph)
+        if self.bubble > 0:  # dissolving can close new small rings: once more
+            _drop_bubbles(graph, self.bubble)
+            _dissolve(graph)
         return _numbered(graph)
 
 
@@ -189,9 +201,23 @@ def _merge_junctions(graph: Any, merge: float) -> Any:
     return out
 
 
+def _drop_bubbles(graph: Any, limit: float) -> None:
+    """Rule 3: drop loops, and all but the shortest of the edges joining two nodes, shorter
+    than ``limit`` (in place)."""
+    drop = []
+    pairs = sorted({tuple(sorted((a, b), key=_order)) for a, b in graph.edges()},
+                   key=lambda p: (_order(p[0]), _order(p[1])))
+    for u, v in pairs:
+        edges = sorted(((d["length"], d["coords"].tobytes(), k) for k, d in graph[u][v].items()))
+        keep = 0 if u == v else 1  # the shortest of parallel edges stays
+        drop += [(u, v, k) for length, _, k in edges[keep:] if length < limit]
+    graph.remove_edges_from(drop)
+    graph.remove_nodes_from([n for n in list(graph) if graph.degree(n) == 0])
+
+
 def _gap_target(graph: Any, end: Key, own: int, lines: list[Any], tree: Any, gap: float,
                 snap: float) -> tuple[float, int, float, Key] | None:
-    """Rule 3 for one free end: ``(distance, edge, offset along it, target point)`` or None."""
+    """Rule 4 for one free end: ``(distance, edge, offset along it, target point)`` or None."""
     import networkx as nx
     import shapely
 
@@ -223,7 +249,7 @@ def _gap_target(graph: Any, end: Key, own: int, lines: list[Any], tree: Any, gap
 
 
 def _bridge_gaps(graph: Any, gap: float, snap: float) -> Any:
-    """Rule 3: bridge free ends to the nearest point of the network within ``gap``."""
+    """Rule 4: bridge free ends to the nearest point of the network within ``gap``."""
     import networkx as nx
     import shapely
 
@@ -295,7 +321,7 @@ def _edge_hit(coords: np.ndarray, gap: float, height: int, width: int) -> np.nda
 
 
 def _extend_to_edge(graph: Any, gap: float, height: int, width: int) -> None:
-    """Rule 4: extend free ends that head out of the scene within ``gap`` (in place)."""
+    """Rule 5: extend free ends that head out of the scene within ``gap`` (in place)."""
     for node in sorted((n for n in graph if graph.degree(n) == 1), key=_order):
         (_, _, data), = graph.edges(node, data=True)
         coords = data["coords"] if _key(data["coords"][-1]) == node else data["coords"][::-1]
@@ -307,7 +333,7 @@ def _extend_to_edge(graph: Any, gap: float, height: int, width: int) -> None:
 
 
 def _dissolve(graph: Any) -> None:
-    """Rule 5: join the two edges of every node of degree 2 (in place)."""
+    """Rule 6: join the two edges of every node of degree 2 (in place)."""
     for node in sorted(graph.nodes, key=_order):
         if graph.degree(node) != 2 or graph.has_edge(node, node):
             continue
@@ -319,7 +345,7 @@ def _dissolve(graph: Any) -> None:
 
 
 def _numbered(graph: Any) -> RoadGraph:
-    """Rule 6: node ids in (row, col) order; edges from the lower id, sorted."""
+    """Rule 7: node ids in (row, col) order; edges from the lower id, sorted."""
     keys = sorted(graph.nodes, key=_order)
     ids = {k: i for i, k in enumerate(keys)}
     rows = []

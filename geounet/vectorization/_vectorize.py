@@ -16,6 +16,7 @@ import numpy as np
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
 from geounet.georef import Frame
 from geounet.vectorization._defaults import (
+    BUBBLE_LENGTH,
     BUILDING_CLASS,
     CENTERLINE_LAYER,
     DEFAULT_CHUNK_SIZE,
@@ -209,7 +210,7 @@ def vectorize(
                 reader, writer, frame, layers, lines_wanted, graph_wanted,
                 road_tolerance=tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
                 gap_px=(DEFAULT_GAP_LENGTH if gap_length is None else gap_length) / pixel_m,
-                merge_px=JUNCTION_MERGE_LENGTH / pixel_m,
+                merge_px=JUNCTION_MERGE_LENGTH / pixel_m, bubble_px=BUBBLE_LENGTH / pixel_m,
             )
             stats = _run_passes(
                 reader,
@@ -246,13 +247,16 @@ class _Roads:
 
     def __init__(self, reader: PredictionReader, writer: FeatureWriter, frame: Frame,
                  layers: dict[str, str], lines_wanted: bool, graph_wanted: bool, *,
-                 road_tolerance: float, gap_px: float, merge_px: float) -> None:
+                 road_tolerance: float, gap_px: float, merge_px: float,
+                 bubble_px: float) -> None:
         self.reader, self.writer, self.frame, self.layers = reader, writer, frame, layers
         self.lines_wanted, self.tolerance = lines_wanted, road_tolerance
         self.trace = lines_wanted or graph_wanted
         self.value = reader.classes.index(ROAD_CLASS) if self.trace else -1
-        self.graph = GraphBuilder(gap=gap_px, merge=merge_px, height=reader.height,
-                                  width=reader.width) if graph_wanted else None
+        self.graph = None
+        if graph_wanted:
+            self.graph = GraphBuilder(gap=gap_px, merge=merge_px, bubble=bubble_px,
+                                      height=reader.height, width=reader.width)
 
     def add(self, coords: list[np.ndarray]) -> None:
         if self.lines_wanted:
