@@ -330,7 +330,7 @@ def test_building_only_model_writes_only_buildings(tmp_path):
 def test_road_only_model_writes_only_roads(tmp_path):
     layers = _segment_layers(tmp_path, ("roads",))
     assert "buildings" not in layers and "roads" in layers
-    assert set(layers) <= {"roads", "road_centerlines"}
+    assert set(layers) <= {"roads", "road_centerlines", "road_edges", "road_nodes"}
 
 
 def test_chips_dir_with_buffer_rows_in_split_file(tmp_path):

@@ -22,7 +22,7 @@ from geounet.vectorization import vectorize
 
 CRS = "EPSG:32633"
 TRANSFORM = from_origin(500_000.0, 5_000_000.0, 0.5, 0.5)
-EXACT = {"min_area": 0, "simplify": 0, "centerlines": False}
+EXACT = {"min_area": 0, "simplify": 0, "centerlines": False, "graph": False}
 
 
 def write_mask(path: Path, mask: np.ndarray, *, crs: str | None = CRS,
@@ -213,7 +213,11 @@ def test_zarr_store_with_probabilities_and_layers(tmp_path: Path) -> None:
     result = vectorize(store, out, min_area=0, simplify=0)
     assert result.chunks == 4 * 5  # the store's chunking by default
     layers = dict(pyogrio.list_layers(out))
-    assert layers == {"buildings": "Polygon", "roads": "Polygon", "road_centerlines": "LineString"}
+    assert layers == {"buildings": "Polygon", "roads": "Polygon", "road_centerlines": "LineString",
+                      "road_edges": "LineString", "road_nodes": "Point"}
+    edges = read(out, "road_edges")  # the roads probability (0.6) under the edges, less where
+    assert edges["mean_probability"].max() == pytest.approx(0.6, abs=1e-6)  # a bridge crosses
+    assert edges["mean_probability"].between(0.0, 0.6 + 1e-6).all()  # background (0)
     for layer, value, p in (("buildings", 1, 0.8), ("roads", 2, 0.6)):
         gdf = read(out, layer)
         assert len(gdf) == result.counts[layer]
@@ -263,7 +267,8 @@ def test_parquet_and_flatgeobuf(tmp_path: Path, suffix: str) -> None:
 def test_empty_mask_gives_valid_empty_layers(tmp_path: Path) -> None:
     src = write_mask(tmp_path / "m.tif", np.zeros((50, 60), np.uint8))
     result = vectorize(src, tmp_path / "e.gpkg", chunk_size=16)
-    assert result.counts == {"buildings": 0, "roads": 0, "road_centerlines": 0}
+    assert result.counts == {"buildings": 0, "roads": 0, "road_centerlines": 0, "road_edges": 0,
+                             "road_nodes": 0}
     assert {name for name, _ in pyogrio.list_layers(tmp_path / "e.gpkg")} == set(result.counts)
     assert len(read(tmp_path / "e.gpkg", "buildings")) == 0
 

@@ -32,7 +32,7 @@ SHORT_HELP: dict[str, str] = {
     "synth": "Write a synthetic georeferenced scene with ground truth.",
     "predict": "Run the U-Net over a scene into Zarr or a Cloud-Optimized GeoTIFF.",
     "segment": "Segment a scene end to end into GeoPackage polygons.",
-    "vectorize": "Turn a prediction raster into seam-free polygons and centerlines.",
+    "vectorize": "Turn a prediction raster into seam-free polygons, centerlines and a road graph.",
     "chips": "Cut a scene and vector labels into labelled training chips.",
     "train": "Train the U-Net on labelled chips.",
     "evaluate": "Score a prediction against ground truth (IoU, F1, object F1).",

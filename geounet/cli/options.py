@@ -352,6 +352,21 @@ spur_length = click.option(
     callback=_non_negative,
     help="Drop centerline spurs shorter than this many metres. Default: 10.",
 )
+graph = click.option(
+    "--graph/--no-graph",
+    default=True,
+    show_default=True,
+    help="Write the road network as a graph: layers road_edges (u, v, length_m, "
+    "mean_probability) and road_nodes (id, degree).",
+)
+gap_length = click.option(
+    "--gap-length",
+    type=float,
+    default=None,
+    callback=_non_negative,
+    help="Join a free road end to the network (or the scene's edge) when it is within this "
+    "many metres; 0 = off. Default: 10.",
+)
 
 
 def _probability(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
@@ -380,13 +395,13 @@ def vectorize_options(func: Any) -> Any:
     They arrive as keyword arguments named like :func:`geounet.vectorize`'s keywords.
     """
     for decorator in reversed([min_area, simplify, fill_holes, regularize, centerlines,
-                               spur_length, min_confidence]):
+                               spur_length, graph, gap_length, min_confidence]):
         func = decorator(func)
     return func
 
 
 VECTORIZE_KEYWORDS = ("min_area", "simplify", "fill_holes", "regularize", "centerlines",
-                      "spur_length", "min_confidence")
+                      "spur_length", "graph", "gap_length", "min_confidence")
 """Keyword names :func:`vectorize_options` adds to a command."""
 
 

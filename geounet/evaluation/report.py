@@ -86,6 +86,39 @@ class CenterlineScores:
 
 
 @dataclass(frozen=True)
+class AplsScores:
+    """APLS (Average Path Length Similarity, SpaceNet 3) of a predicted road graph.
+
+    Attributes
+    ----------
+    apls : harmonic mean of the two halves, 0 when either is 0.
+    truth_to_pred : 1 - mean path penalty over pairs of truth control nodes (paths on the
+        truth, and between their snapped nodes on the prediction).
+    pred_to_truth : the same with the roles swapped.
+    truth_paths, pred_paths : node pairs scored in each half.
+    truth_length_m, pred_length_m : total road length of each graph.
+    spacing, snap, min_path_length : metres: control-node spacing, the farthest a control
+        node is snapped onto the other graph, the shortest path scored.
+    """
+
+    apls: float
+    truth_to_pred: float
+    pred_to_truth: float
+    truth_paths: int
+    pred_paths: int
+    truth_length_m: float
+    pred_length_m: float
+    spacing: float
+    snap: float
+    min_path_length: float
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict."""
+        return {name: (json_score(value) if isinstance(value, float) else value)
+                for name, value in self.__dict__.items()}
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
     """Everything :func:`evaluate` measured.
 
@@ -97,6 +130,7 @@ class EvaluationReport:
     objects : building object scores (None when there is no ``buildings`` class).
     centerline : road centerline scores (None when there is no ``roads`` class).
     pred, truth : the inputs as given.
+    apls : road graph scores (None when no road graph was scored).
     """
 
     classes: tuple[str, ...]
@@ -107,6 +141,7 @@ class EvaluationReport:
     pred: str = ""
     truth: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    apls: AplsScores | None = None
 
     def score(self, name: str) -> ClassScores:
         """Pixel scores of the class called ``name``."""
@@ -129,6 +164,7 @@ class EvaluationReport:
             "confusion": [list(row) for row in self.confusion],
             "objects": None if self.objects is None else self.objects.to_dict(),
             "centerline": None if self.centerline is None else self.centerline.to_dict(),
+            "apls": None if self.apls is None else self.apls.to_dict(),
             **dict(self.extra),
         }
 
@@ -143,11 +179,12 @@ class EvaluationReport:
     def format_table(self) -> str:
         """Human-readable table of all scores."""
         lines = [f"{'class':<12} {'precision':>9} {'recall':>9} {'IoU':>9} {'F1':>9} "
-                 f"{'support':>11}"]
+                 f"{'support':>11}"] if self.pixel else []
         for s in self.pixel:
             lines.append(f"{s.name:<12} {_fmt(s.precision)} {_fmt(s.recall)} {_fmt(s.iou)} "
                          f"{_fmt(s.f1)} {s.support:>11d}")
-        lines.append(f"{'mean IoU (foreground)':<22} {_fmt(self.mean_iou)}")
+        if self.pixel:
+            lines.append(f"{'mean IoU (foreground)':<22} {_fmt(self.mean_iou)}")
         if self.objects is not None:
             o = self.objects
             lines.append(f"buildings objects (IoU >= {o.iou_threshold:g}): precision "
@@ -158,6 +195,13 @@ class EvaluationReport:
             lines.append(f"roads centerline (within {c.tolerance:g} m): precision "
                          f"{_fmt(c.precision).strip()}  recall {_fmt(c.recall).strip()}  "
                          f"F1 {_fmt(c.f1).strip()}")
+        if self.apls is not None:
+            a = self.apls
+            lines.append(f"roads graph APLS (control nodes every {a.spacing:g} m, snap "
+                         f"{a.snap:g} m): {_fmt(a.apls).strip()}  (truth->pred "
+                         f"{_fmt(a.truth_to_pred).strip()}, pred->truth "
+                         f"{_fmt(a.pred_to_truth).strip()}; {a.truth_length_m / 1000:.1f} km "
+                         f"true, {a.pred_length_m / 1000:.1f} km predicted)")
         return "\n".join(lines)
 
 

@@ -5,20 +5,31 @@ sums pixel, object and centerline counts into an
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import os
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from geounet.config import DEFAULT_CLASSES, NODATA_CLASS
-from geounet.errors import GeoreferenceError, InputError, UnsupportedFormatError
+from geounet.errors import GeoreferenceError, InputError, SceneError, UnsupportedFormatError
+from geounet.evaluation.apls import (
+    DEFAULT_MIN_PATH,
+    DEFAULT_SNAP,
+    DEFAULT_SPACING,
+    check_apls_options,
+    score_graph_files,
+)
 from geounet.evaluation.objects import ObjectCollector, match_objects
-from geounet.evaluation.report import CenterlineScores, EvaluationReport
+from geounet.evaluation.report import AplsScores, CenterlineScores, EvaluationReport
+from geounet.evaluation.roadgraph import TRUTH_LAYERS, graph_layer
 from geounet.evaluation.sources import (
+    VECTOR_SUFFIXES,
     AlignedSource,
     Grid,
     VectorSource,
@@ -84,6 +95,9 @@ def evaluate(
     centerline_tolerance: float = 2.0,
     line_width: float | None = None,
     window_size: int = 2048,
+    graph: str | os.PathLike[str] | None = None,
+    apls_spacing: float = DEFAULT_SPACING,
+    apls_snap: float = DEFAULT_SNAP,
 ) -> EvaluationReport:
     """Score ``pred`` against ``truth`` over the whole scene, window by window.
 
@@ -103,6 +117,13 @@ def evaluate(
         (rotation-aware, geodesic for a geographic CRS such as EPSG:4326).
     line_width : metres; width of vector road lines without a ``width`` attribute.
     window_size : pixels per window side (bounds memory).
+    graph : a predicted road graph to score with APLS against ``truth``'s centrelines (which
+        must then be vector lines): a vector file, its layer ``road_edges`` (the output of
+        ``segment`` / ``vectorize``) or its only line layer. Default: ``pred`` itself when it
+        is a vector file with a ``road_edges`` layer and ``truth`` has road lines; with two
+        vector files only APLS is scored.
+    apls_spacing, apls_snap : metres: control nodes along edges at most this far apart, and
+        the farthest a control node is snapped onto the other graph (SpaceNet's 50 and 4).
 
     Returns
     -------
@@ -120,15 +141,62 @@ def evaluate(
         raise InputError(f"centerline tolerance {centerline_tolerance} is negative; use e.g. 2.")
     if window_size < 64:
         raise InputError(f"window size {window_size} is below 64 px; use e.g. 2048.")
+    check_apls_options(apls_spacing, apls_snap, DEFAULT_MIN_PATH)
     names = tuple(classes) if classes is not None else None
     layers = {c: c for c in (names or DEFAULT_CLASSES)[1:]}
+    graph_path = _graph_source(pred, truth, graph)
     with contextlib.ExitStack() as stack:  # closed in reverse order (nested GDAL envs)
         p_src = open_source(pred, layers, line_width)
         stack.callback(p_src.close)
         t_src = open_source(truth, layers, line_width)
         stack.callback(t_src.close)
-        return _evaluate(p_src, t_src, names, iou_threshold, centerline_tolerance, window_size,
-                         str(pred), str(truth))
+        if isinstance(p_src, VectorSource) and isinstance(t_src, VectorSource) and graph_path:
+            report = EvaluationReport(classes=names or DEFAULT_CLASSES, pixel=(), confusion=(),
+                                      objects=None, centerline=None, pred=str(pred),
+                                      truth=str(truth))
+        else:
+            report = _evaluate(p_src, t_src, names, iou_threshold, centerline_tolerance,
+                               window_size, str(pred), str(truth))
+        grid = None if isinstance(p_src, VectorSource) else p_src.grid
+    if graph_path is None:
+        return report
+    return dataclasses.replace(report, apls=_score_graph(graph_path, truth, grid, apls_spacing,
+                                                         apls_snap))
+
+
+def _graph_source(pred: Any, truth: Any, graph: Any) -> Path | None:
+    """The road graph file to score with APLS (None: none): ``graph``, else ``pred`` when it
+    is a vector file with a ``road_edges`` layer and ``truth`` a vector file with road lines."""
+    if graph is not None:
+        path = Path(graph)
+        if not path.exists():
+            raise SceneError(f"road graph {str(path)!r} (graph, --graph) does not exist; give "
+                             "the GeoPackage written by `geounet segment` or `vectorize`.")
+        if Path(truth).suffix.lower() not in VECTOR_SUFFIXES:
+            raise InputError(
+                f"APLS (graph={str(path)!r}, --graph) scores against true road centrelines, "
+                f"but truth {str(truth)!r} is a raster; give the truth as vector lines (e.g. "
+                "truth.gpkg of `geounet synth`, layer 'roads') or leave out --graph."
+            )
+        return path
+    vector = (Path(pred).suffix.lower() in VECTOR_SUFFIXES
+              and Path(truth).suffix.lower() in VECTOR_SUFFIXES and Path(pred).exists())
+    if vector and graph_layer(pred, ("road_edges",), required=False) == "road_edges" \
+            and graph_layer(truth, TRUTH_LAYERS, required=False) is not None:
+        return Path(pred)
+    return None
+
+
+def _score_graph(path: Path, truth: Any, grid: Grid | None, spacing: float,
+                 snap: float) -> AplsScores:
+    """APLS of ``path`` against ``truth``, the truth clipped to the raster's footprint."""
+    extent = None
+    if grid is not None and grid.crs is not None:
+        from shapely import Polygon
+
+        corners = ((0, 0), (grid.width, 0), (grid.width, grid.height), (0, grid.height))
+        extent = (Polygon([grid.transform * xy for xy in corners]), grid.crs)
+    return score_graph_files(path, truth, spacing=spacing, snap=snap, extent=extent)
 
 
 def _on_one_grid(p_src: Any, t_src: Any, names: tuple[str, ...]) -> Any:
@@ -182,8 +250,8 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
     vector_t = isinstance(t_src, VectorSource)
     if vector_p and vector_t:
         raise UnsupportedFormatError(
-            "both the prediction and the truth are vector files; one must be a raster "
-            "(mask GeoTIFF or Zarr) to give the grid."
+            "both the prediction and the truth are vector files; one must be a raster (mask "
+            "GeoTIFF or Zarr) to give the grid, or, for APLS, hold road_edges and road lines."
         )
     if names is None:
         names = p_src.classes or t_src.classes or DEFAULT_CLASSES

@@ -16,5 +16,15 @@ DEFAULT_SPUR_LENGTH = 10.0
 CENTERLINE_HALO = 64
 """Pixels of road mask around each chunk that the skeleton sees (roads up to ~100 px wide)."""
 CENTERLINE_LAYER = "road_centerlines"
+DEFAULT_GAP_LENGTH = 10.0
+"""Metres; a free road end is joined to the network when it is within this distance of it."""
+JUNCTION_MERGE_LENGTH = 4.0
+"""Metres; two junctions joined by a shorter edge are one crossing (the skeleton splits a
+crossing of two roads into two 3-way junctions a few pixels apart)."""
+BUBBLE_LENGTH = 20.0
+"""Metres; a loop, or a second edge between two nodes, shorter than this is dropped (the
+skeleton runs round both sides of a small hole in the road mask: a car, a shadow)."""
+EDGES_LAYER = "road_edges"
+NODES_LAYER = "road_nodes"
 ROAD_CLASS = "roads"
 BUILDING_CLASS = "buildings"

@@ -16,15 +16,21 @@ import numpy as np
 from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
 from geounet.georef import Frame
 from geounet.vectorization._defaults import (
+    BUBBLE_LENGTH,
     BUILDING_CLASS,
     CENTERLINE_LAYER,
     DEFAULT_CHUNK_SIZE,
     DEFAULT_CUT_SIZE,
+    DEFAULT_GAP_LENGTH,
     DEFAULT_MIN_AREA,
     DEFAULT_SIMPLIFY,
     DEFAULT_SPUR_LENGTH,
+    EDGES_LAYER,
+    JUNCTION_MERGE_LENGTH,
+    NODES_LAYER,
     ROAD_CLASS,
 )
+from geounet.vectorization._graph import GraphBuilder, mean_probabilities, write_graph
 from geounet.vectorization._layers import PolygonLayer, write_lines
 from geounet.vectorization._source import PredictionReader
 from geounet.vectorization._walk import WindowOrder, run_windows
@@ -109,6 +115,8 @@ def vectorize(
     regularize: bool = False,
     centerlines: bool = True,
     spur_length: float | None = None,
+    graph: bool = True,
+    gap_length: float | None = None,
     min_confidence: float | None = None,
     layer_names: Mapping[str, str] | None = None,
     overwrite: bool = False,
@@ -134,13 +142,20 @@ def vectorize(
     regularize : make building footprints rectilinear (walls at right angles).
     centerlines : also write the ``road_centerlines`` layer (when ``roads`` is vectorized).
     spur_length : metres; shorter centerline spurs are dropped. Default 10.
+    graph : also write the road network as a graph (when ``roads`` is vectorized): layers
+        ``road_edges`` (LineString; ``u``, ``v`` node ids, ``length_m``, ``mean_probability``)
+        and ``road_nodes`` (Point; ``id``, ``degree``), built from the seam-exact centerlines
+        (rules in ``docs/vectorize.md``, "Road graph").
+    gap_length : metres; a free road end this close to the rest of the network is joined to
+        it by a straight edge (0: off). Default :data:`DEFAULT_GAP_LENGTH` (10).
     min_confidence : drop polygon objects whose ``mean_probability`` (the mean, over the
         object's pixels, of the probability of its class) is below this value (0-1); None or
         0 keeps all. It filters the mean, not ``min_probability``: one uncertain edge pixel
         sets an object's minimum, so a minimum filter would drop most true objects; the mean
         measures the object as a whole. Needs a prediction with probabilities (a geounet store
         or COG), not a bare class mask. Centerlines are not filtered.
-    layer_names : class name (or ``road_centerlines``) -> layer name.
+    layer_names : class name (or ``road_centerlines``, ``road_edges``, ``road_nodes``) ->
+        layer name.
     overwrite : replace existing outputs instead of raising :class:`OutputExistsError`.
     cut_size : side in pixels of the scene-anchored grid no object crosses (objects are cut
         at its lines, deterministically), bounding memory for scene-wide road networks;
@@ -155,16 +170,16 @@ def vectorize(
     --------
     >>> result = vectorize("pred.zarr", "pred.gpkg", regularize=True)  # doctest: +SKIP
     >>> result.counts  # doctest: +SKIP
-    {'buildings': 812, 'roads': 14, 'road_centerlines': 97}
+    {'buildings': 812, 'roads': 14, 'road_centerlines': 97, 'road_edges': 95, 'road_nodes': 80}
     """
     started = time.perf_counter()
     out = Path(out)
-    fmt = _check_options(out, chunk_size, cut_size, spur_length)
+    fmt = _check_options(out, chunk_size, cut_size, spur_length, gap_length)
     min_confidence = _check_min_confidence(min_confidence)
     with PredictionReader(pred) as reader:
         _check_probabilities(reader, pred, min_confidence)
-        wanted, layers, lines_wanted = _choose_layers(
-            reader, pred, classes, layer_names, centerlines
+        wanted, layers, lines_wanted, graph_wanted = _choose_layers(
+            reader, pred, classes, layer_names, centerlines, graph
         )
         _check_targets(out, fmt, layers, overwrite)
         min_areas = _per_class(min_area, DEFAULT_MIN_AREA, wanted, "min_area")
@@ -174,9 +189,9 @@ def vectorize(
         if chunk_size is None:  # a store's chunking, else the default
             chunk_size = (int(min(reader.chunk_shape)) if Path(reader.path).is_dir()
                           else DEFAULT_CHUNK_SIZE)
+        road_value = reader.classes.index(ROAD_CLASS) if ROAD_CLASS in wanted else None
         frame = Frame(reader.crs_wkt, reader.transform)
-        specs = _layer_specs(wanted, layers, lines_wanted)
-
+        specs = _layer_specs(wanted, layers, lines_wanted, graph_wanted)
         with FeatureWriter(out, fmt, specs, reader.crs_wkt) as writer:
             buffers = {
                 reader.classes.index(cls): PolygonLayer(
@@ -188,21 +203,20 @@ def vectorize(
                 )
                 for cls in wanted
             }
-            road_value = reader.classes.index(ROAD_CLASS) if ROAD_CLASS in wanted else None
-
-            def line_writer(coords: list[np.ndarray]) -> None:
-                write_lines(
-                    coords, writer, layers[CENTERLINE_LAYER], frame,
-                    tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
-                )
-
+            roads = _Roads(
+                reader, writer, frame, layers, lines_wanted, graph_wanted,
+                road_tolerance=tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
+                gap_px=(DEFAULT_GAP_LENGTH if gap_length is None else gap_length) / pixel_m,
+                merge_px=JUNCTION_MERGE_LENGTH / pixel_m, bubble_px=BUBBLE_LENGTH / pixel_m,
+            )
             stats = _run_passes(
-                reader, buffers, road_value=road_value, chunk_size=chunk_size,
-                cut_size=cut_size, lines_wanted=lines_wanted, line_writer=line_writer,
-                spur_px=spur_m / pixel_m, progress=progress,
+                reader, buffers, road_value=road_value,
+                chunk_size=chunk_size, cut_size=cut_size, lines_wanted=roads.trace,
+                line_writer=roads.add, spur_px=spur_m / pixel_m, progress=progress,
             )
             for buffer in buffers.values():
                 buffer.flush()
+            roads.finish(chunk_size)
             written = writer.commit()
             counts = {layers_name: writer.counts[layers_name] for layers_name in writer.counts}
     seconds = time.perf_counter() - started
@@ -216,6 +230,39 @@ def vectorize(
         max_held=stats["max_held"],
         layers=tuple(layers.values()),
     )
+
+
+class _Roads:
+    """Where the finished road centerlines go: the ``road_centerlines`` layer as they come,
+    the road graph (``road_edges``, ``road_nodes``) once the roads pass is done."""
+
+    def __init__(self, reader: PredictionReader, writer: FeatureWriter, frame: Frame,
+                 layers: dict[str, str], lines_wanted: bool, graph_wanted: bool, *,
+                 road_tolerance: float, gap_px: float, merge_px: float,
+                 bubble_px: float) -> None:
+        self.reader, self.writer, self.frame, self.layers = reader, writer, frame, layers
+        self.lines_wanted, self.tolerance = lines_wanted, road_tolerance
+        self.trace = lines_wanted or graph_wanted
+        self.value = reader.classes.index(ROAD_CLASS) if self.trace else -1
+        self.graph = None
+        if graph_wanted:
+            self.graph = GraphBuilder(gap=gap_px, merge=merge_px, bubble=bubble_px,
+                                      height=reader.height, width=reader.width)
+
+    def add(self, coords: list[np.ndarray]) -> None:
+        if self.lines_wanted:
+            write_lines(coords, self.writer, self.layers[CENTERLINE_LAYER], self.frame,
+                        self.tolerance)
+        if self.graph is not None:
+            self.graph.add(coords)
+
+    def finish(self, window: int) -> None:
+        if self.graph is None:
+            return
+        graph = self.graph.build()
+        probability = mean_probabilities(self.reader, self.value, graph, window)
+        write_graph(graph, self.writer, (self.layers[EDGES_LAYER], self.layers[NODES_LAYER]),
+                    self.frame, self.tolerance, probability)
 
 
 def _check_min_confidence(value: float | None) -> float | None:
@@ -244,7 +291,8 @@ def _check_probabilities(reader: PredictionReader, pred: str | Path,
 
 
 def _check_options(
-    out: Path, chunk_size: int | None, cut_size: int | None, spur_length: float | None
+    out: Path, chunk_size: int | None, cut_size: int | None, spur_length: float | None,
+    gap_length: float | None,
 ) -> VectorFormat:
     """The output format named by ``out``'s suffix, after checking the sizes given."""
     fmt = SUFFIXES.get(out.suffix.lower())
@@ -261,6 +309,11 @@ def _check_options(
         raise InputError(f"cut size {cut_size} is too small; give 2 or more pixels or None.")
     if spur_length is not None and spur_length < 0:
         raise InputError(f"spur length {spur_length} is negative; give 0 (keep all) or metres.")
+    if gap_length is not None and not (math.isfinite(gap_length) and gap_length >= 0):
+        raise InputError(
+            f"gap length {gap_length} is negative or not finite; give 0 (bridge no gap) or "
+            "metres (e.g. 10)."
+        )
     return fmt
 
 
@@ -270,8 +323,10 @@ def _choose_layers(
     classes: Sequence[str] | None,
     layer_names: Mapping[str, str] | None,
     centerlines: bool,
-) -> tuple[list[str], dict[str, str], bool]:
-    """The classes to vectorize, each layer's name and whether centerlines are written."""
+    graph: bool,
+) -> tuple[list[str], dict[str, str], bool, bool]:
+    """The classes to vectorize, each layer's name and whether centerlines and the road graph
+    are written."""
     known = [c for c in reader.classes if c != "background"]
     wanted = list(known) if classes is None else list(classes)
     unknown = [c for c in wanted if c not in reader.classes or c == "background"]
@@ -281,16 +336,19 @@ def _choose_layers(
             f"classes are {list(reader.classes)}; choose from {known}."
         )
     names = dict(layer_names or {})
-    bad = sorted(set(names) - set(wanted) - {CENTERLINE_LAYER})
+    road_layers = (CENTERLINE_LAYER, EDGES_LAYER, NODES_LAYER)
+    bad = sorted(set(names) - set(wanted) - set(road_layers))
     if bad:
         raise InputError(
             f"layer_names has keys {bad}; keys are vectorized classes {wanted} or "
-            f"{CENTERLINE_LAYER!r}."
+            f"{', '.join(map(repr, road_layers))}."
         )
     layers = {c: names.get(c, c) for c in wanted}
     lines_wanted = centerlines and ROAD_CLASS in wanted
-    if lines_wanted:
-        layers[CENTERLINE_LAYER] = names.get(CENTERLINE_LAYER, CENTERLINE_LAYER)
+    graph_wanted = graph and ROAD_CLASS in wanted
+    for name, on in zip(road_layers, (lines_wanted, graph_wanted, graph_wanted)):
+        if on:
+            layers[name] = names.get(name, name)
     odd = [n for n in layers.values() if not n or "/" in n or "\\" in n]
     if odd:
         raise InputError(
@@ -299,7 +357,7 @@ def _choose_layers(
         )
     if len(set(layers.values())) != len(layers):
         raise InputError(f"layer names {list(layers.values())} repeat; give distinct names.")
-    return wanted, layers, lines_wanted
+    return wanted, layers, lines_wanted, graph_wanted
 
 
 def _check_targets(out: Path, fmt: VectorFormat, layers: dict[str, str], overwrite: bool) -> None:
@@ -314,8 +372,10 @@ def _check_targets(out: Path, fmt: VectorFormat, layers: dict[str, str], overwri
     out.parent.mkdir(parents=True, exist_ok=True)
 
 
-def _layer_specs(wanted: list[str], layers: dict[str, str], lines_wanted: bool) -> list[LayerSpec]:
-    """The schema of every layer written: a polygon layer per class, then the centerlines."""
+def _layer_specs(wanted: list[str], layers: dict[str, str], lines_wanted: bool,
+                 graph_wanted: bool) -> list[LayerSpec]:
+    """The schema of every layer written: a polygon layer per class, then the centerlines and
+    the road graph."""
     specs = []
     import pyarrow as pa
 
@@ -336,6 +396,12 @@ def _layer_specs(wanted: list[str], layers: dict[str, str], lines_wanted: bool) 
                 {"class": pa.string(), "length_m": pa.float64()},
             )
         )
+    if graph_wanted:
+        specs.append(LayerSpec(layers[EDGES_LAYER], "LineString", {
+            "u": pa.int64(), "v": pa.int64(), "length_m": pa.float64(),
+            "mean_probability": pa.float64()}))
+        specs.append(LayerSpec(layers[NODES_LAYER], "Point",
+                               {"id": pa.int64(), "degree": pa.int64()}))
     return specs
 
 
