@@ -24,7 +24,6 @@ Examples
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -36,6 +35,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from geounet import environment
 from geounet.config import Engine, choices
 from geounet.errors import EngineError, InputError
 
@@ -57,17 +57,11 @@ _EXPORT_LOCK = threading.Lock()
 
 
 # ---- what the machine has ---------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's instruction-set flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+cpu_flags = environment.cpu_flags
+"""The CPU's instruction-set flags from ``/proc/cpuinfo`` (:func:`geounet.environment.cpu_flags`)."""
+
+INT8_ENGINES = ("openvino", "onnxruntime")
+"""Engines that run int8 models, fastest first (docs/engine.md, "int8")."""
 
 
 def engine_installed(engine: str) -> bool:
@@ -90,18 +84,20 @@ def resolve_engine(
     precision: str = "fp32",
 ) -> str:
     """The engine actually used for ``engine`` on a ``device_type`` (``cpu`` or ``cuda``) device
-    at the resolved ``precision`` (``fp32``, ``bf16``, ``fp16``).
+    at ``precision`` (asked for, ``auto`` included, or resolved: ``fp32``, ``bf16``, ``int8``).
 
     The ``auto`` rule (docs/engine.md has the measurements behind it, from
-    ``benchmarks/bench_engines.py``):
+    ``benchmarks/bench_engines.py``; a documented table, not a timing at run time, so the engine
+    of a run never depends on the machine's load):
 
     1. a CUDA device, or a CPU without AVX2 (not x86-64 v3, e.g. ARM; no measurement there):
        ``torch``;
-    2. bf16 (a CPU with AVX512_BF16 or AMX under ``precision auto``): ``openvino`` if installed
-       (2.4x PyTorch fp32 on an AVX-512 CPU), else ``torch`` (ONNX Runtime runs fp32 only);
-    3. fp32 on an AVX2 / AVX-512 CPU: ``openvino`` if installed, else ``onnxruntime`` if
-       installed, else ``torch`` (OpenVINO used 0.58-0.89x and ONNX Runtime 0.69-1.02x the
-       CPU-seconds of PyTorch channels_last on an AVX2 CPU; 1.1-1.3x faster on AVX-512).
+    2. int8: ``openvino`` if installed, else ``onnxruntime`` (torch runs no int8);
+    3. bf16: ``openvino`` if installed (2.4x PyTorch fp32 on an AVX-512 CPU), else ``torch``
+       (ONNX Runtime runs fp32 and int8 only);
+    4. fp32 or ``auto`` precision on an AVX2 / AVX-512 CPU: ``openvino`` if installed, else
+       ``onnxruntime`` if installed, else ``torch`` (OpenVINO used 0.52-0.89x and ONNX Runtime
+       0.60-1.02x the CPU-seconds of PyTorch channels_last on AVX2 and AVX-512 CPUs).
 
     Raises
     ------
@@ -109,15 +105,17 @@ def resolve_engine(
         ``engine`` is not one of the choices.
     EngineError
         ``onnxruntime`` / ``openvino`` asked for on a CUDA device or without its package;
-        ``onnxruntime`` with bf16.
+        ``onnxruntime`` with bf16; int8 with ``torch``, on CUDA, or with no int8 engine installed.
     """
     if engine not in choices(Engine):
         raise InputError(f"engine {engine!r} is not one of {choices(Engine)}; pick one.")
+    if precision == "int8":
+        _check_int8(engine, device_type)
     if engine == "auto":
-        flags = cpu_flags() if flags is None else flags
+        flags = environment.cpu_flags() if flags is None else flags
         if device_type != "cpu" or "avx2" not in flags:
             return "torch"
-        order = ("openvino",) if precision == "bf16" else ("openvino", "onnxruntime")
+        order = {"bf16": ("openvino",), "int8": INT8_ENGINES}.get(precision, INT8_ENGINES)
         for candidate in order:
             if engine_installed(candidate):
                 return candidate
@@ -134,12 +132,32 @@ def resolve_engine(
                 f"install it with `pip install geounet[{_EXTRAS[engine]}]`, or use "
                 f"--engine torch or auto."
             )
-        if engine == "onnxruntime" and precision != "fp32":
+        if engine == "onnxruntime" and precision in ("bf16", "fp16"):
             raise EngineError(
-                f"engine 'onnxruntime' runs fp32 only, but precision {precision!r} was resolved; "
-                f"use --precision fp32, or --engine openvino for bf16."
+                f"engine 'onnxruntime' runs fp32 and int8 only, but precision {precision!r} was "
+                f"resolved; use --precision fp32 or int8, or --engine openvino for bf16."
             )
     return str(engine)
+
+
+def _check_int8(engine: str, device_type: str) -> None:
+    """Raise EngineError where precision int8 cannot run."""
+    if device_type != "cpu":
+        raise EngineError(
+            f"precision 'int8' runs on the CPU (ONNX Runtime or OpenVINO), not on device "
+            f"{device_type!r}; use --precision auto, bf16 or fp16 on a GPU, or --device cpu."
+        )
+    if engine == "torch":
+        raise EngineError(
+            "precision 'int8' runs on the onnxruntime or openvino engine, not 'torch'; use "
+            "--engine auto, openvino or onnxruntime, or --precision fp32."
+        )
+    if not engine_installed("onnxruntime"):  # its quantizer makes the int8 model, for both
+        raise EngineError(
+            "precision 'int8' needs ONNX Runtime's quantizer (the 'onnxruntime' package), also "
+            "for --engine openvino; install it with `pip install geounet[onnx]`, or use "
+            "--precision fp32."
+        )
 
 
 def engine_version(engine: str) -> str:
@@ -331,6 +349,21 @@ class OpenVinoBackend:
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
 
+def save_in_memory_model(model: UNet) -> Path:
+    """Save the weights of a model built in memory (no checkpoint) to a fresh temporary folder,
+    removed when the process exits, so its exports have a file to be keyed by."""
+    import atexit
+    import shutil
+
+    import torch
+
+    folder = Path(tempfile.mkdtemp(prefix="geounet-export-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    checkpoint = folder / "model.pt"
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoint)
+    return checkpoint
+
+
 def make_backend(
     engine: str,
     model: UNet,
@@ -350,11 +383,7 @@ def make_backend(
     """
     resolve_engine(engine, "cpu", precision=precision)  # onnxruntime: fp32 only
     if checkpoint is None:
-        import torch
-
-        folder = Path(tempfile.mkdtemp(prefix="geounet-export-"))
-        checkpoint = folder / "model.pt"
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoint)
+        checkpoint = save_in_memory_model(model)
     path = exported_model(checkpoint, model, channels, engine)
     if engine == "onnxruntime":
         return OnnxRuntimeBackend(path, threads)

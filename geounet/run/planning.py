@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 from geounet.config import (
     TTA,
     Engine,
-    Precision,
+    InferencePrecision,
     ProbabilityDtype,
     ResampleMode,
     Resampling,
@@ -56,9 +56,9 @@ class RunnerSpec:
 
     model: str | None
     device: str = "auto"
-    precision: Precision = "auto"
+    precision: InferencePrecision = "auto"
     bands: tuple[int, ...] | None = None
-    engine: Engine = "torch"
+    engine: Engine = "auto"
     model_sha256: str | None = None
     """The checkpoint's content hash: workers load the copy shipped under it (geounet.distributed.worker)."""
     tta: TTA = "none"
@@ -88,25 +88,16 @@ def runs_here(client: SchedulerLike) -> bool:
     return is_in_process(client)
 
 
-def _check_device(device: str, precision: Precision) -> None:
-    """Raise DeviceError now, not in a task, when this machine cannot run ``device``/``precision``."""
-    from geounet.engine.runner import resolve_device, resolve_precision
+def _check_execution(engine: Engine, device: str, precision: InferencePrecision) -> str:
+    """Raise now, not in a task, when this machine cannot run ``device`` / ``engine`` /
+    ``precision`` (no CUDA, a package missing, int8 on torch); return what will run and why."""
+    from geounet.engine.runner import resolve_execution
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
-        resolve_precision(precision, resolve_device(device))
-
-
-def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
-    """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
-    from geounet.engine.backends import resolve_engine
-    from geounet.engine.runner import resolve_device, resolve_precision
-
-    torch_device = resolve_device(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
-        resolved = resolve_precision(precision, torch_device)
-    resolve_engine(engine, torch_device.type, precision=resolved)
+        choice = resolve_execution(engine, precision, device, calibrated=True)
+    return (f"engine {choice.engine}, precision {choice.precision} on {choice.device.type} "
+            f"({choice.reason})")
 
 
 def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -176,7 +167,7 @@ def plan_prediction(
     chunk_size: int = 2048,
     tile_size: int | None = None,
     device: str = "auto",
-    precision: Precision = "auto",
+    precision: InferencePrecision = "auto",
     probability_dtype: ProbabilityDtype = "uint8",
     threshold: float | None = None,
     allow_no_crs: bool = False,
@@ -184,7 +175,7 @@ def plan_prediction(
     resample: ResampleMode = "auto",
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
-    engine: Engine = "torch",
+    engine: Engine = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     tta: TTA = "none",
 ) -> Plan:
@@ -213,8 +204,7 @@ def plan_prediction(
     max_pixels = check_max_pixels(max_pixels)
     source = _open_placed_scene(scene, allow_no_crs)
     if check_device:
-        _check_device(device, precision)
-        _check_engine(engine, device, precision)
+        log.info("%s", _check_execution(engine, device, precision))
     model_path = Path(model) if model is not None else default_model_path()
     card, bands = _load_card(model_path, bands)
     info = _fit_scene(source, card, resample, resampling, rescale, max_pixels)
@@ -306,13 +296,14 @@ def _check_model_pixels(info: SceneInfo, max_pixels: int | None) -> None:
         )
 
 
-def _check_settings(precision: Precision, probability_dtype: ProbabilityDtype,
+def _check_settings(precision: InferencePrecision, probability_dtype: ProbabilityDtype,
                     threshold: float | None, check_device: bool, device: str,
                     engine: Engine) -> None:
     """Raise InputError (or DeviceError) for a setting no scene could run with."""
-    if precision not in choices(Precision):
+    if precision not in choices(InferencePrecision):
         raise InputError(
-            f"precision {precision!r} is not supported; use one of {', '.join(choices(Precision))}."
+            f"precision {precision!r} is not supported; use one of "
+            f"{', '.join(choices(InferencePrecision))}."
         )
     if probability_dtype not in choices(ProbabilityDtype):
         raise InputError(
@@ -322,8 +313,7 @@ def _check_settings(precision: Precision, probability_dtype: ProbabilityDtype,
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
     if check_device:
-        _check_device(device, precision)
-        _check_engine(engine, device, precision)
+        _check_execution(engine, device, precision)
     elif engine not in choices(Engine):
         raise InputError(
             f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one."
