@@ -17,6 +17,7 @@ import pytest
 from geounet import environment
 from geounet.engine import backends as engines
 from geounet.engine import quantize
+from geounet.engine.execution import INT8_AUTO_MIN_PIXELS
 from geounet.engine.inference import (
     ModelRunner,
     clear_runner_cache,
@@ -92,7 +93,7 @@ def test_cpu_flags_and_the_int8_rule_per_cpu(name: str) -> None:
 
 @pytest.mark.parametrize("name", list(CPUINFO))
 def test_precision_auto_per_cpu_and_engine(name: str) -> None:
-    """``auto``: int8 on VNNI/AMX for an int8 engine with pixels to calibrate on; else bf16
+    """``auto``: int8 on VNNI/AMX for an int8 engine on a scene large enough; else bf16
     where native and the engine runs it (not ONNX Runtime); else fp32."""
     import torch
 
@@ -100,12 +101,15 @@ def test_precision_auto_per_cpu_and_engine(name: str) -> None:
     cpu = torch.device("cpu")
     int8 = environment.int8_is_faster(flags)
     bf16 = environment.native_bf16(flags)
+    big, small = INT8_AUTO_MIN_PIXELS, INT8_AUTO_MIN_PIXELS - 1
     for engine in ("openvino", "onnxruntime"):
-        got = resolve_precision("auto", cpu, engine, calibrated=True, flags=flags)
+        got = resolve_precision("auto", cpu, engine, big, flags=flags)
         assert got == ("int8" if int8 else "bf16" if bf16 and engine == "openvino" else "fp32")
-        uncalibrated = resolve_precision("auto", cpu, engine, calibrated=False, flags=flags)
-        assert uncalibrated != "int8"
-    torch_choice = resolve_precision("auto", cpu, "torch", calibrated=True, flags=flags)
+        for pixels in (0, small):  # no scene, or one too small for calibration to pay off
+            assert resolve_precision("auto", cpu, engine, pixels, flags=flags) == (
+                "bf16" if bf16 and engine == "openvino" else "fp32")
+        assert resolve_precision("int8", cpu, engine, 0, flags=flags) == "int8"  # asked for
+    torch_choice = resolve_precision("auto", cpu, "torch", big, flags=flags)
     assert torch_choice == ("bf16" if bf16 else "fp32")  # torch never runs int8
 
 
@@ -136,9 +140,9 @@ def test_onnxruntime_with_precision_auto_runs_on_a_bf16_cpu(
         pytest.skip("onnxruntime is not installed")
     bf16_no_vnni = frozenset({"avx2", "avx512f", "avx512_bf16"})
     monkeypatch.setattr(environment, "cpu_flags", lambda: bf16_no_vnni)
-    choice = resolve_execution("onnxruntime", "auto", "cpu", calibrated=True)
+    choice = resolve_execution("onnxruntime", "auto", "cpu", INT8_AUTO_MIN_PIXELS)
     assert (choice.engine, choice.precision) == ("onnxruntime", "fp32")
-    choice = resolve_execution("auto", "auto", "cpu", calibrated=True)
+    choice = resolve_execution("auto", "auto", "cpu", INT8_AUTO_MIN_PIXELS)
     assert choice.precision == ("bf16" if choice.engine in ("openvino", "torch") else "fp32")
     assert "engine auto ->" in choice.reason and "precision auto ->" in choice.reason
 

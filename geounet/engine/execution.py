@@ -21,7 +21,7 @@ from geounet.errors import DeviceError, InputError
 if TYPE_CHECKING:  # pragma: no cover
     import torch
 
-__all__ = ["Execution", "cpu_supports_bf16", "resolve_device", "resolve_execution",
+__all__ = ["INT8_AUTO_MIN_PIXELS", "Execution", "cpu_supports_bf16", "resolve_device", "resolve_execution",
            "resolve_precision"]
 
 
@@ -60,6 +60,13 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise DeviceError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N; use one of them.")
 
 
+INT8_AUTO_MIN_PIXELS = 4096 * 4096
+"""``precision auto`` picks int8 only for scenes of at least this many model pixels (16.8 MP):
+calibrating and quantizing costs about 1.5 CPU-s per new scene (benchmarks/RESULTS.md, "int8"),
+which int8 wins back at 0.1 CPU-s per MP against OpenVINO bf16 (AVX512_BF16 CPUs) and 0.3
+against OpenVINO fp32 (VNNI without bf16)."""
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``
@@ -73,16 +80,17 @@ def resolve_precision(
     precision: InferencePrecision,
     device: torch.device,
     engine: str = "torch",
-    calibrated: bool = False,
+    scene_pixels: int = 0,
     flags: frozenset[str] | None = None,
 ) -> str:
     """The precision actually used: ``fp32``, ``bf16``, ``fp16`` or ``int8``, for ``engine``
     (resolved: ``torch``, ``onnxruntime`` or ``openvino``).
 
     ``auto``: on CUDA bf16 where supported, else fp16. On CPU: int8 when the engine runs int8,
-    there are pixels to calibrate on (``calibrated``) and the CPU has VNNI or AMX
-    (:func:`geounet.environment.int8_is_faster`); else bf16 when the CPU has AVX512_BF16/AMX
-    (about 2.2x faster than fp32) and the engine runs bf16 (not ONNX Runtime); else fp32.
+    the CPU has VNNI or AMX (:func:`geounet.environment.int8_is_faster`) and the scene to
+    calibrate on has at least :data:`INT8_AUTO_MIN_PIXELS` pixels (``scene_pixels``; 0: no
+    scene); else bf16 when the CPU has AVX512_BF16/AMX (about 2.2x faster than fp32) and the
+    engine runs bf16 (not ONNX Runtime); else fp32.
     """
     import torch
 
@@ -98,7 +106,8 @@ def resolve_precision(
         return str(precision)
     flags = cpu_flags() if flags is None else flags
     if precision == "auto":
-        if engine in ("onnxruntime", "openvino") and calibrated and int8_is_faster(flags):
+        if (engine in ("onnxruntime", "openvino") and scene_pixels >= INT8_AUTO_MIN_PIXELS
+                and int8_is_faster(flags)):
             return "int8"
         return "bf16" if native_bf16(flags) and engine != "onnxruntime" else "fp32"
     if precision == "fp16":
@@ -129,7 +138,7 @@ def resolve_execution(
     engine: Engine,
     precision: InferencePrecision,
     device: str = "auto",
-    calibrated: bool = False,
+    scene_pixels: int = 0,
 ) -> Execution:
     """Resolve ``device``, ``engine`` and ``precision`` together (docs/engine.md): the engine
     from the precision asked for (:func:`geounet.engine.backends.resolve_engine`), then the
@@ -145,7 +154,7 @@ def resolve_execution(
 
     torch_device = resolve_device(device)
     chosen = resolve_engine(engine, torch_device.type, precision=str(precision))
-    resolved = resolve_precision(precision, torch_device, chosen, calibrated)
+    resolved = resolve_precision(precision, torch_device, chosen, scene_pixels)
     resolve_engine(chosen, torch_device.type, precision=resolved)  # e.g. onnxruntime + bf16
     parts = []
     if engine == "auto":
@@ -153,7 +162,8 @@ def resolve_execution(
         parts.append(f"engine auto -> {chosen} (device {torch_device.type}, CPU {isa}; "
                      "the fastest installed engine by docs/engine.md's table)")
     if precision == "auto":
-        why = {"int8": "the CPU has VNNI/AMX and the engine runs int8",
+        why = {"int8": "the CPU has VNNI/AMX, the engine runs int8 and the scene has at least "
+                       f"{INT8_AUTO_MIN_PIXELS / 1e6:.1f} MP",
                "bf16": "native bf16", "fp16": "CUDA without bf16"}.get(resolved, "the default")
         parts.append(f"precision auto -> {resolved} ({why})")
     return Execution(torch_device, chosen, resolved, "; ".join(parts) or "as asked")

@@ -255,6 +255,15 @@ def make_int8_backend(engine: str, model: UNet, checkpoint: str | os.PathLike[st
     return OpenVinoBackend(path, threads, "f32")
 
 
+def source_pixels(source: Any) -> int:
+    """Pixels of a calibration source (a scene's or an array's height x width; 0 for None)."""
+    if source is None:
+        return 0
+    if isinstance(source, np.ndarray):
+        return int(source.shape[-2] * source.shape[-1])
+    return int(source.height * source.width)
+
+
 def calibration_key(source: Any) -> tuple[Any, ...]:
     """What identifies a calibration source cheaply (no pixels read): a scene's description
     with its file's size and mtime, or an array's content hash."""

@@ -130,7 +130,9 @@ class ModelRunner:
         self.card = card
         self._mean = np.asarray(card.mean, dtype=np.float32).reshape(-1, 1, 1)
         self._inv_std = (1.0 / np.asarray(card.std, dtype=np.float32)).reshape(-1, 1, 1)
-        choice = resolve_execution(engine, precision, device, calibration is not None)
+        from geounet.engine.quantize import source_pixels
+
+        choice = resolve_execution(engine, precision, device, source_pixels(calibration))
         self.device, self.engine, self.precision = choice.device, choice.engine, choice.precision
         self.reason = choice.reason
         if self.precision == "int8" and calibration is None and backend is None:
@@ -351,7 +353,7 @@ def get_runner(
     except OSError:
         stamp = None
     key: tuple[Any, ...] = (str(path.resolve()), stamp, str(device), str(precision), str(engine))
-    if calibration is not None and _resolves_to_int8(engine, precision, device):
+    if calibration is not None and _resolves_to_int8(engine, precision, device, calibration):
         from geounet.engine.quantize import calibration_key
 
         return _int8_runner(path, key, bands, calibration, calibration_key(calibration))
@@ -375,11 +377,15 @@ def get_runner(
         return view
 
 
-def _resolves_to_int8(engine: Engine, precision: InferencePrecision, device: str) -> bool:
-    """Whether a runner of these settings, given pixels to calibrate on, would run int8."""
+def _resolves_to_int8(engine: Engine, precision: InferencePrecision, device: str,
+                      calibration: Any) -> bool:
+    """Whether a runner of these settings, calibrated on ``calibration``, would run int8."""
+    from geounet.engine.quantize import source_pixels
+
     if precision not in ("auto", "int8"):
         return False
-    return resolve_execution(engine, precision, device, calibrated=True).precision == "int8"
+    choice = resolve_execution(engine, precision, device, source_pixels(calibration))
+    return choice.precision == "int8"
 
 
 def _load_runner(path: Path, device: str, precision: InferencePrecision, engine: Engine,

@@ -88,14 +88,16 @@ def runs_here(client: SchedulerLike) -> bool:
     return is_in_process(client)
 
 
-def _check_execution(engine: Engine, device: str, precision: InferencePrecision) -> str:
+def _check_execution(engine: Engine, device: str, precision: InferencePrecision,
+                     scene_pixels: int = 0) -> str:
     """Raise now, not in a task, when this machine cannot run ``device`` / ``engine`` /
-    ``precision`` (no CUDA, a package missing, int8 on torch); return what will run and why."""
+    ``precision`` (no CUDA, a package missing, int8 on torch); return what will run on a scene
+    of ``scene_pixels`` and why (the workers decide the same from the same scene)."""
     from geounet.engine.runner import resolve_execution
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
-        choice = resolve_execution(engine, precision, device, calibrated=True)
+        choice = resolve_execution(engine, precision, device, scene_pixels)
     return (f"engine {choice.engine}, precision {choice.precision} on {choice.device.type} "
             f"({choice.reason})")
 
@@ -204,7 +206,7 @@ def plan_prediction(
     max_pixels = check_max_pixels(max_pixels)
     source = _open_placed_scene(scene, allow_no_crs)
     if check_device:
-        log.info("%s", _check_execution(engine, device, precision))
+        _check_execution(engine, device, precision)
     model_path = Path(model) if model is not None else default_model_path()
     card, bands = _load_card(model_path, bands)
     info = _fit_scene(source, card, resample, resampling, rescale, max_pixels)
@@ -236,6 +238,8 @@ def plan_prediction(
     }
     plan = Plan(info, card, grid, runner, chunk_size, tile_size, run)
     log.info("%s", describe_plan(plan, source))
+    if check_device:
+        log.info("%s", _check_execution(engine, device, precision, info.height * info.width))
     return plan
 
 
