@@ -119,6 +119,11 @@ def test_engine_auto_and_int8_rule(monkeypatch: pytest.MonkeyPatch) -> None:
     flags = _flags("Cascade Lake (AVX512-VNNI)")
     assert engines.resolve_engine("auto", "cpu", flags, precision="int8") == "openvino"
     assert engines.resolve_engine("auto", "cpu", flags, precision="auto") == "openvino"
+    # the scene's size: below ENGINE_AUTO_MIN_PIXELS torch starts faster (int8 asked: no)
+    small, big = engines.ENGINE_AUTO_MIN_PIXELS - 1, engines.ENGINE_AUTO_MIN_PIXELS
+    assert engines.resolve_engine("auto", "cpu", flags, "auto", scene_pixels=small) == "torch"
+    assert engines.resolve_engine("auto", "cpu", flags, "fp32", scene_pixels=big) == "openvino"
+    assert engines.resolve_engine("auto", "cpu", flags, "int8", scene_pixels=small) == "openvino"
     installed.discard("openvino")
     assert engines.resolve_engine("auto", "cpu", flags, precision="int8") == "onnxruntime"
     assert engines.resolve_engine("onnxruntime", "cpu", flags, precision="int8") == "onnxruntime"

@@ -60,6 +60,11 @@ _EXPORT_LOCK = threading.Lock()
 cpu_flags = environment.cpu_flags
 """The CPU's instruction-set flags from ``/proc/cpuinfo`` (:func:`geounet.environment.cpu_flags`)."""
 
+ENGINE_AUTO_MIN_PIXELS = 2048 * 2048
+"""``engine auto`` runs a scene of fewer model pixels (4.2 MP) on torch: OpenVINO's start
+(import, compiling the tile shape, teardown: about 0.9 s, benchmarks/RESULTS.md "int8")
+outweighs its 0.3-0.9 CPU-s per MP advantage there."""
+
 INT8_ENGINES = ("openvino", "onnxruntime")
 """Engines that run int8 models, fastest first (docs/engine.md, "int8")."""
 
@@ -82,16 +87,19 @@ def resolve_engine(
     device_type: str,
     flags: frozenset[str] | None = None,
     precision: str = "fp32",
+    scene_pixels: int | None = None,
 ) -> str:
     """The engine actually used for ``engine`` on a ``device_type`` (``cpu`` or ``cuda``) device
-    at ``precision`` (asked for, ``auto`` included, or resolved: ``fp32``, ``bf16``, ``int8``).
+    at ``precision`` (asked for, ``auto`` included, or resolved: ``fp32``, ``bf16``, ``int8``)
+    for a scene of ``scene_pixels`` model pixels (None: not known).
 
     The ``auto`` rule (docs/engine.md has the measurements behind it, from
     ``benchmarks/bench_engines.py``; a documented table, not a timing at run time, so the engine
     of a run never depends on the machine's load):
 
     1. a CUDA device, or a CPU without AVX2 (not x86-64 v3, e.g. ARM; no measurement there):
-       ``torch``;
+       ``torch``; also a scene of fewer than :data:`ENGINE_AUTO_MIN_PIXELS` model pixels, unless
+       the precision is int8 (the other engines' start costs more than they save there);
     2. int8: ``openvino`` if installed, else ``onnxruntime`` (torch runs no int8);
     3. bf16: ``openvino`` if installed (2.4x PyTorch fp32 on an AVX-512 CPU), else ``torch``
        (ONNX Runtime runs fp32 and int8 only);
@@ -114,6 +122,9 @@ def resolve_engine(
     if engine == "auto":
         flags = environment.cpu_flags() if flags is None else flags
         if device_type != "cpu" or "avx2" not in flags:
+            return "torch"
+        small = scene_pixels is not None and scene_pixels < ENGINE_AUTO_MIN_PIXELS
+        if small and precision != "int8":
             return "torch"
         order = {"bf16": ("openvino",), "int8": INT8_ENGINES}.get(precision, INT8_ENGINES)
         for candidate in order:

@@ -138,29 +138,35 @@ def resolve_execution(
     engine: Engine,
     precision: InferencePrecision,
     device: str = "auto",
-    scene_pixels: int = 0,
+    scene_pixels: int | None = None,
 ) -> Execution:
-    """Resolve ``device``, ``engine`` and ``precision`` together (docs/engine.md): the engine
-    from the precision asked for (:func:`geounet.engine.backends.resolve_engine`), then the
-    precision for that engine (:func:`resolve_precision`), checked against each other.
+    """Resolve ``device``, ``engine`` and ``precision`` together (docs/engine.md) for a scene of
+    ``scene_pixels`` model pixels (None: no scene, e.g. a runner used on arrays): the engine
+    from the precision asked for and the scene's size
+    (:func:`geounet.engine.backends.resolve_engine`), then the precision for that engine and
+    scene (:func:`resolve_precision`), checked against each other.
 
     Raises
     ------
     DeviceError, EngineError, InputError
         A device, engine or precision this machine cannot run, or that cannot go together.
     """
-    from geounet.engine.backends import resolve_engine
+    from geounet.engine.backends import ENGINE_AUTO_MIN_PIXELS, resolve_engine
     from geounet.environment import cpu_features, cpu_flags
 
     torch_device = resolve_device(device)
-    chosen = resolve_engine(engine, torch_device.type, precision=str(precision))
-    resolved = resolve_precision(precision, torch_device, chosen, scene_pixels)
+    chosen = resolve_engine(engine, torch_device.type, precision=str(precision),
+                            scene_pixels=scene_pixels)
+    resolved = resolve_precision(precision, torch_device, chosen, scene_pixels or 0)
     resolve_engine(chosen, torch_device.type, precision=resolved)  # e.g. onnxruntime + bf16
     parts = []
     if engine == "auto":
         isa = ", ".join(cpu_features(cpu_flags())) or "no AVX2"
-        parts.append(f"engine auto -> {chosen} (device {torch_device.type}, CPU {isa}; "
-                     "the fastest installed engine by docs/engine.md's table)")
+        small = scene_pixels is not None and scene_pixels < ENGINE_AUTO_MIN_PIXELS
+        why = (f"a scene under {ENGINE_AUTO_MIN_PIXELS / 1e6:.1f} MP: the other engines' start "
+               "costs more than they save" if small and chosen == "torch"
+               else "the fastest installed engine for it by docs/engine.md's table")
+        parts.append(f"engine auto -> {chosen} (device {torch_device.type}, CPU {isa}; {why})")
     if precision == "auto":
         why = {"int8": "the CPU has VNNI/AMX, the engine runs int8 and the scene has at least "
                        f"{INT8_AUTO_MIN_PIXELS / 1e6:.1f} MP",

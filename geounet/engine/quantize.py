@@ -255,10 +255,10 @@ def make_int8_backend(engine: str, model: UNet, checkpoint: str | os.PathLike[st
     return OpenVinoBackend(path, threads, "f32")
 
 
-def source_pixels(source: Any) -> int:
-    """Pixels of a calibration source (a scene's or an array's height x width; 0 for None)."""
+def source_pixels(source: Any) -> int | None:
+    """Pixels of a calibration source (a scene's or an array's height x width; None for None)."""
     if source is None:
-        return 0
+        return None
     if isinstance(source, np.ndarray):
         return int(source.shape[-2] * source.shape[-1])
     return int(source.height * source.width)

@@ -333,10 +333,11 @@ def get_runner(
     engine : ``torch`` (default here; ``geounet.predict`` and the CLI default to ``auto``),
         ``onnxruntime``, ``openvino`` or ``auto`` (:mod:`geounet.engine.backends`); the export
         is made here, on the worker, once per process and cached on disk.
-    calibration : the scene (:class:`~geounet.raster.SceneInfo`) or raw pixels (C, H, W) an int8
-        model is calibrated on (:mod:`geounet.engine.quantize`); used only when the precision
-        resolves to int8, and then part of the runner's identity (one runner per scene, at most
-        :data:`MAX_INT8_RUNNERS` kept).
+    calibration : the scene (:class:`~geounet.raster.SceneInfo`) or raw pixels (C, H, W) the
+        runner is for: its size takes part in ``engine auto`` / ``precision auto``
+        (:func:`resolve_execution`); an int8 model is calibrated on it
+        (:mod:`geounet.engine.quantize`) and it is then part of the runner's identity (one
+        runner per scene, at most :data:`MAX_INT8_RUNNERS` kept).
 
     Examples
     --------
@@ -352,15 +353,18 @@ def get_runner(
         stamp: Any = (stat.st_mtime_ns, stat.st_size)
     except OSError:
         stamp = None
-    key: tuple[Any, ...] = (str(path.resolve()), stamp, str(device), str(precision), str(engine))
-    if calibration is not None and _resolves_to_int8(engine, precision, device, calibration):
-        from geounet.engine.quantize import calibration_key
+    from geounet.engine.quantize import calibration_key, source_pixels
 
+    # what runs depends on the scene's size too (engine auto, precision auto): keyed by it
+    choice = resolve_execution(engine, precision, device, source_pixels(calibration))
+    key: tuple[Any, ...] = (str(path.resolve()), stamp, str(device), str(precision), str(engine),
+                            choice.engine, choice.precision)
+    if choice.precision == "int8":
         return _int8_runner(path, key, bands, calibration, calibration_key(calibration))
     with _RUNNER_LOCK:
         runner = _RUNNERS.get(key)
         if runner is None:
-            runner = _load_runner(path, device, precision, engine)
+            runner = _load_runner(path, device, precision, engine, calibration=calibration)
             _RUNNERS[key] = runner
         if bands is None or tuple(bands) == tuple(runner.card.bands):
             return runner
@@ -375,17 +379,6 @@ def get_runner(
             view.reason = runner.reason
             _RUNNERS[band_key] = view
         return view
-
-
-def _resolves_to_int8(engine: Engine, precision: InferencePrecision, device: str,
-                      calibration: Any) -> bool:
-    """Whether a runner of these settings, calibrated on ``calibration``, would run int8."""
-    from geounet.engine.quantize import source_pixels
-
-    if precision not in ("auto", "int8"):
-        return False
-    choice = resolve_execution(engine, precision, device, source_pixels(calibration))
-    return choice.precision == "int8"
 
 
 def _load_runner(path: Path, device: str, precision: InferencePrecision, engine: Engine,
