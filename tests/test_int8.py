@@ -308,3 +308,23 @@ def test_engine_auto_falls_back_to_torch_when_the_engine_fails(
     np.testing.assert_array_equal(runner.forward(x), base.forward(x))
     with pytest.raises(RuntimeError, match="simulated"):
         ModelRunner(base.model, base.card, device="cpu", precision="fp32", engine="openvino")
+
+
+@pytest.mark.skipif(not engines.engine_installed("openvino"), reason="openvino is not installed")
+def test_openvino_is_imported_without_its_telemetry(tmp_path: Path) -> None:
+    """``import openvino`` sends a usage-telemetry event from its conversion tool (a forked
+    process); geounet's import skips the tool: no telemetry module, no fork, the runtime
+    works, and the tool can still be imported on purpose."""
+    import subprocess
+    import sys
+
+    code = (
+        "import os, sys; forks = []; os.register_at_fork(before=lambda: forks.append(1)); "
+        "from geounet.engine.backends import import_openvino; ov = import_openvino(); "
+        "ov.Core().available_devices; "
+        "print(len(forks), any('telemetry' in m for m in sys.modules), "
+        "'openvino.tools.ovc' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=120, check=True).stdout.split()
+    assert out == ["0", "False", "False"], out

@@ -280,15 +280,47 @@ def exported_model(
             _EXPORTS["count"] += 1
         if engine != "openvino":
             return onnx_path
-        import openvino as ov
-
+        ov = import_openvino()
         log.info("converting %s to OpenVINO IR: %s", onnx_path, xml)
         tmp = xml.with_name(f".part-{os.getpid()}-{xml.name}")
-        ov.save_model(ov.convert_model(str(onnx_path)), str(tmp), compress_to_fp16=False)
+        ov.save_model(read_onnx(onnx_path), str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
         _EXPORTS["count"] += 1
         return xml
+
+
+def import_openvino() -> Any:
+    """``import openvino`` without its model conversion tool.
+
+    ``openvino/__init__.py`` imports ``openvino.tools.ovc`` for ``openvino.convert_model``, and
+    that import sends a usage-telemetry event (``openvino_telemetry``: a forked copy of this
+    process posting to Google Analytics) unless the user opted out with ``opt_in_out
+    --opt_out``. geounet sends nothing anywhere and does not need the tool (it reads ONNX
+    with the runtime's frontend, :func:`read_onnx`), so the first import here skips it: in
+    this process ``openvino.convert_model`` is then missing; ``from openvino.tools.ovc import
+    convert_model`` still works (and sends its event). An ``openvino`` already imported is
+    returned as it is."""
+    import sys
+
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    blocked = "openvino.tools.ovc" not in sys.modules
+    if blocked:
+        sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]  # ImportError
+    try:
+        import openvino
+    finally:
+        if blocked and sys.modules.get("openvino.tools.ovc", False) is None:
+            del sys.modules["openvino.tools.ovc"]
+    return openvino
+
+
+def read_onnx(path: Path) -> Any:
+    """An ONNX file as an OpenVINO model, by OpenVINO's ONNX frontend (``Core.read_model``;
+    the same model as ``openvino.convert_model`` of the file without options, without the
+    conversion tool: :func:`import_openvino`)."""
+    return import_openvino().Core().read_model(str(path))
 
 
 # ---- backends ---------------------------------------------------------------------------
@@ -320,8 +352,7 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, path: Path, threads: int, precision: str) -> None:
-        import openvino as ov
-
+        ov = import_openvino()
         self.path = path
         self.core = ov.Core()
         self.model = self.core.read_model(str(path))

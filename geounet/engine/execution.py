@@ -100,6 +100,11 @@ def resolve_precision(
         raise InputError(
             f"precision {precision!r} is not one of {choices(InferencePrecision)}; pick one."
         )
+    if precision == "int8":  # EngineError on CUDA, with torch, or without onnxruntime
+        from geounet.engine.backends import resolve_engine
+
+        resolve_engine(engine, device.type, flags, precision="int8")  # type: ignore[arg-type]
+        return "int8"
     if device.type == "cuda":
         if precision == "auto":
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"

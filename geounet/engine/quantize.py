@@ -42,6 +42,8 @@ from geounet.engine.backends import (
     checkpoint_digest,
     engine_version,
     exported_model,
+    import_openvino,
+    read_onnx,
     resolve_engine,
 )
 from geounet.environment import cpu_flags, int8_is_faster
@@ -229,10 +231,9 @@ def int8_model(checkpoint: str | os.PathLike[str], model: UNet, channels: int, e
         if engine != "openvino":
             return onnx_path
         if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
-            import openvino as ov
-
+            ov = import_openvino()
             tmp = xml.with_name(f".part-{os.getpid()}-{xml.name}")
-            ov.save_model(ov.convert_model(str(onnx_path)), str(tmp), compress_to_fp16=False)
+            ov.save_model(read_onnx(onnx_path), str(tmp), compress_to_fp16=False)
             os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
             os.replace(tmp, xml)
         return xml
