@@ -328,3 +328,20 @@ def test_openvino_is_imported_without_its_telemetry(tmp_path: Path) -> None:
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                          cwd=tmp_path, timeout=120, check=True).stdout.split()
     assert out == ["0", "False", "False"], out
+
+
+def test_the_log_says_which_engine_runs_and_why(make_scene: Callable[..., Path],
+                                                tmp_path: Path) -> None:
+    """`geounet predict` (default --engine auto) logs the engine and precision it resolved
+    and the rule's reason: a small scene runs torch because other engines start slower."""
+    from click.testing import CliRunner
+
+    from geounet.cli.main import cli
+
+    scene = make_scene(70, 60)
+    result = CliRunner().invoke(cli, ["predict", str(scene), "-o", str(tmp_path / "p.zarr"),
+                                      "--model", str(_checkpoint(tmp_path)), "--in-process",
+                                      "--precision", "fp32"])
+    assert result.exit_code == 0, result.output
+    assert "engine torch, precision fp32 on cpu" in result.output
+    assert "engine auto -> torch" in result.output and "under 4.2 MP" in result.output

@@ -168,9 +168,15 @@ def resolve_execution(
     if engine == "auto":
         isa = ", ".join(cpu_features(cpu_flags())) or "no AVX2"
         small = scene_pixels is not None and scene_pixels < ENGINE_AUTO_MIN_PIXELS
-        why = (f"a scene under {ENGINE_AUTO_MIN_PIXELS / 1e6:.1f} MP: the other engines' start "
-               "costs more than they save" if small and chosen == "torch"
-               else "the fastest installed engine for it by docs/engine.md's table")
+        if torch_device.type != "cpu":
+            why = "the other engines run on the CPU only"
+        elif "avx2" not in cpu_flags():
+            why = "a CPU without AVX2: the other engines are not measured there"
+        elif small and chosen == "torch":
+            why = (f"a scene under {ENGINE_AUTO_MIN_PIXELS / 1e6:.1f} MP: the other engines' "
+                   "start costs more than they save")
+        else:
+            why = "the fastest installed engine for it by docs/engine.md's table"
         parts.append(f"engine auto -> {chosen} (device {torch_device.type}, CPU {isa}; {why})")
     if precision == "auto":
         why = {"int8": "the CPU has VNNI/AMX, the engine runs int8 and the scene has at least "
