@@ -345,3 +345,22 @@ def test_the_log_says_which_engine_runs_and_why(make_scene: Callable[..., Path],
     assert result.exit_code == 0, result.output
     assert "engine torch, precision fp32 on cpu" in result.output
     assert "engine auto -> torch" in result.output and "under 4.2 MP" in result.output
+
+
+def test_seven_bit_weights_for_cpus_without_vnni(tmp_path: Path) -> None:
+    """Without VNNI/AMX the weights are quantized to 7 bits (ONNX Runtime's advice for AVX2):
+    a separate cached model (its own digest) that still runs close to the 8-bit one."""
+    if not engines.engine_installed("onnxruntime"):
+        pytest.skip("onnxruntime is not installed")
+    assert quantize.reduce_range_for(_flags("Zen 2 / Skylake client (AVX2)"))
+    assert not quantize.reduce_range_for(_flags("Cascade Lake (AVX512-VNNI)"))
+    checkpoint = _checkpoint(tmp_path, seed=9)
+    base = make_runner(depth=2, base=8, seed=9)
+    rng = np.random.default_rng(1)
+    batch = np.stack([base.normalize(rng.integers(0, 256, (3, 92, 92)).astype(np.uint8))
+                      for _ in range(3)])
+    paths = [quantize.int8_model(checkpoint, base.model, 3, "onnxruntime", batch,
+                                 reduce_range=r) for r in (False, True)]
+    assert paths[0] != paths[1] and all(p.is_file() for p in paths)
+    outs = [engines.OnnxRuntimeBackend(p, 1)(batch[:1]) for p in paths]
+    assert 0 < np.abs(outs[0] - outs[1]).max() < 1.0
