@@ -364,3 +364,23 @@ def test_seven_bit_weights_for_cpus_without_vnni(tmp_path: Path) -> None:
     assert paths[0] != paths[1] and all(p.is_file() for p in paths)
     outs = [engines.OnnxRuntimeBackend(p, 1)(batch[:1]) for p in paths]
     assert 0 < np.abs(outs[0] - outs[1]).max() < 1.0
+
+
+def test_int8_with_torch_is_a_clean_error_before_torch_loads(tmp_path: Path) -> None:
+    """An option mistake (int8 on the torch engine) is named, with the fix, before torch is
+    imported and before the scene is opened."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys; from click.testing import CliRunner; from geounet.cli.main import cli; "
+        "r = CliRunner().invoke(cli, ['predict', 'missing.tif', '--out', 'x.zarr', "
+        "'--precision', 'int8', '--engine', 'torch']); "
+        "print(r.exit_code, 'torch' in sys.modules); print(r.output)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         cwd=tmp_path, timeout=60).stdout
+    status, torch_loaded = out.splitlines()[0].split()
+    assert status == "1" and torch_loaded == "False", out
+    assert "precision 'int8' runs on the onnxruntime or openvino engine" in out
+    assert "--engine auto" in out and "Traceback" not in out

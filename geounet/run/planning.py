@@ -316,6 +316,11 @@ def _check_settings(precision: InferencePrecision, probability_dtype: Probabilit
         )
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
+    if precision == "int8":  # int8 with torch, on CUDA or without onnxruntime: before torch
+        from geounet.engine.backends import resolve_engine
+
+        resolve_engine(engine, "cuda" if str(device).startswith("cuda") else "cpu",
+                       precision="int8")
     if check_device:
         _check_execution(engine, device, precision)
     elif engine not in choices(Engine):
