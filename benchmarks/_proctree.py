@@ -10,13 +10,16 @@ import time
 from typing import IO, Any
 
 
-def run_measured(cmd: list[str], *, stderr: IO[Any] | None = None,
-                 interval: float = 0.05) -> tuple[float, int, str, int]:
-    """Run ``cmd``; return (wall s, peak RSS bytes of its process tree, stdout, exit code)."""
+def run_measured(cmd: list[str], *, stderr: IO[Any] | None = None, interval: float = 0.05,
+                 env: dict[str, str] | None = None,
+                 cwd: str | None = None) -> tuple[float, int, str, int]:
+    """Run ``cmd`` (in ``env`` and ``cwd``, default this process's); return (wall s, peak RSS
+    bytes of its process tree, stdout, exit code)."""
     import psutil
 
     start = time.perf_counter()
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True)
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=stderr, text=True, env=env,
+                            cwd=cwd)
     parent = psutil.Process(proc.pid)
     peak = 0
     stop = threading.Event()

@@ -8,6 +8,10 @@ output megapixel (meaningful on a quiet machine only) and the largest difference
     python benchmarks/bench_engines.py                              # depth 4, base 16, valid 1212
     python benchmarks/bench_engines.py --base 32 --threads 2 --reps 5
     python benchmarks/bench_engines.py --padding same --precision bf16   # AVX512_BF16/AMX
+    python benchmarks/bench_engines.py --precision int8   # torch fp32 as the reference row
+
+int8 runners are calibrated on the benchmark's own tile (raw uint8 noise; issue 20); the
+difference column is then the quantization error, not rounding.
 
 To rerun quietly: on an otherwise idle machine, `python benchmarks/bench_engines.py --reps 5`
 for threads 1 and all cores, and paste the tables into benchmarks/RESULTS.md.
@@ -53,7 +57,8 @@ def main(argv: list[str] | None = None) -> None:
     work = Path(tempfile.mkdtemp(prefix="bench-engines-"))
     checkpoint = save_checkpoint(work / "m.pt", UNet(cfg).eval(), card)
     rng = np.random.default_rng(0)
-    batch = rng.normal(size=(1, 3, tile, tile)).astype(np.float32)
+    pixels = rng.integers(0, 256, size=(3, tile, tile), dtype=np.uint8)
+    batch = ((pixels.astype(np.float32) - 120.0) / 60.0)[None]
     out_side = cfg.output_size(tile) if args.padding == "valid" else tile
     out_mp = out_side**2 / 1e6
     flags = engines.cpu_flags()
@@ -67,9 +72,13 @@ def main(argv: list[str] | None = None) -> None:
     print("| --- | --- | --- | --- | --- |")
     reference = None
     for engine in engines.available_engines():
-        precision = args.precision if engine != "onnxruntime" else "fp32"
+        precision = args.precision
+        if (engine == "onnxruntime" and precision == "bf16") or (
+                engine == "torch" and precision == "int8"):
+            precision = "fp32"
         clear_runner_cache()
-        runner: ModelRunner = get_runner(checkpoint, "cpu", precision, engine=engine)
+        runner: ModelRunner = get_runner(checkpoint, "cpu", precision, engine=engine,
+                                         calibration=pixels if precision == "int8" else None)
         runner.forward(batch)  # warm-up (OpenVINO compiles the shape here)
         cpu, wall = [], []
         for _ in range(args.reps):

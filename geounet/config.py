@@ -14,6 +14,11 @@ Padding = Literal["valid", "same"]
 Precision = Literal["auto", "fp32", "bf16", "fp16"]
 """Compute precision of the model forward pass; ``auto`` picks the fastest correct one."""
 
+InferencePrecision = Literal["auto", "fp32", "bf16", "fp16", "int8"]
+"""Precision of prediction: those of :data:`Precision`, plus ``int8`` (post-training static
+quantization calibrated on the scene; the ONNX Runtime and OpenVINO engines, docs/engine.md).
+Training has no int8."""
+
 ProbabilityDtype = Literal["uint8", "float32"]
 """How class probabilities are stored: uint8 (0-255, default) or float32."""
 

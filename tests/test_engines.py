@@ -151,7 +151,7 @@ def test_auto_rule_reads_the_cpu_and_the_installed_packages(
     installed.discard("openvino")
     assert engines.resolve_engine("auto", "cpu", avx2) == "onnxruntime"
     assert engines.resolve_engine("auto", "cpu", amx, precision="bf16") == "torch"
-    with pytest.raises(EngineError, match="fp32 only"):
+    with pytest.raises(EngineError, match="fp32 and int8 only"):
         engines.resolve_engine("onnxruntime", "cpu", amx, precision="bf16")
     installed.discard("onnxruntime")
     assert engines.resolve_engine("auto", "cpu", avx512) == "torch"
@@ -178,7 +178,7 @@ def test_onnxruntime_refuses_bf16(tmp_path: Path) -> None:
 
     # a CPU without native bf16 also warns that bf16 would be emulated (AVX2 machines)
     emulated = pytest.warns(UserWarning) if not cpu_supports_bf16() else contextlib.nullcontext()
-    with pytest.raises(EngineError, match="fp32 only"), emulated:
+    with pytest.raises(EngineError, match="fp32 and int8 only"), emulated:
         get_runner(_checkpoint(tmp_path), "cpu", "bf16", engine="onnxruntime")
 
 

@@ -24,7 +24,7 @@ from geounet.engine.inference import (
     runner_load_count,
 )
 from geounet.engine.tiling import plan_tiles
-from geounet.errors import DeviceError, InputError
+from geounet.errors import DeviceError, EngineError, InputError
 from geounet.model import ModelCard, UNet, UNetConfig, save_checkpoint
 from geounet.raster import open_scene, read_window
 
@@ -350,7 +350,9 @@ def test_device_and_precision_resolution() -> None:
     with pytest.raises(DeviceError, match="CUDA"):
         resolve_precision("fp16", cpu)
     with pytest.raises(InputError):
-        resolve_precision("int8", cpu)  # type: ignore[arg-type]
+        resolve_precision("int4", cpu)  # type: ignore[arg-type]
+    with pytest.raises(EngineError, match="not 'torch'"):
+        resolve_precision("int8", cpu)  # torch runs no int8 (tests/test_int8.py: the engines)
 
 
 def test_classify_threshold_and_nodata() -> None:

@@ -14,7 +14,7 @@ from geounet.config import (
     TTA,
     BatchRaster,
     Engine,
-    Precision,
+    InferencePrecision,
     ProbabilityDtype,
     ResampleMode,
     Resampling,
@@ -111,18 +111,21 @@ device = click.option(
 )
 precision = click.option(
     "--precision",
-    type=click.Choice(choices(Precision)),
+    type=click.Choice(choices(InferencePrecision)),
     default="auto",
     show_default=True,
-    help="Model compute precision; auto uses bf16 where the CPU or GPU supports it.",
+    help="Model compute precision. int8: quantized after calibration on crops of the scene "
+    "(onnxruntime/openvino engines). auto: int8 on a CPU with VNNI/AMX when the engine runs it, "
+    "else bf16 where the CPU or GPU has it, else fp32 (docs/engine.md).",
 )
 engine = click.option(
     "--engine",
     type=click.Choice(choices(Engine)),
-    default="torch",
+    default="auto",
     show_default=True,
-    help="Inference runtime: torch, onnxruntime, openvino (optional extras), or auto "
-    "(by the CPU's instruction sets and the installed packages; see docs/engine.md).",
+    help="Inference runtime: torch, onnxruntime, openvino (optional extras), or auto (the "
+    "fastest installed one for this CPU, by docs/engine.md's table; falls back to torch, "
+    "logged, if it fails to open).",
 )
 tta = click.option(
     "--tta",

@@ -24,7 +24,6 @@ Examples
 
 from __future__ import annotations
 
-import functools
 import importlib.util
 import logging
 import os
@@ -38,6 +37,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
+from geounet import environment
 from geounet.config import Engine, choices
 from geounet.engine.cache import LeastRecentlyUsed
 from geounet.errors import EngineError, InputError
@@ -60,17 +60,16 @@ _EXPORT_LOCK = threading.Lock()
 
 
 # ---- what the machine has ---------------------------------------------------------------
-@functools.lru_cache(maxsize=1)
-def cpu_flags() -> frozenset[str]:
-    """The CPU's instruction-set flags from ``/proc/cpuinfo`` (empty where it cannot be read)."""
-    try:
-        with open("/proc/cpuinfo", encoding="ascii", errors="replace") as handle:
-            for line in handle:
-                if line.startswith("flags"):
-                    return frozenset(line.split(":", 1)[1].split())
-    except OSError:
-        pass
-    return frozenset()
+cpu_flags = environment.cpu_flags
+"""The CPU's instruction-set flags from ``/proc/cpuinfo`` (:func:`geounet.environment.cpu_flags`)."""
+
+ENGINE_AUTO_MIN_PIXELS = 2048 * 2048
+"""``engine auto`` runs a scene of fewer model pixels (4.2 MP) on torch: OpenVINO's start
+(import, compiling the tile shape, teardown: about 0.9 s, benchmarks/RESULTS.md "int8")
+outweighs its 0.3-0.9 CPU-s per MP advantage there."""
+
+INT8_ENGINES = ("openvino", "onnxruntime")
+"""Engines that run int8 models, fastest first (docs/engine.md, "int8")."""
 
 
 def engine_installed(engine: str) -> bool:
@@ -91,20 +90,25 @@ def resolve_engine(
     device_type: str,
     flags: frozenset[str] | None = None,
     precision: str = "fp32",
+    scene_pixels: int | None = None,
 ) -> str:
     """The engine actually used for ``engine`` on a ``device_type`` (``cpu`` or ``cuda``) device
-    at the resolved ``precision`` (``fp32``, ``bf16``, ``fp16``).
+    at ``precision`` (asked for, ``auto`` included, or resolved: ``fp32``, ``bf16``, ``int8``)
+    for a scene of ``scene_pixels`` model pixels (None: not known).
 
     The ``auto`` rule (docs/engine.md has the measurements behind it, from
-    ``benchmarks/bench_engines.py``):
+    ``benchmarks/bench_engines.py``; a documented table, not a timing at run time, so the engine
+    of a run never depends on the machine's load):
 
     1. a CUDA device, or a CPU without AVX2 (not x86-64 v3, e.g. ARM; no measurement there):
-       ``torch``;
-    2. bf16 (a CPU with AVX512_BF16 or AMX under ``precision auto``): ``openvino`` if installed
-       (2.4x PyTorch fp32 on an AVX-512 CPU), else ``torch`` (ONNX Runtime runs fp32 only);
-    3. fp32 on an AVX2 / AVX-512 CPU: ``openvino`` if installed, else ``onnxruntime`` if
-       installed, else ``torch`` (OpenVINO used 0.58-0.89x and ONNX Runtime 0.69-1.02x the
-       CPU-seconds of PyTorch channels_last on an AVX2 CPU; 1.1-1.3x faster on AVX-512).
+       ``torch``; also a scene of fewer than :data:`ENGINE_AUTO_MIN_PIXELS` model pixels, unless
+       the precision is int8 (the other engines' start costs more than they save there);
+    2. int8: ``openvino`` if installed, else ``onnxruntime`` (torch runs no int8);
+    3. bf16: ``openvino`` if installed (2.4x PyTorch fp32 on an AVX-512 CPU), else ``torch``
+       (ONNX Runtime runs fp32 and int8 only);
+    4. fp32 or ``auto`` precision on an AVX2 / AVX-512 CPU: ``openvino`` if installed, else
+       ``onnxruntime`` if installed, else ``torch`` (OpenVINO used 0.52-0.89x and ONNX Runtime
+       0.60-1.02x the CPU-seconds of PyTorch channels_last on AVX2 and AVX-512 CPUs).
 
     Raises
     ------
@@ -112,15 +116,20 @@ def resolve_engine(
         ``engine`` is not one of the choices.
     EngineError
         ``onnxruntime`` / ``openvino`` asked for on a CUDA device or without its package;
-        ``onnxruntime`` with bf16.
+        ``onnxruntime`` with bf16; int8 with ``torch``, on CUDA, or with no int8 engine installed.
     """
     if engine not in choices(Engine):
         raise InputError(f"engine {engine!r} is not one of {choices(Engine)}; pick one.")
+    if precision == "int8":
+        _check_int8(engine, device_type)
     if engine == "auto":
-        flags = cpu_flags() if flags is None else flags
+        flags = environment.cpu_flags() if flags is None else flags
         if device_type != "cpu" or "avx2" not in flags:
             return "torch"
-        order = ("openvino",) if precision == "bf16" else ("openvino", "onnxruntime")
+        small = scene_pixels is not None and scene_pixels < ENGINE_AUTO_MIN_PIXELS
+        if small and precision != "int8":
+            return "torch"
+        order = {"bf16": ("openvino",), "int8": INT8_ENGINES}.get(precision, INT8_ENGINES)
         for candidate in order:
             if engine_installed(candidate):
                 return candidate
@@ -137,12 +146,32 @@ def resolve_engine(
                 f"install it with `pip install geounet[{_EXTRAS[engine]}]`, or use "
                 f"--engine torch or auto."
             )
-        if engine == "onnxruntime" and precision != "fp32":
+        if engine == "onnxruntime" and precision in ("bf16", "fp16"):
             raise EngineError(
-                f"engine 'onnxruntime' runs fp32 only, but precision {precision!r} was resolved; "
-                f"use --precision fp32, or --engine openvino for bf16."
+                f"engine 'onnxruntime' runs fp32 and int8 only, but precision {precision!r} was "
+                f"resolved; use --precision fp32 or int8, or --engine openvino for bf16."
             )
     return str(engine)
+
+
+def _check_int8(engine: str, device_type: str) -> None:
+    """Raise EngineError where precision int8 cannot run."""
+    if device_type != "cpu":
+        raise EngineError(
+            f"precision 'int8' runs on the CPU (ONNX Runtime or OpenVINO), not on device "
+            f"{device_type!r}; use --precision auto, bf16 or fp16 on a GPU, or --device cpu."
+        )
+    if engine == "torch":
+        raise EngineError(
+            "precision 'int8' runs on the onnxruntime or openvino engine, not 'torch'; use "
+            "--engine auto, openvino or onnxruntime, or --precision fp32."
+        )
+    if not engine_installed("onnxruntime"):  # its quantizer makes the int8 model, for both
+        raise EngineError(
+            "precision 'int8' needs ONNX Runtime's quantizer (the 'onnxruntime' package), also "
+            "for --engine openvino; install it with `pip install geounet[onnx]`, or use "
+            "--precision fp32."
+        )
 
 
 def engine_version(engine: str) -> str:
@@ -254,15 +283,47 @@ def exported_model(
             _EXPORTS["count"] += 1
         if engine != "openvino":
             return onnx_path
-        import openvino as ov
-
+        ov = import_openvino()
         log.info("converting %s to OpenVINO IR: %s", onnx_path, xml)
         tmp = xml.with_name(f".part-{os.getpid()}-{xml.name}")
-        ov.save_model(ov.convert_model(str(onnx_path)), str(tmp), compress_to_fp16=False)
+        ov.save_model(read_onnx(onnx_path), str(tmp), compress_to_fp16=False)
         os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
         os.replace(tmp, xml)
         _EXPORTS["count"] += 1
         return xml
+
+
+def import_openvino() -> Any:
+    """``import openvino`` without its model conversion tool.
+
+    ``openvino/__init__.py`` imports ``openvino.tools.ovc`` for ``openvino.convert_model``, and
+    that import sends a usage-telemetry event (``openvino_telemetry``: a forked copy of this
+    process posting to Google Analytics) unless the user opted out with ``opt_in_out
+    --opt_out``. geounet sends nothing anywhere and does not need the tool (it reads ONNX
+    with the runtime's frontend, :func:`read_onnx`), so the first import here skips it: in
+    this process ``openvino.convert_model`` is then missing; ``from openvino.tools.ovc import
+    convert_model`` still works (and sends its event). An ``openvino`` already imported is
+    returned as it is."""
+    import sys
+
+    if "openvino" in sys.modules:
+        return sys.modules["openvino"]
+    blocked = "openvino.tools.ovc" not in sys.modules
+    if blocked:
+        sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]  # ImportError
+    try:
+        import openvino
+    finally:
+        if blocked and sys.modules.get("openvino.tools.ovc", False) is None:
+            del sys.modules["openvino.tools.ovc"]
+    return openvino
+
+
+def read_onnx(path: Path) -> Any:
+    """An ONNX file as an OpenVINO model, by OpenVINO's ONNX frontend (``Core.read_model``;
+    the same model as ``openvino.convert_model`` of the file without options, without the
+    conversion tool: :func:`import_openvino`)."""
+    return import_openvino().Core().read_model(str(path))
 
 
 # ---- backends ---------------------------------------------------------------------------
@@ -310,8 +371,7 @@ class OpenVinoBackend:
     name = "openvino"
 
     def __init__(self, path: Path, threads: int, precision: str) -> None:
-        import openvino as ov
-
+        ov = import_openvino()
         self.path = path
         self.core = ov.Core()
         self.model = self.core.read_model(str(path))
@@ -355,6 +415,21 @@ class OpenVinoBackend:
 BACKENDS: dict[str, type[Backend]] = {"onnxruntime": OnnxRuntimeBackend,
                                        "openvino": OpenVinoBackend}
 """The engines besides torch (the runner's own path), by :data:`geounet.config.Engine` name."""
+
+
+def save_in_memory_model(model: UNet) -> Path:
+    """Save the weights of a model built in memory (no checkpoint) to a fresh temporary folder,
+    removed when the process exits, so its exports have a file to be keyed by."""
+    import atexit
+    import shutil
+
+    import torch
+
+    folder = Path(tempfile.mkdtemp(prefix="geounet-export-"))
+    atexit.register(shutil.rmtree, folder, ignore_errors=True)
+    checkpoint = folder / "model.pt"
+    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoint)
+    return checkpoint
 
 
 def make_backend(

@@ -10,99 +10,36 @@ Examples
 from __future__ import annotations
 
 import dataclasses
-import functools
 import logging
 import os
 import threading
-import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.config import TTA, Engine, Precision, choices
+from geounet.config import TTA, Engine, InferencePrecision, choices
 from geounet.engine.cache import LeastRecentlyUsed
-from geounet.errors import DeviceError, InputError
+from geounet.engine.execution import (  # re-exported: part of the runner's face
+    Execution,
+    cpu_supports_bf16,
+    resolve_device,
+    resolve_execution,
+    resolve_precision,
+)
+from geounet.errors import InputError
+
+__all__ = [  # the execution rules (geounet.engine.execution) are re-exported here
+    "BUILTIN_MODEL", "MAX_INT8_RUNNERS", "RUNNER_CACHE_SIZE", "TTA_TRANSFORMS", "Execution", "ModelRunner",
+    "apply_transform", "cached_runner_count", "clear_runner_cache", "cpu_supports_bf16", "default_model_path",
+    "get_runner", "resolve_device", "resolve_execution", "resolve_precision",
+    "runner_load_count", "tta_transforms", "undo_transform",
+]
 
 if TYPE_CHECKING:  # pragma: no cover
-    import torch
-
     from geounet.model import ModelCard, UNet, UNetConfig
 
 log = logging.getLogger(__name__)
-
-
-# ---- device, precision ------------------------------------------------------------------
-def resolve_device(device: str = "auto") -> torch.device:
-    """Turn ``auto`` / ``cpu`` / ``cuda`` / ``cuda:N`` into a usable :class:`torch.device`.
-
-    ``auto`` is ``cuda`` when a CUDA device is visible, else ``cpu``.
-
-    Raises
-    ------
-    DeviceError
-        CUDA asked for but not available, or ``cuda:N`` beyond the visible devices.
-    """
-    import torch
-
-    name = str(device).strip().lower()
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    if name == "cpu":
-        return torch.device("cpu")
-    if name == "cuda" or (name.startswith("cuda:") and name[5:].isdigit()):
-        if not torch.cuda.is_available():
-            raise DeviceError(
-                f"device {device!r} asked for, but torch sees no CUDA device (torch "
-                f"{torch.__version__}); use --device cpu or auto, or install a CUDA build."
-            )
-        index = int(name[5:]) if ":" in name else torch.cuda.current_device()
-        count = torch.cuda.device_count()
-        if index >= count:
-            raise DeviceError(
-                f"device {device!r} does not exist: {count} CUDA device(s) are visible "
-                f"(cuda:0..cuda:{count - 1}); pick one of them."
-            )
-        return torch.device("cuda", index)
-    raise DeviceError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N; use one of them.")
-
-
-@functools.lru_cache(maxsize=1)
-def cpu_supports_bf16() -> bool:
-    """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``
-    (:func:`geounet.engine.backends.cpu_flags`)."""
-    from geounet.engine.backends import cpu_flags
-
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
-
-
-def resolve_precision(precision: Precision, device: torch.device) -> str:
-    """The precision actually used: ``fp32``, ``bf16`` or ``fp16``.
-
-    ``auto``: on CUDA bf16 where supported, else fp16; on CPU bf16 when the CPU has
-    AVX512_BF16/AMX (about 2.2x faster than fp32), else fp32.
-    """
-    import torch
-
-    if precision not in choices(Precision):
-        raise InputError(f"precision {precision!r} is not one of {choices(Precision)}; pick one.")
-    if device.type == "cuda":
-        if precision == "auto":
-            return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-        return str(precision)
-    if precision == "auto":
-        return "bf16" if cpu_supports_bf16() else "fp32"
-    if precision == "fp16":
-        raise DeviceError(
-            "precision 'fp16' needs a CUDA device; on CPU use 'bf16', 'fp32' or 'auto'."
-        )
-    if precision == "bf16" and not cpu_supports_bf16():
-        warnings.warn(
-            "this CPU has no native bf16 (AVX512_BF16/AMX): bf16 will be emulated and slower "
-            "than fp32; use precision 'auto' or 'fp32'.",
-            stacklevel=3,
-        )
-    return str(precision)
 
 
 # ---- test-time augmentation -------------------------------------------------------------
@@ -157,13 +94,18 @@ class ModelRunner:
     model : the :class:`~geounet.model.UNet` (any mode; it is put in eval mode).
     card : its :class:`~geounet.model.ModelCard` (bands, normalization, classes).
     device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    precision : ``auto``, ``fp32``, ``bf16`` or ``fp16``.
+    precision : ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (:func:`resolve_execution`).
     engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto``
         (:func:`geounet.engine.backends.resolve_engine`); the other engines run the model exported
         from ``checkpoint`` (cached next to it, :func:`geounet.engine.backends.make_backend`).
+        ``auto``: if the chosen engine fails to open, the runner logs why and runs torch.
     checkpoint : the checkpoint file the model came from (keys the export cache); None for a
         model built in memory (exported to a temporary folder).
     backend : an already opened engine backend to share (runners of other bands).
+    calibration : what an int8 model is calibrated on: a scene
+        (:class:`~geounet.raster.SceneInfo`) or raw pixels (C, H, W)
+        (:func:`geounet.engine.quantize.read_calibration`); needed for int8, and ``auto`` picks
+        int8 only with it.
 
     Attributes
     ----------
@@ -178,31 +120,73 @@ class ModelRunner:
         model: UNet,
         card: ModelCard,
         device: str = "auto",
-        precision: Precision = "auto",
+        precision: InferencePrecision = "auto",
         engine: Engine = "torch",
         checkpoint: str | os.PathLike[str] | None = None,
         backend: Any = None,
+        calibration: Any = None,
     ) -> None:
         import torch
 
-        from geounet.engine.backends import make_backend, resolve_engine
-
         self.card = card
-        self.device = resolve_device(device)
-        self.precision = resolve_precision(precision, self.device)
-        self.engine = resolve_engine(engine, self.device.type, precision=self.precision)
+        self._mean = np.asarray(card.mean, dtype=np.float32).reshape(-1, 1, 1)
+        self._inv_std = (1.0 / np.asarray(card.std, dtype=np.float32)).reshape(-1, 1, 1)
+        from geounet.engine.quantize import source_pixels
+
+        choice = resolve_execution(engine, precision, device, source_pixels(calibration))
+        self.device, self.engine, self.precision = choice.device, choice.engine, choice.precision
+        self.reason = choice.reason
+        if self.precision == "int8" and calibration is None and backend is None:
+            raise InputError(
+                "precision 'int8' needs pixels to calibrate on: give calibration= a scene "
+                "(geounet.raster.open_scene) or an array (C, H, W); predict and segment use "
+                "the scene being predicted."
+            )
         if self.engine != "torch" and backend is None:
-            backend = make_backend(self.engine, model, checkpoint, len(card.bands),
-                                   self.precision, torch.get_num_threads())
+            try:
+                backend = self._open_backend(model, checkpoint, calibration)
+            except Exception as exc:  # noqa: BLE001 - an optional engine failing falls back
+                if engine != "auto":
+                    raise
+                self._fall_back(precision, f"{type(exc).__name__}: {exc}")
         self.backend = backend if self.engine != "torch" else None
         self.model = model.to(self.device).eval()
         if self.device.type == "cpu":
             self.model = self.model.to(memory_format=torch.channels_last)
-        self._mean = np.asarray(card.mean, dtype=np.float32).reshape(-1, 1, 1)
-        self._inv_std = (1.0 / np.asarray(card.std, dtype=np.float32)).reshape(-1, 1, 1)
         self.calls = 0
         self.tiles = 0
         self._lock = threading.Lock()
+
+    def _open_backend(self, model: UNet, checkpoint: str | os.PathLike[str] | None,
+                      calibration: Any) -> Any:
+        """The ONNX Runtime / OpenVINO backend of ``model`` at this runner's precision."""
+        import torch
+
+        from geounet.engine.backends import make_backend
+
+        threads = torch.get_num_threads()
+        if self.precision != "int8":
+            return make_backend(self.engine, model, checkpoint, len(self.card.bands),
+                                self.precision, threads)
+        from geounet.engine.quantize import make_int8_backend, read_calibration
+
+        pixels, valid = read_calibration(calibration, self.card.bands, self.config)
+        batch = np.stack([self.normalize(p, v) for p, v in zip(pixels, valid)])
+        if checkpoint is None:
+            from geounet.engine.backends import save_in_memory_model
+
+            checkpoint = save_in_memory_model(model)
+        return make_int8_backend(self.engine, model, checkpoint, len(self.card.bands),
+                                 threads, batch)
+
+    def _fall_back(self, precision: InferencePrecision, why: str) -> None:
+        """``engine auto``: the chosen optional engine failed to open; run torch instead."""
+        failed = self.engine
+        self.engine = "torch"
+        self.precision = resolve_precision(precision, self.device, "torch")
+        self.reason = (f"engine auto -> {failed} failed to open ({why}); running torch at "
+                       f"{self.precision} instead")
+        log.warning("%s", self.reason)
 
     @property
     def config(self) -> UNetConfig:
@@ -219,6 +203,10 @@ class ModelRunner:
             f"ModelRunner(device={self.device}, precision={self.precision}, "
             f"engine={self.engine}, config={self.config})"
         )
+
+    def describe(self) -> str:
+        """Which engine and precision run, and why (the log line of a run)."""
+        return f"engine {self.engine}, precision {self.precision} ({self.reason})"
 
     def normalize(self, pixels: np.ndarray, valid: np.ndarray | None = None) -> np.ndarray:
         """Model input from raw pixels: ``(x - mean) / std`` per band from the model card.
@@ -304,13 +292,14 @@ def runner_load_count() -> int:
 def cached_runner_count() -> int:
     """How many runners the cache holds now (at most :data:`RUNNER_CACHE_SIZE`)."""
     with _RUNNER_LOCK:
-        return len(_RUNNERS)
+        return len(_RUNNERS) + len(_INT8_RUNNERS)
 
 
 def clear_runner_cache() -> None:
     """Forget the cached runners (frees their models)."""
     with _RUNNER_LOCK:
         _RUNNERS.clear()
+        _INT8_RUNNERS.clear()
 
 
 BUILTIN_MODEL = Path(__file__).parents[1] / "weights" / "builtin.pt"
@@ -334,12 +323,22 @@ def default_model_path() -> Path:
     return BUILTIN_MODEL
 
 
+MAX_INT8_RUNNERS = 4
+"""int8 runners (one per calibrated scene) a process keeps; the least recently used is
+dropped first."""
+
+_INT8_RUNNERS: LeastRecentlyUsed[tuple[Any, ...], ModelRunner] = LeastRecentlyUsed(
+    MAX_INT8_RUNNERS
+)
+
+
 def get_runner(
     model_path: str | os.PathLike[str] | None,
     device: str = "auto",
-    precision: Precision = "auto",
+    precision: InferencePrecision = "auto",
     bands: tuple[int, ...] | None = None,
     engine: Engine = "torch",
+    calibration: Any = None,
 ) -> ModelRunner:
     """The process-wide runner for a checkpoint, loaded once, reused (ARCHITECTURE invariant 9).
 
@@ -349,8 +348,14 @@ def get_runner(
     device, precision : see :class:`ModelRunner`.
     bands : 1-based scene bands to read instead of the model card's (same count). Runners
         for other bands share the one loaded model.
-    engine : ``torch``, ``onnxruntime``, ``openvino`` or ``auto`` (:mod:`geounet.engine.backends`);
-        the export is made here, on the worker, once per process and cached on disk.
+    engine : ``torch`` (default here; ``geounet.predict`` and the CLI default to ``auto``),
+        ``onnxruntime``, ``openvino`` or ``auto`` (:mod:`geounet.engine.backends`); the export
+        is made here, on the worker, once per process and cached on disk.
+    calibration : the scene (:class:`~geounet.raster.SceneInfo`) or raw pixels (C, H, W) the
+        runner is for: its size takes part in ``engine auto`` / ``precision auto``
+        (:func:`resolve_execution`); an int8 model is calibrated on it
+        (:mod:`geounet.engine.quantize`) and it is then part of the runner's identity (one
+        runner per scene, at most :data:`MAX_INT8_RUNNERS` kept).
 
     Examples
     --------
@@ -360,24 +365,25 @@ def get_runner(
     >>> get_runner("model.pt", "cpu", "fp32", bands=(3, 2, 1)).model is r1.model  # doctest: +SKIP
     True
     """
-    from geounet.model import load_checkpoint
-
     path = default_model_path() if model_path is None else Path(model_path)
     try:
         stat = path.stat()
         stamp: Any = (stat.st_mtime_ns, stat.st_size)
     except OSError:
         stamp = None
-    key = (str(path.resolve()), stamp, str(device), str(precision), str(engine))
+    from geounet.engine.quantize import calibration_key, source_pixels
+
+    # what runs depends on the scene's size too (engine auto, precision auto): keyed by it
+    choice = resolve_execution(engine, precision, device, source_pixels(calibration))
+    key: tuple[Any, ...] = (str(path.resolve()), stamp, str(device), str(precision), str(engine),
+                            choice.engine, choice.precision)
+    if choice.precision == "int8":
+        return _int8_runner(path, key, bands, calibration, calibration_key(calibration))
     with _RUNNER_LOCK:
         runner = _RUNNERS.get(key)
         if runner is None:
-            model, card = load_checkpoint(path, map_location="cpu")
-            runner = ModelRunner(model, card, device=device, precision=precision,
-                                 engine=engine, checkpoint=path)
-            _LOADS["count"] += 1
+            runner = _load_runner(path, device, precision, engine, calibration=calibration)
             _RUNNERS.put(key, runner)
-            log.info("loaded %s as %r", path, runner)
         if bands is None or tuple(bands) == tuple(runner.card.bands):
             return runner
         band_key = (*key, tuple(int(b) for b in bands))
@@ -388,5 +394,34 @@ def get_runner(
                                precision=runner.precision,  # type: ignore[arg-type]
                                engine=runner.engine,  # type: ignore[arg-type]
                                backend=runner.backend)
+            view.reason = runner.reason
             _RUNNERS.put(band_key, view)
         return view
+
+
+def _load_runner(path: Path, device: str, precision: InferencePrecision, engine: Engine,
+                 bands: tuple[int, ...] | None = None, calibration: Any = None) -> ModelRunner:
+    from geounet.model import load_checkpoint
+
+    model, card = load_checkpoint(path, map_location="cpu")
+    if bands is not None:
+        card = dataclasses.replace(card, bands=tuple(int(b) for b in bands))
+    runner = ModelRunner(model, card, device=device, precision=precision, engine=engine,
+                         checkpoint=path, calibration=calibration)
+    _LOADS["count"] += 1
+    log.info("loaded %s as %r: %s", path, runner, runner.describe())
+    return runner
+
+
+def _int8_runner(path: Path, key: tuple[Any, ...], bands: tuple[int, ...] | None,
+                 calibration: Any, calibration_id: tuple[Any, ...]) -> ModelRunner:
+    """The runner of ``key`` calibrated on ``calibration`` (its own model load and int8 model:
+    the scene's bands are read for calibration, so ``bands`` is part of it)."""
+    device, precision, engine = key[2], key[3], key[4]
+    full_key = ("int8", *key, tuple(bands) if bands is not None else None, calibration_id)
+    with _RUNNER_LOCK:
+        runner = _INT8_RUNNERS.get(full_key)
+        if runner is None:
+            runner = _load_runner(path, device, precision, engine, bands, calibration)
+            _INT8_RUNNERS.put(full_key, runner)
+        return runner

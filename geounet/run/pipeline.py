@@ -29,7 +29,14 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.config import TTA, Engine, Precision, ProbabilityDtype, ResampleMode, Resampling
+from geounet.config import (
+    TTA,
+    Engine,
+    InferencePrecision,
+    ProbabilityDtype,
+    ResampleMode,
+    Resampling,
+)
 from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
@@ -235,7 +242,7 @@ def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     chunk, grid = task.chunk, task.grid
     spec = task.runner
     runner = get_runner(model_path(spec.model, spec.model_sha256), spec.device, spec.precision,
-                        spec.bands, engine=spec.engine)
+                        spec.bands, engine=spec.engine, calibration=task.info)
     result = compute_chunk(task.info, chunk, grid, runner,
                            batch_size=_batch_size(runner, task.batch_size), tta=spec.tta)
     valid = int(result.valid.sum()) if result is not None else 0
@@ -370,7 +377,7 @@ def predict(
     tile_size: int | None = None,
     batch_size: int | None = None,
     device: str = "auto",
-    precision: Precision = "auto",
+    precision: InferencePrecision = "auto",
     probability_dtype: ProbabilityDtype = "uint8",
     threshold: float | None = None,
     overwrite: bool = False,
@@ -382,7 +389,7 @@ def predict(
     resample: ResampleMode = "auto",
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
-    engine: Engine = "torch",
+    engine: Engine = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     tta: TTA = "none",
     assets: str | Sequence[str] | None = None,
@@ -401,7 +408,9 @@ def predict(
         (:func:`geounet.engine.tiling.default_tile_size`). The chunk side is rounded to whole tile
         cores, so each tile runs once.
     batch_size : tiles per model call; default 1 on CPU, 8 on CUDA.
-    device, precision : where and how the model runs (``auto`` picks the fastest correct one).
+    device, precision : where and how the model runs (``auto`` picks the fastest correct one;
+        ``int8`` runs a model quantized after calibration on crops of this scene, on the ONNX
+        Runtime or OpenVINO engine: docs/engine.md).
     probability_dtype : ``uint8`` (``round(p * 255)``) or ``float32``.
     threshold : probability a class needs to win a pixel; default argmax.
     overwrite : replace an existing output.
@@ -421,9 +430,10 @@ def predict(
     rescale : map the scene's values into the model's range: ``"percentile"``,
         ``"percentile:LOW,HIGH"``, ``"bits"``, ``"bits:N"``, ``"MIN,MAX"`` or ``(min, max)``;
         required when the scene's data type differs from the model's.
-    engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto`` (a rule on the
-        CPU and the installed packages) (:mod:`geounet.engine.backends`; exported on the worker,
-        cached next to the checkpoint).
+    engine : ``auto`` (default: a documented rule on the CPU and the installed packages; an
+        optional engine that fails to open falls back to torch, logged), ``torch``,
+        ``onnxruntime`` or ``openvino`` (:mod:`geounet.engine.backends`; exported on the
+        worker, cached next to the checkpoint).
     max_pixels : refuse (:class:`~geounet.errors.RunTooLargeError`, before any pixel is read)
         a run whose model grid (the scene after any resampling) has more pixels than this;
         default :data:`geounet.run.planning.DEFAULT_MAX_PIXELS` (4 gigapixels); 0 or None: no

@@ -22,7 +22,7 @@ from typing import TYPE_CHECKING, Any
 from geounet.config import (
     TTA,
     Engine,
-    Precision,
+    InferencePrecision,
     ProbabilityDtype,
     ResampleMode,
     Resampling,
@@ -57,9 +57,9 @@ class RunnerSpec:
 
     model: str | None
     device: str = "auto"
-    precision: Precision = "auto"
+    precision: InferencePrecision = "auto"
     bands: tuple[int, ...] | None = None
-    engine: Engine = "torch"
+    engine: Engine = "auto"
     model_sha256: str | None = None
     """The checkpoint's content hash: workers load the copy shipped under it (geounet.distributed.worker)."""
     tta: TTA = "none"
@@ -89,25 +89,18 @@ def runs_here(client: SchedulerLike) -> bool:
     return is_in_process(client)
 
 
-def _check_device(device: str, precision: Precision) -> None:
-    """Raise DeviceError now, not in a task, when this machine cannot run ``device``/``precision``."""
-    from geounet.engine.runner import resolve_device, resolve_precision
+def _check_execution(engine: Engine, device: str, precision: InferencePrecision,
+                     scene_pixels: int = 0) -> str:
+    """Raise now, not in a task, when this machine cannot run ``device`` / ``engine`` /
+    ``precision`` (no CUDA, a package missing, int8 on torch); return what will run on a scene
+    of ``scene_pixels`` and why (the workers decide the same from the same scene)."""
+    from geounet.engine.runner import resolve_execution
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
-        resolve_precision(precision, resolve_device(device))
-
-
-def _check_engine(engine: Engine, device: str, precision: Precision) -> None:
-    """Raise now, not in a task, when this machine cannot run ``engine`` (package missing)."""
-    from geounet.engine.backends import resolve_engine
-    from geounet.engine.runner import resolve_device, resolve_precision
-
-    torch_device = resolve_device(device)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")  # the emulated-bf16 warning comes again from the worker
-        resolved = resolve_precision(precision, torch_device)
-    resolve_engine(engine, torch_device.type, precision=resolved)
+        choice = resolve_execution(engine, precision, device, scene_pixels)
+    return (f"engine {choice.engine}, precision {choice.precision} on {choice.device.type} "
+            f"({choice.reason})")
 
 
 def _fingerprint(path: str | os.PathLike[str] | None) -> dict[str, Any]:
@@ -177,7 +170,7 @@ def plan_prediction(
     chunk_size: int = 2048,
     tile_size: int | None = None,
     device: str = "auto",
-    precision: Precision = "auto",
+    precision: InferencePrecision = "auto",
     probability_dtype: ProbabilityDtype = "uint8",
     threshold: float | None = None,
     allow_no_crs: bool = False,
@@ -185,7 +178,7 @@ def plan_prediction(
     resample: ResampleMode = "auto",
     resampling: Resampling = "auto",
     rescale: str | tuple[float, float] | None = None,
-    engine: Engine = "torch",
+    engine: Engine = "auto",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     tta: TTA = "none",
     assets: str | Sequence[str] | None = None,
@@ -217,8 +210,7 @@ def plan_prediction(
     max_pixels = check_max_pixels(max_pixels)
     source = _open_placed_scene(scene, allow_no_crs, assets, resampling)
     if check_device:
-        _check_device(device, precision)
-        _check_engine(engine, device, precision)
+        _check_execution(engine, device, precision)
     model_path = Path(model) if model is not None else default_model_path()
     card, bands = _load_card(model_path, bands)
     info = _fit_scene(source, card, resample, resampling, rescale, max_pixels)
@@ -250,6 +242,8 @@ def plan_prediction(
     }
     plan = Plan(info, card, grid, runner, chunk_size, tile_size, run)
     log.info("%s", describe_plan(plan, source))
+    if check_device:
+        log.info("%s", _check_execution(engine, device, precision, info.height * info.width))
     return plan
 
 
@@ -310,13 +304,14 @@ def _check_model_pixels(info: SceneInfo, max_pixels: int | None) -> None:
         )
 
 
-def _check_settings(precision: Precision, probability_dtype: ProbabilityDtype,
+def _check_settings(precision: InferencePrecision, probability_dtype: ProbabilityDtype,
                     threshold: float | None, check_device: bool, device: str,
                     engine: Engine) -> None:
     """Raise InputError (or DeviceError) for a setting no scene could run with."""
-    if precision not in choices(Precision):
+    if precision not in choices(InferencePrecision):
         raise InputError(
-            f"precision {precision!r} is not supported; use one of {', '.join(choices(Precision))}."
+            f"precision {precision!r} is not supported; use one of "
+            f"{', '.join(choices(InferencePrecision))}."
         )
     if probability_dtype not in choices(ProbabilityDtype):
         raise InputError(
@@ -325,9 +320,13 @@ def _check_settings(precision: Precision, probability_dtype: ProbabilityDtype,
         )
     if threshold is not None and not 0.0 <= threshold <= 1.0:
         raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
+    if precision == "int8":  # int8 with torch, on CUDA or without onnxruntime: before torch
+        from geounet.engine.backends import resolve_engine
+
+        resolve_engine(engine, "cuda" if str(device).startswith("cuda") else "cpu",
+                       precision="int8")
     if check_device:
-        _check_device(device, precision)
-        _check_engine(engine, device, precision)
+        _check_execution(engine, device, precision)
     elif engine not in choices(Engine):
         raise InputError(
             f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one."
