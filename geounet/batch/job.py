@@ -67,11 +67,12 @@ from geounet.config import (
 from geounet.distributed.cluster import SchedulerLike
 from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
 from geounet.raster import is_url
-from geounet.run.pipeline import ProgressCallback
+from geounet.run.eta import JobProgress, ProgressCallback, chunk_tiles, task_slots, warmup_order
 from geounet.run.planning import (
     DEFAULT_MAX_PIXELS,
     check_max_pixels,
     check_vectorize_options,
+    describe_plan,
     runs_here,
 )
 
@@ -192,8 +193,10 @@ def run_batch(
         workers, e.g. a shared file system for a remote cluster; keep it for ``resume``);
         default a folder in the system temp dir named after ``out_dir``. For a local
         ``out_dir`` stores are built in ``out_dir`` under hidden temporary names.
-    progress : ``callback(chunks_done, chunks_total, pixels_computed)`` over all scenes' chunks;
-        the total counts planned scenes' chunks plus an estimate for scenes not planned yet.
+    progress : ``callback(chunks_done, chunks_total, pixels_computed, eta_seconds)`` over all
+        scenes' chunks (:data:`geounet.run.eta.ProgressCallback`); the total and the ETA count
+        planned scenes' chunks plus an estimate for scenes not planned yet. The job's first
+        chunk runs alone as the warm-up that measures the ETA (:class:`geounet.run.eta.JobProgress`).
     write_tables : write ``batch.csv`` and ``batch.json`` into ``out_dir``.
 
     Returns
@@ -323,10 +326,9 @@ class _BatchJob:
         self.resume = resume
         self.overwrite = overwrite
         self.finished_before = finished_before
-        self.progress = progress
+        self.status = JobProgress(progress, len(scenes))
         self.token = uuid.uuid4().hex[:8]
         self.rows: dict[int, SceneResult] = {}
-        self.totals = {"known": 0, "planned": 0, "done": 0, "pixels": 0}
         self.inflight: dict[Any, tuple[_Scene, str]] = {}
         self.on: Any = None
         self.window = 0
@@ -340,6 +342,7 @@ class _BatchJob:
         from geounet.distributed.cluster import completion_queue
 
         self.on = on
+        self.status.clock.slots = task_slots(on)
         if window is None:
             threads = sum(on.nthreads().values()) if hasattr(on, "nthreads") else 1
             window = max(4, 2 * threads)
@@ -363,7 +366,7 @@ class _BatchJob:
         from geounet.distributed.cluster import DEFAULT_RETRY
         from geounet.run.pipeline import run_chunk_task
 
-        while len(self.inflight) < self.window:
+        while len(self.inflight) < (1 if self.status.warming else self.window):
             item = next(self.source, None)
             if item is None:
                 return
@@ -441,13 +444,12 @@ class _BatchJob:
 
         for index, (scene, name) in enumerate(self.scenes):
             job = self._plan(index, scene, name)
-            self.totals["planned"] += 1
-            self._report()
+            self.status.report()
             if job is None:
                 continue
             if job.plan.runner.model is not None:  # to every worker, once per model per job
                 ship_model(self.on, job.plan.runner.model, job.plan.runner.model_sha256)
-            todo = [c for c in job.plan.grid.chunks()
+            todo = [c for c in warmup_order(job.plan.grid, job.plan.grid.chunks())
                     if output.chunk_id(c.y0, c.x0) not in job.done_ids]
             job.done_ids = set()
             if not todo:
@@ -466,12 +468,14 @@ class _BatchJob:
         try:
             plan = plan_prediction(scene, **self.plan_options)  # type: ignore[arg-type]
         except Exception as exc:  # noqa: BLE001 - any one scene's failure is its row
+            self.status.scene_planned()
             self._fail(index, scene, name, exc, started)
             return None
         megapixels = plan.info.height * plan.info.width / 1e6
         try:
             opened = self._open_store(index, scene, name, plan)
         except Exception as exc:  # noqa: BLE001
+            self.status.scene_planned()
             self._fail(index, scene, name, exc, started, megapixels)
             return None
         if opened is None:
@@ -481,8 +485,11 @@ class _BatchJob:
         # chunks that ran their tiles before an interruption; only their seams remain
         ran = set(done) | output.seam_data_chunks(store_path)
         chunks = len(plan.grid.chunks())
-        self.totals["known"] += chunks
-        self.totals["done"] += len(ran)  # resumed chunks are done, not computed pixels
+        tiles = sum(chunk_tiles(plan.grid, c) for c in plan.grid.chunks()
+                    if output.chunk_id(c.y0, c.x0) not in ran)
+        # resumed chunks are done, not computed pixels
+        self.status.scene_planned(chunks, len(ran), tiles)
+        self.status.log_plan(lambda eta: describe_plan(plan, eta), tiles, chunks - len(ran))
         return _Scene(index, scene, name, plan, spec, store_path, started, chunks, len(ran),
                       chunks - len(ran), ran)
 
@@ -505,8 +512,7 @@ class _BatchJob:
             skipped = skip_finished(record_url, scene, name, plan.run)
             if skipped is not None:  # its chunks count as done on the progress bar
                 self.rows[index] = skipped
-                self.totals["known"] += skipped.chunks
-                self.totals["done"] += skipped.chunks
+                self.status.scene_planned(skipped.chunks, skipped.chunks)
                 return None
         if not (self.overwrite or self.resume):  # resume replaces outputs of an unfinished finish
             check_outputs_free(self.out_dir, name, self.fmt, self.raster, plan)
@@ -520,9 +526,7 @@ class _BatchJob:
     def _chunk_done(self, job: _Scene, record: dict[str, Any]) -> None:
         """Count a written chunk; submit the scene's finish after its last one."""
         job.finished += 1
-        self.totals["done"] += 1
-        self.totals["pixels"] += int(record["pixels"])
-        self._report()
+        self.status.chunk_done(record)
         if job.finished == job.todo:
             self._after_chunks(job)
 
@@ -566,12 +570,3 @@ class _BatchJob:
         log.warning("scene %s failed: %s", scene, message)
         self.rows[index] = SceneResult(scene, name, "failed", megapixels,
                                        time.perf_counter() - started, {}, message, **counts)
-
-    def _report(self) -> None:
-        """Call ``progress`` over all scenes' chunks (unplanned scenes estimated)."""
-        if self.progress is None:
-            return
-        totals = self.totals
-        unplanned = len(self.scenes) - totals["planned"]
-        mean = totals["known"] / max(1, totals["planned"])
-        self.progress(totals["done"], totals["known"] + round(mean * unplanned), totals["pixels"])

@@ -33,11 +33,20 @@ from geounet.config import TTA, Engine, Precision, ProbabilityDtype, ResampleMod
 from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
+from geounet.run.eta import (
+    WARMUP_TRIES,
+    ProgressCallback,
+    RunProgress,
+    chunk_tiles,
+    task_slots,
+    warmup_order,
+)
 from geounet.run.planning import (  # re-exported: the plan is part of this module's face
     DEFAULT_MAX_PIXELS,
     Plan,
     RunnerSpec,
     check_vectorize_options,
+    describe_plan,
     plan_prediction,
     runs_here,
 )
@@ -57,10 +66,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, int], None]
-"""``progress(chunks_done, chunks_total, pixels_computed)``, called as chunks finish: chunks
-resumed from an earlier run count as done, their pixels are not in ``pixels_computed`` (so a
-rate from it is this run's)."""
 
 
 @dataclass(frozen=True)
@@ -236,15 +241,19 @@ def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     spec = task.runner
     runner = get_runner(model_path(spec.model, spec.model_sha256), spec.device, spec.precision,
                         spec.bands, engine=spec.engine)
+    computing = time.perf_counter()
     result = compute_chunk(task.info, chunk, grid, runner,
                            batch_size=_batch_size(runner, task.batch_size), tta=spec.tta)
+    compute_seconds = time.perf_counter() - computing
     valid = int(result.valid.sum()) if result is not None else 0
     if valid:
         mask = classify(result.probabilities, task.threshold, result.valid)
         output.write_chunk(task.store, chunk.y0, chunk.x0, result.probabilities, mask,
                            result.valid)
     record = {"pixels": int(chunk.height * chunk.width), "valid": valid, "skipped": not valid,
-              "seconds": time.perf_counter() - start}
+              "seconds": time.perf_counter() - start, "compute_seconds": compute_seconds,
+              "tiles": result.tiles if result is not None else 0,
+              "planned_tiles": chunk_tiles(grid, chunk)}
     if grid.neighbours(chunk):  # the seam exchange: leave this chunk's pieces for the others
         pieces = result.pieces if result is not None else ()
         output.save_seam_data(task.store, chunk.y0, chunk.x0,
@@ -293,8 +302,9 @@ def _compute_store(
     """Fill (or finish) the store at ``store_path``; return (chunks, skipped, resumed).
 
     Every task gets absolute paths (resolved here, on the client) and the model's content
-    hash; the model's bytes are shipped to the workers. A failure keeps the store and its
-    completed chunks for ``resume``.
+    hash; the model's bytes are shipped to the workers. The plan line is logged once the
+    warm-up chunk has measured the ETA (:mod:`geounet.run.eta`). A failure keeps the store
+    and its completed chunks for ``resume``.
     """
     from geounet import output
     from geounet.distributed import cluster
@@ -308,7 +318,6 @@ def _compute_store(
     unfinished = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in done]
     todo = [c for c in unfinished if output.chunk_id(c.y0, c.x0) not in ran]
     resumed = len(chunks) - len(todo)
-    state = {"done": resumed, "pixels": 0}  # pixels computed by this run (the rate's basis)
     log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
     with contextlib.ExitStack() as stack:
         # reach the scheduler (or start the local cluster) before anything is written
@@ -324,40 +333,62 @@ def _compute_store(
             log.info("resuming the interrupted run in %s", store_path)
         spec, _ = prepare_store(plan, store_path, probability_dtype=probability_dtype,
                                 resume=resuming)
-        if progress is not None:
-            progress(state["done"], len(chunks), state["pixels"])
-
-        def on_result(record: dict[str, Any]) -> None:
-            state["done"] += 1
-            state["pixels"] += int(record["pixels"])
-            if progress is not None:
-                progress(state["done"], len(chunks), state["pixels"])
-
+        tracker = RunProgress(progress, len(chunks), resumed,
+                              sum(chunk_tiles(plan.grid, c) for c in todo),
+                              task_slots(on, workers))
+        tracker.report()
+        if on is None:
+            log.info("%s", describe_plan(plan, tracker.plan_eta()))
+            return len(chunks), _skipped(store_path), resumed
         policy = cluster.DEFAULT_RETRY
-        token = uuid.uuid4().hex[:12]
-        if on is not None:
-            try:
-                # round 1: every chunk runs its own tiles; round 2 (same padding): the chunks
-                # with seams blend them from their neighbours' kept tile outputs
-                tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold,
-                                   policy) for chunk in todo]
-                cluster.run_tasks(run_chunk_task, tasks, on, workers=workers,
-                                  keys=[f"geounet-chunk-{c.y0}-{c.x0}-{token}" for c in todo],
-                                  on_result=on_result, retries=policy.task_retries)
-                seams = seam_tasks(plan.grid, spec, threshold, policy)
-                if seams:
-                    cluster.run_tasks(run_seams_task, seams, on, workers=workers,
-                                      retries=policy.task_retries,
-                                      keys=[f"geounet-seams-{t.chunk.y0}-{t.chunk.x0}-{token}"
-                                            for t in seams])
-            except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
-                annotated = keep_for_resume(exc, store_path)
-                if annotated is exc:
-                    raise
-                raise annotated from exc
-    skipped = sum(1 for record in output.done_chunks(store_path).values()
-                  if record.get("skipped"))
-    return len(chunks), skipped, resumed
+        tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold, policy)
+                 for chunk in warmup_order(plan.grid, todo)]
+        try:
+            _run_rounds(plan, tasks, on, workers, tracker, spec, threshold, policy)
+        except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
+            annotated = keep_for_resume(exc, store_path)
+            if annotated is exc:
+                raise
+            raise annotated from exc
+    return len(chunks), _skipped(store_path), resumed
+
+
+def _skipped(store_path: Path) -> int:
+    """Chunks of the store that were all nodata."""
+    from geounet import output
+    return sum(1 for record in output.done_chunks(store_path).values() if record.get("skipped"))
+
+
+def _run_rounds(plan: Plan, tasks: list[ChunkTask], on: Any, workers: int | None,
+                tracker: RunProgress, spec: StoreSpec, threshold: float | None,
+                policy: RetryPolicy) -> None:
+    """Round 1: the warm-up chunk(s) alone (:data:`geounet.run.eta.WARMUP_TRIES` at most,
+    until one runs the model), the plan line with the ETA, then every other chunk runs its own
+    tiles; round 2 (same padding): the chunks with seams blend them from their neighbours'
+    kept tile outputs."""
+    from geounet.distributed import cluster
+    token = uuid.uuid4().hex[:12]
+
+    def run(batch: list[ChunkTask], on_result: Callable[[dict[str, Any]], None]) -> None:
+        cluster.run_tasks(run_chunk_task, batch, on, workers=workers,
+                          keys=[f"geounet-chunk-{t.chunk.y0}-{t.chunk.x0}-{token}"
+                                for t in batch],
+                          on_result=on_result, retries=policy.task_retries)
+
+    measured: list[bool] = []
+    while tasks and not any(measured) and len(measured) < WARMUP_TRIES:
+        run(tasks[:1], lambda record: (measured.append(tracker.clock.measure(record)),
+                                       tracker.chunk_done(record)))
+        tasks = tasks[1:]
+    log.info("%s", describe_plan(plan, tracker.plan_eta()))
+    tracker.clock.begin()
+    run(tasks, tracker.chunk_done)
+    seams = seam_tasks(plan.grid, spec, threshold, policy)
+    if seams:
+        cluster.run_tasks(run_seams_task, seams, on, workers=workers,
+                          retries=policy.task_retries,
+                          keys=[f"geounet-seams-{t.chunk.y0}-{t.chunk.x0}-{token}"
+                                for t in seams])
 
 
 def predict(
@@ -409,7 +440,8 @@ def predict(
     client : a ``distributed.Client``, a scheduler address, ``"threads"`` or ``"synchronous"``;
         default: a local cluster of worker processes on this machine.
     workers : worker processes of the local cluster (threads for ``"threads"``).
-    progress : ``callback(chunks_done, chunks_total, pixels_computed)``.
+    progress : ``callback(chunks_done, chunks_total, pixels_computed, eta_seconds)``
+        (:data:`geounet.run.eta.ProgressCallback`; a callback of the first three is accepted).
     resample : ``auto`` (default): a scene more than 1.25x off the model's pixel size is read
         through a GDAL WarpedVRT at the model's pixel size, a scene more than 4x off
         (:data:`geounet.config.AUTO_RESAMPLE_MAX_FACTOR`) is refused; ``always``: whenever they differ;

@@ -76,6 +76,8 @@ class Plan:
     chunk_size: int
     tile_size: int
     run: dict[str, Any]
+    source: SceneInfo | None = None
+    """The scene as opened, before any warp (``info`` is the grid the model reads)."""
 
 
 def runs_here(client: SchedulerLike) -> bool:
@@ -196,8 +198,9 @@ def plan_prediction(
     may be a warped view at the card's pixel size, and its values may be mapped into the
     card's range (percentile and bit-depth rescales read a sample of windows, nothing else
     reads pixels). ``max_pixels`` caps the pixels of the model grid (the scene as the model
-    reads it, after any warp), checked before any pixel is read; 0 or None: no cap. The plan
-    (input and model-grid size, chunks, tiles, model pixels) is logged at INFO before return. ``tta`` is checked here and travels in the runner spec.
+    reads it, after any warp), checked before any pixel is read; 0 or None: no cap. ``tta``
+    is checked here and travels in the runner spec. The run logs the plan
+    (:func:`describe_plan`) once its warm-up has measured the ETA (:mod:`geounet.run.eta`).
 
     Raises
     ------
@@ -244,18 +247,18 @@ def plan_prediction(
         "warp": to_plain(info.warp),
         "rescale": to_plain(info.rescale),
     }
-    plan = Plan(info, card, grid, runner, chunk_size, tile_size, run)
-    log.info("%s", describe_plan(plan, source))
-    return plan
+    return Plan(info, card, grid, runner, chunk_size, tile_size, run, source)
 
 
-def describe_plan(plan: Plan, source: SceneInfo | None = None) -> str:
-    """One line saying what ``plan`` will compute: input and model grid, chunks, tiles, pixels.
-
-    ``source`` is the scene as opened (before any warp); default: the planned scene's own grid.
+def describe_plan(plan: Plan, eta: str | None = None) -> str:
+    """One line saying what ``plan`` will compute: input and model grid, chunks, tiles, model
+    pixels (times the test-time augmentation's transforms), and ``eta`` when given (the
+    warm-up's estimate, :meth:`geounet.run.eta.RunClock.describe`).
     """
+    from geounet.engine.runner import tta_transforms
+
     info, grid = plan.info, plan.grid
-    source = source if source is not None else info
+    source = plan.source if plan.source is not None else info
     rows, cols = grid.chunk_rows, grid.chunk_cols
     tile_rows = -(-info.height // grid.stride)
     tile_cols = -(-info.width // grid.stride)
@@ -269,11 +272,18 @@ def describe_plan(plan: Plan, source: SceneInfo | None = None) -> str:
         model_grid = f"model grid {size(info)} (resampled, {info.warp.resampling})"
     else:
         model_grid = "model grid the same"
+    transforms = len(tta_transforms(plan.runner.tta))
+    if transforms > 1:
+        pixels *= transforms
+        counted = f" ({transforms} per pixel: tta {plan.runner.tta})"
+    else:
+        counted = ""
     return (
         f"plan: {os.path.basename(str(source.path))} {size(source)} -> {model_grid}; "
         f"{rows * cols:,} chunk(s) of {grid.chunk_size} px ({rows} x {cols}), about "
         f"{tile_rows * tile_cols:,} tile(s) of {grid.tile_size} px; "
-        f"{pixels:,} model pixels ({pixels / 1e6:,.1f} MP)"
+        f"{pixels:,} model pixels{counted} ({pixels / 1e6:,.1f} MP)"
+        + (f"; {eta}" if eta else "")
     )
 
 
