@@ -56,6 +56,11 @@ GeoParquet and FlatGeobuf (one file per layer)."""
 BatchRaster = Literal["none", "zarr", "cog"]
 """Which prediction raster ``geounet batch`` keeps per scene: none, a Zarr store or a COG."""
 
+OutputGrid = Literal["scene", "model"]
+"""The grid of a resampled run's raster output (Zarr/COG): the scene's own (the default: it
+overlays the input pixel for pixel) or the model's, on which the model computed it
+(docs/predict.md). Polygons are traced on the model's grid either way, in the scene's CRS."""
+
 LRSchedule = Literal["one-cycle", "cosine", "plateau"]
 """Learning-rate schedule of training: ``one-cycle`` (cosine warm-up from lr/25 to lr, then
 cosine annealing to lr/1e4), ``cosine`` (linear warm-up from 0, cosine annealing to 0) or

@@ -57,6 +57,7 @@ from geounet.config import (
     TTA,
     BatchRaster,
     Engine,
+    OutputGrid,
     Precision,
     ProbabilityDtype,
     ResampleMode,
@@ -153,6 +154,7 @@ def run_batch(
     rescale: str | tuple[float, float] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     raster: BatchRaster = "none",
+    output_grid: OutputGrid = "scene",
     vector_format: VectorFormat | None = None,
     vectorize_options: dict[str, Any] | None = None,
     resume: bool = False,
@@ -178,6 +180,8 @@ def run_batch(
         off the model's pixel size with ``resample="auto"``) fails in planning, before any of
         its pixels is read; the other scenes run.
     raster : also keep each scene's prediction raster: ``none``, ``zarr`` or ``cog``.
+    output_grid : as for :func:`geounet.predict`: a resampled scene's raster on its own grid
+        (``scene``, default) or the model's.
     vector_format : ``gpkg`` (default locally), ``parquet`` (GeoParquet; default and
         recommended for ``s3://``) or ``fgb``. GeoPackage cannot be written to ``s3://``.
     vectorize_options : keywords of :func:`geounet.vectorize` (min_area, simplify, ...).
@@ -221,6 +225,9 @@ def run_batch(
     if not remote:
         out_dir = os.path.abspath(out_dir)
     fmt = _check_settings(out_dir, remote, raster, vector_format, window)
+    from geounet.run.store import check_output_grid
+
+    check_output_grid(output_grid)
     from geounet.engine.runner import tta_transforms
 
     tta_transforms(tta)  # a job-wide mistake: refused before any scene
@@ -241,7 +248,8 @@ def run_batch(
                         engine=engine, max_pixels=check_max_pixels(max_pixels), tta=tta)
     options = dict(vectorize_options or {})
     check_vectorize_options(options)
-    job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,
+    job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, (raster, output_grid),
+                    options,
                     plan_options, batch_size=batch_size, threshold=threshold,
                     probability_dtype=probability_dtype, resume=resume, overwrite=overwrite,
                     finished_before=finished_before, progress=progress)
@@ -309,7 +317,8 @@ class _BatchJob:
     fails or finishes each scene, and collects the rows (index -> :class:`SceneResult`)."""
 
     def __init__(self, scenes: list[tuple[str, str]], out_dir: str, work: str,
-                 fmt: VectorFormat, raster: BatchRaster, vectorize_options: dict[str, Any],
+                 fmt: VectorFormat, raster: tuple[BatchRaster, OutputGrid],
+                 vectorize_options: dict[str, Any],
                  plan_options: dict[str, Any], *, batch_size: int | None,
                  threshold: float | None, probability_dtype: ProbabilityDtype, resume: bool,
                  overwrite: bool, finished_before: Any, progress: ProgressCallback | None):
@@ -317,7 +326,7 @@ class _BatchJob:
         self.out_dir = out_dir
         self.work = work
         self.fmt = fmt
-        self.raster = raster
+        self.raster, self.output_grid = raster
         self.vectorize_options = vectorize_options
         self.plan_options = plan_options
         self.batch_size = batch_size
@@ -398,8 +407,11 @@ class _BatchJob:
 
     def _submit_finish(self, job: _Scene) -> None:
         """Submit the scene's finish task (its chunks are all in the store)."""
+        from geounet.run.store import scene_grid
+
         task = FinishTask(str(job.store_path), job.name, self.out_dir, self.work, self.fmt,
-                          self.raster, self.vectorize_options, self.overwrite or self.resume)
+                          self.raster, self.vectorize_options, self.overwrite or self.resume,
+                          scene_grid(job.plan, self.output_grid))
         future = self.on.submit(finish_scene, task,
                                 key=f"geounet-finish-{job.index}-{self.token}", pure=False)
         self._track(future, job, "finish")

@@ -14,6 +14,7 @@ from geounet.config import (
     TTA,
     BatchRaster,
     Engine,
+    OutputGrid,
     Precision,
     ProbabilityDtype,
     ResampleMode,
@@ -305,6 +306,16 @@ max_pixels = click.option(
     "(1,000 km^2 at 0.5 m).",
 )
 
+output_grid = click.option(
+    "--output-grid",
+    type=click.Choice(choices(OutputGrid)),
+    default="scene",
+    show_default=True,
+    help="Grid of the raster output of a resampled run: scene (the scene's own grid, pixel for "
+    "pixel over the input) or model (the grid the model read). Polygons are traced on the "
+    "model's grid either way.",
+)
+
 # ---- vectorize options (shared by `vectorize` and `segment`) -----------------------------
 
 
@@ -402,7 +413,8 @@ def prediction_options(func: Any) -> Any:
     """
     for decorator in reversed(
         [model, bands, chunk_size, tile_size, batch_size, device, precision, engine, tta,
-         probability_dtype, threshold, resample, resampling, rescale, max_pixels, workers,
+         probability_dtype, threshold, resample, resampling, rescale, max_pixels, output_grid,
+         workers,
          scheduler,
          in_process,
          scheduler_address, resume, allow_no_crs, overwrite]

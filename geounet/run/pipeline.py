@@ -29,7 +29,15 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.config import TTA, Engine, Precision, ProbabilityDtype, ResampleMode, Resampling
+from geounet.config import (
+    TTA,
+    Engine,
+    OutputGrid,
+    Precision,
+    ProbabilityDtype,
+    ResampleMode,
+    Resampling,
+)
 from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
@@ -58,6 +66,7 @@ from geounet.run.store import (  # re-exported: the store's life in a run
     prediction_kept,
     prepare_store,
     publish_raster,
+    scene_grid,
 )
 
 if TYPE_CHECKING:
@@ -416,6 +425,7 @@ def predict(
     engine: Engine = "torch",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     tta: TTA = "none",
+    output_grid: OutputGrid = "scene",
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -445,8 +455,9 @@ def predict(
     resample : ``auto`` (default): a scene more than 1.25x off the model's pixel size is read
         through a GDAL WarpedVRT at the model's pixel size, a scene more than 4x off
         (:data:`geounet.config.AUTO_RESAMPLE_MAX_FACTOR`) is refused; ``always``: whenever they differ;
-        ``error``: never (a scene more than 2x off is refused). The outputs are then on the
-        warped grid (same CRS, the model's pixel size).
+        ``error``: never (a scene more than 2x off is refused). The model then reads the
+        warped grid (same CRS, the model's pixel size); ``output_grid`` says where the raster
+        output goes.
     resampling : GDAL resampling of that warp; ``auto`` (default): bilinear when the scene is
         finer than the model, lanczos when it is coarser.
     rescale : map the scene's values into the model's range: ``"percentile"``,
@@ -464,6 +475,10 @@ def predict(
         the softmax probabilities are averaged over the transforms, each undone. Every tile
         gets the same transforms, so the output stays exact and chunk-invariant
         (docs/predict.md gives the measured cost and gain).
+    output_grid : the grid of the raster output of a resampled run: ``scene`` (default) writes
+        it on the scene's own grid (probabilities averaged over each scene pixel's footprint,
+        or bilinear when the scene is finer; the class from them by the run's rule), ``model``
+        on the grid the model read. Runs without a warp write the scene's grid either way.
 
     Returns
     -------
@@ -487,13 +502,14 @@ def predict(
         resample=resample, resampling=resampling, rescale=rescale,
         engine=engine, max_pixels=max_pixels, tta=tta,
     )
+    grid = scene_grid(plan, output_grid)
     out = Path(out)
     chunks, skipped, resumed = _compute_store(
         plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
         batch_size=batch_size, resume=resume, client=client, workers=workers, progress=progress,
     )
     with prediction_kept(store_path, "writing " + str(out)):
-        publish_raster(store_path, out, fmt, overwrite=overwrite)
+        publish_raster(store_path, out, fmt, overwrite=overwrite, grid=grid)
     output.remove_path(store_path)
     result = _result(out, plan, (chunks, skipped, resumed), start)
     log.debug("predict: %s", result.summary())
@@ -556,11 +572,13 @@ def segment(
     # vectorize runs after the prediction: check its keywords before that work
     check_vectorize_options(vectorize_options)
     keep = {k: predict_options.pop(k) for k in ("resume", "client", "workers", "progress",
-                                                "batch_size") if k in predict_options}
+                                                "batch_size", "output_grid")
+            if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
     threshold = predict_options.get("threshold")
     check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
     plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
+    grid = scene_grid(plan, keep.get("output_grid", "scene"))
     if plan.info.crs_wkt is None:  # allow_no_crs let predict through; polygons need a CRS
         raise GeoreferenceError(
             f"scene {str(scene)!r} has no CRS, and segment writes GeoPackage polygons, which "
@@ -584,7 +602,7 @@ def segment(
     if raster_out is not None:
         raster_out = Path(raster_out)
         with prediction_kept(store_path, "writing " + str(raster_out)):
-            publish_raster(store_path, raster_out, fmt, overwrite=overwrite)
+            publish_raster(store_path, raster_out, fmt, overwrite=overwrite, grid=grid)
         extra = (raster_out,)
     output.remove_path(store_path)
     result = _result(out_gpkg, plan, (chunks, skipped, resumed), start, extra)

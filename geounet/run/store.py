@@ -15,11 +15,12 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.config import ProbabilityDtype
-from geounet.errors import GeounetError, OutputExistsError, PredictionKeptError
+from geounet.config import OutputGrid, ProbabilityDtype, choices
+from geounet.errors import GeounetError, InputError, OutputExistsError, PredictionKeptError
 from geounet.output import StoreSpec
 from geounet.raster import is_url
 from geounet.run.planning import to_plain
@@ -74,10 +75,75 @@ def keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
     return annotated
 
 
-def publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> None:
-    """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
-    into a COG (.tif); the store is left in place, still resumable, for a COG."""
+@dataclass(frozen=True)
+class SceneGrid:
+    """The scene's own grid, on which a resampled run's raster output is written
+    (``output_grid="scene"``), and the run's threshold to classify it there: plain values."""
+
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    height: int
+    width: int
+    threshold: float | None = None
+
+
+def check_output_grid(output_grid: OutputGrid) -> None:
+    """Raise InputError unless ``output_grid`` is ``scene`` or ``model``."""
+    if output_grid not in choices(OutputGrid):
+        raise InputError(
+            f"output grid {output_grid!r} is not one of {', '.join(choices(OutputGrid))}; use "
+            "scene (the raster on the scene's own grid) or model (on the grid the model read)."
+        )
+
+
+def scene_grid(plan: Plan, output_grid: OutputGrid) -> SceneGrid | None:
+    """Where ``plan``'s raster output goes: the scene's grid for ``"scene"`` when the model
+    read a resampled view of it, else None (the store's own grid, the model's).
+
+    Raises
+    ------
+    InputError
+        ``output_grid`` is not ``scene`` or ``model``.
+    """
+    check_output_grid(output_grid)
+    info, source = plan.info, plan.source
+    if output_grid == "model" or source is None or info.warp is None or not info.warp.regrid:
+        return None
+    if (source.height, source.width, tuple(source.transform)) == (
+            info.height, info.width, tuple(info.transform)):
+        return None
+    return SceneGrid(source.crs_wkt, tuple(float(v) for v in source.transform[:6]),
+                     int(source.height), int(source.width), plan.run.get("threshold"))
+
+
+def regridded_store(store: Path, grid: SceneGrid, anchor: Path) -> Path:
+    """``store`` written onto ``grid`` as a new store under a hidden temporary name beside
+    ``anchor`` (:func:`geounet.output.regrid_store`); the caller removes it."""
     from geounet import output
+    from geounet.engine.inference import classify
+
+    target = output.temporary_path(anchor, ".scene-grid.zarr")
+    output.remove_path(target)
+    log.info("writing %s on the scene's grid (%d x %d px)", anchor, grid.width, grid.height)
+    return output.regrid_store(
+        store, target, crs_wkt=grid.crs_wkt, transform=grid.transform, height=grid.height,
+        width=grid.width, classify=lambda probs, valid: classify(probs, grid.threshold, valid))
+
+
+def publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool,
+                   grid: SceneGrid | None = None) -> None:
+    """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
+    into a COG (.tif); the store is left in place, still resumable, for a COG. With ``grid``
+    the raster is first written onto that grid (:func:`regridded_store`) and the store is
+    left in place, still resumable, either way."""
+    from geounet import output
+    if grid is not None:
+        regridded = regridded_store(store, grid, out)
+        try:
+            publish_raster(regridded, out, fmt, overwrite=overwrite)
+        finally:
+            output.remove_path(regridded)
+        return
     if fmt == "zarr":
         output.finalize_store(store)
         output.replace_path(store, out)
