@@ -18,6 +18,7 @@ from __future__ import annotations
 from geounet.evaluation.objects import match_objects
 from geounet.evaluation.report import (
     CenterlineScores,
+    Coverage,
     EvaluationReport,
     ObjectScores,
     check_json_output,
@@ -28,6 +29,7 @@ from geounet.evaluation.sources import VECTOR_SUFFIXES, Grid
 __all__ = [
     "VECTOR_SUFFIXES",
     "CenterlineScores",
+    "Coverage",
     "EvaluationReport",
     "Grid",
     "ObjectScores",

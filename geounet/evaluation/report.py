@@ -86,6 +86,24 @@ class CenterlineScores:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """How much of the truth the prediction covers: its labelled (not nodata) pixels on the
+    scoring grid, and how many of them have a valid prediction pixel (the ones scored)."""
+
+    scored: int
+    labelled: int
+
+    @property
+    def fraction(self) -> float:
+        """``scored / labelled`` (nan when the truth labels nothing)."""
+        return ratio(self.scored, self.labelled)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scored": self.scored, "labelled": self.labelled,
+                "fraction": json_score(self.fraction)}
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
     """Everything :func:`evaluate` measured.
 
@@ -97,6 +115,8 @@ class EvaluationReport:
     objects : building object scores (None when there is no ``buildings`` class).
     centerline : road centerline scores (None when there is no ``roads`` class).
     pred, truth : the inputs as given.
+    coverage : the share of the truth's labelled pixels the prediction covers (only those
+        are scored); ``evaluate`` warns below :data:`geounet.evaluation.scoring.COVERAGE_WARN`.
     """
 
     classes: tuple[str, ...]
@@ -107,6 +127,7 @@ class EvaluationReport:
     pred: str = ""
     truth: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
+    coverage: Coverage | None = None
 
     def score(self, name: str) -> ClassScores:
         """Pixel scores of the class called ``name``."""
@@ -129,6 +150,7 @@ class EvaluationReport:
             "confusion": [list(row) for row in self.confusion],
             "objects": None if self.objects is None else self.objects.to_dict(),
             "centerline": None if self.centerline is None else self.centerline.to_dict(),
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
             **dict(self.extra),
         }
 
@@ -158,6 +180,11 @@ class EvaluationReport:
             lines.append(f"roads centerline (within {c.tolerance:g} m): precision "
                          f"{_fmt(c.precision).strip()}  recall {_fmt(c.recall).strip()}  "
                          f"F1 {_fmt(c.f1).strip()}")
+        cover = self.coverage
+        if cover is not None and cover.labelled and cover.scored < cover.labelled:
+            lines.append(f"coverage: the prediction covers {cover.fraction:.1%} of the truth's "
+                         f"labelled pixels ({cover.scored:,} of {cover.labelled:,}); the rest "
+                         "is not scored")
         return "\n".join(lines)
 
 
