@@ -66,7 +66,13 @@ from geounet.config import (
     choices,
 )
 from geounet.distributed.cluster import SchedulerLike
-from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
+from geounet.errors import (
+    GeounetError,
+    InputError,
+    OutputExistsError,
+    UnsupportedFormatError,
+    option,
+)
 from geounet.raster import is_url
 from geounet.run.eta import JobProgress, ProgressCallback, chunk_tiles, task_slots, warmup_order
 from geounet.run.planning import (
@@ -279,7 +285,8 @@ def _check_settings(out_dir: str, remote: bool, raster: BatchRaster,
     if remote and fmt == "gpkg":
         raise UnsupportedFormatError(
             f"GeoPackage cannot be written to object storage ({out_dir!r}): SQLite needs a local "
-            "file; use vector_format='parquet' (--format parquet, GeoParquet) for s3://, or a "
+            f"file; use {option('vector_format', 'parquet', flag='--format')} (GeoParquet) for "
+            "s3://, or a "
             "local --out-dir for GeoPackage."
         )
     if window is not None and window < 1:
@@ -306,8 +313,8 @@ def _finished_before(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
         example = sorted(finished_before)[0]
         raise OutputExistsError(
             f"{out_dir!r} holds {len(finished_before)} finished scene(s) of an earlier batch "
-            f"(e.g. {DONE_DIR}/{example}); pass resume=True (--resume) to skip them, "
-            "overwrite=True (--overwrite) to recompute them, or choose another output folder."
+            f"(e.g. {DONE_DIR}/{example}); pass {option('resume', True)} to skip them, "
+            f"{option('overwrite', True)} to recompute them, or choose another output folder."
         )
     return finished_before
 

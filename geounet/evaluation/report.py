@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from geounet.errors import InputError, OutputExistsError
+from geounet.errors import InputError, OutputExistsError, option
 from geounet.training.metrics import (
     ClassScores,
     CountScores,
@@ -193,7 +193,7 @@ def check_json_output(path: str | os.PathLike[str], *, overwrite: bool = False) 
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(
-            f"scores file {str(path)!r} already exists; pass overwrite=True (--overwrite) to "
+            f"scores file {str(path)!r} already exists; pass {option('overwrite', True)} to "
             "replace it, or choose another path."
         )
     if not path.parent.is_dir():

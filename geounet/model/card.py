@@ -15,7 +15,7 @@ import numpy as np
 
 from geounet._version import __version__
 from geounet.config import AUTO_RESAMPLE_MAX_FACTOR
-from geounet.errors import IncompatibleSceneError, InputError
+from geounet.errors import IncompatibleSceneError, InputError, option
 from geounet.model.registry import (
     ArchitectureConfig,
     architecture_from_dict,
@@ -38,10 +38,10 @@ def _resample_fix(ratio: float, pixel_size: float) -> str:
     """The resample option that reads a scene ``ratio`` off the card: ``auto`` resamples only
     within :data:`geounet.config.AUTO_RESAMPLE_MAX_FACTOR` (``raster.fitting`` refuses beyond)."""
     if ratio <= AUTO_RESAMPLE_MAX_FACTOR:
-        return f"read it resampled to {pixel_size:g} m with --resample auto (resample=\"auto\")"
+        return f"read it resampled to {pixel_size:g} m with {option('resample', 'auto')}"
     return (
         f"--resample auto resamples only within a factor {AUTO_RESAMPLE_MAX_FACTOR:g}; force "
-        f"a warp to {pixel_size:g} m with --resample always (resample=\"always\")"
+        f"a warp to {pixel_size:g} m with {option('resample', 'always')}"
     )
 
 

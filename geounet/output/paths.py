@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 from typing import Literal
 
-from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
+from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError, option
 
 OutputFormat = Literal["zarr", "tif"]
 """Prediction output formats, chosen by the output path's suffix."""
@@ -70,7 +70,7 @@ def check_new_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
         )
     if path.exists() and not overwrite:
         raise OutputExistsError(
-            f"output {str(path)!r} already exists; pass overwrite=True (--overwrite) to "
+            f"output {str(path)!r} already exists; pass {option('overwrite', True)} to "
             "replace it, or choose another path."
         )
     return path

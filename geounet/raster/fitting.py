@@ -33,7 +33,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from geounet.config import AUTO_RESAMPLE_MAX_FACTOR, ResampleMode, choices
-from geounet.errors import IncompatibleSceneError, InputError
+from geounet.errors import IncompatibleSceneError, InputError, option
 
 if TYPE_CHECKING:
     from geounet.model import ModelCard
@@ -226,7 +226,7 @@ def plan_resample(
             f"{view.height:,} = {view.width * view.height:,} px "
             f"({view.width * view.height / 1e9:.3g} gigapixels) from the scene's "
             f"{info.width:,} x {info.height:,}. Use a model trained near {scene_size:.3g} m, or "
-            "pass --resample always (resample=\"always\") to force it."
+            f"pass {option('resample', 'always')} to force it."
         )
     return warp_to_pixel_size(info, target_pixel_size, resampling=resampling)
 

@@ -28,7 +28,7 @@ from geounet.config import (
     choices,
 )
 from geounet.distributed.cluster import SchedulerLike
-from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, TileSizeError
+from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, TileSizeError, option
 from geounet.raster import is_url
 
 if TYPE_CHECKING:
@@ -296,7 +296,7 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
     ):
         raise InputError(
             f"max_pixels {max_pixels!r} is not a whole number of pixels >= 0; give e.g. "
-            f"{DEFAULT_MAX_PIXELS:.0e} (--max-pixels), or 0 for no ceiling."
+            f"{option('max_pixels', int(DEFAULT_MAX_PIXELS))}, or 0 for no ceiling."
         )
     return int(max_pixels) or None
 
@@ -310,9 +310,9 @@ def _check_model_pixels(info: SceneInfo, max_pixels: int | None) -> None:
             grid += f", the scene resampled to {info.pixel_size:.3g} m"
         raise RunTooLargeError(
             f"this run would compute {pixels:,} model pixels ({pixels / 1e9:.3g} gigapixels: "
-            f"{grid}), more than the limit of {max_pixels:,} (max_pixels); check the scene "
-            "and model resolutions, split the scene, or raise the limit with --max-pixels N "
-            "(max_pixels=N; 0 = no limit)."
+            f"{grid}), more than the limit of {max_pixels:,}; check the scene and model "
+            "resolutions, split the scene, or raise the limit with "
+            f"{option('max_pixels', 2 * pixels)} (0 = no limit)."
         )
 
 
@@ -356,8 +356,8 @@ def _open_placed_scene(scene: str | os.PathLike[str], allow_no_crs: bool) -> Sce
         if not allow_no_crs:
             raise GeoreferenceError(
                 f"scene {str(scene)!r} has no CRS, so outputs could not be placed on the map; "
-                "georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX) or pass allow_no_crs=True "
-                "(--allow-no-crs) to write outputs in pixel coordinates."
+                "georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX) or pass "
+                f"{option('allow_no_crs', True)} to write outputs in pixel coordinates."
             )
         warnings.warn(
             f"scene {str(scene)!r} has no CRS; outputs are written in pixel coordinates.",

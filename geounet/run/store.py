@@ -20,7 +20,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geounet.config import OutputGrid, ProbabilityDtype, choices
-from geounet.errors import GeounetError, InputError, OutputExistsError, PredictionKeptError
+from geounet.errors import (
+    GeounetError,
+    InputError,
+    OutputExistsError,
+    PredictionKeptError,
+    option,
+    render_options,
+)
 from geounet.output import StoreSpec
 from geounet.raster import is_url
 from geounet.run.planning import to_plain
@@ -62,7 +69,7 @@ def keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
     from geounet import output
     done = len(output.done_chunks(store_path))
     hint = (f" The {done} chunk(s) completed are kept in {str(store_path)!r}; fix the cause "
-            "and run the same command again with --resume (resume=True) to compute only the "
+            f"and run the same command again with {option('resume', True)} to compute only the "
             "missing chunks.")
     log.warning("run failed; %d completed chunk(s) kept in %s for --resume", done, store_path)
     annotated: BaseException = exc
@@ -70,7 +77,7 @@ def keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
         import copy
 
         annotated = copy.copy(exc)  # same class and attributes, the hint added to the message
-        annotated.args = (f"{exc}{hint}",)
+        annotated.args = (f"{exc.raw_message}{hint}",)
     annotated.resume_store = str(store_path)  # type: ignore[attr-defined]
     return annotated
 
@@ -206,12 +213,14 @@ def check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> N
     done = len(output.done_chunks(store_path))
     raise OutputExistsError(
         f"an interrupted run left a partial prediction in {str(store_path)!r} ({done} "
-        "chunk(s) done); pass resume=True (--resume) to finish it with the same settings, or "
-        "overwrite=True (--overwrite) to discard it and start over."
+        f"chunk(s) done); pass {option('resume', True)} to finish it with the same settings, "
+        f"or {option('overwrite', True)} to discard it and start over."
     )
 
 
-RESUME_HINT = "rerun the same command with --resume (resume=True) to finish the job"
+RESUME_HINT = f"rerun the same command with {option('resume', True)} to finish the job"
+"""The fix after a failure past prediction (:func:`geounet.errors.option` marks: render it
+with :func:`geounet.errors.render_options` outside an error message)."""
 
 
 @contextlib.contextmanager
@@ -227,12 +236,13 @@ def prediction_kept(store_path: Path, step: str) -> Iterator[None]:
         yield
     except KeyboardInterrupt as exc:
         log.error("interrupted while %s; the finished prediction is kept in %s: %s",
-                  step, store_path, RESUME_HINT)
+                  step, store_path, render_options(RESUME_HINT))
         exc.geounet_kept_store = str(store_path)  # type: ignore[attr-defined]
         raise
     except Exception as exc:
+        cause = exc.raw_message if isinstance(exc, GeounetError) else str(exc)
         raise PredictionKeptError(
-            f"{step} failed ({exc}); the finished prediction is kept in {str(store_path)!r}: "
+            f"{step} failed ({cause}); the finished prediction is kept in {str(store_path)!r}: "
             f"fix the cause, then {RESUME_HINT} without predicting again.",
             store=str(store_path),
         ) from exc
