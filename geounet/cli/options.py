@@ -272,10 +272,13 @@ rescale = click.option(
     "--rescale",
     callback=_rescale,
     default=None,
-    metavar="percentile[:LOW,HIGH]|bits[:N]|MIN,MAX",
+    metavar="match[:LEVELS]|percentile[:LOW,HIGH]|bits[:N]|MIN,MAX",
     help="Map the scene's values into the model's range (needed when its data type differs "
-    "from the model's): per-band percentiles of a sample (default 2,98), 0..2**N-1 "
-    "(bits: N from the file or its maximum, e.g. 11-bit data), or MIN,MAX.",
+    "from the model's): match (the scene's per-band percentiles onto the training data's, "
+    "from the model card; match:2,98 for a linear map), percentile (per-band 2nd..98th "
+    "percentiles of a sample stretched to the full range; percentile:LOW,HIGH), bits "
+    "(0..2**N-1, N from the file or its maximum, e.g. 11-bit data) or MIN,MAX. See "
+    "docs/predict.md for which to pick.",
 )
 
 def _max_pixels(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:

@@ -401,6 +401,7 @@ def _card(chips_dir: str | os.PathLike[str], config: TrainConfig,
           stats: Any, fine_tune: bool = False) -> tuple[Any, Any]:
     """The architecture and model card: new from the chips, or the resumed (fine-tuned)
     checkpoint's, checked against the chips."""
+    from geounet.config import PERCENTILE_LEVELS
     from geounet.model import ModelCard
 
     if resume is None:
@@ -408,7 +409,8 @@ def _card(chips_dir: str | os.PathLike[str], config: TrainConfig,
         card = ModelCard(
             architecture=arch, bands=tuple(range(1, stats.count + 1)), mean=stats.mean,
             std=stats.std, classes=classes, pixel_size=stats.pixel_size, dtype=stats.dtype,
-            value_range=stats.value_range,
+            value_range=stats.value_range, percentiles=stats.percentiles,
+            percentile_levels=PERCENTILE_LEVELS if stats.percentiles else (),
             description=config.description or f"trained on chips {Path(chips_dir).name}",
         )
     else:
