@@ -108,6 +108,11 @@ def test_polygons_are_the_same_on_either_grid(coarse: Path, tmp_path: Path) -> N
             "--raster-out", str(tmp_path / f"{grid}.tif"), "--output-grid", grid])
         assert result.exit_code == 0, result.output
     assert _features(tmp_path / "scene.gpkg") == _features(tmp_path / "model.gpkg")
+    with rasterio.open(coarse) as src:  # in the scene's CRS either way
+        crs = src.crs
+    for grid in ("scene", "model"):
+        assert pyogrio.read_info(tmp_path / f"{grid}.gpkg", layer="buildings")["crs"] == \
+            crs.to_string()
     assert _grid(tmp_path / "scene.tif")[1] == (96, 96)
     assert _grid(tmp_path / "model.tif")[1] == (192, 192)
     with pytest.raises(InputError, match="output grid 'native'.*scene.*model"):

@@ -310,14 +310,9 @@ max_pixels = click.option(
 )
 
 output_grid = click.option(
-    "--output-grid",
-    type=click.Choice(choices(OutputGrid)),
-    default="scene",
-    show_default=True,
-    help="Grid of the raster output of a resampled run: scene (the scene's own grid, pixel for "
-    "pixel over the input) or model (the grid the model read). Polygons are traced on the "
-    "model's grid either way.",
-)
+    "--output-grid", type=click.Choice(choices(OutputGrid)), default="scene", show_default=True,
+    help="Grid of a resampled run's raster output: scene (the scene's own) or model (the one "
+    "the model read). Polygons are traced on the model's grid either way.")
 
 # ---- vectorize options (shared by `vectorize` and `segment`) -----------------------------
 
