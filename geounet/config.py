@@ -66,6 +66,11 @@ BatchRaster = Literal["none", RasterFormat]
 """Which prediction raster ``geounet batch`` keeps per scene: none, or a
 :data:`RasterFormat` (a Zarr store or a COG)."""
 
+OutputGrid = Literal["scene", "model"]
+"""The grid of a resampled run's raster output (Zarr/COG): the scene's own (the default: it
+overlays the input pixel for pixel) or the model's, on which the model computed it
+(docs/predict.md). Polygons are traced on the model's grid either way, in the scene's CRS."""
+
 LRSchedule = Literal["one-cycle", "cosine", "plateau"]
 """Learning-rate schedule of training: ``one-cycle`` (cosine warm-up from lr/25 to lr, then
 cosine annealing to lr/1e4), ``cosine`` (linear warm-up from 0, cosine annealing to 0) or
@@ -84,6 +89,26 @@ Resampling = Literal["auto", "bilinear", "cubic", "cubic_spline", "lanczos", "av
 """GDAL resampling for warping imagery; ``auto`` (the default) is bilinear when the scene is
 finer than the model (GDAL then averages over each target pixel's footprint) and lanczos when
 it is coarser (sharper edges when enlarging: see docs/predict.md for the measured IoU)."""
+
+PERCENTILE_LEVELS = (1.0, 2.0, 5.0, 10.0, 25.0, 50.0, 75.0, 90.0, 95.0, 98.0, 99.0)
+"""The per-band percentiles of the training data a model card records (training
+``compute_stats``), the knots of ``--rescale match`` (:mod:`geounet.raster.fitting`)."""
+
+MATCH_LEVELS = (2.0, 25.0, 50.0, 75.0, 98.0)
+"""The percentiles ``--rescale match`` maps by default (``match:L1,L2,...`` picks others of
+:data:`PERCENTILE_LEVELS`): five knots undo a sensor's offset, gain and gamma better than two
+(a linear map) and, on scenes whose content differs from the training data's, better than all
+eleven, which force the scene's histogram onto the training data's (benchmarks/RESULTS.md,
+"--rescale match")."""
+
+RESCALE_ADVICE = (
+    "measured on sensor-like 11- and 12-bit copies of uint8 scenes (benchmarks/RESULTS.md): "
+    "match for a sensor's own counts (dark offset, gains, no display gamma; building IoU "
+    "0.75 against percentile 0.67 and bits 0.46, the uint8 original 0.94), bits when the "
+    "values are the training product's only stored in more bits (exact, 0.94)"
+)
+"""Which ``--rescale`` mode to pick, as measured (``benchmarks/bench_rescale.py``, table in
+``benchmarks/RESULTS.md``): named in the errors that ask for a mode."""
 
 NODATA_CLASS = 255
 """Class-mask value where the scene has no valid data (Zarr ``mask``, COG band 1, label masks,

@@ -8,9 +8,74 @@ message text, only on the class.
 
 from __future__ import annotations
 
+import json
+import re
+from collections.abc import Callable
+
+_MARK = "\x1f"
+_OPTION = re.compile(f"{_MARK}([^{_MARK}]*){_MARK}")
+_NO_VALUE = object()
+
+
+def option(name: str, value: object = _NO_VALUE, *, flag: str | None = None) -> str:
+    """A fix naming the parameter ``name`` (and a ``value`` to give it) inside an error message.
+
+    ``str(error)`` writes it for the Python API and the CLI together, ``name=value (--flag
+    value)``; the CLI writes only the command's own flag, ``--flag value``
+    (:meth:`GeounetError.for_cli`), so a command line never names a Python parameter.
+    ``flag`` is the CLI's spelling when it is not ``--`` + ``name`` with dashes.
+
+    Examples
+    --------
+    >>> str(InputError(f"pass {option('resample', 'always')} to force it"))
+    "pass resample='always' (--resample always) to force it"
+    >>> InputError(f"pass {option('allow_no_crs', True)}").for_cli(lambda name: None)
+    'pass --allow-no-crs'
+    """
+    text = None if value is _NO_VALUE else repr(value)
+    cli = None if value is _NO_VALUE or value is True else str(value)
+    flag = flag or "--" + name.replace("_", "-")
+    return f"{_MARK}{json.dumps([name, text, flag, cli])}{_MARK}"
+
+
+def render_options(message: str, flag_of: Callable[[str], str | None] | None = None) -> str:
+    """``message`` with its :func:`option` marks written out: for the Python API and the CLI
+    together (``flag_of`` None), or as CLI flags, ``flag_of(name)`` giving the command's flag
+    for a parameter (None: the mark's own spelling)."""
+
+    def write(match: re.Match[str]) -> str:
+        name, text, flag, cli = json.loads(match.group(1))
+        command_line = f"{flag} {cli}" if cli is not None else flag
+        if flag_of is None:
+            python = name if text is None else f"{name}={text}"
+            return f"{python} ({command_line})"
+        own = flag_of(name)
+        if own is not None:
+            command_line = f"{own} {cli}" if cli is not None else own
+        return command_line
+
+    return _OPTION.sub(write, message)
+
 
 class GeounetError(Exception):
-    """Root of every error geounet raises on purpose."""
+    """Root of every error geounet raises on purpose.
+
+    Its message may name fixes with :func:`option`: ``str(error)`` writes them for both the
+    Python API and the CLI, :meth:`for_cli` as the command's flags only.
+    """
+
+    def __str__(self) -> str:
+        return render_options(super().__str__())
+
+    @property
+    def raw_message(self) -> str:
+        """The message with its :func:`option` marks, to extend and re-raise."""
+        return super().__str__()
+
+    def for_cli(self, flag_of: Callable[[str], str | None]) -> str:
+        """The message as a command line shows it: each :func:`option` as the command's flag
+        (``flag_of(name)``, or the mark's own spelling)."""
+        return render_options(super().__str__(), flag_of)
 
 
 class InputError(GeounetError, ValueError):

@@ -19,6 +19,23 @@ def _limit_torch_threads() -> None:
     torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
 
 
+@pytest.fixture(autouse=True)
+def _keep_thread_environment() -> Any:
+    """Restore ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` after each test: a LocalCluster's
+    nanny leaves ``OMP_NUM_THREADS=1`` in this process, and threads started later (Dask's
+    in-process pool) would then run torch on one thread while the main thread runs on more,
+    so a later test comparing schedulers bit for bit would depend on the test order."""
+    import os
+
+    saved = {name: os.environ.get(name) for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS")}
+    yield
+    for name, value in saved.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+
+
 @pytest.fixture
 def make_scene(tmp_path: Path) -> Callable[..., Path]:
     """Factory: ``make_scene(257, 300, count=3, dtype="uint8", ...)`` writes a GeoTIFF."""

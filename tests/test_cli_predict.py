@@ -214,12 +214,15 @@ def test_progress_bar_draws_chunks_and_rate_only_when_enabled() -> None:
 
     stream = io.StringIO()
     with ChunkProgress(True, stream=stream, width=100) as bar:
-        bar(0, 4, 0)
-        bar(2, 4, 2_000_000)
-        bar(3, 6, 3_000_000)  # a batch's total grows as it plans scenes
+        bar(0, 4, 0, None)  # the library's ETA: None until the warm-up is measured
+        bar(2, 4, 2_000_000, 30.0)
+        bar(3, 6, 3_000_000, 185.0)  # a batch's total grows as it plans scenes
     text = stream.getvalue()
     assert "chunks:" in text and " 0/4 " in text and " 3/6 " in text, text
-    assert "MP/s" in text and "chunk/s" in text and "<" in text and text.endswith("\n")  # ETA
+    assert "ETA measuring" in text.split("\r")[1]  # from the first draw
+    assert "MP/s" in text and "chunk/s" in text and text.endswith("\n")
+    assert text.rstrip().endswith("ETA 3 min 05 s]"), text  # the library's, not tqdm's guess
+    assert "<" not in text
     quiet = io.StringIO()
     with ChunkProgress(False, stream=quiet) as bar:
         bar(1, 4, 10)

@@ -185,7 +185,8 @@ def test_prediction_on_another_grid_is_read_onto_the_truth_grid(tmp_path):
     assert evaluate(q, t).score("buildings").iou < 0.9
     # an offset grid of the same pixel size is aligned too: 3 px east, the 6 px road half on
     other = write_mask(tmp_path / "o.tif", truth, from_origin(500_001.5, 5e6, 0.5, 0.5))
-    offset = evaluate(other, t).score("roads")
+    with pytest.warns(UserWarning, match=r"covers 98\.5%"):  # its first 3 columns are missing
+        offset = evaluate(other, t).score("roads")
     assert offset.iou == pytest.approx(3 / 9)
 
 
@@ -317,3 +318,31 @@ def test_vector_truth_on_a_rotated_grid(tmp_path):
     report = evaluate(pred, gpkg, window_size=64)
     assert report.score("buildings").iou > 0.99 and report.score("roads").iou > 0.99
     assert (report.objects.tp, report.objects.fp, report.objects.fn) == (9, 0, 0)
+
+
+def test_partial_coverage_is_reported_and_warned(tmp_path):
+    """A prediction covering part of the truth (on another grid, or with nodata) scores only
+    the covered part: never silently, the report says how much and evaluate warns."""
+    truth = scene_truth()
+    t = write_mask(tmp_path / "t.tif", truth)
+    # the left 120 of 200 columns, on a 2x finer grid: 60% of the truth's pixels
+    left = np.repeat(np.repeat(truth[:, :120], 2, axis=0), 2, axis=1)
+    p = write_mask(tmp_path / "p.tif", left, from_origin(500_000.0, 5e6, 0.25, 0.25))
+    with pytest.warns(UserWarning, match=r"covers 60\.0% of the truth's labelled pixels "
+                                         r"\(24,000 of 40,000\)"):
+        report = evaluate(p, t, window_size=64)
+    assert report.coverage.fraction == pytest.approx(0.6)
+    assert report.to_dict()["coverage"] == {"scored": 24_000, "labelled": 40_000,
+                                            "fraction": 0.6}
+    assert "covers 60.0%" in report.format_table()
+    assert report.score("buildings").iou == 1.0  # of the covered part
+    result = CliRunner().invoke(cli, ["evaluate", str(p), str(t)])
+    assert result.exit_code == 0 and "covers 60.0%" in result.output
+    # full coverage: no warning, no line
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        whole = evaluate(t, t)
+    assert not [w for w in caught if "covers" in str(w.message)]
+    assert whole.coverage.fraction == 1.0 and "coverage" not in whole.format_table()

@@ -58,14 +58,16 @@ def test_resample_auto_matches_native_scores(
                       raster_out=tmp_path / "pred.tif")
     for name in ("buildings", "roads"):
         assert scores[name] == pytest.approx(native[1][name], abs=0.05), (scores, native[1])
-    # vectors are in the scene's CRS, the raster on the warped grid at the model's size
+    # vectors are in the scene's CRS, the raster on the scene's own grid (output_grid="scene",
+    # the default; tests/test_output_grid.py has the model grid)
     import geopandas as gpd
 
     with rasterio.open(scene) as src:
-        crs = src.crs
+        crs, transform, shape = src.crs, src.transform, src.shape
     assert gpd.read_file(tmp_path / "auto.gpkg", layer="buildings").crs == crs
     with rasterio.open(tmp_path / "pred.tif") as pred:
-        assert pred.crs == crs and pred.res == pytest.approx((0.5, 0.5))
+        assert pred.crs == crs and pred.res == pytest.approx((pixel_size, pixel_size))
+        assert pred.shape == shape and pred.transform.almost_equals(transform)
     # mode error: today's refusal, naming the option
     with pytest.raises(IncompatibleSceneError, match="--resample auto"):
         geounet.segment(scene, tmp_path / "error.gpkg", client="synchronous", resample="error")
@@ -255,12 +257,16 @@ def test_warped_rescaled_run_is_chunk_exact_and_resumable(tmp_path: Path) -> Non
 
     scene = write_scene(tmp_path / "s.tif", 300, 280, dtype="uint16", pixel_size=0.2, seed=5)
     for chunk in (64, 256):
-        geounet.predict(scene, tmp_path / f"c{chunk}.zarr", rescale="bits",
-                        client="synchronous", chunk_size=chunk)
-    small, large = xr.open_zarr(tmp_path / "c64.zarr"), xr.open_zarr(tmp_path / "c256.zarr")
-    assert small["mask"].shape == (120, 112)  # 300 x 280 px at 0.2 m -> 0.5 m
-    assert np.array_equal(small["mask"].values, large["mask"].values)
-    assert np.array_equal(small["probabilities"].values, large["probabilities"].values)
+        for grid in ("model", "scene"):
+            geounet.predict(scene, tmp_path / f"{grid}{chunk}.zarr", rescale="bits",
+                            client="synchronous", chunk_size=chunk, output_grid=grid)
+    for grid, shape in (("model", (120, 112)), ("scene", (300, 280))):
+        small = xr.open_zarr(tmp_path / f"{grid}64.zarr")
+        large = xr.open_zarr(tmp_path / f"{grid}256.zarr")
+        assert small["mask"].shape == shape  # 300 x 280 px at 0.2 m -> 0.5 m, and back
+        assert np.array_equal(small["mask"].values, large["mask"].values)
+        assert np.array_equal(small["probabilities"].values, large["probabilities"].values)
+    small = xr.open_zarr(tmp_path / "model64.zarr")
     attrs = small.attrs.get("geounet") or small.attrs
     assert attrs["scene_warp"]["resampling"] == "bilinear"  # auto: the scene is finer
     assert attrs["scene_rescale"]["method"] == "bits"

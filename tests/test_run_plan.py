@@ -101,10 +101,9 @@ def test_every_run_logs_its_plan_first(tmp_path: Path, caplog: pytest.LogCapture
     assert re.fullmatch(
         r"plan: s\.tif 85 x 75 px at 1 m -> model grid 170 x 150 px at 0\.5 m \(resampled, "
         r"lanczos\); 4 chunk\(s\) of 128 px \(2 x 2\), about 4 tile\(s\) of \d+ px; "
-        r"25,500 model pixels \(0\.0 MP\)", plans[0]), plans[0]
-    # before any chunk is computed
-    assert messages.index(plans[0]) < next(i for i, m in enumerate(messages)
-                                           if "chunk(s):" in m)
+        r"25,500 model pixels \(0\.0 MP\); ETA [\d.]+ s \(warm-up: 1 tile\(s\) in [\d.]+ s, "
+        r"[\d.e+-]+ s/tile, 1 task\(s\) at once\)", plans[0]), plans[0]
+    # the order against the chunks: tests/test_run_eta.py
 
 
 def test_cli_refusals_are_one_line(landsat: Path, tmp_path: Path) -> None:

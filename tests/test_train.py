@@ -64,6 +64,12 @@ def test_short_run_learns_and_writes_card(chips, tmp_path):
     np.testing.assert_allclose(card.mean, pixels.mean(axis=1), rtol=1e-6)
     np.testing.assert_allclose(card.std, pixels.std(axis=1), rtol=1e-5)
     assert card.value_range == (pixels.min(), pixels.max())
+    # and their percentiles, for --rescale match (exact: uint8 histograms)
+    from geounet.config import PERCENTILE_LEVELS
+
+    assert card.percentile_levels == PERCENTILE_LEVELS
+    np.testing.assert_allclose(card.percentiles,
+                               np.percentile(pixels, PERCENTILE_LEVELS, axis=1).T, atol=1e-9)
     # log and plot next to the checkpoint
     with open(result.log_path) as fh:
         rows = list(csv.DictReader(fh))

@@ -17,6 +17,7 @@ from geounet.errors import OutputExistsError
 
 if TYPE_CHECKING:
     from geounet.run.planning import Plan
+    from geounet.run.store import SceneGrid
 
 
 @dataclass(frozen=True)
@@ -31,6 +32,8 @@ class FinishTask:
     raster: BatchRaster
     vectorize_options: dict[str, Any]
     overwrite: bool
+    grid: SceneGrid | None = None
+    """The scene's own grid for the raster of a resampled scene (``output_grid="scene"``)."""
 
 
 def finish_scene(task: FinishTask) -> dict[str, Any]:
@@ -43,6 +46,7 @@ def finish_scene(task: FinishTask) -> dict[str, Any]:
     remote = objectstore.is_s3(task.out_dir)
     local_dir = Path(task.work_dir if remote else task.out_dir)
     outputs: list[str] = []
+    regridded: list[Path] = []
     try:
         output.finalize_store(store)
         vec = local_dir / f"{task.name}.{task.vector_format}"
@@ -58,6 +62,12 @@ def finish_scene(task: FinishTask) -> dict[str, Any]:
                 outputs.append(target)
             else:
                 outputs.append(str(path))
+        if task.raster != "none" and task.grid is not None:
+            from geounet.run.store import regridded_store
+
+            store = regridded_store(store, task.grid, local_dir / task.name)
+            regridded.append(store)
+            output.finalize_store(store)
         if task.raster != "none":
             suffix = ".zarr" if task.raster == "zarr" else ".tif"
             target = objectstore.join(task.out_dir, task.name + suffix)
@@ -80,7 +90,9 @@ def finish_scene(task: FinishTask) -> dict[str, Any]:
                 output.write_cog(store, target, overwrite=task.overwrite)
             outputs.append(target)
     finally:
-        output.remove_path(store)
+        output.remove_path(Path(task.store))
+        for path in regridded:
+            output.remove_path(path)
     return {"objects": dict(result.counts), "outputs": outputs}
 
 

@@ -60,6 +60,7 @@ from geounet.config import (
     BatchRaster,
     Engine,
     InferencePrecision,
+    OutputGrid,
     ProbabilityDtype,
     ResampleMode,
     Resampling,
@@ -67,13 +68,20 @@ from geounet.config import (
     choices,
 )
 from geounet.distributed.cluster import SchedulerLike
-from geounet.errors import GeounetError, InputError, OutputExistsError, UnsupportedFormatError
+from geounet.errors import (
+    GeounetError,
+    InputError,
+    OutputExistsError,
+    UnsupportedFormatError,
+    option,
+)
 from geounet.raster import is_url
-from geounet.run.pipeline import ProgressCallback
+from geounet.run.eta import JobProgress, ProgressCallback, chunk_tiles, task_slots, warmup_order
 from geounet.run.planning import (
     DEFAULT_MAX_PIXELS,
     check_max_pixels,
     check_vectorize_options,
+    describe_plan,
     runs_here,
 )
 
@@ -155,6 +163,7 @@ def run_batch(
     rescale: str | tuple[float, float] | None = None,
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     raster: BatchRaster = "none",
+    output_grid: OutputGrid = "scene",
     vector_format: VectorFormat | None = None,
     vectorize_options: dict[str, Any] | None = None,
     resume: bool = False,
@@ -181,6 +190,8 @@ def run_batch(
         off the model's pixel size with ``resample="auto"``) fails in planning, before any of
         its pixels is read; the other scenes run.
     raster : also keep each scene's prediction raster: ``none``, ``zarr`` or ``cog``.
+    output_grid : as for :func:`geounet.predict`: a resampled scene's raster on its own grid
+        (``scene``, default) or the model's.
     vector_format : ``gpkg`` (default locally), ``parquet`` (GeoParquet; default and
         recommended for ``s3://``) or ``fgb``. GeoPackage cannot be written to ``s3://``.
     vectorize_options : keywords of :func:`geounet.vectorize` (min_area, simplify, ...).
@@ -196,8 +207,10 @@ def run_batch(
         workers, e.g. a shared file system for a remote cluster; keep it for ``resume``);
         default a folder in the system temp dir named after ``out_dir``. For a local
         ``out_dir`` stores are built in ``out_dir`` under hidden temporary names.
-    progress : ``callback(chunks_done, chunks_total, pixels_computed)`` over all scenes' chunks;
-        the total counts planned scenes' chunks plus an estimate for scenes not planned yet.
+    progress : ``callback(chunks_done, chunks_total, pixels_computed, eta_seconds)`` over all
+        scenes' chunks (:data:`geounet.run.eta.ProgressCallback`); the total and the ETA count
+        planned scenes' chunks plus an estimate for scenes not planned yet. The job's first
+        chunk runs alone as the warm-up that measures the ETA (:class:`geounet.run.eta.JobProgress`).
     write_tables : write ``batch.csv`` and ``batch.json`` into ``out_dir``.
 
     Returns
@@ -222,6 +235,9 @@ def run_batch(
     if not remote:
         out_dir = os.path.abspath(out_dir)
     fmt = _check_settings(out_dir, remote, raster, vector_format, window)
+    from geounet.run.store import check_output_grid
+
+    check_output_grid(output_grid)
     from geounet.engine.runner import tta_transforms
 
     tta_transforms(tta)  # a job-wide mistake: refused before any scene
@@ -244,7 +260,8 @@ def run_batch(
                         assets=assets)
     options = dict(vectorize_options or {})
     check_vectorize_options(options)
-    job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,
+    job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, (raster, output_grid),
+                    options,
                     plan_options, batch_size=batch_size, threshold=threshold,
                     probability_dtype=probability_dtype, resume=resume, overwrite=overwrite,
                     finished_before=finished_before, progress=progress)
@@ -274,7 +291,8 @@ def _check_settings(out_dir: str, remote: bool, raster: BatchRaster,
     if remote and fmt == "gpkg":
         raise UnsupportedFormatError(
             f"GeoPackage cannot be written to object storage ({out_dir!r}): SQLite needs a local "
-            "file; use vector_format='parquet' (--format parquet, GeoParquet) for s3://, or a "
+            f"file; use {option('vector_format', 'parquet', flag='--format')} (GeoParquet) for "
+            "s3://, or a "
             "local --out-dir for GeoPackage."
         )
     if window is not None and window < 1:
@@ -301,8 +319,8 @@ def _finished_before(out_dir: str, resume: bool, overwrite: bool) -> list[str]:
         example = sorted(finished_before)[0]
         raise OutputExistsError(
             f"{out_dir!r} holds {len(finished_before)} finished scene(s) of an earlier batch "
-            f"(e.g. {DONE_DIR}/{example}); pass resume=True (--resume) to skip them, "
-            "overwrite=True (--overwrite) to recompute them, or choose another output folder."
+            f"(e.g. {DONE_DIR}/{example}); pass {option('resume', True)} to skip them, "
+            f"{option('overwrite', True)} to recompute them, or choose another output folder."
         )
     return finished_before
 
@@ -312,7 +330,8 @@ class _BatchJob:
     fails or finishes each scene, and collects the rows (index -> :class:`SceneResult`)."""
 
     def __init__(self, scenes: list[tuple[str, str]], out_dir: str, work: str,
-                 fmt: VectorFormat, raster: BatchRaster, vectorize_options: dict[str, Any],
+                 fmt: VectorFormat, raster: tuple[BatchRaster, OutputGrid],
+                 vectorize_options: dict[str, Any],
                  plan_options: dict[str, Any], *, batch_size: int | None,
                  threshold: float | None, probability_dtype: ProbabilityDtype, resume: bool,
                  overwrite: bool, finished_before: Any, progress: ProgressCallback | None):
@@ -320,7 +339,7 @@ class _BatchJob:
         self.out_dir = out_dir
         self.work = work
         self.fmt = fmt
-        self.raster = raster
+        self.raster, self.output_grid = raster
         self.vectorize_options = vectorize_options
         self.plan_options = plan_options
         self.batch_size = batch_size
@@ -329,10 +348,9 @@ class _BatchJob:
         self.resume = resume
         self.overwrite = overwrite
         self.finished_before = finished_before
-        self.progress = progress
+        self.status = JobProgress(progress, len(scenes))
         self.token = uuid.uuid4().hex[:8]
         self.rows: dict[int, SceneResult] = {}
-        self.totals = {"known": 0, "planned": 0, "done": 0, "pixels": 0}
         self.inflight: dict[Any, tuple[_Scene, str]] = {}
         self.on: Any = None
         self.window = 0
@@ -346,6 +364,7 @@ class _BatchJob:
         from geounet.distributed.cluster import completion_queue
 
         self.on = on
+        self.status.clock.slots = task_slots(on)
         if window is None:
             threads = sum(on.nthreads().values()) if hasattr(on, "nthreads") else 1
             window = max(4, 2 * threads)
@@ -369,7 +388,7 @@ class _BatchJob:
         from geounet.distributed.cluster import DEFAULT_RETRY
         from geounet.run.pipeline import run_chunk_task
 
-        while len(self.inflight) < self.window:
+        while len(self.inflight) < (1 if self.status.warming else self.window):
             item = next(self.source, None)
             if item is None:
                 return
@@ -401,8 +420,11 @@ class _BatchJob:
 
     def _submit_finish(self, job: _Scene) -> None:
         """Submit the scene's finish task (its chunks are all in the store)."""
+        from geounet.run.store import scene_grid
+
         task = FinishTask(str(job.store_path), job.name, self.out_dir, self.work, self.fmt,
-                          self.raster, self.vectorize_options, self.overwrite or self.resume)
+                          self.raster, self.vectorize_options, self.overwrite or self.resume,
+                          scene_grid(job.plan, self.output_grid))
         future = self.on.submit(finish_scene, task,
                                 key=f"geounet-finish-{job.index}-{self.token}", pure=False)
         self._track(future, job, "finish")
@@ -447,13 +469,12 @@ class _BatchJob:
 
         for index, (scene, name) in enumerate(self.scenes):
             job = self._plan(index, scene, name)
-            self.totals["planned"] += 1
-            self._report()
+            self.status.report()
             if job is None:
                 continue
             if job.plan.runner.model is not None:  # to every worker, once per model per job
                 ship_model(self.on, job.plan.runner.model, job.plan.runner.model_sha256)
-            todo = [c for c in job.plan.grid.chunks()
+            todo = [c for c in warmup_order(job.plan.grid, job.plan.grid.chunks())
                     if output.chunk_id(c.y0, c.x0) not in job.done_ids]
             job.done_ids = set()
             if not todo:
@@ -472,12 +493,14 @@ class _BatchJob:
         try:
             plan = plan_prediction(scene, **scene_options(scene, self.plan_options))
         except Exception as exc:  # noqa: BLE001 - any one scene's failure is its row
+            self.status.scene_planned()
             self._fail(index, scene, name, exc, started)
             return None
         megapixels = plan.info.height * plan.info.width / 1e6
         try:
             opened = self._open_store(index, scene, name, plan)
         except Exception as exc:  # noqa: BLE001
+            self.status.scene_planned()
             self._fail(index, scene, name, exc, started, megapixels)
             return None
         if opened is None:
@@ -487,8 +510,11 @@ class _BatchJob:
         # chunks that ran their tiles before an interruption; only their seams remain
         ran = set(done) | output.seam_data_chunks(store_path)
         chunks = len(plan.grid.chunks())
-        self.totals["known"] += chunks
-        self.totals["done"] += len(ran)  # resumed chunks are done, not computed pixels
+        tiles = sum(chunk_tiles(plan.grid, c) for c in plan.grid.chunks()
+                    if output.chunk_id(c.y0, c.x0) not in ran)
+        # resumed chunks are done, not computed pixels
+        self.status.scene_planned(chunks, len(ran), tiles)
+        self.status.log_plan(lambda eta: describe_plan(plan, eta), tiles, chunks - len(ran))
         return _Scene(index, scene, name, plan, spec, store_path, started, chunks, len(ran),
                       chunks - len(ran), ran)
 
@@ -511,8 +537,7 @@ class _BatchJob:
             skipped = skip_finished(record_url, scene, name, plan.run)
             if skipped is not None:  # its chunks count as done on the progress bar
                 self.rows[index] = skipped
-                self.totals["known"] += skipped.chunks
-                self.totals["done"] += skipped.chunks
+                self.status.scene_planned(skipped.chunks, skipped.chunks)
                 return None
         if not (self.overwrite or self.resume):  # resume replaces outputs of an unfinished finish
             check_outputs_free(self.out_dir, name, self.fmt, self.raster, plan)
@@ -526,9 +551,7 @@ class _BatchJob:
     def _chunk_done(self, job: _Scene, record: dict[str, Any]) -> None:
         """Count a written chunk; submit the scene's finish after its last one."""
         job.finished += 1
-        self.totals["done"] += 1
-        self.totals["pixels"] += int(record["pixels"])
-        self._report()
+        self.status.chunk_done(record)
         if job.finished == job.todo:
             self._after_chunks(job)
 
@@ -572,12 +595,3 @@ class _BatchJob:
         log.warning("scene %s failed: %s", scene, message)
         self.rows[index] = SceneResult(scene, name, "failed", megapixels,
                                        time.perf_counter() - started, {}, message, **counts)
-
-    def _report(self) -> None:
-        """Call ``progress`` over all scenes' chunks (unplanned scenes estimated)."""
-        if self.progress is None:
-            return
-        totals = self.totals
-        unplanned = len(self.scenes) - totals["planned"]
-        mean = totals["known"] / max(1, totals["planned"])
-        self.progress(totals["done"], totals["known"] + round(mean * unplanned), totals["pixels"])

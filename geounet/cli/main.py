@@ -87,15 +87,18 @@ def _translating(command: click.Command) -> click.Command:
     if callback is None or getattr(callback, "_geounet_wrapped", False):
         return command
 
+    flags = command_flags(command)
+
     def wrapped(*args: Any, **kwargs: Any) -> Any:
         try:
             return callback(*args, **kwargs)
         except PredictionKeptError as exc:
             logging.getLogger("geounet").debug("error details", exc_info=True)
-            raise GeounetCommandError(f"{exc} Finish with: {resume_command()}") from exc
+            raise GeounetCommandError(
+                f"{exc.for_cli(flags.get)} Finish with: {resume_command()}") from exc
         except GeounetError as exc:
             logging.getLogger("geounet").debug("error details", exc_info=True)
-            raise GeounetCommandError(str(exc) + _resume_command(exc)) from exc
+            raise GeounetCommandError(exc.for_cli(flags.get) + _resume_command(exc)) from exc
         except KeyboardInterrupt as exc:
             store = getattr(exc, "geounet_kept_store", None)
             if store is None:
@@ -108,6 +111,18 @@ def _translating(command: click.Command) -> click.Command:
     wrapped.__doc__ = callback.__doc__
     command.callback = wrapped
     return command
+
+
+def command_flags(command: click.Command) -> dict[str, str]:
+    """Python parameter name -> the command's flag (``class_layers`` -> ``--class-layer``): how
+    a library error's :func:`geounet.errors.option` fixes are written on this command line."""
+    flags = {}
+    for param in command.params:
+        long = [o for o in param.opts if o.startswith("--")] if isinstance(param, click.Option) \
+            else []
+        if param.name and long:
+            flags[param.name] = max(long, key=len)
+    return flags
 
 
 def resume_command() -> str:

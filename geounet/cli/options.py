@@ -15,6 +15,7 @@ from geounet.config import (
     BatchRaster,
     Engine,
     InferencePrecision,
+    OutputGrid,
     ProbabilityDtype,
     ResampleMode,
     Resampling,
@@ -274,10 +275,13 @@ rescale = click.option(
     "--rescale",
     callback=_rescale,
     default=None,
-    metavar="percentile[:LOW,HIGH]|bits[:N]|MIN,MAX",
+    metavar="match[:LEVELS]|percentile[:LOW,HIGH]|bits[:N]|MIN,MAX",
     help="Map the scene's values into the model's range (needed when its data type differs "
-    "from the model's): per-band percentiles of a sample (default 2,98), 0..2**N-1 "
-    "(bits: N from the file or its maximum, e.g. 11-bit data), or MIN,MAX.",
+    "from the model's): match (the scene's per-band percentiles onto the training data's, "
+    "from the model card; match:2,98 for a linear map), percentile (per-band 2nd..98th "
+    "percentiles of a sample stretched to the full range; percentile:LOW,HIGH), bits "
+    "(0..2**N-1, N from the file or its maximum, e.g. 11-bit data) or MIN,MAX. See "
+    "docs/predict.md for which to pick.",
 )
 
 def _max_pixels(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
@@ -307,6 +311,11 @@ max_pixels = click.option(
     "resampling) has more than N pixels (e.g. 4e9 or 4G; 0 = no limit). Default: 4G "
     "(1,000 km^2 at 0.5 m).",
 )
+
+output_grid = click.option(
+    "--output-grid", type=click.Choice(choices(OutputGrid)), default="scene", show_default=True,
+    help="Grid of a resampled run's raster output: scene (the scene's own) or model (the one "
+    "the model read). Polygons are traced on the model's grid either way.")
 
 # ---- vectorize options (shared by `vectorize` and `segment`) -----------------------------
 
@@ -420,7 +429,8 @@ def prediction_options(func: Any) -> Any:
     """
     for decorator in reversed(
         [model, bands, assets, chunk_size, tile_size, batch_size, device, precision, engine, tta,
-         probability_dtype, threshold, resample, resampling, rescale, max_pixels, workers,
+         probability_dtype, threshold, resample, resampling, rescale, max_pixels, output_grid,
+         workers,
          scheduler,
          in_process,
          scheduler_address, resume, allow_no_crs, overwrite]

@@ -88,12 +88,14 @@ class ChunkPrediction:
     ``probabilities`` float32 (K, height, width), 0 at nodata, and ``valid`` bool
     (height, width) over the chunk core: final everywhere except in
     ``grid.seam_rects(chunk)``, which :func:`blend_seams` finishes from ``pieces`` (this
-    chunk's and its neighbours' tile outputs there; empty for valid padding).
+    chunk's and its neighbours' tile outputs there; empty for valid padding). ``tiles``: how
+    many tiles the model ran (the run's warm-up times them, :mod:`geounet.run.eta`).
     """
 
     probabilities: np.ndarray
     valid: np.ndarray
     pieces: tuple[TilePiece, ...] = ()
+    tiles: int = 0
 
 
 def _run_tiles(
@@ -152,7 +154,7 @@ def _run_tiles(
     if acc is not None:
         probs, _ = acc.result()
     probs *= core_valid[None]
-    return ChunkPrediction(probs, core_valid, tuple(pieces))
+    return ChunkPrediction(probs, core_valid, tuple(pieces), len(jobs))
 
 
 def _tile_jobs(

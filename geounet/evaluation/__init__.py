@@ -24,6 +24,7 @@ from geounet.evaluation.objects import match_objects
 from geounet.evaluation.report import (
     AplsScores,
     CenterlineScores,
+    Coverage,
     EvaluationReport,
     ObjectScores,
     check_json_output,
@@ -36,6 +37,7 @@ __all__ = [
     "VECTOR_SUFFIXES",
     "AplsScores",
     "CenterlineScores",
+    "Coverage",
     "EvaluationReport",
     "Grid",
     "ObjectScores",

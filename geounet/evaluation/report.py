@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from geounet.errors import InputError, OutputExistsError
+from geounet.errors import InputError, OutputExistsError, option
 from geounet.training.metrics import (
     ClassScores,
     CountScores,
@@ -119,6 +119,24 @@ class AplsScores:
 
 
 @dataclass(frozen=True)
+class Coverage:
+    """How much of the truth the prediction covers: its labelled (not nodata) pixels on the
+    scoring grid, and how many of them have a valid prediction pixel (the ones scored)."""
+
+    scored: int
+    labelled: int
+
+    @property
+    def fraction(self) -> float:
+        """``scored / labelled`` (nan when the truth labels nothing)."""
+        return ratio(self.scored, self.labelled)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"scored": self.scored, "labelled": self.labelled,
+                "fraction": json_score(self.fraction)}
+
+
+@dataclass(frozen=True)
 class EvaluationReport:
     """Everything :func:`evaluate` measured.
 
@@ -131,6 +149,8 @@ class EvaluationReport:
     centerline : road centerline scores (None when there is no ``roads`` class).
     pred, truth : the inputs as given.
     apls : road graph scores (None when no road graph was scored).
+    coverage : the share of the truth's labelled pixels the prediction covers (only those
+        are scored); ``evaluate`` warns below :data:`geounet.evaluation.scoring.COVERAGE_WARN`.
     """
 
     classes: tuple[str, ...]
@@ -142,6 +162,7 @@ class EvaluationReport:
     truth: str = ""
     extra: Mapping[str, Any] = field(default_factory=dict)
     apls: AplsScores | None = None
+    coverage: Coverage | None = None
 
     def score(self, name: str) -> ClassScores:
         """Pixel scores of the class called ``name``."""
@@ -165,6 +186,7 @@ class EvaluationReport:
             "objects": None if self.objects is None else self.objects.to_dict(),
             "centerline": None if self.centerline is None else self.centerline.to_dict(),
             "apls": None if self.apls is None else self.apls.to_dict(),
+            "coverage": None if self.coverage is None else self.coverage.to_dict(),
             **dict(self.extra),
         }
 
@@ -202,6 +224,11 @@ class EvaluationReport:
                          f"{_fmt(a.truth_to_pred).strip()}, pred->truth "
                          f"{_fmt(a.pred_to_truth).strip()}; {a.truth_length_m / 1000:.1f} km "
                          f"true, {a.pred_length_m / 1000:.1f} km predicted)")
+        cover = self.coverage
+        if cover is not None and cover.labelled and cover.scored < cover.labelled:
+            lines.append(f"coverage: the prediction covers {cover.fraction:.1%} of the truth's "
+                         f"labelled pixels ({cover.scored:,} of {cover.labelled:,}); the rest "
+                         "is not scored")
         return "\n".join(lines)
 
 
@@ -210,7 +237,7 @@ def check_json_output(path: str | os.PathLike[str], *, overwrite: bool = False) 
     path = Path(path)
     if path.exists() and not overwrite:
         raise OutputExistsError(
-            f"scores file {str(path)!r} already exists; pass overwrite=True (--overwrite) to "
+            f"scores file {str(path)!r} already exists; pass {option('overwrite', True)} to "
             "replace it, or choose another path."
         )
     if not path.parent.is_dir():

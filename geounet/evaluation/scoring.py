@@ -26,7 +26,7 @@ from geounet.evaluation.apls import (
     score_graph_files,
 )
 from geounet.evaluation.objects import ObjectCollector, match_objects
-from geounet.evaluation.report import AplsScores, CenterlineScores, EvaluationReport
+from geounet.evaluation.report import AplsScores, CenterlineScores, Coverage, EvaluationReport
 from geounet.evaluation.roadgraph import TRUTH_LAYERS, graph_layer
 from geounet.evaluation.sources import (
     VECTOR_SUFFIXES,
@@ -221,29 +221,6 @@ def _on_one_grid(p_src: Any, t_src: Any, names: tuple[str, ...]) -> Any:
     return p_src
 
 
-def _window_centerlines(p_src: Any, t_src: Any, grid: Grid,
-                        read: tuple[np.ndarray, np.ndarray],
-                        window: tuple[int, int, int, int], halo: int, r_idx: int,
-                        tolerance: float) -> tuple[int, int, int, int]:
-    """Centerline counts of one score window, its skeletons compared with ``halo`` pixels of
-    context (``read``: the window's prediction and truth, reused when no halo fits)."""
-    y0, x0, height, width = window
-    hy0, hx0 = max(0, y0 - halo), max(0, x0 - halo)
-    hy1 = min(grid.height, y0 + height + halo)
-    hx1 = min(grid.width, x0 + width + halo)
-    if (hy0, hx0, hy1, hx1) == (y0, x0, y0 + height, x0 + width):
-        ph, th = read
-    else:
-        ph = p_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
-        th = t_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
-    valid = (ph != NODATA_CLASS) & (th != NODATA_CLASS)
-    core = (slice(y0 - hy0, y0 - hy0 + height), slice(x0 - hx0, x0 - hx0 + width))
-    col_m, row_m = grid.pixel_sides_m(x0 + width / 2, y0 + height / 2)
-    sampling = (row_m, col_m)  # distance_transform_edt: (rows, cols)
-    return _centerline_counts((ph == r_idx) & valid, (th == r_idx) & valid, valid, core,
-                              sampling, tolerance)
-
-
 def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_threshold: float,
               tolerance: float, window_size: int, pred: str, truth: str) -> EvaluationReport:
     vector_p = isinstance(p_src, VectorSource)
@@ -271,19 +248,24 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
         )
     halo = _halo_px(grid, tolerance)
     cl = [0, 0, 0, 0]
-    for y0, x0, height, width in score_windows(grid.height, grid.width, window_size):
-        p = p_src.read(y0, x0, height, width)
-        t = t_src.read(y0, x0, height, width)
+    covered = [0, 0]  # truth's labelled pixels with a valid prediction, truth's labelled pixels
+    for window in score_windows(grid.height, grid.width, window_size):
+        y0, x0 = window[:2]
+        p, t = p_src.read(*window), t_src.read(*window)
         cm.update(p, t)
+        labelled = t != NODATA_CLASS
+        covered[0] += int((labelled & (p != NODATA_CLASS)).sum())
+        covered[1] += int(labelled.sum())
         if b_idx is not None:
             if p_objects is not None:
                 p_objects.add(p == b_idx, y0, x0)
             if t_objects is not None:
                 t_objects.add(t == b_idx, y0, x0)
         if r_idx is not None:
-            counts = _window_centerlines(p_src, t_src, grid, (p, t), (y0, x0, height, width),
-                                         halo, r_idx, tolerance)
+            counts = _window_centerlines(p_src, t_src, grid, window, (p, t), halo, r_idx,
+                                         tolerance)
             cl = [a + b for a, b in zip(cl, counts)]
+    coverage = _coverage(*covered, pred, truth)
     objects = None
     if b_idx is not None:
         pred_polys = p_src.objects(b_idx) if vector_p else p_objects.finish()
@@ -293,5 +275,44 @@ def _evaluate(p_src: Any, t_src: Any, names: tuple[str, ...] | None, iou_thresho
     return EvaluationReport(
         classes=names, pixel=tuple(cm.scores()),
         confusion=tuple(tuple(int(v) for v in row) for row in cm.counts),
-        objects=objects, centerline=centerline, pred=pred, truth=truth,
+        objects=objects, centerline=centerline, pred=pred, truth=truth, coverage=coverage,
     )
+
+
+def _window_centerlines(p_src: Any, t_src: Any, grid: Grid, window: tuple[int, int, int, int],
+                        read: tuple[np.ndarray, np.ndarray], halo: int, r_idx: int,
+                        tolerance: float) -> tuple[int, int, int, int]:
+    """Centerline counts of one window (:func:`_centerline_counts`), read with ``halo``
+    pixels of context; ``read`` is the window's (prediction, truth) already read."""
+    y0, x0, height, width = window
+    hy0, hx0 = max(0, y0 - halo), max(0, x0 - halo)
+    hy1 = min(grid.height, y0 + height + halo)
+    hx1 = min(grid.width, x0 + width + halo)
+    if (hy0, hx0, hy1, hx1) == (y0, x0, y0 + height, x0 + width):
+        ph, th = read
+    else:
+        ph = p_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
+        th = t_src.read(hy0, hx0, hy1 - hy0, hx1 - hx0)
+    valid = (ph != NODATA_CLASS) & (th != NODATA_CLASS)
+    core = (slice(y0 - hy0, y0 - hy0 + height), slice(x0 - hx0, x0 - hx0 + width))
+    col_m, row_m = grid.pixel_sides_m(x0 + width / 2, y0 + height / 2)
+    sampling = (row_m, col_m)  # distance_transform_edt: (rows, cols)
+    return _centerline_counts((ph == r_idx) & valid, (th == r_idx) & valid, valid, core,
+                              sampling, tolerance)
+
+
+COVERAGE_WARN = 0.99
+"""A prediction covering less than this share of the truth's labelled pixels is warned about."""
+
+
+def _coverage(scored: int, labelled: int, pred: str, truth: str) -> Coverage:
+    """The prediction's coverage of the truth; a warning when it leaves part of it unscored."""
+    coverage = Coverage(scored, labelled)
+    if labelled and coverage.fraction < COVERAGE_WARN:
+        warnings.warn(
+            f"the prediction {pred!r} covers {coverage.fraction:.1%} of the truth's labelled "
+            f"pixels ({scored:,} of {labelled:,}): the rest (outside the prediction, or its "
+            f"nodata) is not scored, so the scores are for the covered part of {truth!r} only.",
+            UserWarning, stacklevel=4,
+        )
+    return coverage

@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from geounet._version import __version__
-from geounet.config import AUTO_RESAMPLE_MAX_FACTOR
-from geounet.errors import IncompatibleSceneError, InputError
+from geounet.config import AUTO_RESAMPLE_MAX_FACTOR, RESCALE_ADVICE
+from geounet.errors import IncompatibleSceneError, InputError, option
 from geounet.model.registry import (
     ArchitectureConfig,
     architecture_from_dict,
@@ -38,10 +38,10 @@ def _resample_fix(ratio: float, pixel_size: float) -> str:
     """The resample option that reads a scene ``ratio`` off the card: ``auto`` resamples only
     within :data:`geounet.config.AUTO_RESAMPLE_MAX_FACTOR` (``raster.fitting`` refuses beyond)."""
     if ratio <= AUTO_RESAMPLE_MAX_FACTOR:
-        return f"read it resampled to {pixel_size:g} m with --resample auto (resample=\"auto\")"
+        return f"read it resampled to {pixel_size:g} m with {option('resample', 'auto')}"
     return (
         f"--resample auto resamples only within a factor {AUTO_RESAMPLE_MAX_FACTOR:g}; force "
-        f"a warp to {pixel_size:g} m with --resample always (resample=\"always\")"
+        f"a warp to {pixel_size:g} m with {option('resample', 'always')}"
     )
 
 
@@ -69,6 +69,30 @@ def _check_dtype_name(dtype: str) -> str:
     return name
 
 
+def _set_percentiles(card: ModelCard, bands: int) -> None:
+    """Normalise and check a card's training percentiles (InputError naming the rule)."""
+    try:
+        levels = tuple(float(v) for v in card.percentile_levels)
+        values = tuple(tuple(float(v) for v in band) for band in card.percentiles)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"model card percentiles must be numbers: {exc}") from exc
+    object.__setattr__(card, "percentile_levels", levels)
+    object.__setattr__(card, "percentiles", values)
+    if not levels and not values:
+        return
+    if not all(0.0 <= a < b <= 100.0 for a, b in zip(levels, levels[1:])) or not levels or \
+            not 0.0 <= levels[0] <= 100.0:
+        raise InputError(
+            f"model card percentile_levels {list(levels)} must rise strictly within 0..100"
+        )
+    if len(values) != bands or any(len(v) != len(levels) for v in values) or any(
+            not all(np.isfinite(v)) or any(a > b for a, b in zip(v, v[1:])) for v in values):
+        raise InputError(
+            f"model card percentiles must give, for each of the {bands} band(s), one finite "
+            f"value per level ({len(levels)}), not decreasing; got {[list(v) for v in values]}"
+        )
+
+
 @dataclass(frozen=True)
 class ModelCard:
     """What a checkpoint was trained on, checked against each scene before any heavy work.
@@ -85,6 +109,9 @@ class ModelCard:
     value_range : raw (min, max) seen in training.
     description : free text (data, purpose).
     geounet_version : version that wrote the card.
+    percentile_levels, percentiles : per band, the training data's values at these
+        percentiles (``percentiles[band][level]``), what ``--rescale match`` maps a scene onto;
+        empty on cards written before they were recorded.
 
     Examples
     --------
@@ -105,6 +132,8 @@ class ModelCard:
     value_range: tuple[float, float]
     description: str = ""
     geounet_version: str = field(default=__version__)
+    percentile_levels: tuple[float, ...] = ()
+    percentiles: tuple[tuple[float, ...], ...] = ()
 
     def __post_init__(self) -> None:
         architecture_of(self.architecture)  # a registered architecture, else InputError
@@ -120,6 +149,7 @@ class ModelCard:
                 f"model card bands/mean/std/value_range must be numbers: {exc}"
             ) from exc
         classes = tuple(str(c) for c in self.classes)
+        _set_percentiles(self, len(bands))
         object.__setattr__(self, "bands", bands)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -180,6 +210,8 @@ class ModelCard:
             "value_range": list(self.value_range),
             "description": self.description,
             "geounet_version": self.geounet_version,
+            "percentile_levels": list(self.percentile_levels),
+            "percentiles": [list(p) for p in self.percentiles],
             "receptive_field": self.receptive_field,
         }
 
@@ -251,8 +283,8 @@ class ModelCard:
                 f"scene data type {scene_dtype} differs from the model's training type "
                 f"{self.dtype} (values {v_lo:g}..{v_hi:g}); reading it unchanged would normalise "
                 f"it with another range's statistics: map its values into the model's range with "
-                f"--rescale (percentile, bits or MIN,MAX, e.g. --rescale 0,2047) or use a model "
-                f"trained on {scene_dtype}"
+                f"--rescale (match, bits, percentile or MIN,MAX, e.g. --rescale 0,2047; "
+                f"{RESCALE_ADVICE}) or use a model trained on {scene_dtype}"
             )
         if pixel_size is None or self.pixel_size is None:
             if pixel_size is None and self.pixel_size is not None:

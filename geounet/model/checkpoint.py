@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from geounet._version import __version__
-from geounet.errors import CheckpointError, InputError, OutputExistsError
+from geounet.errors import CheckpointError, InputError, OutputExistsError, option
 from geounet.model.card import ModelCard
 from geounet.model.registry import ARCHITECTURES, architecture_of, build_model
 
@@ -93,7 +93,7 @@ def save_checkpoint(
         )
     if path.exists() and not overwrite:
         raise OutputExistsError(
-            f"checkpoint {path} already exists; pass overwrite=True (--overwrite) to replace it"
+            f"checkpoint {path} already exists; pass {option('overwrite', True)} to replace it"
         )
     if not path.parent.exists():
         raise InputError(

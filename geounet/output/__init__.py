@@ -7,8 +7,8 @@ docs/CONTRACTS.md, "Prediction store".
 
 The package's modules, one job each: :mod:`~geounet.output.paths` (output formats, temporary
 names, atomic replacement), :mod:`~geounet.output.store` (the store, resume markers, the
-record of published outputs) and :mod:`~geounet.output.cog` (the COG and its categorical
-sidecar). Every public name is importable from ``geounet.output``.
+record of published outputs), :mod:`~geounet.output.cog` (the COG and its categorical
+sidecar) and :mod:`~geounet.output.regrid` (a store written onto another grid). Every public name is importable from ``geounet.output``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from geounet.output.paths import (
     replace_path,
     temporary_path,
 )
+from geounet.output.regrid import regrid_store
 from geounet.output.store import (
     StoreSpec,
     changed_settings,
@@ -74,6 +75,7 @@ __all__ = [
     "read_run",
     "record_output",
     "recorded_output",
+    "regrid_store",
     "remove_path",
     "replace_path",
     "save_seam_data",

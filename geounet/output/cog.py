@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 
 from geounet.config import NODATA_CLASS
-from geounet.errors import OutputExistsError
+from geounet.errors import OutputExistsError, option
 from geounet.output.paths import remove_path, replace_path, temporary_path
 
 log = logging.getLogger(__name__)
@@ -128,7 +128,7 @@ def write_cog(
     out = Path(out)
     if out.exists() and not overwrite:
         raise OutputExistsError(
-            f"output {str(out)!r} already exists; pass overwrite=True (--overwrite) to replace it."
+            f"output {str(out)!r} already exists; pass {option('overwrite', True)} to replace it."
         )
     group = zarr.open_group(str(store), mode="r")
     probs = group["probabilities"]

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 from geounet.config import RasterFormat
-from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
+from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError, option
 
 SUFFIXES: dict[str, RasterFormat] = {".zarr": "zarr", ".tif": "cog", ".tiff": "cog"}
 """Prediction output suffix -> format (:data:`geounet.config.RasterFormat`)."""
@@ -68,7 +68,7 @@ def check_new_path(path: str | os.PathLike[str], *, overwrite: bool) -> Path:
         )
     if path.exists() and not overwrite:
         raise OutputExistsError(
-            f"output {str(path)!r} already exists; pass overwrite=True (--overwrite) to "
+            f"output {str(path)!r} already exists; pass {option('overwrite', True)} to "
             "replace it, or choose another path."
         )
     return path

@@ -15,10 +15,14 @@ describe the view every chunk task reads (plain values, so tasks pickle them).
   The warped grid keeps the scene's CRS and upper-left corner, is north-up, and covers the
   whole scene (pixels past its edge are nodata).
 - **Value range** (:func:`plan_rescale`): a scene whose data type differs from the card's is
-  refused unless ``rescale`` says how to map it: ``percentile[:LOW,HIGH]`` (per band, robust
-  percentiles of a sample of windows; default 2,98), ``bits[:N]`` (``0..2**N-1``, N from the
-  file's ``NBITS`` tag or the sampled maximum: 11-bit data in uint16 maps exactly) or
-  ``MIN,MAX``.
+  refused unless ``rescale`` says how to map it: ``match[:LEVELS]`` (per band, the scene's
+  percentiles at :data:`geounet.config.MATCH_LEVELS` (2, 25, 50, 75, 98), from a sample of
+  windows, mapped piecewise linearly onto the training data's percentiles recorded in the
+  card; ``match:2,98`` a linear map through two of them), ``percentile[:LOW,HIGH]`` (per band, robust percentiles of a sample of
+  windows stretched to the card's full range; default 2,98), ``bits[:N]`` (``0..2**N-1``, N
+  from the file's ``NBITS`` tag or the sampled maximum: 11-bit data in uint16 maps exactly)
+  or ``MIN,MAX``. The sample is the same fixed grid of windows whatever the chunking, read
+  once on the client, so every chunk gets the same map (chunked == whole).
 """
 
 from __future__ import annotations
@@ -32,8 +36,14 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from geounet.config import AUTO_RESAMPLE_MAX_FACTOR, ResampleMode, choices
-from geounet.errors import IncompatibleSceneError, InputError
+from geounet.config import (
+    AUTO_RESAMPLE_MAX_FACTOR,
+    MATCH_LEVELS,
+    RESCALE_ADVICE,
+    ResampleMode,
+    choices,
+)
+from geounet.errors import IncompatibleSceneError, InputError, option
 
 if TYPE_CHECKING:
     from geounet.model import ModelCard
@@ -51,6 +61,7 @@ SAMPLE_WINDOW_SIZE = 256
 """Side of a sample window in pixels."""
 
 
+
 _SAME_SIZE = 1e-6  # relative pixel-size difference below which ``always`` does nothing
 
 
@@ -60,18 +71,23 @@ class RescaleSpec:
 
     Attributes
     ----------
-    method : ``percentile``, ``bits`` or ``range``.
+    method : ``percentile``, ``bits``, ``range`` or ``match``.
     low, high : percentiles (``percentile``) or raw values (``range``).
     bits : bit depth for ``bits`` (0: from the file's NBITS tag or the sampled maximum).
+    levels : the card's percentile levels ``match`` maps (empty: all of them).
     """
 
     method: str
     low: float = 0.0
     high: float = 0.0
     bits: int = 0
+    levels: tuple[float, ...] = ()
 
     def describe(self) -> str:
         """The spec written back as the option value."""
+        if self.method == "match":
+            return "match:" + ",".join(f"{v:g}" for v in self.levels) if self.levels \
+                else "match"
         if self.method == "percentile":
             return f"percentile:{self.low:g},{self.high:g}"
         if self.method == "bits":
@@ -97,8 +113,8 @@ def parse_rescale(value: str | Sequence[float] | RescaleSpec | None) -> RescaleS
     """
     if value is None or isinstance(value, RescaleSpec):
         return value
-    hint = ("use percentile, percentile:LOW,HIGH (e.g. percentile:2,98), bits, bits:N "
-            "(e.g. bits:11) or MIN,MAX (e.g. 0,2047)")
+    hint = ("use match, match:L1,L2,... (e.g. match:2,98), percentile, percentile:LOW,HIGH "
+            "(e.g. percentile:2,98), bits, bits:N (e.g. bits:11) or MIN,MAX (e.g. 0,2047)")
     if not isinstance(value, str):
         try:
             low, high = (float(v) for v in value)
@@ -106,6 +122,17 @@ def parse_rescale(value: str | Sequence[float] | RescaleSpec | None) -> RescaleS
             raise InputError(f"rescale {value!r} is not a (min, max) pair; {hint}.") from None
         return _range_spec(low, high, value, hint)
     text = value.strip().lower()
+    if text == "match":
+        return RescaleSpec("match")
+    if text.startswith("match:"):
+        try:
+            levels = tuple(float(v) for v in text[len("match:"):].split(","))
+        except ValueError:
+            raise InputError(f"rescale {value!r} is not understood; {hint}.") from None
+        if not levels or not all(0.0 <= a < b <= 100.0 for a, b in zip(levels, levels[1:])) \
+                or not 0.0 <= levels[0] <= 100.0:
+            raise InputError(f"rescale {value!r}: the levels must rise within 0..100; {hint}.")
+        return RescaleSpec("match", levels=levels)
     if text == "percentile":
         return RescaleSpec("percentile", *DEFAULT_PERCENTILES)
     if text.startswith("percentile:"):
@@ -226,7 +253,7 @@ def plan_resample(
             f"{view.height:,} = {view.width * view.height:,} px "
             f"({view.width * view.height / 1e9:.3g} gigapixels) from the scene's "
             f"{info.width:,} x {info.height:,}. Use a model trained near {scene_size:.3g} m, or "
-            "pass --resample always (resample=\"always\") to force it."
+            f"pass {option('resample', 'always')} to force it."
         )
     return warp_to_pixel_size(info, target_pixel_size, resampling=resampling)
 
@@ -351,50 +378,120 @@ def plan_rescale(
     from geounet.raster import Rescale
 
     spec = parse_rescale(rescale)
-    scene_dtype = np.dtype(info.dtype).name
     bands = tuple(card.bands)
     if spec is None:
-        if scene_dtype != card.dtype:
-            hint = ""
-            if np.issubdtype(np.dtype(scene_dtype), np.integer) and max(bands) <= info.count:
-                top = _sample(info, bands).max(initial=0)
-                bits = max(8, int(top).bit_length())
-                hint = (f" (sampled maximum {int(top)}: {bits}-bit data, so --rescale bits "
-                        f"maps 0..{2**bits - 1})")
-            lo, hi = card.value_range
-            raise IncompatibleSceneError(
-                f"scene data type {scene_dtype} differs from the model's training type "
-                f"{card.dtype} (values {lo:g}..{hi:g}); reading it unchanged would normalise it "
-                f"with another range's statistics: map its values into the model's range with "
-                f"--rescale (rescale=...): bits{hint} or MIN,MAX (e.g. --rescale 0,2047) keep "
-                f"the scene's contrast; percentile (per band 2nd..98th percentile) stretches it, "
-                f"for scenes whose range is unknown. Or use a model trained on {scene_dtype}."
-            )
+        if np.dtype(info.dtype).name != card.dtype:
+            _refuse_unmapped(info, card)
         return None
     if max(bands) > info.count:
         return None  # the band check of the card reports this
     out_low, out_high = (float(v) for v in card.value_range)
+    knots: tuple[tuple[tuple[float, ...], tuple[float, ...]], ...] = ()
     if spec.method == "range":
         low = (spec.low,) * len(bands)
         high = (spec.high,) * len(bands)
     else:
-        sample = _sample(info, bands)
-        if sample.shape[1] == 0:
-            raise IncompatibleSceneError(
-                f"rescale {spec.describe()!r}: the {len(sample_windows(info))} sample windows "
-                f"of scene {info.path!r} hold no valid pixel; give MIN,MAX (e.g. --rescale "
-                f"0,2047) instead."
-            )
-        if spec.method == "percentile":
-            low_q, high_q = np.percentile(sample, [spec.low, spec.high], axis=1)
-            low = tuple(float(v) for v in low_q)
-            high = tuple(float(max(h, lq + 1e-6)) for lq, h in zip(low_q, high_q))
-        else:
-            bits = spec.bits or _file_nbits(info) or max(8, int(sample.max()).bit_length())
-            low = (0.0,) * len(bands)
-            high = (float(2**bits - 1),) * len(bands)
-    result = Rescale(bands, low, high, out_low, out_high, card.dtype, spec.describe())
+        low, high, knots = _sampled_map(info, card, spec)
+    result = Rescale(bands, low, high, out_low, out_high, card.dtype, spec.describe(), knots)
     log.info("rescaling %s (%s): bands %s from %s..%s to %g..%g", info.path, result.method,
              list(bands), [round(v, 3) for v in low], [round(v, 3) for v in high], out_low,
              out_high)
     return result
+
+
+def _refuse_unmapped(info: SceneInfo, card: ModelCard) -> None:
+    """Raise the error that asks for a ``--rescale`` mode, naming the measured advice."""
+    scene_dtype = np.dtype(info.dtype).name
+    bands = tuple(card.bands)
+    hint = ""
+    if np.issubdtype(np.dtype(scene_dtype), np.integer) and max(bands) <= info.count:
+        top = _sample(info, bands).max(initial=0)
+        bits = max(8, int(top).bit_length())
+        hint = (f" (sampled maximum {int(top)}: {bits}-bit data, so --rescale bits "
+                f"maps 0..{2**bits - 1})")
+    lo, hi = card.value_range
+    match = (f"{option('rescale', 'match')} maps the scene's percentiles onto the training "
+             "data's, " if card.percentiles else
+             "(--rescale match needs a card with the training data's percentiles, which this "
+             "one lacks) ")
+    raise IncompatibleSceneError(
+        f"scene data type {scene_dtype} differs from the model's training type "
+        f"{card.dtype} (values {lo:g}..{hi:g}); reading it unchanged would normalise it "
+        f"with another range's statistics: map its values into the model's range with "
+        f"--rescale (rescale=...): {match}bits{hint} or MIN,MAX (e.g. --rescale 0,2047) keep "
+        f"the scene's contrast, percentile (per band 2nd..98th percentile) stretches it; "
+        f"{RESCALE_ADVICE}. Or use a model trained on {scene_dtype}."
+    )
+
+
+def _sampled_map(info: SceneInfo, card: ModelCard, spec: RescaleSpec
+                 ) -> tuple[tuple[float, ...], tuple[float, ...],
+                            tuple[tuple[tuple[float, ...], tuple[float, ...]], ...]]:
+    """``(low, high, knots)`` of a map computed from the scene's sample windows (the same for
+    every chunk: they are read once, here)."""
+    bands = tuple(card.bands)
+    if spec.method == "match":
+        levels, targets = _match_targets(card, spec)  # the card's error before any read
+    sample = _sample(info, bands)
+    if sample.shape[1] == 0:
+        raise IncompatibleSceneError(
+            f"rescale {spec.describe()!r}: the {len(sample_windows(info))} sample windows "
+            f"of scene {info.path!r} hold no valid pixel; give MIN,MAX (e.g. --rescale "
+            f"0,2047) instead."
+        )
+    if spec.method == "match":
+        knots = _match_knots(sample, levels, targets)
+        return tuple(k[0][0] for k in knots), tuple(k[0][-1] for k in knots), knots
+    if spec.method == "percentile":
+        low_q, high_q = np.percentile(sample, [spec.low, spec.high], axis=1)
+        return (tuple(float(v) for v in low_q),
+                tuple(float(max(h, lq + 1e-6)) for lq, h in zip(low_q, high_q)), ())
+    bits = spec.bits or _file_nbits(info) or max(8, int(sample.max()).bit_length())
+    return (0.0,) * len(bands), (float(2**bits - 1),) * len(bands), ()
+
+
+def _match_targets(card: ModelCard, spec: RescaleSpec
+                   ) -> tuple[tuple[float, ...], tuple[tuple[float, ...], ...]]:
+    """The levels ``match`` maps and, per card band, the training data's values there.
+
+    Raises
+    ------
+    IncompatibleSceneError
+        The card records no training percentiles (a model trained before they were).
+    InputError
+        A level the card does not record.
+    """
+    if not card.percentiles:
+        raise IncompatibleSceneError(
+            "--rescale match maps the scene's percentiles onto the training data's, but this "
+            "model's card records none (it was trained before geounet recorded them; retrain "
+            f"or fine-tune to record them); use {option('rescale', 'bits')} or "
+            f"{option('rescale', 'percentile')} instead ({RESCALE_ADVICE})."
+        )
+    levels = spec.levels or MATCH_LEVELS
+    missing = [v for v in levels if v not in card.percentile_levels]
+    if missing:
+        raise InputError(
+            f"rescale {spec.describe()!r}: the model card records the percentiles "
+            f"{','.join(f'{v:g}' for v in card.percentile_levels)}, not {missing}; match "
+            "some of those (e.g. match:2,98) or all (match)."
+        )
+    index = [card.percentile_levels.index(v) for v in levels]
+    return tuple(levels), tuple(tuple(band[i] for i in index) for band in card.percentiles)
+
+
+def _match_knots(sample: np.ndarray, levels: Sequence[float],
+                 targets: Sequence[Sequence[float]]
+                 ) -> tuple[tuple[tuple[float, ...], tuple[float, ...]], ...]:
+    """Per band, the points (the sample's percentiles, the card's) of the piecewise-linear
+    map, rising: a level where the scene's value repeats (a flat histogram stretch) keeps its
+    first point only."""
+    knots = []
+    for values, target in zip(np.percentile(sample, list(levels), axis=1).T, targets):
+        xs, ys = [float(values[0])], [float(target[0])]
+        for x, y in zip(values[1:], target[1:]):
+            if x > xs[-1] + 1e-9 and y >= ys[-1]:
+                xs.append(float(x))
+                ys.append(float(y))
+        knots.append((tuple(xs), tuple(ys)))
+    return tuple(knots)

@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from geounet.errors import GeoreferenceError, InputError, LabelError
+from geounet.errors import GeoreferenceError, InputError, LabelError, option
 
 DEFAULT_CLASS_LAYERS: dict[str, str] = {"buildings": "buildings", "roads": "roads"}
 """Class name -> GeoPackage layer; class indices follow this order after ``background`` (0)."""
@@ -116,7 +116,8 @@ def load_label_shapes(
     if not any(layer in available for layer in class_layers.values()):
         raise LabelError(
             f"none of the label layers {sorted(class_layers.values())} is in {str(path)!r} "
-            f"(layers: {sorted(available)}); pass class_layers naming them."
+            f"(layers: {sorted(available)}); map each class to a layer of the file with "
+            f"{option('class_layers', flag='--class-layer')}, e.g. buildings=footprints."
         )
     return result
 
@@ -147,7 +148,7 @@ def _to_polygons(gdf: Any, target: Any, line_width: float | None, layer: str) ->
         if np.isnan(widths).any() or (widths <= 0).any():
             raise LabelError(
                 f"layer {layer!r} has line features without a positive 'width' attribute; "
-                "give line_width (metres), e.g. --line-width 6."
+                f"give {option('line_width', 6)} (metres)."
             )
         metric = target if (target.is_projected and _unit_is_metre(target)) else None
         if metric is None:
@@ -279,7 +280,7 @@ def _load_class_shapes(path: str, mtime: int, crs_wkt: str, classes: tuple[str, 
         if unknown:
             raise LabelError(
                 f"vector labels {path!r} have class values {unknown[:5]} that are not among "
-                f"the classes {list(classes)}; give --classes naming them."
+                f"the classes {list(classes)}; name them with {option('classes')}."
             )
         ids = values.map(index).fillna(0).astype(int)
     elif len(foreground) == 1:
@@ -288,7 +289,8 @@ def _load_class_shapes(path: str, mtime: int, crs_wkt: str, classes: tuple[str, 
         raise LabelError(
             f"vector labels {path!r} have one layer {layers[0]!r} without a 'class' column, "
             f"but the model has {len(foreground)} foreground classes {list(foreground)}; add a "
-            "'class' column, name the layers after the classes, or train one class (--classes)."
+            f"'class' column, name the layers after the classes, or give one foreground class "
+            f"with {option('classes')}, e.g. background,buildings."
         )
     ids = np.asarray(ids)
     return [ClassShapes(i, c, tuple(_to_polygons(gdf[ids == i], target, line_width, c)))

@@ -33,6 +33,7 @@ from geounet.config import (
     TTA,
     Engine,
     InferencePrecision,
+    OutputGrid,
     ProbabilityDtype,
     ResampleMode,
     Resampling,
@@ -40,11 +41,20 @@ from geounet.config import (
 from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
 from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
 from geounet.output import StoreSpec
+from geounet.run.eta import (
+    WARMUP_TRIES,
+    ProgressCallback,
+    RunProgress,
+    chunk_tiles,
+    task_slots,
+    warmup_order,
+)
 from geounet.run.planning import (  # re-exported: the plan is part of this module's face
     DEFAULT_MAX_PIXELS,
     Plan,
     RunnerSpec,
     check_vectorize_options,
+    describe_plan,
     plan_prediction,
     runs_here,
 )
@@ -56,6 +66,7 @@ from geounet.run.store import (  # re-exported: the store's life in a run
     prediction_kept,
     prepare_store,
     publish_raster,
+    scene_grid,
 )
 
 if TYPE_CHECKING:
@@ -64,10 +75,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-ProgressCallback = Callable[[int, int, int], None]
-"""``progress(chunks_done, chunks_total, pixels_computed)``, called as chunks finish: chunks
-resumed from an earlier run count as done, their pixels are not in ``pixels_computed`` (so a
-rate from it is this run's)."""
 
 
 @dataclass(frozen=True)
@@ -243,15 +250,19 @@ def _run_chunk_once(task: ChunkTask) -> dict[str, Any]:
     spec = task.runner
     runner = get_runner(model_path(spec.model, spec.model_sha256), spec.device, spec.precision,
                         spec.bands, engine=spec.engine, calibration=task.info)
+    computing = time.perf_counter()
     result = compute_chunk(task.info, chunk, grid, runner,
                            batch_size=_batch_size(runner, task.batch_size), tta=spec.tta)
+    compute_seconds = time.perf_counter() - computing
     valid = int(result.valid.sum()) if result is not None else 0
     if valid:
         mask = classify(result.probabilities, task.threshold, result.valid)
         output.write_chunk(task.store, chunk.y0, chunk.x0, result.probabilities, mask,
                            result.valid)
     record = {"pixels": int(chunk.height * chunk.width), "valid": valid, "skipped": not valid,
-              "seconds": time.perf_counter() - start}
+              "seconds": time.perf_counter() - start, "compute_seconds": compute_seconds,
+              "tiles": result.tiles if result is not None else 0,
+              "planned_tiles": chunk_tiles(grid, chunk)}
     if grid.neighbours(chunk):  # the seam exchange: leave this chunk's pieces for the others
         pieces = result.pieces if result is not None else ()
         output.save_seam_data(task.store, chunk.y0, chunk.x0,
@@ -300,8 +311,9 @@ def _compute_store(
     """Fill (or finish) the store at ``store_path``; return (chunks, skipped, resumed).
 
     Every task gets absolute paths (resolved here, on the client) and the model's content
-    hash; the model's bytes are shipped to the workers. A failure keeps the store and its
-    completed chunks for ``resume``.
+    hash; the model's bytes are shipped to the workers. The plan line is logged once the
+    warm-up chunk has measured the ETA (:mod:`geounet.run.eta`). A failure keeps the store
+    and its completed chunks for ``resume``.
     """
     from geounet import output
     from geounet.distributed import cluster
@@ -315,7 +327,6 @@ def _compute_store(
     unfinished = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in done]
     todo = [c for c in unfinished if output.chunk_id(c.y0, c.x0) not in ran]
     resumed = len(chunks) - len(todo)
-    state = {"done": resumed, "pixels": 0}  # pixels computed by this run (the rate's basis)
     log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
     with contextlib.ExitStack() as stack:
         # reach the scheduler (or start the local cluster) before anything is written
@@ -331,40 +342,62 @@ def _compute_store(
             log.info("resuming the interrupted run in %s", store_path)
         spec, _ = prepare_store(plan, store_path, probability_dtype=probability_dtype,
                                 resume=resuming)
-        if progress is not None:
-            progress(state["done"], len(chunks), state["pixels"])
-
-        def on_result(record: dict[str, Any]) -> None:
-            state["done"] += 1
-            state["pixels"] += int(record["pixels"])
-            if progress is not None:
-                progress(state["done"], len(chunks), state["pixels"])
-
+        tracker = RunProgress(progress, len(chunks), resumed,
+                              sum(chunk_tiles(plan.grid, c) for c in todo),
+                              task_slots(on, workers))
+        tracker.report()
+        if on is None:
+            log.info("%s", describe_plan(plan, tracker.plan_eta()))
+            return len(chunks), _skipped(store_path), resumed
         policy = cluster.DEFAULT_RETRY
-        token = uuid.uuid4().hex[:12]
-        if on is not None:
-            try:
-                # round 1: every chunk runs its own tiles; round 2 (same padding): the chunks
-                # with seams blend them from their neighbours' kept tile outputs
-                tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold,
-                                   policy) for chunk in todo]
-                cluster.run_tasks(run_chunk_task, tasks, on, workers=workers,
-                                  keys=[f"geounet-chunk-{c.y0}-{c.x0}-{token}" for c in todo],
-                                  on_result=on_result, retries=policy.task_retries)
-                seams = seam_tasks(plan.grid, spec, threshold, policy)
-                if seams:
-                    cluster.run_tasks(run_seams_task, seams, on, workers=workers,
-                                      retries=policy.task_retries,
-                                      keys=[f"geounet-seams-{t.chunk.y0}-{t.chunk.x0}-{token}"
-                                            for t in seams])
-            except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
-                annotated = keep_for_resume(exc, store_path)
-                if annotated is exc:
-                    raise
-                raise annotated from exc
-    skipped = sum(1 for record in output.done_chunks(store_path).values()
-                  if record.get("skipped"))
-    return len(chunks), skipped, resumed
+        tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold, policy)
+                 for chunk in warmup_order(plan.grid, todo)]
+        try:
+            _run_rounds(plan, tasks, on, workers, tracker, spec, threshold, policy)
+        except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
+            annotated = keep_for_resume(exc, store_path)
+            if annotated is exc:
+                raise
+            raise annotated from exc
+    return len(chunks), _skipped(store_path), resumed
+
+
+def _skipped(store_path: Path) -> int:
+    """Chunks of the store that were all nodata."""
+    from geounet import output
+    return sum(1 for record in output.done_chunks(store_path).values() if record.get("skipped"))
+
+
+def _run_rounds(plan: Plan, tasks: list[ChunkTask], on: Any, workers: int | None,
+                tracker: RunProgress, spec: StoreSpec, threshold: float | None,
+                policy: RetryPolicy) -> None:
+    """Round 1: the warm-up chunk(s) alone (:data:`geounet.run.eta.WARMUP_TRIES` at most,
+    until one runs the model), the plan line with the ETA, then every other chunk runs its own
+    tiles; round 2 (same padding): the chunks with seams blend them from their neighbours'
+    kept tile outputs."""
+    from geounet.distributed import cluster
+    token = uuid.uuid4().hex[:12]
+
+    def run(batch: list[ChunkTask], on_result: Callable[[dict[str, Any]], None]) -> None:
+        cluster.run_tasks(run_chunk_task, batch, on, workers=workers,
+                          keys=[f"geounet-chunk-{t.chunk.y0}-{t.chunk.x0}-{token}"
+                                for t in batch],
+                          on_result=on_result, retries=policy.task_retries)
+
+    measured: list[bool] = []
+    while tasks and not any(measured) and len(measured) < WARMUP_TRIES:
+        run(tasks[:1], lambda record: (measured.append(tracker.clock.measure(record)),
+                                       tracker.chunk_done(record)))
+        tasks = tasks[1:]
+    log.info("%s", describe_plan(plan, tracker.plan_eta()))
+    tracker.clock.begin()
+    run(tasks, tracker.chunk_done)
+    seams = seam_tasks(plan.grid, spec, threshold, policy)
+    if seams:
+        cluster.run_tasks(run_seams_task, seams, on, workers=workers,
+                          retries=policy.task_retries,
+                          keys=[f"geounet-seams-{t.chunk.y0}-{t.chunk.x0}-{token}"
+                                for t in seams])
 
 
 def predict(
@@ -393,6 +426,7 @@ def predict(
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     tta: TTA = "none",
     assets: str | Sequence[str] | None = None,
+    output_grid: OutputGrid = "scene",
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -419,12 +453,14 @@ def predict(
     client : a ``distributed.Client``, a scheduler address, ``"threads"`` or ``"synchronous"``;
         default: a local cluster of worker processes on this machine.
     workers : worker processes of the local cluster (threads for ``"threads"``).
-    progress : ``callback(chunks_done, chunks_total, pixels_computed)``.
+    progress : ``callback(chunks_done, chunks_total, pixels_computed, eta_seconds)``
+        (:data:`geounet.run.eta.ProgressCallback`; a callback of the first three is accepted).
     resample : ``auto`` (default): a scene more than 1.25x off the model's pixel size is read
         through a GDAL WarpedVRT at the model's pixel size, a scene more than 4x off
         (:data:`geounet.config.AUTO_RESAMPLE_MAX_FACTOR`) is refused; ``always``: whenever they differ;
-        ``error``: never (a scene more than 2x off is refused). The outputs are then on the
-        warped grid (same CRS, the model's pixel size).
+        ``error``: never (a scene more than 2x off is refused). The model then reads the
+        warped grid (same CRS, the model's pixel size); ``output_grid`` says where the raster
+        output goes.
     resampling : GDAL resampling of that warp; ``auto`` (default): bilinear when the scene is
         finer than the model, lanczos when it is coarser.
     rescale : map the scene's values into the model's range: ``"percentile"``,
@@ -445,6 +481,10 @@ def predict(
         (docs/predict.md gives the measured cost and gain).
     assets : a STAC item's asset keys or ``eo:bands`` common names read as its bands, in the
         model's order (``"red,green,blue"``): :func:`geounet.raster.stac.open_item`.
+    output_grid : the grid of the raster output of a resampled run: ``scene`` (default) writes
+        it on the scene's own grid (probabilities averaged over each scene pixel's footprint,
+        or bilinear when the scene is finer; the class from them by the run's rule), ``model``
+        on the grid the model read. Runs without a warp write the scene's grid either way.
 
     Returns
     -------
@@ -468,13 +508,14 @@ def predict(
         resample=resample, resampling=resampling, rescale=rescale,
         engine=engine, max_pixels=max_pixels, tta=tta, assets=assets,
     )
+    grid = scene_grid(plan, output_grid)
     out = Path(out)
     chunks, skipped, resumed = _compute_store(
         plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
         batch_size=batch_size, resume=resume, client=client, workers=workers, progress=progress,
     )
     with prediction_kept(store_path, "writing " + str(out)):
-        publish_raster(store_path, out, fmt, overwrite=overwrite)
+        publish_raster(store_path, out, fmt, overwrite=overwrite, grid=grid)
     output.remove_path(store_path)
     result = _result(out, plan, (chunks, skipped, resumed), start)
     log.debug("predict: %s", result.summary())
@@ -537,11 +578,13 @@ def segment(
     # vectorize runs after the prediction: check its keywords before that work
     check_vectorize_options(vectorize_options)
     keep = {k: predict_options.pop(k) for k in ("resume", "client", "workers", "progress",
-                                                "batch_size") if k in predict_options}
+                                                "batch_size", "output_grid")
+            if k in predict_options}
     probability_dtype = predict_options.get("probability_dtype", "uint8")
     threshold = predict_options.get("threshold")
     check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
     plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
+    grid = scene_grid(plan, keep.get("output_grid", "scene"))
     if plan.info.crs_wkt is None:  # allow_no_crs let predict through; polygons need a CRS
         raise GeoreferenceError(
             f"scene {str(scene)!r} has no CRS, and segment writes GeoPackage polygons, which "
@@ -565,7 +608,7 @@ def segment(
     if raster_out is not None:
         raster_out = Path(raster_out)
         with prediction_kept(store_path, "writing " + str(raster_out)):
-            publish_raster(store_path, raster_out, fmt, overwrite=overwrite)
+            publish_raster(store_path, raster_out, fmt, overwrite=overwrite, grid=grid)
         extra = (raster_out,)
     output.remove_path(store_path)
     result = _result(out_gpkg, plan, (chunks, skipped, resumed), start, extra)

@@ -29,7 +29,7 @@ from geounet.config import (
     choices,
 )
 from geounet.distributed.cluster import SchedulerLike
-from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, TileSizeError
+from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, TileSizeError, option
 from geounet.raster import is_url
 
 if TYPE_CHECKING:
@@ -77,6 +77,8 @@ class Plan:
     chunk_size: int
     tile_size: int
     run: dict[str, Any]
+    source: SceneInfo | None = None
+    """The scene as opened, before any warp (``info`` is the grid the model reads)."""
 
 
 def runs_here(client: SchedulerLike) -> bool:
@@ -192,9 +194,11 @@ def plan_prediction(
     card's range (percentile and bit-depth rescales read a sample of windows, nothing else
     reads pixels). A STAC item (``scene`` ending ``.json``, or a STAC API item URL) is read as
     the stack of the bands ``assets`` names (:func:`geounet.raster.stac.open_item`; a coarser
-    asset is resampled onto the finest one's grid with ``resampling``). ``max_pixels`` caps the pixels of the model grid (the scene as the model
-    reads it, after any warp), checked before any pixel is read; 0 or None: no cap. The plan
-    (input and model-grid size, chunks, tiles, model pixels) is logged at INFO before return. ``tta`` is checked here and travels in the runner spec.
+    asset is resampled onto the finest one's grid with ``resampling``). ``max_pixels`` caps
+    the pixels of the model grid (the scene as the model reads it, after any warp), checked
+    before any pixel is read; 0 or None: no cap. ``tta`` is checked here and travels in the
+    runner spec. The run logs the plan (:func:`describe_plan`) once its warm-up has measured
+    the ETA (:mod:`geounet.run.eta`).
 
     Raises
     ------
@@ -240,20 +244,21 @@ def plan_prediction(
         "warp": to_plain(info.warp),
         "rescale": to_plain(info.rescale),
     }
-    plan = Plan(info, card, grid, runner, chunk_size, tile_size, run)
-    log.info("%s", describe_plan(plan, source))
+    plan = Plan(info, card, grid, runner, chunk_size, tile_size, run, source)
     if check_device:
         log.info("%s", _check_execution(engine, device, precision, info.height * info.width))
     return plan
 
 
-def describe_plan(plan: Plan, source: SceneInfo | None = None) -> str:
-    """One line saying what ``plan`` will compute: input and model grid, chunks, tiles, pixels.
-
-    ``source`` is the scene as opened (before any warp); default: the planned scene's own grid.
+def describe_plan(plan: Plan, eta: str | None = None) -> str:
+    """One line saying what ``plan`` will compute: input and model grid, chunks, tiles, model
+    pixels (times the test-time augmentation's transforms), and ``eta`` when given (the
+    warm-up's estimate, :meth:`geounet.run.eta.RunClock.describe`).
     """
+    from geounet.engine.runner import tta_transforms
+
     info, grid = plan.info, plan.grid
-    source = source if source is not None else info
+    source = plan.source if plan.source is not None else info
     rows, cols = grid.chunk_rows, grid.chunk_cols
     tile_rows = -(-info.height // grid.stride)
     tile_cols = -(-info.width // grid.stride)
@@ -267,11 +272,18 @@ def describe_plan(plan: Plan, source: SceneInfo | None = None) -> str:
         model_grid = f"model grid {size(info)} (resampled, {info.warp.resampling})"
     else:
         model_grid = "model grid the same"
+    transforms = len(tta_transforms(plan.runner.tta))
+    if transforms > 1:
+        pixels *= transforms
+        counted = f" ({transforms} per pixel: tta {plan.runner.tta})"
+    else:
+        counted = ""
     return (
         f"plan: {os.path.basename(str(source.path))} {size(source)} -> {model_grid}; "
         f"{rows * cols:,} chunk(s) of {grid.chunk_size} px ({rows} x {cols}), about "
         f"{tile_rows * tile_cols:,} tile(s) of {grid.tile_size} px; "
-        f"{pixels:,} model pixels ({pixels / 1e6:,.1f} MP)"
+        f"{pixels:,} model pixels{counted} ({pixels / 1e6:,.1f} MP)"
+        + (f"; {eta}" if eta else "")
     )
 
 
@@ -284,7 +296,7 @@ def check_max_pixels(max_pixels: int | None) -> int | None:
     ):
         raise InputError(
             f"max_pixels {max_pixels!r} is not a whole number of pixels >= 0; give e.g. "
-            f"{DEFAULT_MAX_PIXELS:.0e} (--max-pixels), or 0 for no ceiling."
+            f"{option('max_pixels', int(DEFAULT_MAX_PIXELS))}, or 0 for no ceiling."
         )
     return int(max_pixels) or None
 
@@ -298,9 +310,9 @@ def _check_model_pixels(info: SceneInfo, max_pixels: int | None) -> None:
             grid += f", the scene resampled to {info.pixel_size:.3g} m"
         raise RunTooLargeError(
             f"this run would compute {pixels:,} model pixels ({pixels / 1e9:.3g} gigapixels: "
-            f"{grid}), more than the limit of {max_pixels:,} (max_pixels); check the scene "
-            "and model resolutions, split the scene, or raise the limit with --max-pixels N "
-            "(max_pixels=N; 0 = no limit)."
+            f"{grid}), more than the limit of {max_pixels:,}; check the scene and model "
+            "resolutions, split the scene, or raise the limit with "
+            f"{option('max_pixels', 2 * pixels)} (0 = no limit)."
         )
 
 
@@ -368,8 +380,8 @@ def _open_placed_scene(scene: str | os.PathLike[str], allow_no_crs: bool,
         if not allow_no_crs:
             raise GeoreferenceError(
                 f"scene {str(scene)!r} has no CRS, so outputs could not be placed on the map; "
-                "georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX) or pass allow_no_crs=True "
-                "(--allow-no-crs) to write outputs in pixel coordinates."
+                "georeference it (e.g. gdal_edit.py -a_srs EPSG:XXXX) or pass "
+                f"{option('allow_no_crs', True)} to write outputs in pixel coordinates."
             )
         warnings.warn(
             f"scene {str(scene)!r} has no CRS; outputs are written in pixel coordinates.",

@@ -15,11 +15,19 @@ import contextlib
 import logging
 import os
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.config import ProbabilityDtype
-from geounet.errors import GeounetError, OutputExistsError, PredictionKeptError
+from geounet.config import OutputGrid, ProbabilityDtype, choices
+from geounet.errors import (
+    GeounetError,
+    InputError,
+    OutputExistsError,
+    PredictionKeptError,
+    option,
+    render_options,
+)
 from geounet.output import StoreSpec
 from geounet.raster import is_url
 from geounet.run.planning import to_plain
@@ -61,7 +69,7 @@ def keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
     from geounet import output
     done = len(output.done_chunks(store_path))
     hint = (f" The {done} chunk(s) completed are kept in {str(store_path)!r}; fix the cause "
-            "and run the same command again with --resume (resume=True) to compute only the "
+            f"and run the same command again with {option('resume', True)} to compute only the "
             "missing chunks.")
     log.warning("run failed; %d completed chunk(s) kept in %s for --resume", done, store_path)
     annotated: BaseException = exc
@@ -69,15 +77,80 @@ def keep_for_resume(exc: BaseException, store_path: Path) -> BaseException:
         import copy
 
         annotated = copy.copy(exc)  # same class and attributes, the hint added to the message
-        annotated.args = (f"{exc}{hint}",)
+        annotated.args = (f"{exc.raw_message}{hint}",)
     annotated.resume_store = str(store_path)  # type: ignore[attr-defined]
     return annotated
 
 
-def publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool) -> None:
-    """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
-    into a COG (.tif); the store is left in place, still resumable, for a COG."""
+@dataclass(frozen=True)
+class SceneGrid:
+    """The scene's own grid, on which a resampled run's raster output is written
+    (``output_grid="scene"``), and the run's threshold to classify it there: plain values."""
+
+    crs_wkt: str | None
+    transform: tuple[float, ...]
+    height: int
+    width: int
+    threshold: float | None = None
+
+
+def check_output_grid(output_grid: OutputGrid) -> None:
+    """Raise InputError unless ``output_grid`` is ``scene`` or ``model``."""
+    if output_grid not in choices(OutputGrid):
+        raise InputError(
+            f"output grid {output_grid!r} is not one of {', '.join(choices(OutputGrid))}; use "
+            "scene (the raster on the scene's own grid) or model (on the grid the model read)."
+        )
+
+
+def scene_grid(plan: Plan, output_grid: OutputGrid) -> SceneGrid | None:
+    """Where ``plan``'s raster output goes: the scene's grid for ``"scene"`` when the model
+    read a resampled view of it, else None (the store's own grid, the model's).
+
+    Raises
+    ------
+    InputError
+        ``output_grid`` is not ``scene`` or ``model``.
+    """
+    check_output_grid(output_grid)
+    info, source = plan.info, plan.source
+    if output_grid == "model" or source is None or info.warp is None or not info.warp.regrid:
+        return None
+    if (source.height, source.width, tuple(source.transform)) == (
+            info.height, info.width, tuple(info.transform)):
+        return None
+    return SceneGrid(source.crs_wkt, tuple(float(v) for v in source.transform[:6]),
+                     int(source.height), int(source.width), plan.run.get("threshold"))
+
+
+def regridded_store(store: Path, grid: SceneGrid, anchor: Path) -> Path:
+    """``store`` written onto ``grid`` as a new store under a hidden temporary name beside
+    ``anchor`` (:func:`geounet.output.regrid_store`); the caller removes it."""
     from geounet import output
+    from geounet.engine.inference import classify
+
+    target = output.temporary_path(anchor, ".scene-grid.zarr")
+    output.remove_path(target)
+    log.info("writing %s on the scene's grid (%d x %d px)", anchor, grid.width, grid.height)
+    return output.regrid_store(
+        store, target, crs_wkt=grid.crs_wkt, transform=grid.transform, height=grid.height,
+        width=grid.width, classify=lambda probs, valid: classify(probs, grid.threshold, valid))
+
+
+def publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool,
+                   grid: SceneGrid | None = None) -> None:
+    """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
+    into a COG (.tif); the store is left in place, still resumable, for a COG. With ``grid``
+    the raster is first written onto that grid (:func:`regridded_store`) and the store is
+    left in place, still resumable, either way."""
+    from geounet import output
+    if grid is not None:
+        regridded = regridded_store(store, grid, out)
+        try:
+            publish_raster(regridded, out, fmt, overwrite=overwrite)
+        finally:
+            output.remove_path(regridded)
+        return
     if fmt == "zarr":
         output.finalize_store(store)
         output.replace_path(store, out)
@@ -140,12 +213,14 @@ def check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> N
     done = len(output.done_chunks(store_path))
     raise OutputExistsError(
         f"an interrupted run left a partial prediction in {str(store_path)!r} ({done} "
-        "chunk(s) done); pass resume=True (--resume) to finish it with the same settings, or "
-        "overwrite=True (--overwrite) to discard it and start over."
+        f"chunk(s) done); pass {option('resume', True)} to finish it with the same settings, "
+        f"or {option('overwrite', True)} to discard it and start over."
     )
 
 
-RESUME_HINT = "rerun the same command with --resume (resume=True) to finish the job"
+RESUME_HINT = f"rerun the same command with {option('resume', True)} to finish the job"
+"""The fix after a failure past prediction (:func:`geounet.errors.option` marks: render it
+with :func:`geounet.errors.render_options` outside an error message)."""
 
 
 @contextlib.contextmanager
@@ -161,12 +236,13 @@ def prediction_kept(store_path: Path, step: str) -> Iterator[None]:
         yield
     except KeyboardInterrupt as exc:
         log.error("interrupted while %s; the finished prediction is kept in %s: %s",
-                  step, store_path, RESUME_HINT)
+                  step, store_path, render_options(RESUME_HINT))
         exc.geounet_kept_store = str(store_path)  # type: ignore[attr-defined]
         raise
     except Exception as exc:
+        cause = exc.raw_message if isinstance(exc, GeounetError) else str(exc)
         raise PredictionKeptError(
-            f"{step} failed ({exc}); the finished prediction is kept in {str(store_path)!r}: "
+            f"{step} failed ({cause}); the finished prediction is kept in {str(store_path)!r}: "
             f"fix the cause, then {RESUME_HINT} without predicting again.",
             store=str(store_path),
         ) from exc

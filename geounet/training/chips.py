@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from geounet.errors import GeoreferenceError, InputError, LabelError, OutputExistsError
+from geounet.errors import GeoreferenceError, InputError, LabelError, OutputExistsError, option
 from geounet.raster.labels import (
     DEFAULT_CLASS_LAYERS,
     ClassShapes,
@@ -171,8 +171,9 @@ def make_chips(
                                           split_block=split_block)
             if not records:
                 raise LabelError(
-                    f"every chip of {str(scene)!r} was skipped (max_nodata={max_nodata}, "
-                    f"min_labelled={min_labelled}); relax these limits or check the labels."
+                    f"every chip of {str(scene)!r} was skipped ({option('max_nodata', max_nodata)}, "
+                    f"{option('min_labelled', min_labelled)}); relax these limits or check "
+                    "the labels."
                 )
             for record, split in zip(records, _split_blocks(records, src.transform,
                                                             val_fraction, seed)):

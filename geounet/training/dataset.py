@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from geounet.config import DEFAULT_CLASSES
+from geounet.config import DEFAULT_CLASSES, PERCENTILE_LEVELS
 from geounet.errors import LabelError
 from geounet.training.chips import CHIPS_META, NODATA
 from geounet.training.layout import open_dataset
@@ -49,6 +49,8 @@ class ChipStats:
     max_size : largest chip side among the chips read as they are (at the training
         resolution already); when every chip is resampled, the largest resampled side.
     class_pixels : labelled pixels per class over the training chips.
+    percentiles : per band, the values at :data:`geounet.config.PERCENTILE_LEVELS` over the
+        same pixels as ``mean``/``std`` (the card's, for ``--rescale match``).
     """
 
     count: int
@@ -60,6 +62,7 @@ class ChipStats:
     max_size: int
     class_pixels: tuple[int, ...]
     resolution: Any = None  # geounet.training.resolution.Resolution
+    percentiles: tuple[tuple[float, ...], ...] = ()
 
 
 def read_classes(chips_dir: str | os.PathLike[str]) -> tuple[str, ...]:
@@ -109,6 +112,54 @@ def _check_mask_grid(rec: ChipRecord, img: Any) -> None:
                 )
 
 
+class BandQuantiles:
+    """Per-band percentiles over many chips in bounded memory: exact histograms for integer
+    data of up to 16 bits (uint8, uint16: at most 65,536 bins a band), else a deterministic
+    strided sample of at most :attr:`SAMPLE_CAP` values a band (halved by keeping every second
+    value when it fills). Percentiles interpolate linearly between order statistics, as
+    ``numpy.percentile`` does."""
+
+    SAMPLE_CAP = 2**21
+
+    def __init__(self, count: int, dtype: str) -> None:
+        kind = np.dtype(dtype)
+        self.exact = bool(np.issubdtype(kind, np.integer) and kind.itemsize <= 2)
+        if self.exact:
+            info = np.iinfo(kind)
+            self.offset = int(info.min)
+            self.hist = np.zeros((count, int(info.max) - self.offset + 1), np.int64)
+        self.samples: list[np.ndarray] = [np.zeros(0) for _ in range(count)]
+        self.step = 1
+
+    def add(self, pixels: np.ndarray) -> None:
+        """Count raw values ``pixels`` (band, n)."""
+        if self.exact:
+            for band, values in enumerate(pixels):
+                self.hist[band] += np.bincount(values.astype(np.int64) - self.offset,
+                                               minlength=self.hist.shape[1])
+            return
+        for band, values in enumerate(pixels):
+            self.samples[band] = np.concatenate([self.samples[band], values[::self.step]])
+        while self.samples[0].size > self.SAMPLE_CAP:
+            self.samples = [v[::2] for v in self.samples]
+            self.step *= 2
+
+    def percentiles(self, levels: Sequence[float]) -> tuple[tuple[float, ...], ...]:
+        """Per band, the value at each of ``levels`` (percent)."""
+        if not self.exact:
+            return tuple(tuple(float(v) for v in np.percentile(values, levels))
+                         for values in self.samples)
+        out = []
+        for hist in self.hist:
+            cum = np.cumsum(hist)
+            pos = np.asarray(levels, np.float64) / 100.0 * (cum[-1] - 1)
+            lo = np.searchsorted(cum, np.floor(pos), side="right")
+            hi = np.searchsorted(cum, np.ceil(pos), side="right")
+            values = lo + (pos - np.floor(pos)) * (hi - lo) + self.offset
+            out.append(tuple(float(v) for v in values))
+        return tuple(out)
+
+
 def compute_stats(records: Sequence[ChipRecord], num_classes: int, *,
                   pixel_size: float | None = None) -> ChipStats:
     """Read every chip once: check pairs and classes; stats from the training chips.
@@ -142,6 +193,7 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int, *,
                 count, dtype = img.count, img.dtypes[0]
                 sums, sumsq = np.zeros(count), np.zeros(count)
                 total = np.zeros(1)
+                quantiles = BandQuantiles(count, dtype)
             elif (img.count, img.dtypes[0]) != (count, dtype):
                 raise LabelError(
                     f"chip {rec.name!r} has {img.count} band(s) of {img.dtypes[0]} but earlier "
@@ -167,6 +219,7 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int, *,
                 sums += pixels.sum(axis=1)
                 sumsq += (pixels**2).sum(axis=1)
                 total += pixels.shape[1]
+                quantiles.add(pixels)
                 lo, hi = min(lo, float(pixels.min())), max(hi, float(pixels.max()))
     if total.size == 0 or total[0] == 0:
         raise LabelError("the training chips have no labelled pixel; check the masks.")
@@ -180,7 +233,8 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int, *,
     return ChipStats(int(count), str(dtype), tuple(float(m) for m in mean),
                      tuple(float(s) for s in std), (float(lo), float(hi)),
                      resolution.pixel_size, int(max_size),
-                     tuple(int(c) for c in class_pixels), resolution)
+                     tuple(int(c) for c in class_pixels), resolution,
+                     quantiles.percentiles(PERCENTILE_LEVELS))
 
 
 @dataclass(frozen=True)

@@ -255,6 +255,7 @@ def _card(chips_dir: str | os.PathLike[str], config: TrainConfig, start: Start,
           classes: tuple[str, ...], stats: ChipStats) -> tuple[ArchitectureConfig, ModelCard]:
     """The architecture and model card: new from the chips, or the resumed (fine-tuned)
     checkpoint's, checked against the chips."""
+    from geounet.config import PERCENTILE_LEVELS
     from geounet.model import ModelCard
 
     card, source = start.card, start.source
@@ -263,7 +264,8 @@ def _card(chips_dir: str | os.PathLike[str], config: TrainConfig, start: Start,
         card = ModelCard(
             architecture=arch, bands=tuple(range(1, stats.count + 1)), mean=stats.mean,
             std=stats.std, classes=classes, pixel_size=stats.pixel_size, dtype=stats.dtype,
-            value_range=stats.value_range,
+            value_range=stats.value_range, percentiles=stats.percentiles,
+            percentile_levels=PERCENTILE_LEVELS if stats.percentiles else (),
             description=config.description or f"trained on chips {Path(chips_dir).name}",
         )
         return arch, card

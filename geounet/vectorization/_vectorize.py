@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError
+from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError, option
 from geounet.georef import Frame
 from geounet.vectorization._defaults import (
     BUBBLE_LENGTH,
@@ -366,7 +366,7 @@ def _check_targets(out: Path, fmt: VectorFormat, layers: dict[str, str], overwri
     existing = sorted({str(p) for p in targets.values() if p.exists()})
     if existing and not overwrite:
         raise OutputExistsError(
-            f"{existing} already exist; pass overwrite=True (--overwrite) or choose "
+            f"{existing} already exist; pass {option('overwrite', True)} or choose "
             "another --out."
         )
     out.parent.mkdir(parents=True, exist_ok=True)
