@@ -185,7 +185,7 @@ its last line, comments and blank lines included."""
 # Over the limits until issue 18's phase 2 (the options object, the run/batch split); each
 # entry must still be over, so the lists only shrink. Empty them, never extend them.
 LONG_MODULES = {"geounet/run/pipeline.py", "geounet/batch/job.py"}
-LONG_FUNCTIONS = {"geounet/run/pipeline.py::segment", "geounet/run/pipeline.py::_compute_store"}
+LONG_FUNCTIONS = {"geounet/run/pipeline.py::segment"}
 
 
 def _function_bodies() -> dict[str, int]:

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geounet.cli import options
+from geounet.cli import options, vector_options
 
 
 @click.command()
@@ -34,7 +34,7 @@ from geounet.cli import options
     "it; keep it for --resume). Default: a folder in the system temp dir.",
 )
 @options.prediction_options
-@options.vectorize_options
+@vector_options.vectorize_options
 @click.pass_context
 def batch(ctx: click.Context, scenes: tuple[str, ...], out_dir: str, **kwargs: Any) -> None:
     """Segment many SCENES in one job: paths, globs, s3:// URLs or manifests (.txt/.csv).
@@ -51,7 +51,7 @@ def batch(ctx: click.Context, scenes: tuple[str, ...], out_dir: str, **kwargs: A
     from geounet.batch.job import run_batch
     from geounet.cli.progress import progress_for
 
-    vectorize_options = {key: kwargs.pop(key) for key in options.VECTORIZE_KEYWORDS}
+    vectorize_options = {key: kwargs.pop(key) for key in vector_options.VECTORIZE_KEYWORDS}
     client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:
         result = run_batch(scenes, out_dir, client=client, progress=bar,

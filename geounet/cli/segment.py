@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geounet.cli import options
+from geounet.cli import options, vector_options
 
 
 @click.command()
@@ -20,7 +20,7 @@ from geounet.cli import options
     help="Also keep the prediction raster: PRED.zarr or PRED.tif. Default: not kept.",
 )
 @options.prediction_options
-@options.vectorize_options
+@vector_options.vectorize_options
 @click.pass_context
 def segment(
     ctx: click.Context, scene: str, out: str, raster_out: str | None, **kwargs: Any
@@ -35,7 +35,7 @@ def segment(
     from geounet.cli.progress import progress_for
     from geounet.run.pipeline import segment as run_segment
 
-    vectorize_options = {key: kwargs.pop(key) for key in options.VECTORIZE_KEYWORDS}
+    vectorize_options = {key: kwargs.pop(key) for key in vector_options.VECTORIZE_KEYWORDS}
     client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:
         result = run_segment(

@@ -6,7 +6,7 @@ from typing import Any
 
 import click
 
-from geounet.cli import options
+from geounet.cli import options, vector_options
 
 
 def _class_list(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
@@ -31,7 +31,7 @@ def _class_list(ctx: click.Context, param: click.Parameter, value: str | None) -
 @click.option("--cut-size", type=int, default=8192, show_default=True, callback=options._positive,
               help="Road polygons are cut on a scene-anchored grid of this side (bounded "
               "memory); buildings and centerlines are never cut.")
-@options.vectorize_options
+@vector_options.vectorize_options
 @options.overwrite
 @click.pass_context
 def vectorize(ctx: click.Context, pred: str, out: str, **kwargs: Any) -> None:

@@ -24,10 +24,10 @@ scenes are opened (sidecars, directory listing): :mod:`~geounet.raster.scene`.
 from __future__ import annotations
 
 from geounet.raster.mirror import MIRROR_MODE, mirror_indices, mirror_pad
+from geounet.raster.rescale import Rescale
 from geounet.raster.scene import (
     MIN_CACHE_BYTES,
     REMOTE_PREFIXES,
-    Rescale,
     SceneInfo,
     Warp,
     block_cache_bytes,

@@ -174,7 +174,7 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int, *,
     """
     import rasterio
 
-    from geounet.training.resolution import chip_pixel_size, choose_resolution, resampled_shape
+    from geounet.training.resolution import chip_pixel_size, choose_resolution
 
     count = dtype = None
     total = np.zeros(0)
@@ -202,14 +202,7 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int, *,
             sizes.append(chip_pixel_size(img))
             shapes.append((img.height, img.width))
             mask = read_target(rec, img)
-            labelled = mask != NODATA
-            values = np.unique(mask[labelled])
-            if values.size and values.max() >= num_classes:
-                raise LabelError(
-                    f"mask of chip {rec.name!r} holds class {int(values.max())} but the model "
-                    f"has {num_classes} classes (0..{num_classes - 1}, 255 nodata); fix the "
-                    "masks or give the class names (chips.json) that match them."
-                )
+            labelled = _labelled(rec, mask, num_classes)
             if rec.split != "train":
                 continue
             class_pixels += np.bincount(mask[labelled], minlength=num_classes)[:num_classes]
@@ -227,14 +220,36 @@ def compute_stats(records: Sequence[ChipRecord], num_classes: int, *,
     std = np.sqrt(np.maximum(sumsq / total[0] - mean**2, 0.0))
     std = np.where(std > 1e-6, std, 1.0)
     resolution = choose_resolution(sizes, pixel_size)
-    native = [max(shape) for shape, f in zip(shapes, resolution.factors) if f == 1.0]
-    max_size = max(native) if native else max(
-        max(resampled_shape(*shape, f)) for shape, f in zip(shapes, resolution.factors))
+    max_size = _largest_side(shapes, resolution.factors)
     return ChipStats(int(count), str(dtype), tuple(float(m) for m in mean),
                      tuple(float(s) for s in std), (float(lo), float(hi)),
                      resolution.pixel_size, int(max_size),
                      tuple(int(c) for c in class_pixels), resolution,
                      quantiles.percentiles(PERCENTILE_LEVELS))
+
+
+def _labelled(rec: ChipRecord, mask: np.ndarray, num_classes: int) -> np.ndarray:
+    """The labelled (not nodata) pixels of a chip's mask, after checking its classes."""
+    labelled = mask != NODATA
+    values = np.unique(mask[labelled])
+    if values.size and values.max() >= num_classes:
+        raise LabelError(
+            f"mask of chip {rec.name!r} holds class {int(values.max())} but the model "
+            f"has {num_classes} classes (0..{num_classes - 1}, 255 nodata); fix the "
+            "masks or give the class names (chips.json) that match them."
+        )
+    return labelled
+
+
+def _largest_side(shapes: Sequence[tuple[int, int]], factors: Sequence[float]) -> int:
+    """The longest chip side at the training resolution: of the chips read as they are, else
+    of the resampled ones."""
+    from geounet.training.resolution import resampled_shape
+
+    native = [max(shape) for shape, f in zip(shapes, factors) if f == 1.0]
+    if native:
+        return max(native)
+    return max(max(resampled_shape(*shape, f)) for shape, f in zip(shapes, factors))
 
 
 @dataclass(frozen=True)
