@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -49,3 +49,30 @@ def dask_processes(tmp_path_factory: pytest.TempPathFactory) -> Any:
     with DaskProcesses(folder, workers=2, env={ENV: str(faults)}) as processes:
         processes.faults = faults  # type: ignore[attr-defined]
         yield processes
+
+
+@pytest.fixture
+def s3_server(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    """A moto S3 server on a free port; the environment points GDAL and s3fs at it."""
+    pytest.importorskip("s3fs")
+    server_mod = pytest.importorskip("moto.server")
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    host, port = server.get_host_and_port()
+    for key in ("AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_PROFILE", "AWS_SESSION_TOKEN"):
+        monkeypatch.delenv(key, raising=False)
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+           "AWS_REGION": "us-east-1", "AWS_S3_ENDPOINT": f"{host}:{port}", "AWS_HTTPS": "NO",
+           "AWS_VIRTUAL_HOSTING": "FALSE"}
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    import s3fs
+
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()
+        # fsspec caches S3FileSystem instances with the endpoint they were made with: drop
+        # the ones bound to this server so later tests reach their own
+        s3fs.S3FileSystem.clear_instance_cache()

@@ -2,7 +2,9 @@
 
 :func:`resolve_scenes` turns what the user gave (``scenes/**/*.tif``, ``s3://bucket/*.tif``,
 ``.txt``/``.csv`` manifests) into absolute paths or URLs, in order, once each;
-:func:`scene_name` names a scene's outputs, and no two scenes may share one. Re-exported by
+:func:`scene_name` names a scene's outputs, and no two scenes may share one. STAC items
+(``.json`` entries, STAC API item URLs) are scenes like any other; the job's ``assets`` name
+their bands (:func:`scene_options`). Re-exported by
 :mod:`geounet.batch.job`.
 """
 
@@ -14,11 +16,13 @@ import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
+from typing import Any
 
 from geounet import objectstore
 from geounet.batch.table import DONE_DIR, TABLE_NAMES
 from geounet.errors import InputError
 from geounet.raster import is_url
+from geounet.raster.stac import is_stac_item
 
 MANIFEST_SUFFIXES = (".txt", ".csv")
 _GLOB_CHARS = "*?["
@@ -139,3 +143,20 @@ def check_names(scenes: Sequence[str]) -> list[str]:
             )
         seen[name] = scene
     return list(seen)
+
+
+def check_assets(scenes: Sequence[str], assets: str | Sequence[str] | None) -> None:
+    """Raise InputError when ``assets`` is given but no scene is a STAC item."""
+    if assets is not None and not any(is_stac_item(s) for s in scenes):
+        raise InputError(
+            f"assets {assets!r} (--assets) name the bands of STAC items, but no scene is one "
+            "(a .json file or a .../collections/C/items/ID URL); drop --assets, or give items."
+        )
+
+
+def scene_options(scene: str, plan_options: dict[str, Any]) -> dict[str, Any]:
+    """The planning options of one scene: the job's ``assets`` for a STAC item, none for a
+    raster (so a batch may mix both)."""
+    if is_stac_item(scene) or plan_options.get("assets") is None:
+        return plan_options
+    return {**plan_options, "assets": None}

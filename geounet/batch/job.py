@@ -30,7 +30,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -39,9 +39,11 @@ from geounet import objectstore
 from geounet.batch.finish import FinishTask, check_outputs_free, finish_scene
 from geounet.batch.inputs import (  # noqa: F401 - re-exported
     MANIFEST_SUFFIXES,
+    check_assets,
     check_names,
     resolve_scenes,
     scene_name,
+    scene_options,
 )
 from geounet.batch.table import (  # noqa: F401 - re-exported
     DONE_DIR,
@@ -137,6 +139,7 @@ def run_batch(
     manifests: Iterable[str | os.PathLike[str]] = (),
     model: str | os.PathLike[str] | None = None,
     bands: tuple[int, ...] | None = None,
+    assets: str | Sequence[str] | None = None,
     chunk_size: int = 2048,
     tile_size: int | None = None,
     batch_size: int | None = None,
@@ -173,6 +176,7 @@ def run_batch(
     model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
         threshold, allow_no_crs, resample, resampling, rescale, engine, tta : as for
         :func:`geounet.predict` (one setting for every scene).
+    assets : the bands of every STAC item among the scenes (rasters ignore it).
     max_pixels : as for :func:`geounet.predict`, per scene: a scene over it (or more than 4x
         off the model's pixel size with ``resample="auto"``) fails in planning, before any of
         its pixels is read; the other scenes run.
@@ -225,6 +229,7 @@ def run_batch(
         model = os.path.abspath(model)
     scene_list = resolve_scenes(scenes, manifests)
     names = check_names(scene_list)
+    check_assets(scene_list, assets)
     work = _make_dirs(out_dir, remote, work_dir)
     finished_before = _finished_before(out_dir, resume, overwrite)
     if any(objectstore.is_s3(s) for s in scene_list):
@@ -235,7 +240,8 @@ def run_batch(
                         probability_dtype=probability_dtype, threshold=threshold,
                         allow_no_crs=allow_no_crs, check_device=runs_here(client),
                         resample=resample, resampling=resampling, rescale=rescale,
-                        engine=engine, max_pixels=check_max_pixels(max_pixels), tta=tta)
+                        engine=engine, max_pixels=check_max_pixels(max_pixels), tta=tta,
+                        assets=assets)
     options = dict(vectorize_options or {})
     check_vectorize_options(options)
     job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, raster, options,
@@ -464,7 +470,7 @@ class _BatchJob:
 
         started = time.perf_counter()
         try:
-            plan = plan_prediction(scene, **self.plan_options)  # type: ignore[arg-type]
+            plan = plan_prediction(scene, **scene_options(scene, self.plan_options))
         except Exception as exc:  # noqa: BLE001 - any one scene's failure is its row
             self._fail(index, scene, name, exc, started)
             return None

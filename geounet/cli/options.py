@@ -401,7 +401,7 @@ def prediction_options(func: Any) -> Any:
     them out with :func:`pop_client`).
     """
     for decorator in reversed(
-        [model, bands, chunk_size, tile_size, batch_size, device, precision, engine, tta,
+        [model, bands, assets, chunk_size, tile_size, batch_size, device, precision, engine, tta,
          probability_dtype, threshold, resample, resampling, rescale, max_pixels, workers,
          scheduler,
          in_process,
@@ -485,3 +485,16 @@ def dataset_options(func: Any) -> Any:
                             split_block)):
         func = option(func)
     return func
+
+
+def _assets(ctx: click.Context, param: click.Parameter, value: str | None) -> Any:
+    names = None if value is None else tuple(v.strip() for v in value.split(","))
+    if names is not None and not all(names):
+        raise click.BadParameter(f"{value!r} has an empty asset name; use e.g. red,green,blue "
+                                 "(asset keys or eo:bands common names).", param=param)
+    return names
+
+
+assets = click.option("--assets", callback=_assets, default=None, metavar="NAME,NAME,...",
+                      help="For a STAC item (item.json or its URL): the assets read as bands "
+                      "in the model's order (asset keys or eo:bands common names).")

@@ -323,7 +323,7 @@ def _file_nbits(info: SceneInfo) -> int | None:
 
     from geounet.raster import gdal_env
 
-    with gdal_env(info), rasterio.open(info.path) as ds:
+    with gdal_env(info), rasterio.open(info.source) as ds:
         tag = ds.tags(1, ns="IMAGE_STRUCTURE").get("NBITS")
     try:
         return int(tag) if tag else None

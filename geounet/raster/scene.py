@@ -134,6 +134,24 @@ class Rescale:
 
 
 @dataclass(frozen=True)
+class Stack:
+    """A scene made of several files (the assets of a STAC item): one GDAL VRT whose bands are
+    the files' bands on one grid, opened inside each task from its XML (see
+    :mod:`geounet.raster.stac`, which builds it).
+
+    Parameters
+    ----------
+    vrt : the VRT's XML; its sources are absolute GDAL paths (``/vsis3/...``, ``/vsicurl/...``).
+    sources : GDAL path of each file the VRT reads, once each.
+    bands : what each band of the stack is, e.g. ``red=B04`` (the name asked for, its asset key).
+    """
+
+    vrt: str
+    sources: tuple[str, ...]
+    bands: tuple[str, ...]
+
+
+@dataclass(frozen=True)
 class SceneInfo:
     """Everything about a scene that tasks need; cheap to pickle.
 
@@ -154,6 +172,7 @@ class SceneInfo:
     warp : the warped view read instead of the file's own grid (then ``height``, ``width``,
         ``crs_wkt`` and ``transform`` are the view's), or None.
     rescale : the value map applied as pixels are read, or None.
+    stack : the scene is the band stack of a STAC item (``path`` is the item's), or None.
 
     Pixel sizes, windows and outputs all refer to the grid described here: the file's own, or
     the warped view's when ``warp`` is set.
@@ -173,6 +192,18 @@ class SceneInfo:
     georef: str = "transform"
     warp: Warp | None = None
     rescale: Rescale | None = None
+    stack: Stack | None = None
+
+    @property
+    def source(self) -> str:
+        """What GDAL opens: the file (``path``), or the VRT XML of a :class:`Stack`."""
+        return self.stack.vrt if self.stack is not None else self.path
+
+    @property
+    def remote(self) -> bool:
+        """Whether reading it goes over the network (:func:`is_remote` of any file read)."""
+        files = self.stack.sources if self.stack is not None else (self.path,)
+        return any(is_remote(f) for f in files)
 
     @property
     def shape(self) -> tuple[int, int, int]:
@@ -239,9 +270,8 @@ def gdal_env(
     """
     import rasterio
 
-    target = info.path if info is not None else path
     options: dict[str, Any] = {}
-    if target is None or is_remote(target):
+    if info is not None and info.remote or info is None and (path is None or is_remote(path)):
         options["GDAL_DISABLE_READDIR_ON_OPEN"] = "EMPTY_DIR"
     if cache_bytes is None and info is not None:
         cache_bytes = _cache_bytes(info)
@@ -250,12 +280,14 @@ def gdal_env(
     return rasterio.Env(**options)
 
 
-def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
+def open_scene(path: str | os.PathLike[str], *, stack: Stack | None = None) -> SceneInfo:
     """Open a scene (any GDAL path) and describe it.
 
     Parameters
     ----------
     path : local file, ``.vrt``, COG, or a GDAL virtual path such as ``/vsicurl/https://...``.
+    stack : open this band stack instead, described under ``path`` (its STAC item's); use
+        :func:`geounet.raster.stac.open_item`, which builds it.
 
     Returns
     -------
@@ -276,12 +308,13 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
     from rasterio.errors import NotGeoreferencedWarning, RasterioIOError
 
     path = os.fspath(path)
-    if not is_url(path) and not os.path.exists(path):
+    source = stack.vrt if stack is not None else path
+    if stack is None and not is_url(path) and not os.path.exists(path):
         raise SceneError(
             f"scene {path!r} does not exist; check the path (relative paths are taken from "
             f"{os.getcwd()!r})."
         )
-    if not is_url(path) and os.path.isdir(path):
+    if stack is None and not is_url(path) and os.path.isdir(path):
         raise SceneError(
             f"scene {path!r} is a directory, not a raster file; give the path of a GeoTIFF, "
             f"COG or VRT inside it."
@@ -289,9 +322,9 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
     try:
         with gdal_env(path=path), warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)  # GCP/RPC/no-georef files
-            with rasterio.open(path) as ds:
-                if not is_url(path):
-                    _check_complete(ds, path)
+            with rasterio.open(source) as ds:
+                if stack is None and not is_url(path):
+                    check_complete(ds, path)
                 info = _describe(ds, path)
     except RasterioIOError as exc:
         raise SceneError(
@@ -307,6 +340,8 @@ def open_scene(path: str | os.PathLike[str]) -> SceneInfo:
         ) from exc
     if info.height <= 0 or info.width <= 0 or info.count <= 0:
         raise SceneError(f"scene {path!r} has no pixels ({info.shape}); give a non-empty raster.")
+    if stack is not None:
+        info = dataclasses.replace(info, stack=stack)
     log.debug("opened %s: %s", path, info)
     return info
 
@@ -428,7 +463,7 @@ def warped(info: SceneInfo, warp: Warp) -> SceneInfo:
     )
 
 
-def _check_complete(ds: Any, path: str) -> None:
+def check_complete(ds: Any, path: str) -> None:
     """Raise SceneError if a local GeoTIFF's blocks reach past the end of the file (truncated).
 
     Reads only the TIFF block index (no pixels), so a cut-off download fails before any work

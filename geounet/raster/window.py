@@ -23,7 +23,7 @@ from geounet.errors import (
     TransientError,
 )
 from geounet.raster.mirror import MIRROR_MODE, mirror_indices
-from geounet.raster.scene import WARP_OPTIONS, SceneInfo, gdal_env, is_remote, is_url, resampling_of
+from geounet.raster.scene import WARP_OPTIONS, SceneInfo, gdal_env, is_url, resampling_of
 
 
 class _Handles(threading.local):
@@ -48,7 +48,7 @@ class _Opened:
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", NotGeoreferencedWarning)
-            self.stack: list[Any] = [rasterio.open(info.path)]
+            self.stack: list[Any] = [rasterio.open(info.source)]
         warp = info.warp
         if warp is not None:
             try:
@@ -106,7 +106,7 @@ def _dataset(info: SceneInfo) -> Any:
                 f"place until the run ends."
             ) from exc
         stamp = (st.st_mtime_ns, st.st_size, st.st_ino)
-    key = (info.path, stamp, info.warp)
+    key = (info.path, stamp, info.warp, info.stack)
     opened = _HANDLES.open.get(key)
     if opened is None or opened.closed:
         for old_key in [k for k in _HANDLES.open if k[0] == info.path and k[1] != stamp]:
@@ -230,7 +230,7 @@ def _read_clipped(info: SceneInfo, bands: tuple[int, ...], ry0: int, rx0: int, r
                 data = info.rescale.apply(data, bands)
     except RasterioError as exc:
         close_datasets()
-        if is_remote(info.path):  # a network read may pass: retried (geounet.distributed.cluster)
+        if info.remote:  # a network read may pass: retried (geounet.distributed.cluster)
             raise TransientError(
                 f"scene {info.path!r}: reading rows {ry0}:{ry1}, columns {rx0}:{rx1} failed "
                 f"({exc}); a remote read that may pass on retry."

@@ -22,7 +22,7 @@ import logging
 import os
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -385,12 +385,13 @@ def predict(
     engine: Engine = "torch",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     tta: TTA = "none",
+    assets: str | Sequence[str] | None = None,
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
     Parameters
     ----------
-    scene : GeoTIFF / COG / VRT / any GDAL path.
+    scene : GeoTIFF / COG / VRT / any GDAL path, or a STAC item (read as its ``assets``).
     out : ``*.zarr`` (Zarr v3 store) or ``*.tif`` (COG, made from a temporary store).
     model : geounet checkpoint (``.pt``); default: the built-in model.
     bands : 1-based scene bands fed to the model; default: the model card's.
@@ -432,6 +433,8 @@ def predict(
         the softmax probabilities are averaged over the transforms, each undone. Every tile
         gets the same transforms, so the output stays exact and chunk-invariant
         (docs/predict.md gives the measured cost and gain).
+    assets : a STAC item's asset keys or ``eo:bands`` common names read as its bands, in the
+        model's order (``"red,green,blue"``): :func:`geounet.raster.stac.open_item`.
 
     Returns
     -------
@@ -453,7 +456,7 @@ def predict(
         device=device, precision=precision, probability_dtype=probability_dtype,
         threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
         resample=resample, resampling=resampling, rescale=rescale,
-        engine=engine, max_pixels=max_pixels, tta=tta,
+        engine=engine, max_pixels=max_pixels, tta=tta, assets=assets,
     )
     out = Path(out)
     chunks, skipped, resumed = _compute_store(

@@ -14,6 +14,7 @@ import inspect
 import logging
 import os
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -187,6 +188,7 @@ def plan_prediction(
     engine: Engine = "torch",
     max_pixels: int | None = DEFAULT_MAX_PIXELS,
     tta: TTA = "none",
+    assets: str | Sequence[str] | None = None,
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward) and plan its grid.
 
@@ -195,7 +197,9 @@ def plan_prediction(
     ``rescale`` fit the scene to the model card (:mod:`geounet.raster.fitting`): the planned scene
     may be a warped view at the card's pixel size, and its values may be mapped into the
     card's range (percentile and bit-depth rescales read a sample of windows, nothing else
-    reads pixels). ``max_pixels`` caps the pixels of the model grid (the scene as the model
+    reads pixels). A STAC item (``scene`` ending ``.json``, or a STAC API item URL) is read as
+    the stack of the bands ``assets`` names (:func:`geounet.raster.stac.open_item`; a coarser
+    asset is resampled onto the finest one's grid with ``resampling``). ``max_pixels`` caps the pixels of the model grid (the scene as the model
     reads it, after any warp), checked before any pixel is read; 0 or None: no cap. The plan
     (input and model-grid size, chunks, tiles, model pixels) is logged at INFO before return. ``tta`` is checked here and travels in the runner spec.
 
@@ -211,7 +215,7 @@ def plan_prediction(
     _check_settings(precision, probability_dtype, threshold, False, device, engine)
     tta_transforms(tta)  # InputError naming the value
     max_pixels = check_max_pixels(max_pixels)
-    source = _open_placed_scene(scene, allow_no_crs)
+    source = _open_placed_scene(scene, allow_no_crs, assets, resampling)
     if check_device:
         _check_device(device, precision)
         _check_engine(engine, device, precision)
@@ -230,7 +234,7 @@ def plan_prediction(
     runner = RunnerSpec(str(model_path.absolute()), device, precision, bands, engine,
                         model_print["sha256"], tta)
     run = {
-        "scene": _fingerprint(scene),
+        "scene": _scene_fingerprint(scene, source),
         "model": model_print,
         "bands": list(card.bands),
         "chunk_size": chunk_size,
@@ -330,11 +334,30 @@ def _check_settings(precision: Precision, probability_dtype: ProbabilityDtype,
         )
 
 
-def _open_placed_scene(scene: str | os.PathLike[str], allow_no_crs: bool) -> SceneInfo:
-    """Open the scene's metadata; refuse RPC-only scenes and, unless allowed, scenes without CRS."""
-    from geounet.raster import open_scene
+def _scene_fingerprint(scene: str | os.PathLike[str], info: SceneInfo) -> dict[str, Any]:
+    """:func:`_fingerprint` of the scene; for a STAC item also of each asset file it reads."""
+    fingerprint = _fingerprint(scene)
+    if info.stack is not None:
+        fingerprint["bands"] = list(info.stack.bands)
+        fingerprint["assets"] = [_fingerprint(source) for source in info.stack.sources]
+    return fingerprint
 
-    info = open_scene(str(scene))
+
+def _open_placed_scene(scene: str | os.PathLike[str], allow_no_crs: bool,
+                       assets: str | Sequence[str] | None = None,
+                       resampling: Resampling = "auto") -> SceneInfo:
+    """Open the scene's metadata (a STAC item: the stack of ``assets``); refuse RPC-only
+    scenes and, unless allowed, scenes without CRS."""
+    from geounet.raster import open_scene
+    from geounet.raster.stac import is_stac_item, open_item
+
+    if is_stac_item(scene) or assets is not None:
+        from geounet import objectstore
+
+        objectstore.configure_environment()  # GDAL reads s3:// assets at s3fs's endpoint
+        info = open_item(scene, assets, resampling=resampling, read_text=objectstore.read_text)
+    else:
+        info = open_scene(str(scene))
     if info.georef == "rpcs" and not allow_no_crs:
         raise GeoreferenceError(
             f"scene {str(scene)!r} is georeferenced by RPCs only (rational polynomial "
