@@ -66,13 +66,17 @@ def resolve_device(device: str = "auto") -> torch.device:
     raise DeviceError(f"device {device!r} is not one of auto, cpu, cuda, cuda:N; use one of them.")
 
 
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+"""CPU flags of native bf16 (AVX512_BF16, AMX): the one rule of inference and training."""
+
+
 @functools.lru_cache(maxsize=1)
 def cpu_supports_bf16() -> bool:
     """Whether the CPU computes bf16 natively (AVX512_BF16 or AMX), from ``/proc/cpuinfo``
     (:func:`geounet.engine.backends.cpu_flags`)."""
     from geounet.engine.backends import cpu_flags
 
-    return bool(cpu_flags() & {"avx512_bf16", "amx_bf16"})
+    return bool(cpu_flags() & NATIVE_BF16_FLAGS)
 
 
 def resolve_precision(precision: Precision, device: torch.device) -> str:
@@ -210,8 +214,9 @@ class ModelRunner:
 
     @property
     def num_classes(self) -> int:
-        """K, the number of output classes."""
-        return int(self.config.num_classes)
+        """K, the number of classes of the probabilities (the card's classes: extra model
+        outputs such as a contact class are folded into them, :meth:`ModelCard.fold`)."""
+        return len(self.card.classes)
 
     def __repr__(self) -> str:
         return (
@@ -256,7 +261,11 @@ class ModelRunner:
         return total
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """One engine call: softmax probabilities of a normalized batch."""
+        """One engine call: softmax probabilities of a normalized batch, per card class."""
+        return self.card.fold(self._softmax(batch))
+
+    def _softmax(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of the model's outputs on a normalized batch."""
         import torch
 
         with self._lock:
