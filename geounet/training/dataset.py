@@ -222,6 +222,12 @@ class ChipDataset:
     resampled to it when loaded (:func:`geounet.training.resolution.read_resampled`), so
     crops, windows and objects are at the card's scale; chips without georeferencing are
     read as they are.
+
+    ``cache`` keeps every decoded chip in memory after its first read
+    (:class:`geounet.training.reader.ChipReader`). ``contact`` (a ``border_class`` needed: the
+    buildings) makes the targets the boundary/contact multimask of
+    :mod:`geounet.training.contact` (boundary = ``num_classes``, contact = ``num_classes + 1``)
+    and adds the class mask as a fourth item.
     """
 
     def __init__(
