@@ -117,7 +117,7 @@ def test_a_resampled_chip_is_read_once_and_samples_do_not_change_it(mixed):
     first_image, first_target, _ = val[0]
     first_image.add_(100.0)  # a caller (or an augmentation) changing its sample in place
     again_image, again_target, _ = val[0]
-    assert len(val._resampled) == 1  # resampled once, kept for the next samples
+    assert len(val.reader.chips) == 1  # resampled once, kept for the next samples
     assert np.array_equal(again_target.numpy(), first_target.numpy())
     assert float((first_image - again_image).min()) == pytest.approx(100.0)
 

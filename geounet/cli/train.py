@@ -107,6 +107,9 @@ def _widths(ctx: click.Context, param: click.Parameter, value: str | None) -> An
               help="U-Net border weight w0 between touching buildings (paper: 10; 0 = off).")
 @click.option("--border-sigma", type=click.FloatRange(0.0, min_open=True), default=5.0,
               show_default=True, help="Border weight sigma in pixels.")
+@click.option("--contact-class/--no-contact-class", default=False, show_default=True,
+              help="Train building boundary and contact classes (ramp's multimasks); "
+                   "prediction folds them back, contact pixels separating touching buildings.")
 @click.option("--elastic", is_flag=True, default=False, help="Elastic deformation augmentation.")
 @click.option("--select-from", type=click.FloatRange(0.0, 1.0), default=0.7, show_default=True,
               help="Share of the run from which epochs compete for the best checkpoint "
@@ -123,9 +126,17 @@ def _widths(ctx: click.Context, param: click.Parameter, value: str | None) -> An
 @options.device
 @click.option("--precision", type=click.Choice(choices(Precision)), default="auto",
               show_default=True,
-              help="auto: mixed precision on CUDA, fp32 on CPU; bf16 autocast also on CPU.")
-@click.option("--workers", type=int, default=None,
-              help="DataLoader worker processes (default 0 on CPU, 4 on CUDA).")
+              help="auto: bf16 autocast on a CPU with native bf16 (AVX512_BF16/AMX), else fp32; "
+                   "mixed precision on CUDA. bf16 on a CPU without native bf16 trains fp32.")
+@click.option("--workers", type=click.IntRange(0), default=None,
+              help="DataLoader worker processes, persistent (default: 1 on CPU when a core is "
+                   "free of torch's threads, else 0; 4 on CUDA).")
+@click.option("--channels-last/--no-channels-last", default=None,
+              help="channels_last model and batches (default: on for CPU, on CUDA under mixed "
+                   "precision).")
+@click.option("--cache-chips/--no-cache-chips", default=None,
+              help="Keep decoded chips in memory (default: when they fit in 2 GiB and a "
+                   "quarter of the free memory).")
 @options.overwrite
 @click.pass_context
 def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None, init: str | None,

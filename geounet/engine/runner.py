@@ -195,8 +195,9 @@ class ModelRunner:
 
     @property
     def num_classes(self) -> int:
-        """K, the number of output classes."""
-        return int(self.config.num_classes)
+        """K, the number of classes of the probabilities (the card's classes: extra model
+        outputs such as a contact class are folded into them, :meth:`ModelCard.fold`)."""
+        return len(self.card.classes)
 
     def __repr__(self) -> str:
         return (
@@ -245,7 +246,11 @@ class ModelRunner:
         return total
 
     def _forward(self, batch: np.ndarray) -> np.ndarray:
-        """One engine call: softmax probabilities of a normalized batch."""
+        """One engine call: softmax probabilities of a normalized batch, per card class."""
+        return self.card.fold(self._softmax(batch))
+
+    def _softmax(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities of the model's outputs on a normalized batch."""
         import torch
 
         with self._lock:

@@ -45,6 +45,23 @@ def _resample_fix(ratio: float, pixel_size: float) -> str:
     )
 
 
+def _check_extra_outputs(extra: Any, classes: tuple[str, ...]) -> tuple[tuple[str, int], ...]:
+    """``extra_outputs`` as ``((name, class index), ...)``, checked against ``classes``."""
+    try:
+        pairs = tuple((str(name), int(target)) for name, target in extra)
+    except (TypeError, ValueError) as exc:
+        raise InputError(f"model card extra_outputs {extra!r} must be (name, class index) "
+                         f"pairs: {exc}") from exc
+    names = [name for name, _ in pairs]
+    for name, target in pairs:
+        if not 0 <= target < len(classes) or name in classes or names.count(name) > 1:
+            raise InputError(
+                f"model card extra output {name!r} -> class {target}: each extra output needs a "
+                f"name of its own (not one of the classes {classes}) and a class index "
+                f"0..{len(classes) - 1} its probability is added to")
+    return pairs
+
+
 def _dtype_limits(dtype: str) -> tuple[float, float]:
     kind = np.dtype(dtype)
     if np.issubdtype(kind, np.integer):
@@ -112,6 +129,12 @@ class ModelCard:
     percentile_levels, percentiles : per band, the training data's values at these
         percentiles (``percentiles[band][level]``), what ``--rescale match`` maps a scene onto;
         empty on cards written before they were recorded.
+    extra_outputs : model outputs beyond ``classes`` that training adds and prediction folds
+        back, as ``(name, class index)`` pairs: the output's probability is added to that
+        class's, so every reader sees only ``classes``. A ``contact_class`` model has
+        ``(("building_boundary", 1), ("building_contact", 0))``: boundary pixels are
+        buildings, contact pixels between touching buildings background (docs/training.md).
+        Outputs are ordered ``classes`` first, then these; empty for most models.
 
     Examples
     --------
@@ -134,6 +157,7 @@ class ModelCard:
     geounet_version: str = field(default=__version__)
     percentile_levels: tuple[float, ...] = ()
     percentiles: tuple[tuple[float, ...], ...] = ()
+    extra_outputs: tuple[tuple[str, int], ...] = ()
 
     def __post_init__(self) -> None:
         architecture_of(self.architecture)  # a registered architecture, else InputError
@@ -150,6 +174,8 @@ class ModelCard:
             ) from exc
         classes = tuple(str(c) for c in self.classes)
         _set_percentiles(self, len(bands))
+        extra = _check_extra_outputs(self.extra_outputs, classes)
+        object.__setattr__(self, "extra_outputs", extra)
         object.__setattr__(self, "bands", bands)
         object.__setattr__(self, "mean", mean)
         object.__setattr__(self, "std", std)
@@ -176,10 +202,11 @@ class ModelCard:
                 f"model card std {std} must be finite and > 0 (and mean {mean} finite); "
                 f"compute them from the training data"
             )
-        if len(classes) != arch.num_classes:
+        if len(classes) + len(extra) != arch.num_classes:
             raise InputError(
-                f"model card names {len(classes)} classes {classes} but the U-Net has "
-                f"{arch.num_classes} outputs; give one name per class"
+                f"model card names {len(classes)} classes {classes}"
+                + (f" and {len(extra)} extra outputs" if extra else "")
+                + f" but the U-Net has {arch.num_classes} outputs; give one name per output"
             )
         if len(value_range) != 2 or not value_range[0] <= value_range[1]:
             raise InputError(
@@ -191,6 +218,35 @@ class ModelCard:
             raise InputError(
                 f"model card pixel_size {self.pixel_size} must be > 0 metres, or None if unknown"
             )
+
+    @property
+    def output_groups(self) -> tuple[tuple[int, ...], ...] | None:
+        """For each class, the model outputs whose probabilities add up to it (None when the
+        outputs are the classes).
+
+        Examples
+        --------
+        >>> from geounet.model.network import UNetConfig
+        >>> card = ModelCard(UNetConfig(num_classes=4), (1, 2, 3), (0.0,) * 3, (1.0,) * 3,
+        ...                  ("background", "buildings"), None, "uint8", (0.0, 255.0),
+        ...                  extra_outputs=(("building_boundary", 1), ("building_contact", 0)))
+        >>> card.output_groups
+        ((0, 3), (1, 2))
+        """
+        if not self.extra_outputs:
+            return None
+        groups: list[list[int]] = [[i] for i in range(len(self.classes))]
+        for offset, (_, target) in enumerate(self.extra_outputs):
+            groups[target].append(len(self.classes) + offset)
+        return tuple(tuple(g) for g in groups)
+
+    def fold(self, probabilities: np.ndarray) -> np.ndarray:
+        """Class probabilities (N, classes, ...) from the model's output probabilities
+        (N, outputs, ...): each extra output added to its class (unchanged without any)."""
+        groups = self.output_groups
+        if groups is None:
+            return probabilities
+        return np.stack([probabilities[:, list(g)].sum(axis=1) for g in groups], axis=1)
 
     @property
     def receptive_field(self) -> int:
@@ -213,7 +269,8 @@ class ModelCard:
             "percentile_levels": list(self.percentile_levels),
             "percentiles": [list(p) for p in self.percentiles],
             "receptive_field": self.receptive_field,
-        }
+        } | ({"extra_outputs": [list(e) for e in self.extra_outputs]} if self.extra_outputs
+             else {})
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> ModelCard:

@@ -100,12 +100,18 @@ def rescale(
     height, width = mask.shape
     if amount <= 0 or height < 4 or width < 4:
         return image, mask
+    from scipy.ndimage import affine_transform
+
     bound = np.log1p(amount)
     s = float(np.exp(rng.uniform(-bound, bound)))
-    cy, cx = (height - 1) / 2.0, (width - 1) / 2.0
-    yy, xx = np.meshgrid(np.arange(height), np.arange(width), indexing="ij")
-    coords = np.stack([cy + (yy - cy) / s, cx + (xx - cx) / s])
-    return _resample(image, mask, coords)
+    # output pixel (y, x) samples the input at c + (y - c) / s: one affine map per band (no
+    # coordinate arrays), the image bilinear, the mask nearest, both mirrored at the borders
+    matrix = (1.0 / s, 1.0 / s)
+    offset = ((height - 1) / 2.0 * (1 - 1 / s), (width - 1) / 2.0 * (1 - 1 / s))
+    zoomed = np.stack([affine_transform(band, matrix, offset=offset, order=1, mode="mirror")
+                       for band in image])
+    zoomed_mask = affine_transform(mask, matrix, offset=offset, order=0, mode="mirror")
+    return zoomed.astype(image.dtype, copy=False), zoomed_mask.astype(mask.dtype, copy=False)
 
 
 def colour(

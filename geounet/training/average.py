@@ -42,8 +42,12 @@ class WeightAverage:
         decay = min(self.decay, (1.0 + self.updates) / (10.0 + self.updates))
         with torch.no_grad():
             ours = self.model.state_dict()
+            floats, targets = [], []
             for name, value in model.state_dict().items():
                 if value.dtype.is_floating_point:
-                    ours[name].lerp_(value.detach(), 1.0 - decay)
+                    floats.append(ours[name])
+                    targets.append(value.detach())
                 else:
                     ours[name].copy_(value)
+            if floats:  # one multi-tensor lerp (torch's foreach form) for all weights
+                torch._foreach_lerp_(floats, targets, 1.0 - decay)

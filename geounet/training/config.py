@@ -74,6 +74,10 @@ class TrainConfig:
     border_weight : U-Net border term ``w0`` between touching buildings (0 = off; paper and
         default: 10, measured better on the issue-21 proxy and the devset: docs/training.md).
     border_sigma : its ``sigma`` in pixels (paper: 5).
+    contact_class : train building boundary and contact classes as extra outputs (ramp's
+        multimasks; :mod:`geounet.training.contact`): the card records them and prediction
+        folds them back, contact pixels separating touching buildings. Needs a
+        ``buildings`` class.
     elastic : elastic deformation augmentation.
     brightness, contrast : per-band jitter amplitudes (normalized units).
     gamma : gamma jitter, ``g`` log-uniform in ``exp(+-gamma)`` (0 = off).
@@ -84,8 +88,15 @@ class TrainConfig:
     val_fraction : share of chips held out when the chips dir has no split.
     seed : seed of weights, sampling and augmentation.
     device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
-    precision : ``auto`` (fp16/bf16 autocast on CUDA, fp32 on CPU), ``fp32``, ``bf16``, ``fp16``.
-    workers : DataLoader worker processes (None = 0 on CPU, 4 on CUDA).
+    precision : ``auto`` (bf16 autocast on a CPU with native bf16, AVX512_BF16/AMX, else fp32;
+        mixed precision on CUDA), ``fp32``, ``bf16`` (ignored with a warning on a CPU without
+        native bf16), ``fp16`` (CUDA only). The loss and the optimizer stay fp32.
+    channels_last : channels_last (NHWC) model and batches (None = the rule: on for the CPU,
+        on CUDA under mixed precision; :mod:`geounet.training.speed`).
+    workers : DataLoader worker processes, persistent across epochs (None = the rule: on CPU 1
+        when a core is left free by torch's threads, else 0; 4 on CUDA).
+    cache_chips : keep the decoded chips in memory after their first read (None = the rule:
+        when they take at most 2 GiB and a quarter of the available memory).
     description : stored in the model card.
     pixel_size : training resolution in metres per pixel (None = chosen from the chips: the
         most common within 10 %, ties the finest; :mod:`geounet.training.resolution`). Chips
@@ -137,6 +148,9 @@ class TrainConfig:
     encoder_weights: str | None = None
     decoder_channels: tuple[int, ...] | None = None
     freeze_encoder_epochs: int = 0
+    channels_last: bool | None = None
+    cache_chips: bool | None = None
+    contact_class: bool = False
 
     def __post_init__(self) -> None:
         self._check_architecture()
@@ -228,6 +242,12 @@ class TrainConfig:
                 f"border weight {self.border_weight} must be >= 0 and sigma "
                 f"{self.border_sigma} > 0; the U-Net paper uses 10 and 5."
             )
+        if self.contact_class not in (True, False):
+            raise InputError(f"contact_class {self.contact_class!r} must be true or false.")
+        for name in ("channels_last", "cache_chips"):
+            if getattr(self, name) not in (None, True, False):
+                raise InputError(f"{name} {getattr(self, name)!r} must be true, false or None "
+                                 "(None = the rule, docs/training.md).")
         for name in ("chip_size", "tile_size", "workers"):
             value = getattr(self, name)
             if value is not None and (not isinstance(value, int) or value < (0 if name ==

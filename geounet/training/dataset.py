@@ -28,10 +28,6 @@ from geounet.training.record import ChipRecord, read_target
 
 log = logging.getLogger(__name__)
 
-RESAMPLED_CACHE = 16
-"""Resampled chips a dataset keeps in memory (a 256 px chip at 4x: ~13 MB as float32)."""
-
-
 
 @dataclass(frozen=True)
 class ChipStats:
@@ -291,6 +287,12 @@ class ChipDataset:
     resampled to it when loaded (:func:`geounet.training.resolution.read_resampled`), so
     crops, windows and objects are at the card's scale; chips without georeferencing are
     read as they are.
+
+    ``cache`` keeps every decoded chip in memory after its first read
+    (:class:`geounet.training.reader.ChipReader`). ``contact`` (a ``border_class`` needed: the
+    buildings) makes the targets the boundary/contact multimask of
+    :mod:`geounet.training.contact` (boundary = ``num_classes``, contact = ``num_classes + 1``)
+    and adds the class mask as a fourth item.
     """
 
     def __init__(
@@ -314,15 +316,23 @@ class ChipDataset:
         gamma: float = 0.0,
         hue: float = 0.0,
         pixel_size: float | None = None,
+        cache: bool = False,
+        contact: bool = False,
     ) -> None:
+        from geounet.training.reader import ChipReader, chip_shape
+
         self.records = list(records)
         self.spec = spec
         self.mean = np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1)
         self.std = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
         self.num_classes = num_classes
         self.train = train
+        self.contact = contact and border_class is not None
         weights = np.ones(num_classes, np.float32) if class_weights is None else class_weights
-        self.class_weights = np.append(np.asarray(weights, np.float32), 0.0)
+        weights = np.asarray(weights, np.float32)
+        if self.contact:  # boundary weighs as buildings, contact as background
+            weights = np.append(weights, [weights[border_class], weights[0]])
+        self.class_weights = np.append(weights, 0.0)  # the last: nodata
         self.border_weight = border_weight
         self.border_sigma = border_sigma
         self.border_class = border_class
@@ -332,24 +342,25 @@ class ChipDataset:
         self.seed = seed
         self.scale, self.gamma, self.hue = scale, gamma, hue  # see geounet.training.augment
         self.epoch = 0
-        self.factors = [1.0] * len(self.records)
+        shapes = [chip_shape(rec.image) for rec in self.records]
+        factors = [1.0] * len(self.records)
         if pixel_size is not None:
             from geounet.training.resolution import choose_resolution
 
-            sizes = [_shape(rec.image)[2] for rec in self.records]
-            self.factors = list(choose_resolution(sizes, pixel_size).factors)
-        # resampled chips, read and resampled once per chip (not per sample), bounded
-        self._resampled: dict[int, tuple[np.ndarray, np.ndarray]] = {}
+            factors = list(choose_resolution([s[2] for s in shapes], pixel_size).factors)
+        self.reader = ChipReader(self.records, factors, shapes, size=spec.output_size,
+                                 cache=cache, building="buildings" if self.contact else None)
         if train:
             self.items = [(i, -1, -1) for i in range(len(self.records))]
         else:
-            from geounet.training.resolution import resampled_shape
+            self.items = [(i, y, x) for i in range(len(self.records))
+                          for y, x in _windows(*self.reader.shape(i), spec.output_size)]
 
-            self.items = []
-            for i, rec in enumerate(self.records):
-                height, width = resampled_shape(*_shape(rec.image)[:2], self.factors[i])
-                self.items.extend((i, y, x) for y, x in
-                                  _windows(height, width, spec.output_size))
+    @property
+    def outputs(self) -> int:
+        """Classes of the targets: the model's outputs (the classes, plus boundary and contact
+        with ``contact``)."""
+        return self.num_classes + (2 if self.contact else 0)
 
     def set_epoch(self, epoch: int) -> None:
         """Reseed the augmentations for ``epoch`` (call before iterating)."""
@@ -358,81 +369,63 @@ class ChipDataset:
     def __len__(self) -> int:
         return len(self.items)
 
-    def _resampled_chip(self, chip: int, rec: Any, img: Any,
-                        factor: float) -> tuple[np.ndarray, np.ndarray]:
-        """Chip ``chip`` at the training resolution, kept for the next samples of it (the
-        :data:`RESAMPLED_CACHE` most recently read chips; oldest dropped first)."""
-        from geounet.training.resolution import read_resampled
-
-        hit = self._resampled.pop(chip, None)
-        if hit is None:
-            hit = read_resampled(rec, img, factor)
-            while len(self._resampled) >= RESAMPLED_CACHE:
-                self._resampled.pop(next(iter(self._resampled)))
-        self._resampled[chip] = hit  # most recent last
-        return hit
-
-    def __getitem__(self, index: int) -> tuple[Any, Any, Any]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[Any, ...]:
+        """Sample ``key``: an index (augmented for the epoch of :meth:`set_epoch`) or
+        ``(epoch, index)`` (what :class:`geounet.training.loading.EpochSampler` yields, so
+        persistent workers need no :meth:`set_epoch`). ``(image, target, weights)``, and with
+        ``contact`` the class mask the target came from as a fourth item (validation scores
+        against it)."""
         import torch
 
         from geounet.training.losses import border_weights
 
+        epoch, index = key if isinstance(key, tuple) else (self.epoch, key)
         chip, y0, x0 = self.items[index]
-        rec = self.records[chip]
-        rng = np.random.default_rng((self.seed, self.epoch, index))
+        rng = np.random.default_rng((self.seed, epoch, index))
         size = self.spec.output_size
-        image, mask = self._read_crop(chip, y0, x0, rng)
-        if mask.size and (mask[mask != NODATA].max(initial=0) >= self.num_classes):
-            raise LabelError(
-                f"mask of chip {rec.name!r} holds a class >= {self.num_classes}; the model has "
-                f"{self.num_classes} classes. Fix the masks or the class names."
-            )
-        image, mask = self._augment(image, mask, rng)
+        image, labels = self.reader.crop(chip, y0, x0, rng)
+        image, labels = self._augment(image, labels, rng)
+        mask, target = self._targets(chip, labels)
         image[:, mask == NODATA] = 0.0
-        weights = self.class_weights[np.where(mask == NODATA, self.num_classes, mask)]
+        weights = self.class_weights[np.where(target == NODATA, self.outputs, target)]
         if self.border_weight > 0 and self.border_class is not None:
             weights = weights + border_weights(mask, self.border_class, w0=self.border_weight,
-                                               sigma=self.border_sigma)
+                                               sigma=self.border_sigma,
+                                               instances=self._instances(labels))
         height, width = mask.shape
         off, total = self.spec.offset, self.spec.input_size
         image = np.pad(image, ((0, 0), (off, total - off - height), (off, total - off - width)),
                        mode="symmetric" if min(height, width) < 2 else "reflect")
-        target = np.full((size, size), NODATA, dtype=np.int64)
-        target[:height, :width] = mask
-        wmap = np.zeros((size, size), dtype=np.float32)
-        wmap[:height, :width] = weights
-        return (torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32)),
-                torch.from_numpy(target), torch.from_numpy(wmap))
+        out = [torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))]
+        for array, fill, dtype in ((target, NODATA, np.int64), (weights, 0, np.float32)) + (
+                ((mask, NODATA, np.int64),) if self.contact else ()):
+            padded = np.full((size, size), fill, dtype=dtype)
+            padded[:height, :width] = array
+            out.append(torch.from_numpy(padded))
+        return tuple(out)
 
-    def _read_crop(self, chip: int, y0: int, x0: int,
-                   rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
-        """Image (float32) and mask of the window at ``(y0, x0)`` of chip ``chip`` at the
-        training resolution (``y0 < 0``: a random crop drawn from ``rng``)."""
-        import rasterio
-        from rasterio.windows import Window
+    def _targets(self, chip: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """The class mask of the sample (checked against the classes) and the training target
+        (the mask, or with ``contact`` its boundary/contact multimask)."""
+        mask = labels if not self.contact else (labels & 255).astype(np.uint8)
+        if mask.size and (mask[mask != NODATA].max(initial=0) >= self.num_classes):
+            raise LabelError(
+                f"mask of chip {self.records[chip].name!r} holds a class >= {self.num_classes}; "
+                f"the model has {self.num_classes} classes. Fix the masks or the class names."
+            )
+        if not self.contact:
+            return mask, mask
+        from geounet.training.contact import multimask
 
-        rec = self.records[chip]
-        size = self.spec.output_size
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-            img = rasterio.open(rec.image)
-        factor = self.factors[chip]
-        with img:
-            if factor != 1.0:
-                full_image, full_mask = self._resampled_chip(chip, rec, img, factor)
-                height, width = full_mask.shape
-            else:
-                height, width = img.height, img.width
-            if y0 < 0:
-                y0 = int(rng.integers(0, max(0, height - size) + 1))
-                x0 = int(rng.integers(0, max(0, width - size) + 1))
-            window = Window(x0, y0, min(size, width - x0), min(size, height - y0))
-            if factor != 1.0:
-                rows = slice(y0, y0 + int(window.height))
-                cols = slice(x0, x0 + int(window.width))
-                # copies: the augmentations must not change the cached chip
-                return full_image[:, rows, cols].copy(), full_mask[rows, cols].copy()
-            return img.read(window=window).astype(np.float32), read_target(rec, img, window)
+        return mask, multimask(mask, int(self.border_class or 1), self.num_classes,
+                               self.num_classes + 1, self._instances(labels))
+
+    def _instances(self, labels: np.ndarray) -> np.ndarray | None:
+        """The instance ids packed in ``labels`` (contact models), None when none are."""
+        if not self.contact:
+            return None
+        ids = labels >> 8
+        return ids if ids.any() else None
 
     def _augment(self, image: np.ndarray, mask: np.ndarray,
                  rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -452,18 +445,6 @@ class ChipDataset:
         if self.train and (self.gamma > 0 or self.hue > 0):
             image = colour(image, rng, gamma=self.gamma, hue=self.hue)
         return image, mask
-
-
-def _shape(path: Path) -> tuple[int, int, float | None]:
-    """Height, width and pixel size (metres, None without georeferencing) of a chip."""
-    import rasterio
-
-    from geounet.training.resolution import chip_pixel_size
-
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", rasterio.errors.NotGeoreferencedWarning)
-        with rasterio.open(path) as src:
-            return src.height, src.width, chip_pixel_size(src)
 
 
 def warn_if_unbalanced(stats: ChipStats, classes: Sequence[str]) -> None:

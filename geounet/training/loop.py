@@ -82,11 +82,14 @@ def train(
     run = prepare_run(chips_dir, config, start)
     state = restore_state(run, start)
     paths.best.parent.mkdir(parents=True, exist_ok=True)  # only once the inputs are checked
-    result = Trainer(run, state, paths, chips_dir, progress).fit()
-    if config.refit:
-        from geounet.training.refit import refit
+    try:
+        result = Trainer(run, state, paths, chips_dir, progress).fit()
+        if config.refit:
+            from geounet.training.refit import refit
 
-        result = refit(run, state, paths, result)
+            result = refit(run, state, paths, result)
+    finally:
+        run.close()  # DataLoader workers
     return result
 
 

@@ -97,3 +97,33 @@ def read_target(rec: ChipRecord, img: Any, window: Any = None) -> np.ndarray:
                     f"{msk.height}x{msk.width}; image and mask must be the same size."
                 )
             return decode_mask(msk.read(1, window=window), rec.mask_values, msk.nodata)
+
+
+def read_instances(rec: ChipRecord, img: Any, window: Any, class_name: str) -> np.ndarray | None:
+    """Instance ids (int32, 0 = none) of the ``class_name`` polygons of vector labels over
+    ``window`` of the open image ``img``: one id per polygon, burnt like the class mask (later
+    on top), so touching polygons stay apart. None for raster masks (their instances are the
+    connected components, :func:`geounet.training.contact.instances_of`)."""
+    from rasterio.features import rasterize
+    from rasterio.transform import array_bounds
+    from rasterio.windows import Window
+    from shapely.geometry import box
+
+    from geounet.raster.labels import VECTOR_SUFFIXES, load_class_shapes
+
+    if rec.mask is not None and rec.mask.suffix.lower() not in VECTOR_SUFFIXES:
+        return None
+    source = rec.mask if rec.mask is not None else rec.labels
+    if source is None:
+        return None
+    if window is None:
+        window = Window(0, 0, img.width, img.height)
+    height, width = int(window.height), int(window.width)
+    transform = img.window_transform(window)
+    shapes = load_class_shapes(source, img.crs, rec.classes, line_width=rec.line_width)
+    geoms = next((s.geometries for s in shapes if s.name == class_name), ())
+    area = box(*array_bounds(height, width, transform))
+    pairs = [(g, i) for i, g in enumerate(geoms, start=1) if g.intersects(area)]
+    if not pairs or height == 0 or width == 0:
+        return np.zeros((height, width), np.int32)
+    return rasterize(pairs, out_shape=(height, width), transform=transform, dtype=np.int32)

@@ -45,21 +45,24 @@ def refit(run: TrainingRun, state: TrainState, paths: OutputPaths,
     assert run.initial_state is not None  # set for every run with refit
     model.load_state_dict(run.initial_state)
     train_set, _ = make_datasets(refit_config, run.card, run.classes, records,
-                                 run.train_set.spec, refit=True)
+                                 run.train_set.spec, refit=True, cache=run.train_set.reader.cache)
     optimizer, scheduler, scaler, average = make_optimizer(refit_config, model, run.amp_dtype)
     again = TrainingRun(refit_config, run.classes, run.card, model, run.device, run.amp_dtype,
                         train_set, run.val_set, run.workers, optimizer, scheduler, scaler,
-                        average)
+                        average, channels_last=run.channels_last)
     log.info("refit: retraining on all %d chips (%d train, %d val, %d buffer) for %d epochs "
              "(%d steps; the selected epoch %d came after %d)", len(records), counts["train"],
              counts["val"], counts["buffer"], epochs, epochs * steps_per_epoch,
              state.best_epoch, state.best_steps)
     inner = TrainState(run_start=time.perf_counter())
     seen_total = 0
-    for epoch in range(1, epochs + 1):
-        seen, total = train_epoch(again, inner, epoch, None)
-        seen_total += seen
-        log.info("refit epoch %d/%d train loss %.4f", epoch, epochs, total / max(seen, 1))
+    try:
+        for epoch in range(1, epochs + 1):
+            seen, total = train_epoch(again, inner, epoch, None)
+            seen_total += seen
+            log.info("refit epoch %d/%d train loss %.4f", epoch, epochs, total / max(seen, 1))
+    finally:
+        again.close()
     shutil.copyfile(paths.best, paths.selected)
     info = {"chips": len(records), "splits": counts, "epochs": epochs,
             "steps": inner.done_steps, "samples": seen_total,

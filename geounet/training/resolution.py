@@ -128,9 +128,11 @@ def resampled_shape(height: int, width: int, factor: float) -> tuple[int, int]:
     return max(1, int(round(height * factor))), max(1, int(round(width * factor)))
 
 
-def read_resampled(rec: Any, img: Any, factor: float) -> tuple[np.ndarray, np.ndarray]:
+def read_resampled(rec: Any, img: Any, factor: float,
+                   labels: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """The whole chip (image float32 (C, H', W'), mask uint8 (H', W')) at the training
-    resolution, ``factor`` training pixels per chip pixel.
+    resolution, ``factor`` training pixels per chip pixel (``labels``: the chip's labels to
+    resample instead of its mask, e.g. packed with instance ids).
 
     The image is read through GDAL's resampling with the kernels of predict's ``auto`` warp
     (:func:`geounet.raster.fitting.plan_resample`: Lanczos when enlarging, bilinear when
@@ -147,7 +149,7 @@ def read_resampled(rec: Any, img: Any, factor: float) -> tuple[np.ndarray, np.nd
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         image = img.read(out_shape=(img.count, height, width), resampling=kernel)
-    mask = read_target(rec, img)
+    mask = read_target(rec, img) if labels is None else labels
     rows = np.minimum(((np.arange(height) + 0.5) * img.height / height).astype(np.int64),
                       img.height - 1)
     cols = np.minimum(((np.arange(width) + 0.5) * img.width / width).astype(np.int64),

@@ -13,6 +13,9 @@ from geounet.errors import InputError
 from geounet.training.config import TrainProgress
 
 if TYPE_CHECKING:  # pragma: no cover
+    import numpy as np
+    import torch
+
     from geounet.training.metrics import ConfusionMatrix, ObjectCounter
     from geounet.training.prepare import TrainingRun
     from geounet.training.state import TrainState
@@ -52,7 +55,8 @@ def train_epoch(run: TrainingRun, state: TrainState, epoch: int,
     freeze_encoder(run, epoch)
     run.train_set.set_epoch(epoch)
     total, seen = 0.0, 0
-    for step, (images, target, weights) in enumerate(run.loader(run.train_set, True, epoch), 1):
+    for step, batch in enumerate(run.loader(run.train_set, True, epoch), 1):
+        images, target, weights = batch[:3]
         images = images.to(device, non_blocking=pin)
         target = target.to(device, non_blocking=pin)
         weights = weights.to(device, non_blocking=pin)
@@ -121,6 +125,20 @@ def set_lr(run: TrainingRun, state: TrainState) -> None:
             group["lr"] = config.lr * factor
 
 
+def predicted_classes(run: TrainingRun, logits: torch.Tensor) -> np.ndarray:
+    """The predicted class per pixel (uint8), as prediction makes it: the argmax of the
+    logits, or with extra outputs (boundary, contact) of their probabilities folded into the
+    card's classes (:meth:`geounet.model.ModelCard.fold`)."""
+    import torch
+
+    groups = run.card.output_groups
+    if groups is None:
+        return logits.argmax(1).to(torch.uint8).cpu().numpy()
+    probs = torch.softmax(logits.float(), dim=1)
+    folded = torch.stack([probs[:, list(g)].sum(1) for g in groups], 1)
+    return folded.argmax(1).to(torch.uint8).cpu().numpy()
+
+
 def validate(run: TrainingRun, state: TrainState, epoch: int) -> Validation:
     """One pass over the validation chips (its duration kept in ``state.val_estimate``)."""
     import torch
@@ -135,14 +153,15 @@ def validate(run: TrainingRun, state: TrainState, epoch: int) -> Validation:
     val_total, val_seen = 0.0, 0
     val_started = time.perf_counter()
     with torch.no_grad():
-        for images, target, weights in run.loader(run.val_set, False, epoch):
-            images, target, weights = images.to(device), target.to(device), weights.to(device)
+        for batch in run.loader(run.val_set, False, epoch):
+            images, target, weights = (t.to(device) for t in batch[:3])
             logits = run.forward(net, images)
             loss = run.loss(logits, target, weights)
             val_total += loss.item() * images.shape[0]
             val_seen += images.shape[0]
-            pred = logits.argmax(1).to(torch.uint8).cpu().numpy()
-            truth = target.clamp(max=255).to(torch.uint8).cpu().numpy()
+            pred = predicted_classes(run, logits)
+            labels = batch[3] if len(batch) > 3 else batch[1]  # contact: the class mask
+            truth = labels.clamp(max=255).to(torch.uint8).numpy()
             cm.update(pred, truth)
             if objects is not None:
                 for p, t in zip(pred, truth):
