@@ -117,7 +117,7 @@ def _speed_line(caplog) -> str:
 def test_each_switch_trains(chips, tmp_path, caplog, monkeypatch, switches):
     """Each switch trains (finite, falling loss) and the log line names it; bf16 (faked as
     native where the CPU has none) keeps the fp32 loss curve within 5% and has no NaN."""
-    monkeypatch.setattr("geounet.engine.runner.cpu_supports_bf16", lambda: True)
+    monkeypatch.setattr("geounet.environment.cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
     caplog.set_level(logging.INFO, logger="geounet.training")
     result = train(chips, tmp_path / "m.pt",
                    config=TrainConfig(**{**TINY, "epochs": 3}, **switches))
@@ -144,7 +144,7 @@ def test_bf16_is_ignored_with_a_logged_reason_without_native_bf16(chips, tmp_pat
                                                                    monkeypatch):
     """On a CPU without native bf16 (faked): an explicit bf16 trains fp32 with a warning
     naming why; auto trains fp32 and the log says why."""
-    monkeypatch.setattr("geounet.engine.runner.cpu_supports_bf16", lambda: False)
+    monkeypatch.setattr("geounet.environment.cpu_flags", lambda: frozenset({"avx2"}))
     caplog.set_level(logging.INFO, logger="geounet.training")
     train(chips, tmp_path / "a.pt", config=TrainConfig(**{**TINY, "epochs": 1},
                                                       precision="bf16"))
