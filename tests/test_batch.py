@@ -416,3 +416,21 @@ def test_same_padding_batch_blends_seams_like_predict(
     np.testing.assert_array_equal(
         open_prediction(out / "a.zarr").probabilities.values,
         open_prediction(tmp_path / "out" / "a.zarr").probabilities.values)
+
+
+@pytest.mark.parametrize("layer", ["road_centerlines", "road_edges", "road_nodes"])
+def test_existing_layer_file_of_a_scene_is_refused_before_work(
+    make_scene: Callable[..., Path], tmp_path: Path, model: Path, layer: str,
+) -> None:
+    """A per-layer output (FlatGeobuf) left from an earlier run, graph layers included, is
+    found by vectorize's own naming rule: the batch refuses the scene instead of replacing
+    one layer and leaving the rest of an older run beside it."""
+    scene = make_scene(64, 64, name="a.tif")
+    out = tmp_path / "out"
+    out.mkdir()
+    stale = out / f"a_{layer}.fgb"
+    stale.write_bytes(b"earlier run")
+    result = batch.run_batch([scene], out, model=model, vector_format="fgb", **FAST)
+    assert not result.ok
+    assert "already exists" in result.scenes[0].error and stale.name in result.scenes[0].error
+    assert stale.read_bytes() == b"earlier run"

@@ -99,13 +99,17 @@ def finish_scene(task: FinishTask) -> dict[str, Any]:
 def check_outputs_free(out_dir: str, name: str, fmt: VectorFormat, raster: BatchRaster,
                         plan: Plan) -> None:
     """Raise OutputExistsError if a scene's final outputs exist (without overwrite)."""
-    from geounet.vectorization import CENTERLINE_LAYER
+    from geounet.vectorization import (
+        CENTERLINE_LAYER,
+        EDGES_LAYER,
+        NODES_LAYER,
+        layer_file_names,
+    )
 
     layers = [c for c in plan.card.classes if c != "background"]
-    if fmt == "gpkg":
-        targets = [f"{name}.gpkg"]
-    else:
-        targets = [f"{name}_{layer}.{fmt}" for layer in [*layers, CENTERLINE_LAYER]]
+    files = layer_file_names(f"{name}.{fmt}", fmt,
+                             [*layers, CENTERLINE_LAYER, EDGES_LAYER, NODES_LAYER])
+    targets = list(dict.fromkeys(files.values()))  # vectorize's own naming rule, in order
     if raster != "none":
         targets.append(name + (".zarr" if raster == "zarr" else ".tif"))
     for target in targets:
