@@ -286,3 +286,27 @@ def regrid(
             d.update_tags(i + 1, **band)
         d.descriptions = descriptions
     return dst
+
+
+def write_prediction_store(path: str | Path, mask: np.ndarray, probabilities: np.ndarray, *,
+                           chunk: int, transform: Any, crs: str = DEFAULT_CRS,
+                           classes: Sequence[str] = ("background", "buildings", "roads")
+                           ) -> Path:
+    """A Zarr prediction store as ``geounet predict`` lays it out (``mask`` (y, x) uint8,
+    ``probabilities`` (class, y, x), georeferenced, chunked ``chunk``), for tests of the
+    readers of a prediction (vectorize, evaluate)."""
+    import rioxarray  # noqa: F401  (registers .rio)
+    import xarray as xr
+
+    height, width = mask.shape
+    ds = xr.Dataset(
+        {"mask": (("y", "x"), mask), "probabilities": (("class", "y", "x"), probabilities)},
+        coords={"y": transform.f + transform.e * (np.arange(height) + 0.5),
+                "x": transform.c + transform.a * (np.arange(width) + 0.5)},
+    )
+    ds = ds.rio.write_crs(crs).rio.write_transform(transform).rio.write_coordinate_system()
+    ds.attrs["geounet"] = {"classes": list(classes), "chunk_size": chunk}
+    encoding = {"mask": {"chunks": (chunk, chunk)},
+                "probabilities": {"chunks": (len(classes), chunk, chunk)}}
+    ds.to_zarr(path, encoding=encoding, consolidated=False)
+    return Path(path)

@@ -13,6 +13,7 @@ import rasterio
 from rasterio.transform import from_origin
 from scipy.ndimage import gaussian_filter
 
+from geounet.testing import write_prediction_store
 from geounet.vectorization import vectorize
 
 CRS = "EPSG:32633"
@@ -29,20 +30,8 @@ def write_mask(path: Path, mask: np.ndarray) -> Path:
 
 
 def write_store(path: Path, mask: np.ndarray, probabilities: np.ndarray, chunk: int) -> Path:
-    import rioxarray  # noqa: F401  (registers .rio)
-    import xarray as xr
-
-    height, width = mask.shape
-    ds = xr.Dataset(
-        {"mask": (("y", "x"), mask), "probabilities": (("class", "y", "x"), probabilities)},
-        coords={"y": TRANSFORM.f + TRANSFORM.e * (np.arange(height) + 0.5),
-                "x": TRANSFORM.c + TRANSFORM.a * (np.arange(width) + 0.5)},
-    )
-    ds = ds.rio.write_crs(CRS).rio.write_transform(TRANSFORM).rio.write_coordinate_system()
-    ds.attrs["geounet"] = {"classes": ["background", "buildings", "roads"], "chunk_size": chunk}
-    encoding = {"mask": {"chunks": (chunk, chunk)}, "probabilities": {"chunks": (3, chunk, chunk)}}
-    ds.to_zarr(path, encoding=encoding, consolidated=False)
-    return path
+    return write_prediction_store(path, mask, probabilities, chunk=chunk, transform=TRANSFORM,
+                                  crs=CRS)
 
 
 def read_graph(path: Path) -> tuple[gpd.GeoDataFrame, gpd.GeoDataFrame, nx.MultiGraph]:

@@ -18,6 +18,7 @@ from shapely import affinity
 from shapely.geometry import Polygon, box, shape
 
 from geounet.errors import GeoreferenceError, InputError, OutputExistsError, UnsupportedFormatError
+from geounet.testing import write_prediction_store
 from geounet.vectorization import vectorize
 
 CRS = "EPSG:32633"
@@ -37,20 +38,8 @@ def write_mask(path: Path, mask: np.ndarray, *, crs: str | None = CRS,
 
 
 def write_store(path: Path, mask: np.ndarray, probabilities: np.ndarray, chunk: int) -> Path:
-    import rioxarray  # noqa: F401  (registers .rio)
-    import xarray as xr
-
-    height, width = mask.shape
-    ds = xr.Dataset(
-        {"mask": (("y", "x"), mask), "probabilities": (("class", "y", "x"), probabilities)},
-        coords={"y": TRANSFORM.f + TRANSFORM.e * (np.arange(height) + 0.5),
-                "x": TRANSFORM.c + TRANSFORM.a * (np.arange(width) + 0.5)},
-    )
-    ds = ds.rio.write_crs(CRS).rio.write_transform(TRANSFORM).rio.write_coordinate_system()
-    ds.attrs["geounet"] = {"classes": ["background", "buildings", "roads"], "chunk_size": chunk}
-    encoding = {"mask": {"chunks": (chunk, chunk)}, "probabilities": {"chunks": (3, chunk, chunk)}}
-    ds.to_zarr(path, encoding=encoding, consolidated=False)
-    return path
+    return write_prediction_store(path, mask, probabilities, chunk=chunk, transform=TRANSFORM,
+                                  crs=CRS)
 
 
 def blob_mask(seed: int, height: int = 150, width: int = 170) -> np.ndarray:
