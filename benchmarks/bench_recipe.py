@@ -12,7 +12,9 @@ For each seed, ``benchmarks/proxy_data.py`` writes ``--train`` training chips (2
 0.075/0.15/0.30 m, OSM-like label noise) and ``--eval`` evaluation chips of other scenes (exact
 labels). Each recipe is ``NAME=key:value,key:value`` over :class:`geounet.training.TrainConfig`
 fields (values parsed as int, float, true/false, none, ``a/b/c`` tuples, else text; ``NAME=``
-alone is the defaults), with ``--budget`` (same syntax, no name) applied to every recipe
+alone is the defaults; ``as_is:true`` trains on a copy whose chips all claim the first
+chip's pixel size, the resolution rule before issue 21: the old defaults are
+``old=border_weight:0,precision:fp32,as_is:true``), with ``--budget`` (same syntax, no name) applied to every recipe
 first: the reduced budget. Every field a future ``TrainConfig`` gains can be compared the same
 way. Training is ``geounet.training.train`` on ``DATA/train``; each evaluation chip is then
 predicted on its own (``geounet.predict``) and scored: building pixel IoU summed over all
@@ -52,7 +54,7 @@ def parse_options(text: str) -> dict:
     for item in filter(None, (part.strip() for part in text.split(","))):
         key, sep, raw = item.partition(":")
         key = key.strip().replace("-", "_")
-        if not sep or key not in fields:
+        if not sep or key not in fields | {"as_is"}:
             raise SystemExit(f"recipe option {item!r}: expected key:value with key one of "
                              f"{sorted(fields)}")
         out[key] = _value(raw.strip())
@@ -143,10 +145,48 @@ def score(model: Path, pairs: list[tuple[Path, Path]], scratch: Path,
             "objects_4m2": {"tp": tp4, "fp": fp4, "fn": fn4}, "chips": len(pairs)}
 
 
+def as_is_copy(train_dir: Path, out: Path) -> Path:
+    """A copy of ``train_dir`` whose chips all claim the first chip's pixel size (origins kept).
+
+    Training on it reproduces geounet's rule before issue 21 item 1: the card took the first
+    chip's pixel size and every chip was trained as it is, whatever its ground resolution.
+    """
+    import rasterio
+    from affine import Affine
+
+    from geounet.training.resolution import chip_pixel_size
+
+    if out.exists():
+        shutil.rmtree(out)
+    shutil.copytree(train_dir, out)
+    images = sorted(p for p in out.rglob("*.tif") if not p.name.endswith(".mask.tif")
+                    and p.parent.name != "masks")
+    first = None
+    for img in images:
+        masks = [img.with_name(img.name[:-4] + ".mask.tif"), img.parent.parent / "masks" / img.name]
+        with rasterio.open(img, "r+") as src:
+            size = chip_pixel_size(src)
+            if size is None:
+                continue
+            first = first or size
+            t = src.transform
+            f = first / size
+            new = Affine(t.a * f, t.b * f, t.c, t.d * f, t.e * f, t.f)
+            src.transform = new
+        for mask in masks:
+            if mask.exists():
+                with rasterio.open(mask, "r+") as dst:
+                    dst.transform = new
+    return out
+
+
 def run_recipe(name: str, options: dict, budget: dict, train_dir: Path, pairs, objects,
                out: Path) -> dict:
     from geounet.training import TrainConfig, train
 
+    options = dict(options)
+    if options.pop("as_is", False):
+        train_dir = as_is_copy(train_dir, out / "train-as-is")
     config = TrainConfig(**{**budget, **options})
     out.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
