@@ -102,7 +102,7 @@ class GraphBuilder:
         self.lines: list[np.ndarray] = []
 
     def add(self, lines: list[np.ndarray]) -> None:
-        self.lines.extend(np.array(c, dtype=np.float64) for c in lines if len(c) >= 2)
+        self.lines.extend(_compact(c) for c in lines if len(c) >= 2)
 
     @property
     def held(self) -> int:
@@ -110,8 +110,7 @@ class GraphBuilder:
         return sum(len(c) for c in self.lines)
 
     def build(self) -> RoadGraph:
-        graph = _multigraph(_canonical(self.lines))
-        self.lines = []
+        graph = _multigraph(_canonical(self.lines))  # consumes self.lines
         if self.merge > 0:
             graph = _merge_junctions(graph, self.merge)
         if self.bubble > 0:
@@ -126,15 +125,26 @@ class GraphBuilder:
         return _numbered(graph)
 
 
+def _compact(coords: Any) -> np.ndarray:
+    """``coords`` held as float32 when that is exact (skeleton pixel centres are halves of
+    integers, exact in float32 below 2**23), else float64: the held network takes half the
+    memory and :func:`_canonical` gets the same float64 values back."""
+    full = np.array(coords, dtype=np.float64)
+    small = full.astype(np.float32)
+    return small if np.array_equal(small, full) else full
+
+
 def _canonical(lines: list[np.ndarray]) -> list[np.ndarray]:
     """Every line in one direction (and a free loop from one vertex), sorted: the input of
-    the graph no longer depends on the order or direction in which lines were finished."""
+    the graph no longer depends on the order or direction in which lines were finished.
+    ``lines`` is emptied."""
     ends: Counter[Key] = Counter()
     for c in lines:
         ends[_key(c[0])] += 1
         ends[_key(c[-1])] += 1
     out = []
-    for c in lines:
+    while lines:  # emptied as it goes: the held lines and their float64 copies never coexist
+        c = np.asarray(lines.pop(), dtype=np.float64)
         first, last = _key(c[0]), _key(c[-1])
         if first == last:
             if ends[first] == 2 and len(c) > 3:  # free-standing loop: start at its first vertex
@@ -381,23 +391,49 @@ def _samples(graph: RoadGraph, height: int, width: int) -> tuple[np.ndarray, ...
 def mean_probabilities(reader: PredictionReader, band: int, graph: RoadGraph,
                        window: int) -> np.ndarray:
     """Mean road probability of each edge over the pixels under it (NaN without
-    probabilities). Read window by window, only the box of the samples in each window; the
-    mean is summed in one fixed order, so it does not depend on ``window``."""
+    probabilities). Edges are sampled in batches of :data:`SAMPLE_BATCH` vertices, each read
+    window by window, only the box of its samples in each window; an edge's mean is summed
+    along the edge in one fixed order, so it depends on neither ``window`` nor the batches."""
     n = len(graph.edges)
     if not reader.has_probabilities or n == 0:
         return np.full(n, np.nan)
-    rows, cols, index = _samples(graph, reader.height, reader.width)
-    values = np.zeros(len(rows), dtype=np.float32)
-    cell = (rows // window) * (reader.width // window + 1) + cols // window
-    order = np.argsort(cell, kind="stable")
-    bounds = np.flatnonzero(np.diff(cell[order])) + 1
-    for sel in np.split(order, bounds):
-        r, c = rows[sel], cols[sel]
-        y0, x0 = int(r.min()), int(c.min())
-        block = reader.read_probability(band, y0, x0, int(r.max()) - y0 + 1, int(c.max()) - x0 + 1)
-        values[sel] = block[r - y0, c - x0]
-    sums = np.bincount(index, weights=values.astype(np.float64), minlength=n)
-    return sums / np.maximum(np.bincount(index, minlength=n), 1)
+    out = np.empty(n)
+    for first, stop in _edge_batches(graph.edges, SAMPLE_BATCH):
+        part = RoadGraph(graph.nodes, graph.degree, graph.u[first:stop], graph.v[first:stop],
+                         graph.edges[first:stop])
+        rows, cols, index = _samples(part, reader.height, reader.width)
+        values = np.zeros(len(rows), dtype=np.float32)
+        cell = (rows // window) * (reader.width // window + 1) + cols // window
+        order = np.argsort(cell, kind="stable")
+        bounds = np.flatnonzero(np.diff(cell[order])) + 1
+        for sel in np.split(order, bounds):
+            r, c = rows[sel], cols[sel]
+            y0, x0 = int(r.min()), int(c.min())
+            block = reader.read_probability(band, y0, x0, int(r.max()) - y0 + 1,
+                                            int(c.max()) - x0 + 1)
+            values[sel] = block[r - y0, c - x0]
+        sums = np.bincount(index, weights=values.astype(np.float64), minlength=stop - first)
+        out[first:stop] = sums / np.maximum(np.bincount(index, minlength=stop - first), 1)
+    return out
+
+
+SAMPLE_BATCH = 1 << 20
+"""Vertices per batch of edges sampled by :func:`mean_probabilities`: the samples of a whole
+scene's network (tens of millions of pixels at 32768², ~40 bytes each) are never held at once."""
+
+
+def _edge_batches(edges: list[np.ndarray], limit: int) -> list[tuple[int, int]]:
+    """Consecutive ``(first, stop)`` ranges of ``edges`` with at most ``limit`` vertices each
+    (an edge longer than that is a range of its own)."""
+    ranges, first, held = [], 0, 0
+    for i, coords in enumerate(edges):
+        if held and held + len(coords) > limit:
+            ranges.append((first, i))
+            first, held = i, 0
+        held += len(coords)
+    if first < len(edges):
+        ranges.append((first, len(edges)))
+    return ranges
 
 
 def write_graph(graph: RoadGraph, writer: FeatureWriter, layers: tuple[str, str], frame: Frame,
