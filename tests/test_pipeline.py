@@ -436,9 +436,12 @@ def test_segment_rejects_unknown_options_before_work(
     before = _listing(tmp_path)
     with pytest.raises(InputError, match="chunksize"):
         pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], chunksize=64)
-    with pytest.raises(InputError, match="vectorize_options"):
+    with pytest.raises(InputError, match="min_aera"):  # a vectorize keyword where none goes
         pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], client="threads",
-                         vectorize_options={"min_aera": 3})
+                         min_aera=3)
+    with pytest.raises(InputError, match="VectorizeOptions"):  # a dict is not the options
+        pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], client="threads",
+                         vectorize={"min_area": 3})  # type: ignore[arg-type]
     assert _listing(tmp_path) == before
 
 

@@ -23,6 +23,7 @@ importable from here too (``FinishTask``/``finish_scene`` included).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import os
 import tempfile
 import time
 import uuid
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -45,6 +46,7 @@ from geounet.batch.inputs import (  # noqa: F401 - re-exported
     scene_name,
     scene_options,
 )
+from geounet.batch.options import BatchOptions
 from geounet.batch.table import (  # noqa: F401 - re-exported
     DONE_DIR,
     TABLE_NAMES,
@@ -55,35 +57,20 @@ from geounet.batch.table import (  # noqa: F401 - re-exported
     skip_finished,
     write_result_tables,
 )
-from geounet.config import (
-    TTA,
-    BatchRaster,
-    Engine,
-    InferencePrecision,
-    OutputGrid,
-    ProbabilityDtype,
-    ResampleMode,
-    Resampling,
-    VectorFormat,
-    choices,
-)
+from geounet.config import VectorFormat
 from geounet.distributed.cluster import SchedulerLike
 from geounet.errors import (
     GeounetError,
-    InputError,
     OutputExistsError,
+    UnknownOptionError,
     UnsupportedFormatError,
     option,
+    with_settings,
 )
 from geounet.raster import is_url
 from geounet.run.eta import JobProgress, ProgressCallback, chunk_tiles, task_slots, warmup_order
-from geounet.run.planning import (
-    DEFAULT_MAX_PIXELS,
-    check_max_pixels,
-    check_vectorize_options,
-    describe_plan,
-    runs_here,
-)
+from geounet.run.options import PredictOptions
+from geounet.run.planning import describe_plan, require_crs, runs_here
 
 if TYPE_CHECKING:
     from geounet.output import StoreSpec
@@ -143,37 +130,16 @@ def _cluster(client: SchedulerLike, workers: int | None, device: str) -> Iterato
 def run_batch(
     scenes: Iterable[str | os.PathLike[str]],
     out_dir: str | os.PathLike[str],
+    options: PredictOptions | None = None,
     *,
+    batch: BatchOptions | None = None,
     manifests: Iterable[str | os.PathLike[str]] = (),
-    model: str | os.PathLike[str] | None = None,
-    bands: tuple[int, ...] | None = None,
-    assets: str | Sequence[str] | None = None,
-    chunk_size: int = 2048,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: InferencePrecision = "auto",
-    engine: Engine = "auto",
-    tta: TTA = "none",
-    probability_dtype: ProbabilityDtype = "uint8",
-    threshold: float | None = None,
-    allow_no_crs: bool = False,
-    resample: ResampleMode = "auto",
-    resampling: Resampling = "auto",
-    rescale: str | tuple[float, float] | None = None,
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    raster: BatchRaster = "none",
-    output_grid: OutputGrid = "scene",
-    vector_format: VectorFormat | None = None,
-    vectorize_options: dict[str, Any] | None = None,
     resume: bool = False,
     overwrite: bool = False,
     client: SchedulerLike = None,
     workers: int | None = None,
-    window: int | None = None,
-    work_dir: str | os.PathLike[str] | None = None,
     progress: ProgressCallback | None = None,
-    write_tables: bool = True,
+    **settings: Any,
 ) -> BatchResult:
     """Segment many scenes in one job on one cluster; return (and write) the result table.
 
@@ -181,37 +147,27 @@ def run_batch(
     ----------
     scenes : paths, globs, URLs (``s3://``) or manifests; see :func:`resolve_scenes`.
     out_dir : local folder (created if missing) or ``s3://bucket/prefix``.
+    options : what each scene computes (:class:`geounet.PredictOptions`, one setting for every
+        scene), as for :func:`geounet.predict`. ``assets`` names the bands of every STAC item
+        among the scenes (rasters ignore it); ``max_pixels`` is per scene: a scene over it (or
+        more than 4x off the model's pixel size with ``resample="auto"``) fails in planning,
+        before any of its pixels is read, and the other scenes run.
+    batch : the outputs and the in-flight window (:class:`geounet.BatchOptions`: ``raster``,
+        ``vector_format``, ``vectorize``, ``window``, ``work_dir``, ``write_tables``).
     manifests : more manifest files (``.txt`` or ``.csv`` with a ``path`` column).
-    model, bands, chunk_size, tile_size, batch_size, device, precision, probability_dtype,
-        threshold, allow_no_crs, resample, resampling, rescale, engine, tta : as for
-        :func:`geounet.predict` (one setting for every scene).
-    assets : the bands of every STAC item among the scenes (rasters ignore it).
-    max_pixels : as for :func:`geounet.predict`, per scene: a scene over it (or more than 4x
-        off the model's pixel size with ``resample="auto"``) fails in planning, before any of
-        its pixels is read; the other scenes run.
-    raster : also keep each scene's prediction raster: ``none``, ``zarr`` or ``cog``.
-    output_grid : as for :func:`geounet.predict`: a resampled scene's raster on its own grid
-        (``scene``, default) or the model's.
-    vector_format : ``gpkg`` (default locally), ``parquet`` (GeoParquet; default and
-        recommended for ``s3://``) or ``fgb``. GeoPackage cannot be written to ``s3://``.
-    vectorize_options : keywords of :func:`geounet.vectorize` (min_area, simplify, ...).
     resume : skip scenes whose outputs and done record exist (same settings), and finish
         interrupted scenes from their completed chunks.
     overwrite : recompute scenes finished by an earlier run and replace their outputs.
     client : a ``distributed.Client``, a scheduler address, ``"threads"``/``"synchronous"``
         (in-process), or None for one local cluster for the whole job.
     workers : worker processes of the local cluster (threads for ``"threads"``).
-    window : most tasks in flight over all scenes; default twice the cluster's threads, at
-        least 4. It bounds client memory and keeps workers busy across scene boundaries.
-    work_dir : where stores are built when ``out_dir`` is ``s3://`` (must be reachable by the
-        workers, e.g. a shared file system for a remote cluster; keep it for ``resume``);
-        default a folder in the system temp dir named after ``out_dir``. For a local
-        ``out_dir`` stores are built in ``out_dir`` under hidden temporary names.
     progress : ``callback(chunks_done, chunks_total, pixels_computed, eta_seconds)`` over all
         scenes' chunks (:data:`geounet.run.eta.ProgressCallback`); the total and the ETA count
         planned scenes' chunks plus an estimate for scenes not planned yet. The job's first
         chunk runs alone as the warm-up that measures the ETA (:class:`geounet.run.eta.JobProgress`).
-    write_tables : write ``batch.csv`` and ``batch.json`` into ``out_dir``.
+    **settings : fields of :class:`geounet.PredictOptions` or of :class:`geounet.BatchOptions`
+        as keywords, a shorthand (``run_batch(scenes, out, raster="cog", tta="flips")``); with
+        ``options`` / ``batch`` they replace their fields.
 
     Returns
     -------
@@ -230,64 +186,54 @@ def run_batch(
     >>> print(result.format_table())  # doctest: +SKIP
     """
     start = time.perf_counter()
+    opts, batch = _options(options, batch, settings)
     out_dir = os.fspath(out_dir)
     remote = objectstore.is_s3(out_dir)
     if not remote:
         out_dir = os.path.abspath(out_dir)
-    fmt = _check_settings(out_dir, remote, raster, vector_format, window)
-    from geounet.run.store import check_output_grid
-
-    check_output_grid(output_grid)
-    from geounet.engine.runner import tta_transforms
-
-    tta_transforms(tta)  # a job-wide mistake: refused before any scene
-    if model is not None and not is_url(model):
-        model = os.path.abspath(model)
+    fmt = _vector_format(out_dir, remote, batch.vector_format)
+    if opts.model is not None and not is_url(opts.model):
+        opts = dataclasses.replace(opts, model=os.path.abspath(opts.model))
     scene_list = resolve_scenes(scenes, manifests)
     names = check_names(scene_list)
-    check_assets(scene_list, assets)
-    work = _make_dirs(out_dir, remote, work_dir)
+    check_assets(scene_list, opts.assets)
+    work = _make_dirs(out_dir, remote, batch.work_dir)
     finished_before = _finished_before(out_dir, resume, overwrite)
     if any(objectstore.is_s3(s) for s in scene_list):
         objectstore.configure_environment()  # GDAL reads s3:// scenes with the same endpoint
-
-    plan_options = dict(model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
-                        device=device, precision=precision,
-                        probability_dtype=probability_dtype, threshold=threshold,
-                        allow_no_crs=allow_no_crs, check_device=runs_here(client),
-                        resample=resample, resampling=resampling, rescale=rescale,
-                        engine=engine, max_pixels=check_max_pixels(max_pixels), tta=tta,
-                        assets=assets)
-    options = dict(vectorize_options or {})
-    check_vectorize_options(options)
-    job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, (raster, output_grid),
-                    options,
-                    plan_options, batch_size=batch_size, threshold=threshold,
-                    probability_dtype=probability_dtype, resume=resume, overwrite=overwrite,
+    job = _BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, opts, batch,
+                    check_device=runs_here(client), resume=resume, overwrite=overwrite,
                     finished_before=finished_before, progress=progress)
-    with _cluster(client, workers, device) as on:
-        job.run(on, window)
+    with _cluster(client, workers, opts.device) as on:
+        job.run(on, batch.window)
 
     rows = job.rows
     result = BatchResult(tuple(rows[i] for i in sorted(rows)), out_dir,
                          time.perf_counter() - start)
-    if write_tables:
+    if batch.write_tables:
         result = write_result_tables(result)
     return result
 
 
-def _check_settings(out_dir: str, remote: bool, raster: BatchRaster,
-                    vector_format: VectorFormat | None, window: int | None) -> VectorFormat:
-    """The vector format to write; raise for a raster, format or window no scene could use."""
-    if raster not in choices(BatchRaster):
-        raise InputError(
-            f"raster {raster!r} is not a choice; use one of {', '.join(choices(BatchRaster))}."
-        )
+def _options(options: PredictOptions | None, batch: BatchOptions | None,
+             settings: dict[str, Any]) -> tuple[PredictOptions, BatchOptions]:
+    """The job's options: ``settings`` split between the two objects by field name."""
+    batch_fields = {f.name for f in dataclasses.fields(BatchOptions)}
+    predict_settings = {k: v for k, v in settings.items() if k not in batch_fields}
+    batch_settings = {k: v for k, v in settings.items() if k in batch_fields}
+    try:
+        opts = with_settings(PredictOptions, options, predict_settings, "run_batch")
+    except UnknownOptionError as exc:
+        raise UnknownOptionError(
+            f"{exc.raw_message} (or of geounet.BatchOptions: {', '.join(sorted(batch_fields))})"
+        ) from None
+    return opts, with_settings(BatchOptions, batch, batch_settings, "run_batch")
+
+
+def _vector_format(out_dir: str, remote: bool, vector_format: VectorFormat | None
+                   ) -> VectorFormat:
+    """The vector format to write; GeoPackage cannot go to object storage."""
     fmt: VectorFormat = vector_format or ("parquet" if remote else "gpkg")
-    if fmt not in choices(VectorFormat):
-        raise UnsupportedFormatError(
-            f"vector format {fmt!r} is not supported; use one of {', '.join(choices(VectorFormat))}."
-        )
     if remote and fmt == "gpkg":
         raise UnsupportedFormatError(
             f"GeoPackage cannot be written to object storage ({out_dir!r}): SQLite needs a local "
@@ -295,8 +241,6 @@ def _check_settings(out_dir: str, remote: bool, raster: BatchRaster,
             "s3://, or a "
             "local --out-dir for GeoPackage."
         )
-    if window is not None and window < 1:
-        raise InputError(f"window {window} is not positive; give 1 or more tasks in flight.")
     return fmt
 
 
@@ -330,21 +274,17 @@ class _BatchJob:
     fails or finishes each scene, and collects the rows (index -> :class:`SceneResult`)."""
 
     def __init__(self, scenes: list[tuple[str, str]], out_dir: str, work: str,
-                 fmt: VectorFormat, raster: tuple[BatchRaster, OutputGrid],
-                 vectorize_options: dict[str, Any],
-                 plan_options: dict[str, Any], *, batch_size: int | None,
-                 threshold: float | None, probability_dtype: ProbabilityDtype, resume: bool,
-                 overwrite: bool, finished_before: Any, progress: ProgressCallback | None):
+                 fmt: VectorFormat, options: PredictOptions, batch: BatchOptions, *,
+                 check_device: bool, resume: bool, overwrite: bool, finished_before: Any,
+                 progress: ProgressCallback | None):
         self.scenes = scenes
         self.out_dir = out_dir
         self.work = work
         self.fmt = fmt
-        self.raster, self.output_grid = raster
-        self.vectorize_options = vectorize_options
-        self.plan_options = plan_options
-        self.batch_size = batch_size
-        self.threshold = threshold
-        self.probability_dtype = probability_dtype
+        self.options = options
+        self.raster = batch.raster
+        self.vectorize = batch.vectorize
+        self.check_device = check_device
         self.resume = resume
         self.overwrite = overwrite
         self.finished_before = finished_before
@@ -407,7 +347,7 @@ class _BatchJob:
         from geounet.distributed.cluster import DEFAULT_RETRY
         from geounet.run.pipeline import run_seams_task, seam_tasks
 
-        seams = seam_tasks(job.plan.grid, job.store, self.threshold)
+        seams = seam_tasks(job.plan.grid, job.store, self.options.threshold)
         if not seams:
             self._submit_finish(job)
             return
@@ -423,8 +363,8 @@ class _BatchJob:
         from geounet.run.store import scene_grid
 
         task = FinishTask(str(job.store_path), job.name, self.out_dir, self.work, self.fmt,
-                          self.raster, self.vectorize_options, self.overwrite or self.resume,
-                          scene_grid(job.plan, self.output_grid))
+                          self.raster, self.vectorize, self.overwrite or self.resume,
+                          scene_grid(job.plan, self.options.output_grid))
         future = self.on.submit(finish_scene, task,
                                 key=f"geounet-finish-{job.index}-{self.token}", pure=False)
         self._track(future, job, "finish")
@@ -483,7 +423,8 @@ class _BatchJob:
                 if job.failed:
                     break
                 yield job, ChunkTask(job.plan.info, chunk, job.plan.grid, job.plan.runner,
-                                     job.store, self.batch_size, self.threshold)
+                                     job.store, self.options.batch_size,
+                                     self.options.threshold)
 
     def _plan(self, index: int, scene: str, name: str) -> _Scene | None:
         """Plan one scene and open its store; None (and a row) if it is skipped or failed."""
@@ -491,7 +432,8 @@ class _BatchJob:
 
         started = time.perf_counter()
         try:
-            plan = plan_prediction(scene, **scene_options(scene, self.plan_options))
+            plan = plan_prediction(scene, scene_options(scene, self.options),
+                                   check_device=self.check_device)
         except Exception as exc:  # noqa: BLE001 - any one scene's failure is its row
             self.status.scene_planned()
             self._fail(index, scene, name, exc, started)
@@ -524,14 +466,7 @@ class _BatchJob:
         from geounet import output
         from geounet.run.store import check_partial_store, prepare_store
 
-        if plan.info.crs_wkt is None:
-            from geounet.errors import GeoreferenceError
-
-            raise GeoreferenceError(
-                f"scene {scene!r} has no CRS, and batch writes polygons, which need one; "
-                "assign a CRS (e.g. gdal_edit.py -a_srs EPSG:32633) or run `geounet "
-                "predict --allow-no-crs` on it alone for a raster in pixel coordinates."
-            )
+        require_crs(plan.info, scene, "batch")
         record_url = done_record_url(self.out_dir, name)
         if self.resume and name + ".json" in self.finished_before:
             skipped = skip_finished(record_url, scene, name, plan.run)
@@ -544,7 +479,8 @@ class _BatchJob:
         store_path = output.temporary_path(Path(self.work) / f"{name}.zarr")
         # an interrupted run's chunks are never discarded silently (name --resume)
         check_partial_store(store_path, resume=self.resume, overwrite=self.overwrite)
-        spec, done = prepare_store(plan, store_path, probability_dtype=self.probability_dtype,
+        spec, done = prepare_store(plan, store_path,
+                                   probability_dtype=self.options.probability_dtype,
                                    resume=self.resume)
         return store_path, spec, done
 

@@ -16,30 +16,20 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import inspect
 import json
 import logging
 import os
 import time
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.config import (
-    TTA,
-    Engine,
-    InferencePrecision,
-    OutputGrid,
-    ProbabilityDtype,
-    ResampleMode,
-    Resampling,
-)
 from geounet.distributed.cluster import DEFAULT_RETRY, RetryPolicy, SchedulerLike
-from geounet.errors import GeoreferenceError, GeounetError, InputError, TransientError
+from geounet.errors import GeounetError, InputError, TransientError, with_settings
 from geounet.output import StoreSpec
 from geounet.run.eta import (
     WARMUP_TRIES,
@@ -49,13 +39,13 @@ from geounet.run.eta import (
     task_slots,
     warmup_order,
 )
+from geounet.run.options import PredictOptions
 from geounet.run.planning import (  # re-exported: the plan is part of this module's face
-    DEFAULT_MAX_PIXELS,
     Plan,
     RunnerSpec,
-    check_vectorize_options,
     describe_plan,
     plan_prediction,
+    require_crs,
     runs_here,
 )
 from geounet.run.store import (  # re-exported: the store's life in a run
@@ -72,6 +62,7 @@ from geounet.run.store import (  # re-exported: the store's life in a run
 if TYPE_CHECKING:
     from geounet.engine.tiling import ChunkWindow, TileGrid
     from geounet.raster import SceneInfo
+    from geounet.vectorization import VectorizeOptions
 
 log = logging.getLogger(__name__)
 
@@ -299,10 +290,8 @@ def _run_seams_once(task: SeamTask) -> dict[str, Any]:
 def _compute_store(
     plan: Plan,
     store_path: Path,
+    options: PredictOptions,
     *,
-    probability_dtype: ProbabilityDtype,
-    threshold: float | None,
-    batch_size: int | None,
     resume: bool,
     client: SchedulerLike,
     workers: int | None,
@@ -340,7 +329,7 @@ def _compute_store(
                 on, runner.model, runner.model_sha256))
         if resuming:
             log.info("resuming the interrupted run in %s", store_path)
-        spec, _ = prepare_store(plan, store_path, probability_dtype=probability_dtype,
+        spec, _ = prepare_store(plan, store_path, probability_dtype=options.probability_dtype,
                                 resume=resuming)
         tracker = RunProgress(progress, len(chunks), resumed,
                               sum(chunk_tiles(plan.grid, c) for c in todo),
@@ -350,10 +339,11 @@ def _compute_store(
             log.info("%s", describe_plan(plan, tracker.plan_eta()))
             return len(chunks), _skipped(store_path), resumed
         policy = cluster.DEFAULT_RETRY
-        tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, batch_size, threshold, policy)
+        tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, options.batch_size,
+                           options.threshold, policy)
                  for chunk in warmup_order(plan.grid, todo)]
         try:
-            _run_rounds(plan, tasks, on, workers, tracker, spec, threshold, policy)
+            _run_rounds(plan, tasks, on, workers, tracker, spec, options.threshold, policy)
         except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
             annotated = keep_for_resume(exc, store_path)
             if annotated is exc:
@@ -403,30 +393,14 @@ def _run_rounds(plan: Plan, tasks: list[ChunkTask], on: Any, workers: int | None
 def predict(
     scene: str | os.PathLike[str],
     out: str | os.PathLike[str],
+    options: PredictOptions | None = None,
     *,
-    model: str | os.PathLike[str] | None = None,
-    bands: tuple[int, ...] | None = None,
-    chunk_size: int = 2048,
-    tile_size: int | None = None,
-    batch_size: int | None = None,
-    device: str = "auto",
-    precision: InferencePrecision = "auto",
-    probability_dtype: ProbabilityDtype = "uint8",
-    threshold: float | None = None,
     overwrite: bool = False,
     resume: bool = False,
-    allow_no_crs: bool = False,
     client: SchedulerLike = None,
     workers: int | None = None,
     progress: ProgressCallback | None = None,
-    resample: ResampleMode = "auto",
-    resampling: Resampling = "auto",
-    rescale: str | tuple[float, float] | None = None,
-    engine: Engine = "auto",
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    tta: TTA = "none",
-    assets: str | Sequence[str] | None = None,
-    output_grid: OutputGrid = "scene",
+    **settings: Any,
 ) -> PredictResult:
     """Run the U-Net over a scene, chunk by chunk, into a Zarr store or a Cloud-Optimized GeoTIFF.
 
@@ -434,57 +408,18 @@ def predict(
     ----------
     scene : GeoTIFF / COG / VRT / any GDAL path, or a STAC item (read as its ``assets``).
     out : ``*.zarr`` (Zarr v3 store) or ``*.tif`` (COG, made from a temporary store).
-    model : geounet checkpoint (``.pt``); default: the built-in model.
-    bands : 1-based scene bands fed to the model; default: the model card's.
-    chunk_size : chunk core side (a multiple of ``2**depth``): the unit of scheduling, I/O and
-        output writing, and the Zarr chunk side.
-    tile_size : model input side; default: about 1024 px tile cores, plus the halo
-        (:func:`geounet.engine.tiling.default_tile_size`). The chunk side is rounded to whole tile
-        cores, so each tile runs once.
-    batch_size : tiles per model call; default 1 on CPU, 8 on CUDA.
-    device, precision : where and how the model runs (``auto`` picks the fastest correct one;
-        ``int8`` runs a model quantized after calibration on crops of this scene, on the ONNX
-        Runtime or OpenVINO engine: docs/engine.md).
-    probability_dtype : ``uint8`` (``round(p * 255)``) or ``float32``.
-    threshold : probability a class needs to win a pixel; default argmax.
+    options : what to compute (:class:`geounet.PredictOptions`: model, bands, chunk and tile
+        size, device, precision, engine, tta, resampling, ...); default ``PredictOptions()``.
     overwrite : replace an existing output.
     resume : finish an interrupted run with the same settings from its completed chunks.
-    allow_no_crs : accept a scene without CRS (outputs in pixel coordinates, with a warning).
     client : a ``distributed.Client``, a scheduler address, ``"threads"`` or ``"synchronous"``;
-        default: a local cluster of worker processes on this machine.
-    workers : worker processes of the local cluster (threads for ``"threads"``).
+        default: in this process on Dask's threaded scheduler (or ``DASK_SCHEDULER_ADDRESS``).
+    workers : worker processes of a local cluster (threads for ``"threads"``).
     progress : ``callback(chunks_done, chunks_total, pixels_computed, eta_seconds)``
         (:data:`geounet.run.eta.ProgressCallback`; a callback of the first three is accepted).
-    resample : ``auto`` (default): a scene more than 1.25x off the model's pixel size is read
-        through a GDAL WarpedVRT at the model's pixel size, a scene more than 4x off
-        (:data:`geounet.config.AUTO_RESAMPLE_MAX_FACTOR`) is refused; ``always``: whenever they differ;
-        ``error``: never (a scene more than 2x off is refused). The model then reads the
-        warped grid (same CRS, the model's pixel size); ``output_grid`` says where the raster
-        output goes.
-    resampling : GDAL resampling of that warp; ``auto`` (default): bilinear when the scene is
-        finer than the model, lanczos when it is coarser.
-    rescale : map the scene's values into the model's range: ``"percentile"``,
-        ``"percentile:LOW,HIGH"``, ``"bits"``, ``"bits:N"``, ``"MIN,MAX"`` or ``(min, max)``;
-        required when the scene's data type differs from the model's.
-    engine : ``auto`` (default: a documented rule on the CPU and the installed packages; an
-        optional engine that fails to open falls back to torch, logged), ``torch``,
-        ``onnxruntime`` or ``openvino`` (:mod:`geounet.engine.backends`; exported on the
-        worker, cached next to the checkpoint).
-    max_pixels : refuse (:class:`~geounet.errors.RunTooLargeError`, before any pixel is read)
-        a run whose model grid (the scene after any resampling) has more pixels than this;
-        default :data:`geounet.run.planning.DEFAULT_MAX_PIXELS` (4 gigapixels); 0 or None: no
-        limit.
-    tta : test-time augmentation: ``none`` (default), ``flips`` (each tile also run mirrored
-        left-right, up-down and both: 4x the model work) or ``d4`` (also the quarter turns: 8x);
-        the softmax probabilities are averaged over the transforms, each undone. Every tile
-        gets the same transforms, so the output stays exact and chunk-invariant
-        (docs/predict.md gives the measured cost and gain).
-    assets : a STAC item's asset keys or ``eo:bands`` common names read as its bands, in the
-        model's order (``"red,green,blue"``): :func:`geounet.raster.stac.open_item`.
-    output_grid : the grid of the raster output of a resampled run: ``scene`` (default) writes
-        it on the scene's own grid (probabilities averaged over each scene pixel's footprint,
-        or bilinear when the scene is finer; the class from them by the run's rule), ``model``
-        on the grid the model read. Runs without a warp write the scene's grid either way.
+    **settings : fields of :class:`geounet.PredictOptions` as keywords, a shorthand
+        (``predict(scene, out, tta="d4")``); with ``options`` they replace its fields. An
+        unknown name raises :class:`geounet.errors.UnknownOptionError`.
 
     Returns
     -------
@@ -494,30 +429,25 @@ def predict(
     --------
     >>> import geounet
     >>> result = geounet.predict("scene.tif", "pred.zarr", model="model.pt")  # doctest: +SKIP
+    >>> options = geounet.PredictOptions(model="model.pt", tta="flips")
+    >>> result = geounet.predict("scene.tif", "pred.tif", options)  # doctest: +SKIP
     >>> result.megapixels_per_second  # doctest: +SKIP
     """
     from geounet import output
     start = time.perf_counter()
+    o = with_settings(PredictOptions, options, settings, "predict")
     fmt = output.check_output(out, overwrite=overwrite)
     store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
     check_partial_store(store_path, resume=resume, overwrite=overwrite)
-    plan = plan_prediction(
-        scene, model=model, bands=bands, chunk_size=chunk_size, tile_size=tile_size,
-        device=device, precision=precision, probability_dtype=probability_dtype,
-        threshold=threshold, allow_no_crs=allow_no_crs, check_device=runs_here(client),
-        resample=resample, resampling=resampling, rescale=rescale,
-        engine=engine, max_pixels=max_pixels, tta=tta, assets=assets,
-    )
-    grid = scene_grid(plan, output_grid)
+    plan = plan_prediction(scene, o, check_device=runs_here(client))
+    grid = scene_grid(plan, o.output_grid)
     out = Path(out)
-    chunks, skipped, resumed = _compute_store(
-        plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
-        batch_size=batch_size, resume=resume, client=client, workers=workers, progress=progress,
-    )
+    counts = _compute_store(plan, store_path, o, resume=resume, client=client, workers=workers,
+                            progress=progress)
     with prediction_kept(store_path, "writing " + str(out)):
         publish_raster(store_path, out, fmt, overwrite=overwrite, grid=grid)
     output.remove_path(store_path)
-    result = _result(out, plan, (chunks, skipped, resumed), start)
+    result = _result(out, plan, counts, start)
     log.debug("predict: %s", result.summary())
     return result
 
@@ -525,11 +455,16 @@ def predict(
 def segment(
     scene: str | os.PathLike[str],
     out_gpkg: str | os.PathLike[str],
+    options: PredictOptions | None = None,
     *,
     raster_out: str | os.PathLike[str] | None = None,
+    vectorize: VectorizeOptions | None = None,
     overwrite: bool = False,
-    vectorize_options: dict[str, Any] | None = None,
-    **predict_options: Any,
+    resume: bool = False,
+    client: SchedulerLike = None,
+    workers: int | None = None,
+    progress: ProgressCallback | None = None,
+    **settings: Any,
 ) -> PredictResult:
     """Segment a scene end to end: predict into a Zarr store, then vectorize to a GeoPackage.
 
@@ -537,18 +472,25 @@ def segment(
     ----------
     scene : the scene.
     out_gpkg : GeoPackage to write (one layer per class).
+    options, overwrite, resume, client, workers, progress, **settings : as for :func:`predict`.
     raster_out : also keep the prediction raster here (``.zarr`` or ``.tif``); default: the
         prediction goes to a temporary store that is deleted at the end.
-    overwrite : replace existing outputs.
-    vectorize_options : keyword arguments for :func:`geounet.vectorization.vectorize`.
-    **predict_options : keyword arguments of :func:`predict` (model, chunk_size, ...).
+    vectorize : how the polygons are made (:class:`geounet.VectorizeOptions`); default
+        ``VectorizeOptions()``.
 
     Examples
     --------
     >>> geounet.segment("scene.tif", "objects.gpkg", model="model.pt")  # doctest: +SKIP
+    >>> geounet.segment("scene.tif", "objects.gpkg",
+    ...                 vectorize=geounet.VectorizeOptions(regularize=True))  # doctest: +SKIP
     """
     from geounet import output
+    from geounet.vectorization import VectorizeOptions
+    from geounet.vectorization import vectorize as run_vectorize
+
     start = time.perf_counter()
+    o = with_settings(PredictOptions, options, settings, "segment")
+    vector = with_settings(VectorizeOptions, vectorize, {}, "segment")
     out_gpkg = Path(out_gpkg)
     if out_gpkg.suffix.lower() != ".gpkg":
         raise InputError(
@@ -558,60 +500,33 @@ def segment(
     anchor = Path(raster_out) if raster_out is not None else out_gpkg
     store_path = output.temporary_path(anchor, ".zarr" if fmt != "zarr" else "")
     # vectors the interrupted run already finished (it stopped later, writing the COG)
-    vectors_done = bool(predict_options.get("resume")) and output.recorded_output(store_path,
-                                                                                  out_gpkg)
+    vectors_done = resume and output.recorded_output(store_path, out_gpkg)
     if not vectors_done:
         output.check_new_path(out_gpkg, overwrite=overwrite)
     if raster_out is not None:
         output.check_output(raster_out, overwrite=overwrite)
-    from geounet.vectorization import vectorize
-
-    allowed = {name for name, param in inspect.signature(predict).parameters.items()
-               if param.kind is param.KEYWORD_ONLY} - {"overwrite"}
-    unknown = sorted(set(predict_options) - allowed)
-    if unknown:
-        raise InputError(
-            f"segment() got unknown option(s) {', '.join(unknown)}; give keywords of "
-            f"geounet.predict ({', '.join(sorted(allowed))}) or put vectorize keywords in "
-            "vectorize_options."
-        )
-    # vectorize runs after the prediction: check its keywords before that work
-    check_vectorize_options(vectorize_options)
-    keep = {k: predict_options.pop(k) for k in ("resume", "client", "workers", "progress",
-                                                "batch_size", "output_grid")
-            if k in predict_options}
-    probability_dtype = predict_options.get("probability_dtype", "uint8")
-    threshold = predict_options.get("threshold")
-    check_partial_store(store_path, resume=keep.get("resume", False), overwrite=overwrite)
-    plan = plan_prediction(scene, check_device=runs_here(keep.get("client")), **predict_options)
-    grid = scene_grid(plan, keep.get("output_grid", "scene"))
-    if plan.info.crs_wkt is None:  # allow_no_crs let predict through; polygons need a CRS
-        raise GeoreferenceError(
-            f"scene {str(scene)!r} has no CRS, and segment writes GeoPackage polygons, which "
-            "need one; assign a CRS to the scene (e.g. gdal_edit.py -a_srs EPSG:32633), or run "
-            "`geounet predict --allow-no-crs` for a prediction raster in pixel coordinates."
-        )
-    chunks, skipped, resumed = _compute_store(
-        plan, store_path, probability_dtype=probability_dtype, threshold=threshold,
-        batch_size=keep.get("batch_size"), resume=keep.get("resume", False),
-        client=keep.get("client"), workers=keep.get("workers"), progress=keep.get("progress"),
-    )
-    extra: tuple[Path, ...] = ()
+    check_partial_store(store_path, resume=resume, overwrite=overwrite)
+    plan = plan_prediction(scene, o, check_device=runs_here(client))
+    grid = scene_grid(plan, o.output_grid)
+    require_crs(plan.info, scene, "segment")  # allow_no_crs let predict through
+    counts = _compute_store(plan, store_path, o, resume=resume, client=client, workers=workers,
+                            progress=progress)
     # The store stays resumable (completion markers kept) until every output is written: a
     # failure or Ctrl-C while vectorizing or writing the COG keeps it for --resume.
     if vectors_done:
         log.info("%s was finished by the interrupted run; not vectorizing again", out_gpkg)
     else:
         with prediction_kept(store_path, "vectorizing into " + str(out_gpkg)):
-            vectorize(store_path, out_gpkg, overwrite=overwrite, **(vectorize_options or {}))
+            run_vectorize(store_path, out_gpkg, vector, overwrite=overwrite)
         output.record_output(store_path, out_gpkg)  # a resume after a COG failure keeps it
+    extra: tuple[Path, ...] = ()
     if raster_out is not None:
         raster_out = Path(raster_out)
         with prediction_kept(store_path, "writing " + str(raster_out)):
             publish_raster(store_path, raster_out, fmt, overwrite=overwrite, grid=grid)
         extra = (raster_out,)
     output.remove_path(store_path)
-    result = _result(out_gpkg, plan, (chunks, skipped, resumed), start, extra)
+    result = _result(out_gpkg, plan, counts, start, extra)
     log.debug("segment: %s", result.summary())
     return result
 
