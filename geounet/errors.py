@@ -10,11 +10,13 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 _MARK = "\x1f"
 _OPTION = re.compile(f"{_MARK}([^{_MARK}]*){_MARK}")
 _NO_VALUE = object()
+_T = TypeVar("_T")
 
 
 def option(name: str, value: object = _NO_VALUE, *, flag: str | None = None) -> str:
@@ -146,3 +148,35 @@ class PredictionKeptError(GeounetError, RuntimeError):
     def __init__(self, message: str, store: str = "") -> None:
         super().__init__(message)
         self.store = store
+
+
+class UnknownOptionError(InputError, TypeError):
+    """A keyword that names no field of the options object it is a shorthand for."""
+
+
+def with_settings(cls: type[_T], options: _T | None, settings: Mapping[str, object],
+                  function: str) -> _T:
+    """The options object a call runs with: ``options`` (default ``cls()``) with the keyword
+    shorthands ``settings`` (field names of the frozen dataclass ``cls``) replaced in it.
+
+    The one rule for ``f(..., options=None, **settings)``: an unknown name raises
+    :class:`UnknownOptionError` naming it and the valid fields; the values are validated by
+    ``cls.__post_init__``.
+    """
+    import dataclasses
+
+    if options is not None and not isinstance(options, cls):
+        raise UnknownOptionError(
+            f"{function}() got options of type {type(options).__name__}; give a "
+            f"geounet.{cls.__name__} (or its fields as keywords)."
+        )
+    fields = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+    unknown = sorted(set(settings) - set(fields))
+    if unknown:
+        raise UnknownOptionError(
+            f"{function}() got unknown option(s) {', '.join(unknown)}; give fields of "
+            f"geounet.{cls.__name__} ({', '.join(fields)})."
+        )
+    if options is None:
+        return cls(**settings)
+    return dataclasses.replace(options, **settings) if settings else options  # type: ignore[type-var]

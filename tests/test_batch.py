@@ -399,17 +399,17 @@ def test_same_padding_batch_blends_seams_like_predict(
             open_prediction(tmp_path / "out" / f"{scene.stem}.zarr").probabilities.values,
             open_prediction(ref).probabilities.values)
 
-    from geounet.run import pipeline
+    from geounet.run import tasks
     def interrupted(task: Any) -> Any:
         raise Interrupt
 
     out = tmp_path / "again"
-    original = pipeline.run_seams_task
-    pipeline.run_seams_task = interrupted  # type: ignore[assignment]
+    original = tasks.run_seams_task
+    tasks.run_seams_task = interrupted  # type: ignore[assignment]
     try:
         first = batch.run_batch(scenes[:1], out, write_tables=False, **options)
     finally:
-        pipeline.run_seams_task = original  # type: ignore[assignment]
+        tasks.run_seams_task = original  # type: ignore[assignment]
     assert [row.status for row in first.scenes] == ["failed"]
     resumed = batch.run_batch(scenes[:1], out, resume=True, **options)
     assert resumed.ok and resumed.scenes[0].chunks_computed == 0

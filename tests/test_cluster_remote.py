@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from geounet.cli.main import cli
 from geounet.distributed import cluster, threads, versions
 from geounet.errors import ClusterError, InputError, TransientError
-from geounet.run import pipeline
+from geounet.run import pipeline, planning
 from geounet.testing import write_scene
 
 pytestmark = pytest.mark.cluster
@@ -140,7 +140,7 @@ def test_env_address_is_used_and_workers_with_an_address_is_refused(
 ) -> None:
     scene = write_scene(tmp_path / "env.tif", 64, 64)
     monkeypatch.setenv(cluster.SCHEDULER_ENV, dask_processes.address)
-    assert not pipeline.runs_here(None)
+    assert not planning.runs_here(None)
     with pytest.raises(InputError, match=cluster.SCHEDULER_ENV):
         pipeline.predict(scene, tmp_path / "p.zarr", model=tiny_model, workers=2)
     with pytest.raises(InputError, match="workers=2 cannot be combined"):

@@ -190,12 +190,12 @@ def test_predict_with_engine_equals_whole_scene(
     size that is no whole number of tile cores (rounded), and still equals whole-scene
     inference (ARCHITECTURE invariants 1 and 2)."""
     from geounet.output import open_prediction
-    from geounet.run import pipeline
+    from geounet.run import pipeline, planning
     from tests.test_pipeline import whole_scene_reference
 
     scene = make_scene(150, 173)
     checkpoint = _checkpoint(tmp_path)
-    plan = pipeline.plan_prediction(scene, model=checkpoint, chunk_size=100, tile_size=116,
+    plan = planning.plan_prediction(scene, model=checkpoint, chunk_size=100, tile_size=116,
                                     precision="fp32", engine=engine)
     assert plan.grid.stride == 76 and plan.grid.chunk_size == 76  # 100 -> one 76 px core
     pipeline.predict(scene, tmp_path / "p.zarr", model=checkpoint, chunk_size=100,

@@ -21,7 +21,7 @@ from geounet.errors import (
     TileSizeError,
     UnsupportedFormatError,
 )
-from geounet.run import pipeline
+from geounet.run import pipeline, planning, tasks
 
 CLASSES = ("background", "buildings", "roads")
 
@@ -295,7 +295,7 @@ def test_segment_without_crs_fails_before_predicting(
 ) -> None:
     """allow_no_crs lets predict write pixel space, but polygons need a CRS: refuse up front."""
     scene = make_scene(70, 80, crs=None)
-    monkeypatch.setattr(pipeline, "_compute_store", lambda *a, **k: pytest.fail("predicted"))
+    monkeypatch.setattr(pipeline, "compute_store", lambda *a, **k: pytest.fail("predicted"))
     before = _listing(tmp_path)
     with pytest.warns(UserWarning, match="no CRS"), \
             pytest.raises(GeoreferenceError, match="--allow-no-crs"):
@@ -436,9 +436,12 @@ def test_segment_rejects_unknown_options_before_work(
     before = _listing(tmp_path)
     with pytest.raises(InputError, match="chunksize"):
         pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], chunksize=64)
-    with pytest.raises(InputError, match="vectorize_options"):
+    with pytest.raises(InputError, match="min_aera"):  # a vectorize keyword where none goes
         pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], client="threads",
-                         vectorize_options={"min_aera": 3})
+                         min_aera=3)
+    with pytest.raises(InputError, match="VectorizeOptions"):  # a dict is not the options
+        pipeline.segment(scene, tmp_path / "o.gpkg", model=models["valid"], client="threads",
+                         vectorize={"min_area": 3})  # type: ignore[arg-type]
     assert _listing(tmp_path) == before
 
 
@@ -507,7 +510,7 @@ def test_resume_names_a_changed_remote_scene_by_etag(
                 time.sleep(0.2)
         s3.upload_file(str(make_scene(150, 173, name="a.tif")), "scenes", "scene.tif")
         url = "s3://scenes/scene.tif"
-        fingerprint = pipeline.plan_prediction(url, model=models["valid"]).run["scene"]
+        fingerprint = planning.plan_prediction(url, model=models["valid"]).run["scene"]
         assert fingerprint["path"] == url and fingerprint["etag"]
 
         def stop_after_two(done: int, total: int, pixels: int) -> None:
@@ -580,13 +583,13 @@ def test_resume_between_tiles_and_seams_runs_no_tile_again(
         raise KeyboardInterrupt
 
     out = tmp_path / "p.zarr"
-    monkeypatch.setattr(pipeline, "run_seams_task", interrupted)
+    monkeypatch.setattr(tasks, "run_seams_task", interrupted)
     with pytest.raises(KeyboardInterrupt):
         run(scene, out, models["same"], chunk_size=64, tile_size=96)
     monkeypatch.undo()
     chunk_runs: list[Any] = []
-    real = pipeline._run_chunk_once
-    monkeypatch.setattr(pipeline, "_run_chunk_once",
+    real = tasks._run_chunk_once
+    monkeypatch.setattr(tasks, "_run_chunk_once",
                         lambda task: chunk_runs.append(task) or real(task))
     result = run(scene, out, models["same"], chunk_size=64, tile_size=96, resume=True)
     assert chunk_runs == [] and result.chunks_resumed == result.chunks == 16

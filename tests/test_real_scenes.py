@@ -252,7 +252,7 @@ def test_warped_rescaled_run_is_chunk_exact_and_resumable(tmp_path: Path) -> Non
     import xarray as xr
 
     from geounet import output
-    from geounet.run import pipeline
+    from geounet.run import planning
     from geounet.testing import write_scene
 
     scene = write_scene(tmp_path / "s.tif", 300, 280, dtype="uint16", pixel_size=0.2, seed=5)
@@ -270,16 +270,16 @@ def test_warped_rescaled_run_is_chunk_exact_and_resumable(tmp_path: Path) -> Non
     attrs = small.attrs.get("geounet") or small.attrs
     assert attrs["scene_warp"]["resampling"] == "bilinear"  # auto: the scene is finer
     assert attrs["scene_rescale"]["method"] == "bits"
-    plan = pipeline.plan_prediction(scene, rescale="bits", chunk_size=64)
+    plan = planning.plan_prediction(scene, rescale="bits", chunk_size=64)
     assert plan.info.warp is not None and plan.info.rescale is not None
     store = tmp_path / "run.zarr"
     output.create_store(store, height=plan.info.height, width=plan.info.width,
                         classes=plan.card.classes, chunk_size=64, crs_wkt=plan.info.crs_wkt,
                         transform=plan.info.transform, probability_dtype="uint8", attrs={},
                         run=plan.run)
-    again = pipeline.plan_prediction(scene, rescale="bits", chunk_size=64)
+    again = planning.plan_prediction(scene, rescale="bits", chunk_size=64)
     assert output.check_resumable(store, again.run)
-    other = pipeline.plan_prediction(scene, rescale="0,4095", chunk_size=64)
+    other = planning.plan_prediction(scene, rescale="0,4095", chunk_size=64)
     with pytest.raises(geounet.errors.InputError, match="rescale"):
         output.check_resumable(store, other.run)
 

@@ -15,7 +15,8 @@ from click.testing import CliRunner
 import geounet
 from geounet.cli.main import cli
 from geounet.errors import IncompatibleSceneError, InputError, RunTooLargeError
-from geounet.run.planning import DEFAULT_MAX_PIXELS, plan_prediction
+from geounet.run.options import DEFAULT_MAX_PIXELS
+from geounet.run.planning import plan_prediction
 from geounet.testing import write_scene
 
 # the scene: 791 x 718 px (RGB.byte.tif's size); the built-in model is 0.5 m

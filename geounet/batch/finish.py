@@ -18,6 +18,7 @@ from geounet.errors import OutputExistsError
 if TYPE_CHECKING:
     from geounet.run.planning import Plan
     from geounet.run.store import SceneGrid
+    from geounet.vectorization import VectorizeOptions
 
 
 @dataclass(frozen=True)
@@ -30,7 +31,7 @@ class FinishTask:
     work_dir: str
     vector_format: VectorFormat
     raster: BatchRaster
-    vectorize_options: dict[str, Any]
+    vectorize: VectorizeOptions
     overwrite: bool
     grid: SceneGrid | None = None
     """The scene's own grid for the raster of a resampled scene (``output_grid="scene"``)."""
@@ -50,8 +51,7 @@ def finish_scene(task: FinishTask) -> dict[str, Any]:
     try:
         output.finalize_store(store)
         vec = local_dir / f"{task.name}.{task.vector_format}"
-        result = vectorize(store, vec, overwrite=task.overwrite or remote,
-                           **task.vectorize_options)
+        result = vectorize(store, vec, task.vectorize, overwrite=task.overwrite or remote)
         for path in dict.fromkeys(result.paths.values()):
             if remote:
                 target = objectstore.join(task.out_dir, path.name)

@@ -11,18 +11,19 @@ their bands (:func:`scene_options`). Re-exported by
 from __future__ import annotations
 
 import csv
+import dataclasses
 import glob
 import io
 import os
 from collections.abc import Iterable, Sequence
 from pathlib import Path
-from typing import Any
 
 from geounet import objectstore
 from geounet.batch.table import DONE_DIR, TABLE_NAMES
 from geounet.errors import InputError
 from geounet.raster import is_url
 from geounet.raster.stac import is_stac_item
+from geounet.run.options import PredictOptions
 
 MANIFEST_SUFFIXES = (".txt", ".csv")
 _GLOB_CHARS = "*?["
@@ -154,9 +155,9 @@ def check_assets(scenes: Sequence[str], assets: str | Sequence[str] | None) -> N
         )
 
 
-def scene_options(scene: str, plan_options: dict[str, Any]) -> dict[str, Any]:
-    """The planning options of one scene: the job's ``assets`` for a STAC item, none for a
-    raster (so a batch may mix both)."""
-    if is_stac_item(scene) or plan_options.get("assets") is None:
-        return plan_options
-    return {**plan_options, "assets": None}
+def scene_options(scene: str, options: PredictOptions) -> PredictOptions:
+    """The options of one scene: the job's ``assets`` for a STAC item, none for a raster (so
+    a batch may mix both)."""
+    if is_stac_item(scene) or options.assets is None:
+        return options
+    return dataclasses.replace(options, assets=None)

@@ -49,13 +49,17 @@ def batch(ctx: click.Context, scenes: tuple[str, ...], out_dir: str, **kwargs: A
         geounet batch --manifest scenes.csv --out-dir s3://bucket/run1 --raster zarr --resume
     """
     from geounet.batch.job import run_batch
+    from geounet.batch.options import BatchOptions
     from geounet.cli.progress import progress_for
 
-    vectorize_options = {key: kwargs.pop(key) for key in vector_options.VECTORIZE_KEYWORDS}
+    batch = BatchOptions(raster=kwargs.pop("raster"), vector_format=kwargs.pop("vector_format"),
+                         vectorize=vector_options.pop_vectorize_options(kwargs),
+                         work_dir=kwargs.pop("work_dir"))
+    predict_options = options.pop_predict_options(kwargs)
     client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:
-        result = run_batch(scenes, out_dir, client=client, progress=bar,
-                           vectorize_options=vectorize_options, **kwargs)
+        result = run_batch(scenes, out_dir, predict_options, batch=batch, client=client,
+                           progress=bar, **kwargs)
     click.echo(result.format_table())
     if result.tables:
         click.echo(f"table: {', '.join(result.tables)}")

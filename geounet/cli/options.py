@@ -285,7 +285,7 @@ rescale = click.option(
 )
 
 def _max_pixels(ctx: click.Context, param: click.Parameter, value: str | None) -> int | None:
-    from geounet.run.planning import DEFAULT_MAX_PIXELS
+    from geounet.run.options import DEFAULT_MAX_PIXELS
 
     if value is None:
         return DEFAULT_MAX_PIXELS
@@ -426,3 +426,17 @@ def _assets(ctx: click.Context, param: click.Parameter, value: str | None) -> An
 assets = click.option("--assets", callback=_assets, default=None, metavar="NAME,NAME,...",
                       help="For a STAC item (item.json or its URL): the assets read as bands "
                       "in the model's order (asset keys or eo:bands common names).")
+
+
+# ---- the options objects, built once from a command's keyword arguments ------------------
+
+
+def pop_predict_options(kwargs: dict[str, Any]) -> Any:
+    """Take the :class:`geounet.PredictOptions` fields out of a command's keyword arguments
+    and build the options object (its values checked there, its errors naming the flags)."""
+    import dataclasses
+
+    from geounet.run.options import PredictOptions
+
+    names = [f.name for f in dataclasses.fields(PredictOptions)]
+    return PredictOptions(**{name: kwargs.pop(name) for name in names if name in kwargs})

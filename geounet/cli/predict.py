@@ -26,8 +26,10 @@ def predict(ctx: click.Context, scene: str, out: str, **kwargs: Any) -> None:
     from geounet.cli.progress import progress_for
     from geounet.run.pipeline import predict as run_predict
 
+    predict_options = options.pop_predict_options(kwargs)
     client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:
-        result = run_predict(scene, out, client=client, progress=bar, **kwargs)
+        result = run_predict(scene, out, predict_options, client=client, progress=bar,
+                             **kwargs)
     if not ctx.find_root().obj.get("quiet"):
         click.echo(result.summary())

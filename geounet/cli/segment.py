@@ -35,11 +35,12 @@ def segment(
     from geounet.cli.progress import progress_for
     from geounet.run.pipeline import segment as run_segment
 
-    vectorize_options = {key: kwargs.pop(key) for key in vector_options.VECTORIZE_KEYWORDS}
+    vectorize = vector_options.pop_vectorize_options(kwargs)
+    predict_options = options.pop_predict_options(kwargs)
     client = options.pop_client(kwargs)
     with progress_for(ctx) as bar:
         result = run_segment(
-            scene, out, raster_out=raster_out, vectorize_options=vectorize_options,
+            scene, out, predict_options, raster_out=raster_out, vectorize=vectorize,
             client=client, progress=bar, **kwargs,
         )
     if not ctx.find_root().obj.get("quiet"):

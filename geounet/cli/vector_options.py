@@ -103,3 +103,11 @@ def vectorize_options(func: Any) -> Any:
 VECTORIZE_KEYWORDS = ("min_area", "simplify", "fill_holes", "regularize", "centerlines",
                       "spur_length", "graph", "gap_length", "min_confidence")
 """Keyword names :func:`vectorize_options` adds to a command."""
+
+
+def pop_vectorize_options(kwargs: dict[str, Any]) -> Any:
+    """Take the :data:`VECTORIZE_KEYWORDS` out of a command's keyword arguments as a
+    :class:`geounet.VectorizeOptions`."""
+    from geounet.vectorization import VectorizeOptions
+
+    return VectorizeOptions(**{key: kwargs.pop(key) for key in VECTORIZE_KEYWORDS})

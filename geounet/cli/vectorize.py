@@ -39,9 +39,11 @@ def vectorize(ctx: click.Context, pred: str, out: str, **kwargs: Any) -> None:
 
     Objects crossing chunk seams are merged exactly; road centerlines stay connected.
     """
+    from geounet.vectorization import VectorizeOptions
     from geounet.vectorization import vectorize as run
 
-    result = run(pred, out, **kwargs)
+    overwrite = kwargs.pop("overwrite")
+    result = run(pred, out, VectorizeOptions(**kwargs), overwrite=overwrite)
     for layer, count in result.counts.items():
         click.echo(f"{layer:<18} {count:>9} features  {result.paths[layer]}")
     click.echo(

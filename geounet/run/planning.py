@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import logging
 import os
 import warnings
@@ -19,34 +18,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.config import (
-    TTA,
-    Engine,
-    InferencePrecision,
-    ProbabilityDtype,
-    ResampleMode,
-    Resampling,
-    choices,
-)
+from geounet.config import TTA, Engine, InferencePrecision, ResampleMode, Resampling
 from geounet.distributed.cluster import SchedulerLike
-from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, TileSizeError, option
+from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, option, with_settings
 from geounet.raster import is_url
+from geounet.run.options import PredictOptions
 
 if TYPE_CHECKING:
     from geounet.engine.tiling import TileGrid
     from geounet.model import ModelCard
     from geounet.raster import SceneInfo
 
-
-DEFAULT_MAX_PIXELS = 4_000_000_000
-"""Default ceiling on the model pixels one run (one scene of a batch) computes: 4 gigapixels.
-
-4 Gpx is 1,000 km^2 at 0.5 m (about a 32 x 32 km city, or one large very-high-resolution
-satellite scene on the model's grid), so a real scene passes; what exceeds it is almost always
-a mistake (a coarse scene warped to a fine model, a wrong CRS) that would run for days: at the
-0.2-0.6 MP/s measured on a 2-core CPU (benchmarks/RESULTS.md) 4 Gpx already takes 2-6 hours.
-Raise it (``max_pixels``, ``--max-pixels``) or turn it off (0 or None) for larger jobs.
-"""
 
 log = logging.getLogger(__name__)
 
@@ -166,29 +148,17 @@ def to_plain(value: Any) -> Any:
 
 def plan_prediction(
     scene: str | os.PathLike[str],
+    options: PredictOptions | None = None,
     *,
-    model: str | os.PathLike[str] | None = None,
-    bands: tuple[int, ...] | None = None,
-    chunk_size: int = 2048,
-    tile_size: int | None = None,
-    device: str = "auto",
-    precision: InferencePrecision = "auto",
-    probability_dtype: ProbabilityDtype = "uint8",
-    threshold: float | None = None,
-    allow_no_crs: bool = False,
     check_device: bool = True,
-    resample: ResampleMode = "auto",
-    resampling: Resampling = "auto",
-    rescale: str | tuple[float, float] | None = None,
-    engine: Engine = "auto",
-    max_pixels: int | None = DEFAULT_MAX_PIXELS,
-    tta: TTA = "none",
-    assets: str | Sequence[str] | None = None,
+    **settings: Any,
 ) -> Plan:
     """Validate a prediction run cheaply (no model forward) and plan its grid.
 
-    ``check_device=False`` skips checking that this machine has the device (for a remote
-    scheduler whose workers have GPUs this machine lacks). ``resample``/``resampling`` and
+    ``options`` (:class:`~geounet.run.options.PredictOptions`, its fields also accepted as
+    keywords, ``settings``) say what to compute; ``batch_size`` and ``output_grid`` are not
+    used by planning. ``check_device=False`` skips checking that this machine has the device
+    (for a remote scheduler whose workers have GPUs this machine lacks). ``resample``/``resampling`` and
     ``rescale`` fit the scene to the model card (:mod:`geounet.raster.fitting`): the planned scene
     may be a warped view at the card's pixel size, and its values may be mapped into the
     card's range (percentile and bit-depth rescales read a sample of windows, nothing else
@@ -205,48 +175,47 @@ def plan_prediction(
     SceneError, GeoreferenceError, CheckpointError, IncompatibleSceneError, TileSizeError,
     DeviceError, InputError, RunTooLargeError
     """
-    from geounet.engine.runner import default_model_path, tta_transforms
+    from geounet.engine.runner import default_model_path
     from geounet.engine.tiling import plan_tiles
 
+    o = with_settings(PredictOptions, options, settings, "plan_prediction")
     # user mistakes first, before torch is imported (device checks and the card need it)
-    _check_settings(precision, probability_dtype, threshold, False, device, engine)
-    tta_transforms(tta)  # InputError naming the value
-    max_pixels = check_max_pixels(max_pixels)
-    source = _open_placed_scene(scene, allow_no_crs, assets, resampling)
+    _check_int8(o.engine, o.device, o.precision)
+    source = _open_placed_scene(scene, o.allow_no_crs, o.assets, o.resampling)
     if check_device:
-        _check_execution(engine, device, precision)
-    model_path = Path(model) if model is not None else default_model_path()
-    card, bands = _load_card(model_path, bands)
-    info = _fit_scene(source, card, resample, resampling, rescale, max_pixels)
+        _check_execution(o.engine, o.device, o.precision)
+    model_path = Path(o.model) if o.model is not None else default_model_path()
+    card, bands = _load_card(model_path, o.bands)
+    info = _fit_scene(source, card, o.resample, o.resampling, o.rescale, o.max_pixels)
     card.check_scene(info.count, info.read_dtype, info.pixel_size)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size <= 0:
-        raise TileSizeError(f"chunk size {chunk_size!r} is not a positive whole number of pixels.")
     grid = plan_tiles(
-        card.architecture, info.height, info.width, chunk_size=chunk_size, tile_size=tile_size
+        card.architecture, info.height, info.width, chunk_size=o.chunk_size,
+        tile_size=o.tile_size,
     )
     tile_size = grid.tile_size
     chunk_size = grid.chunk_size  # valid padding: rounded to whole tile cores (tiling.plan_tiles)
     model_print = _model_fingerprint(model_path)
-    runner = RunnerSpec(str(model_path.absolute()), device, precision, bands, engine,
-                        model_print["sha256"], tta)
+    runner = RunnerSpec(str(model_path.absolute()), o.device, o.precision, bands, o.engine,
+                        model_print["sha256"], o.tta)
     run = {
         "scene": _scene_fingerprint(scene, source),
         "model": model_print,
         "bands": list(card.bands),
         "chunk_size": chunk_size,
         "tile_size": tile_size,
-        "precision": precision,
-        "engine": engine,
-        "tta": tta,
-        "probability_dtype": probability_dtype,
-        "threshold": threshold,
+        "precision": o.precision,
+        "engine": o.engine,
+        "tta": o.tta,
+        "probability_dtype": o.probability_dtype,
+        "threshold": o.threshold,
         # as JSON gives them back, so a resumed run compares equal to its stored record
         "warp": to_plain(info.warp),
         "rescale": to_plain(info.rescale),
     }
     plan = Plan(info, card, grid, runner, chunk_size, tile_size, run, source)
     if check_device:
-        log.info("%s", _check_execution(engine, device, precision, info.height * info.width))
+        log.info("%s", _check_execution(o.engine, o.device, o.precision,
+                                        info.height * info.width))
     return plan
 
 
@@ -287,20 +256,6 @@ def describe_plan(plan: Plan, eta: str | None = None) -> str:
     )
 
 
-def check_max_pixels(max_pixels: int | None) -> int | None:
-    """``max_pixels`` as a positive int, or None for no ceiling (None or 0)."""
-    if max_pixels is None:
-        return None
-    if isinstance(max_pixels, bool) or not isinstance(max_pixels, (int, float)) or not (
-        max_pixels >= 0 and float(max_pixels) == int(max_pixels)
-    ):
-        raise InputError(
-            f"max_pixels {max_pixels!r} is not a whole number of pixels >= 0; give e.g. "
-            f"{option('max_pixels', int(DEFAULT_MAX_PIXELS))}, or 0 for no ceiling."
-        )
-    return int(max_pixels) or None
-
-
 def _check_model_pixels(info: SceneInfo, max_pixels: int | None) -> None:
     """Raise RunTooLargeError when the model grid of ``info`` has more than ``max_pixels``."""
     pixels = info.height * info.width
@@ -316,32 +271,25 @@ def _check_model_pixels(info: SceneInfo, max_pixels: int | None) -> None:
         )
 
 
-def _check_settings(precision: InferencePrecision, probability_dtype: ProbabilityDtype,
-                    threshold: float | None, check_device: bool, device: str,
-                    engine: Engine) -> None:
-    """Raise InputError (or DeviceError) for a setting no scene could run with."""
-    if precision not in choices(InferencePrecision):
-        raise InputError(
-            f"precision {precision!r} is not supported; use one of "
-            f"{', '.join(choices(InferencePrecision))}."
-        )
-    if probability_dtype not in choices(ProbabilityDtype):
-        raise InputError(
-            f"probability dtype {probability_dtype!r} is not supported; use one of "
-            f"{', '.join(choices(ProbabilityDtype))}."
-        )
-    if threshold is not None and not 0.0 <= threshold <= 1.0:
-        raise InputError(f"threshold {threshold} is outside 0-1; give a probability such as 0.5.")
-    if precision == "int8":  # int8 with torch, on CUDA or without onnxruntime: before torch
+def _check_int8(engine: Engine, device: str, precision: InferencePrecision) -> None:
+    """Raise (before torch is imported) when int8 cannot run with ``engine`` here: with
+    torch, on CUDA, or without onnxruntime/openvino."""
+    if precision == "int8":
         from geounet.engine.backends import resolve_engine
 
         resolve_engine(engine, "cuda" if str(device).startswith("cuda") else "cpu",
                        precision="int8")
-    if check_device:
-        _check_execution(engine, device, precision)
-    elif engine not in choices(Engine):
-        raise InputError(
-            f"engine {engine!r} is not one of {', '.join(choices(Engine))}; pick one."
+
+
+def require_crs(info: SceneInfo, scene: str | os.PathLike[str], command: str) -> None:
+    """Raise GeoreferenceError when ``info`` has no CRS: ``command`` (segment, batch) writes
+    polygons, which need one (``allow_no_crs`` lets only a raster through)."""
+    if info.crs_wkt is None:
+        raise GeoreferenceError(
+            f"scene {str(scene)!r} has no CRS, and {command} writes polygons, which need one; "
+            "assign a CRS to the scene (e.g. gdal_edit.py -a_srs EPSG:32633), or run "
+            "`geounet predict --allow-no-crs` on it alone for a prediction raster in pixel "
+            "coordinates."
         )
 
 
@@ -426,16 +374,3 @@ def _fit_scene(info: SceneInfo, card: ModelCard, resample: ResampleMode,
     else:
         _check_model_pixels(info, max_pixels)
     return info
-
-
-def check_vectorize_options(options: dict[str, Any] | None) -> None:
-    """Raise InputError now, before any prediction, when ``options`` do not fit vectorize."""
-    from geounet.vectorization import vectorize
-
-    try:
-        inspect.signature(vectorize).bind(None, "x.gpkg", overwrite=True, **(options or {}))
-    except TypeError as exc:
-        raise InputError(
-            f"vectorize_options {options!r} do not fit geounet.vectorize ({exc}); use its "
-            "keywords, e.g. min_area, simplify, regularize, fill_holes, centerlines."
-        ) from None

@@ -19,10 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.config import OutputGrid, ProbabilityDtype, choices
+from geounet.config import OutputGrid, ProbabilityDtype
 from geounet.errors import (
     GeounetError,
-    InputError,
     OutputExistsError,
     PredictionKeptError,
     option,
@@ -30,6 +29,7 @@ from geounet.errors import (
 )
 from geounet.output import StoreSpec
 from geounet.raster import is_url
+from geounet.run.options import check_output_grid
 from geounet.run.planning import to_plain
 
 if TYPE_CHECKING:
@@ -92,15 +92,6 @@ class SceneGrid:
     height: int
     width: int
     threshold: float | None = None
-
-
-def check_output_grid(output_grid: OutputGrid) -> None:
-    """Raise InputError unless ``output_grid`` is ``scene`` or ``model``."""
-    if output_grid not in choices(OutputGrid):
-        raise InputError(
-            f"output grid {output_grid!r} is not one of {', '.join(choices(OutputGrid))}; use "
-            "scene (the raster on the scene's own grid) or model (on the grid the model read)."
-        )
 
 
 def scene_grid(plan: Plan, output_grid: OutputGrid) -> SceneGrid | None:

@@ -5,7 +5,8 @@ The public entry point is :func:`vectorize`; see ``docs/vectorize.md`` for the s
 strategy, the bounded-memory rule and the per-class defaults.
 
 This module is the package's face: its public names. The work is done in private modules,
-one job each: ``_vectorize`` (the :func:`vectorize` driver: options, layers, passes),
+one job each: ``_vectorize`` (the :func:`vectorize` driver: layers, passes), ``_options``
+(:class:`VectorizeOptions`, its values checked once),
 ``_walk`` (the window order and walk), ``_polygons`` (the seam merge), ``_centerlines``
 (skeletons and their merge), ``_graph`` (the road graph from the joined centerlines),
 ``_layers`` (cleaning and writing finished objects), ``_regularize`` (rectilinear
@@ -31,6 +32,7 @@ from geounet.vectorization._defaults import (  # noqa: F401  (class names re-exp
     NODES_LAYER,
     ROAD_CLASS,
 )
+from geounet.vectorization._options import VectorizeOptions
 from geounet.vectorization._regularize import regularize_polygon
 from geounet.vectorization._vectorize import VectorizeResult, vectorize
 from geounet.vectorization._writer import VectorFormat, layer_file_names
@@ -49,6 +51,7 @@ __all__ = [
     "JUNCTION_MERGE_LENGTH",
     "NODES_LAYER",
     "VectorFormat",
+    "VectorizeOptions",
     "VectorizeResult",
     "layer_file_names",
     "regularize_polygon",

@@ -10,17 +10,23 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from geounet.errors import InputError, OutputExistsError, UnsupportedFormatError, option
+from geounet.errors import (
+    InputError,
+    OutputExistsError,
+    UnsupportedFormatError,
+    option,
+    with_settings,
+)
 from geounet.georef import Frame
 from geounet.vectorization._defaults import (
     BUBBLE_LENGTH,
     BUILDING_CLASS,
     CENTERLINE_LAYER,
     DEFAULT_CHUNK_SIZE,
-    DEFAULT_CUT_SIZE,
     DEFAULT_GAP_LENGTH,
     DEFAULT_MIN_AREA,
     DEFAULT_SIMPLIFY,
@@ -32,6 +38,7 @@ from geounet.vectorization._defaults import (
 )
 from geounet.vectorization._graph import GraphBuilder, mean_probabilities, write_graph
 from geounet.vectorization._layers import PolygonLayer, write_lines
+from geounet.vectorization._options import VectorizeOptions
 from geounet.vectorization._source import PredictionReader
 from geounet.vectorization._walk import WindowOrder, run_windows
 from geounet.vectorization._writer import (
@@ -106,22 +113,11 @@ def _per_class(
 def vectorize(
     pred: str | Path,
     out: str | Path,
+    options: VectorizeOptions | None = None,
     *,
-    classes: Sequence[str] | None = None,
-    chunk_size: int | None = None,
-    min_area: float | Mapping[str, float] | None = None,
-    simplify: float | Mapping[str, float] | None = None,
-    fill_holes: bool = False,
-    regularize: bool = False,
-    centerlines: bool = True,
-    spur_length: float | None = None,
-    graph: bool = True,
-    gap_length: float | None = None,
-    min_confidence: float | None = None,
-    layer_names: Mapping[str, str] | None = None,
     overwrite: bool = False,
-    cut_size: int | None = DEFAULT_CUT_SIZE,
     progress: Callable[[int, int], None] | None = None,
+    **settings: Any,
 ) -> VectorizeResult:
     """Turn a prediction raster into seam-free polygons per class and road centerlines.
 
@@ -132,6 +128,9 @@ def vectorize(
     out : output file; the suffix picks the format: ``.gpkg`` (one layer per class in one
         file), ``.parquet`` (GeoParquet) or ``.fgb`` (FlatGeobuf), the last two written as one
         file per layer, ``<stem>_<layer><suffix>``.
+    options : :class:`VectorizeOptions`; its fields are also accepted as keywords
+        (``settings``: ``vectorize(pred, out, regularize=True)``), replacing those of
+        ``options``. They are:
     classes : class names to vectorize; default every class but ``background``.
     chunk_size : window side in pixels; default the store's chunking, else 2048.
     min_area : square metres below which objects are dropped; one number for every class or
@@ -156,10 +155,10 @@ def vectorize(
         or COG), not a bare class mask. Centerlines are not filtered.
     layer_names : class name (or ``road_centerlines``, ``road_edges``, ``road_nodes``) ->
         layer name.
-    overwrite : replace existing outputs instead of raising :class:`OutputExistsError`.
     cut_size : side in pixels of the scene-anchored grid no object crosses (objects are cut
         at its lines, deterministically), bounding memory for scene-wide road networks;
         None never cuts.
+    overwrite : replace existing outputs instead of raising :class:`OutputExistsError`.
     progress : called as ``progress(done, total)`` after each window.
 
     Returns
@@ -173,18 +172,19 @@ def vectorize(
     {'buildings': 812, 'roads': 14, 'road_centerlines': 97, 'road_edges': 95, 'road_nodes': 80}
     """
     started = time.perf_counter()
+    o = with_settings(VectorizeOptions, options, settings, "vectorize")
     out = Path(out)
-    fmt = _check_options(out, chunk_size, cut_size, spur_length, gap_length)
-    min_confidence = _check_min_confidence(min_confidence)
+    fmt = _check_format(out)
+    chunk_size, cut_size, min_confidence = o.chunk_size, o.cut_size, o.min_confidence
     with PredictionReader(pred) as reader:
         _check_probabilities(reader, pred, min_confidence)
         wanted, layers, lines_wanted, graph_wanted = _choose_layers(
-            reader, pred, classes, layer_names, centerlines, graph
+            reader, pred, o.classes, o.layer_names, o.centerlines, o.graph
         )
         _check_targets(out, fmt, layers, overwrite)
-        min_areas = _per_class(min_area, DEFAULT_MIN_AREA, wanted, "min_area")
-        tolerances = _per_class(simplify, DEFAULT_SIMPLIFY, wanted, "simplify")
-        spur_m = DEFAULT_SPUR_LENGTH if spur_length is None else float(spur_length)
+        min_areas = _per_class(o.min_area, DEFAULT_MIN_AREA, wanted, "min_area")
+        tolerances = _per_class(o.simplify, DEFAULT_SIMPLIFY, wanted, "simplify")
+        spur_m = DEFAULT_SPUR_LENGTH if o.spur_length is None else float(o.spur_length)
         pixel_m = reader.pixel_size_m()
         if chunk_size is None:  # a store's chunking, else the default
             chunk_size = (int(min(reader.chunk_shape)) if Path(reader.path).is_dir()
@@ -196,9 +196,9 @@ def vectorize(
             buffers = {
                 reader.classes.index(cls): PolygonLayer(
                     name=cls, layer=layers[cls], writer=writer, frame=frame, pixel_m=pixel_m,
-                    fill_holes=fill_holes, min_area=min_areas[cls],
+                    fill_holes=o.fill_holes, min_area=min_areas[cls],
                     tolerance=tolerances[cls] / pixel_m,
-                    regularize=regularize and cls == BUILDING_CLASS,
+                    regularize=o.regularize and cls == BUILDING_CLASS,
                     has_probabilities=reader.has_probabilities, min_confidence=min_confidence,
                 )
                 for cls in wanted
@@ -206,7 +206,7 @@ def vectorize(
             roads = _Roads(
                 reader, writer, frame, layers, lines_wanted, graph_wanted,
                 road_tolerance=tolerances.get(ROAD_CLASS, 0.0) / pixel_m,
-                gap_px=(DEFAULT_GAP_LENGTH if gap_length is None else gap_length) / pixel_m,
+                gap_px=(DEFAULT_GAP_LENGTH if o.gap_length is None else o.gap_length) / pixel_m,
                 merge_px=JUNCTION_MERGE_LENGTH / pixel_m, bubble_px=BUBBLE_LENGTH / pixel_m,
             )
             stats = _run_passes(
@@ -265,20 +265,6 @@ class _Roads:
                     self.frame, self.tolerance, probability)
 
 
-def _check_min_confidence(value: float | None) -> float | None:
-    """``value`` as a float in 0-1, None for off (None or 0)."""
-    if value is None:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not (
-        0.0 <= float(value) <= 1.0
-    ):
-        raise InputError(
-            f"min_confidence {value!r} is not a probability in 0-1; give e.g. 0.6 (objects "
-            "with a lower mean_probability are dropped) or 0 / None to keep all."
-        )
-    return float(value) or None
-
-
 def _check_probabilities(reader: PredictionReader, pred: str | Path,
                          min_confidence: float | None) -> None:
     """``min_confidence`` filters on probabilities: refuse a bare class mask."""
@@ -290,29 +276,13 @@ def _check_probabilities(reader: PredictionReader, pred: str | Path,
         )
 
 
-def _check_options(
-    out: Path, chunk_size: int | None, cut_size: int | None, spur_length: float | None,
-    gap_length: float | None,
-) -> VectorFormat:
-    """The output format named by ``out``'s suffix, after checking the sizes given."""
+def _check_format(out: Path) -> VectorFormat:
+    """The output format named by ``out``'s suffix."""
     fmt = SUFFIXES.get(out.suffix.lower())
     if fmt is None:
         raise UnsupportedFormatError(
             f"output {str(out)!r} has suffix {out.suffix!r}; use .gpkg (GeoPackage), .parquet "
             "(GeoParquet) or .fgb (FlatGeobuf)."
-        )
-    if chunk_size is not None and chunk_size < 2:
-        raise InputError(
-            f"chunk size {chunk_size} is too small; give 2 or more pixels (e.g. 2048)."
-        )
-    if cut_size is not None and cut_size < 2:
-        raise InputError(f"cut size {cut_size} is too small; give 2 or more pixels or None.")
-    if spur_length is not None and spur_length < 0:
-        raise InputError(f"spur length {spur_length} is negative; give 0 (keep all) or metres.")
-    if gap_length is not None and not (math.isfinite(gap_length) and gap_length >= 0):
-        raise InputError(
-            f"gap length {gap_length} is negative or not finite; give 0 (bridge no gap) or "
-            "metres (e.g. 10)."
         )
     return fmt
 
