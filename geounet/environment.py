@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import functools
 import platform
+import sys
 
 VNNI_FLAGS = frozenset({"avx512_vnni", "avx_vnni"})
 """8-bit dot-product instructions (AVX512-VNNI on Cascade Lake and later Xeons and AMD Zen 4;
@@ -131,3 +132,27 @@ def describe_environment() -> dict[str, str]:
         "pyogrio": pyogrio.__version__,
         "gdal (ogr)": pyogrio.__gdal_version_string__,
     }
+
+
+def release_freed_memory() -> bool:
+    """Give memory freed by a finished stage back to the system (glibc's ``malloc_trim``).
+
+    The chunk tasks run on threads, each allocating from its own glibc arena; what they free
+    stays mapped in those arenas, so a process that predicts and then vectorizes would carry
+    the prediction's high-water mark into the next stage. Returns whether anything could be
+    asked (False off glibc: nothing to do there).
+    """
+    import ctypes
+    import ctypes.util
+    import gc
+
+    gc.collect()
+    name = ctypes.util.find_library("c")
+    if sys.platform != "linux" or name is None:
+        return False
+    try:
+        trim = ctypes.CDLL(name).malloc_trim
+    except (OSError, AttributeError):
+        return False
+    trim(0)
+    return True

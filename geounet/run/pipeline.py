@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geounet.distributed.cluster import SchedulerLike
+from geounet.environment import release_freed_memory
 from geounet.errors import InputError, with_settings
 from geounet.run.compute import compute_store
 from geounet.run.eta import ProgressCallback
@@ -194,6 +195,7 @@ def segment(
     require_crs(plan.info, scene, "segment")  # allow_no_crs let predict through
     counts = compute_store(plan, store_path, o, resume=resume, client=client, workers=workers,
                             progress=progress)
+    release_freed_memory()  # the chunk threads' arenas: not carried into vectorizing
     # The store stays resumable (completion markers kept) until every output is written: a
     # failure or Ctrl-C while vectorizing or writing the COG keeps it for --resume.
     if vectors_done:
