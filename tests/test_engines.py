@@ -314,3 +314,36 @@ def test_every_engine_is_a_registered_backend() -> None:
     assert engines.engine_installed("torch") and not engines.engine_installed("tensorrt")
     with pytest.raises(InputError, match="has no backend"):
         engines.make_backend("auto", None)  # type: ignore[arg-type]
+
+
+def test_the_runner_opens_its_engine_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner has no per-engine code: the backend registered under the engine's name is
+    opened with the runner's resolved spec and computes every forward (here a stand-in for
+    onnxruntime), and torch's own backend is the registered TorchBackend."""
+    from geounet.engine.runner import ModelRunner
+
+    opened: list[engines.BackendSpec] = []
+
+    class Constant:
+        name, package, extra, exported = "onnxruntime", "onnxruntime", "onnx", False
+
+        @classmethod
+        def open(cls, spec: engines.BackendSpec) -> Constant:
+            opened.append(spec)
+            return cls()
+
+        def probabilities(self, batch: np.ndarray) -> np.ndarray:
+            return np.full((batch.shape[0], 3, 4, 4), 0.25, np.float32)
+
+    base = make_runner(depth=2, base=8)
+    assert isinstance(base.backend, engines.TorchBackend) and base.backend.module is base.model
+    monkeypatch.setitem(engines.BACKENDS, "onnxruntime", Constant)
+    monkeypatch.setattr(engines, "engine_installed", lambda name: True)
+    runner = ModelRunner(base.model, base.card, device="cpu", precision="fp32",
+                         engine="onnxruntime")
+    assert isinstance(runner.backend, Constant) and runner.engine == "onnxruntime"
+    (spec,) = opened
+    assert (spec.device.type, spec.precision, spec.channels) == ("cpu", "fp32", 3)
+    assert spec.model is base.model and spec.calibration is None
+    probs = runner.forward(np.zeros((2, 3, 92, 92), np.float32))
+    np.testing.assert_array_equal(probs, np.full((2, 3, 4, 4), 0.25, np.float32))
