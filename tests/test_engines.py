@@ -1,5 +1,5 @@
-"""Tests for geounet.engine.backends: the ONNX Runtime / OpenVINO engines behind ModelRunner, the export
-cache and the ``auto`` rule. Exactness (ARCHITECTURE invariant 2) is checked for every engine
+"""Tests for geounet.engine.backends and geounet.engine.export: the ONNX Runtime / OpenVINO engines behind
+ModelRunner, the export cache and the ``auto`` rule. Exactness (ARCHITECTURE invariant 2) is checked for every engine
 installed; an engine whose package is missing skips its cases (say so in the report)."""
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 
 from geounet.engine import backends as engines
+from geounet.engine import export
 from geounet.engine.inference import (
     clear_runner_cache,
     get_runner,
@@ -93,25 +94,25 @@ def test_same_padding_invariant_to_chunk_size_with_every_engine(
 def test_export_is_cached_next_to_the_checkpoint_and_reused(tmp_path: Path, engine: str) -> None:
     """First load exports (count), a second load in a fresh runner cache reuses the file."""
     checkpoint = _checkpoint(tmp_path, seed=3)
-    before = engines.export_count()
+    before = export.export_count()
     loads = runner_load_count()
     first = get_runner(checkpoint, "cpu", "fp32", engine=engine)
-    exported = engines.export_count() - before
+    exported = export.export_count() - before
     assert exported >= 1
-    assert first.backend.path.parent == tmp_path / engines.CACHE_DIR_NAME
+    assert first.backend.path.parent == tmp_path / export.CACHE_DIR_NAME
     assert first.backend.path.is_file()
     assert not [p for p in first.backend.path.parent.iterdir() if p.name.startswith(".part-")]
     clear_runner_cache()
     second = get_runner(checkpoint, "cpu", "fp32", engine=engine)
     assert second is not first and runner_load_count() == loads + 2
-    assert engines.export_count() - before == exported  # no re-export
+    assert export.export_count() - before == exported  # no re-export
     assert second.backend.path == first.backend.path
     # a changed checkpoint (new hash) is exported again
     _checkpoint(tmp_path, seed=4).replace(checkpoint)
     clear_runner_cache()
     third = get_runner(checkpoint, "cpu", "fp32", engine=engine)
     assert third.backend.path != first.backend.path
-    assert engines.export_count() - before == 2 * exported
+    assert export.export_count() - before == 2 * exported
 
 
 @pytest.mark.skipif(not engines.engine_installed("onnxruntime"), reason="onnxruntime missing")
@@ -122,8 +123,8 @@ def test_read_only_checkpoint_folder_uses_the_user_cache(
     folder.mkdir()
     checkpoint = _checkpoint(folder)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
-    real = engines._writable_dir  # root may write into a 0o555 folder: refuse it here too
-    monkeypatch.setattr(engines, "_writable_dir",
+    real = export.writable_dir  # root may write into a 0o555 folder: refuse it here too
+    monkeypatch.setattr(export, "writable_dir",
                         lambda f: f.parent != folder.resolve() and real(f))
     folder.chmod(0o555)
     try:
@@ -131,7 +132,7 @@ def test_read_only_checkpoint_folder_uses_the_user_cache(
     finally:
         folder.chmod(0o755)
     assert runner.backend.path.parent == tmp_path / "cache" / "geounet"
-    assert not (folder / engines.CACHE_DIR_NAME).exists()
+    assert not (folder / export.CACHE_DIR_NAME).exists()
 
 
 def test_auto_rule_reads_the_cpu_and_the_installed_packages(
@@ -297,9 +298,52 @@ def test_export_of_a_model_in_memory_leaves_no_temporary_folder(engine: str) -> 
     assert not folder.exists()
 
 
-def test_every_engine_but_torch_is_a_registered_backend() -> None:
+def test_every_engine_is_a_registered_backend() -> None:
+    """One registry: every --engine choice but the ``auto`` rule has a backend class, under
+    its own name, with the one constructor (``open(spec)``) and the forward of the protocol;
+    torch first (always installed)."""
     from geounet.config import Engine, choices
 
-    assert set(engines.BACKENDS) == set(choices(Engine)) - {"torch", "auto"}
-    assert all(cls.name == name for name, cls in engines.BACKENDS.items())
+    assert set(engines.BACKENDS) == set(choices(Engine)) - {"auto"}
+    assert list(engines.BACKENDS)[0] == "torch"
+    for name, cls in engines.BACKENDS.items():
+        assert cls.name == name
+        assert callable(cls.open) and callable(cls.probabilities)
+        assert cls.exported == (name != "torch")
     assert engines.available_engines()[0] == "torch"
+    assert engines.engine_installed("torch") and not engines.engine_installed("tensorrt")
+    with pytest.raises(InputError, match="has no backend"):
+        engines.make_backend("auto", None)  # type: ignore[arg-type]
+
+
+def test_the_runner_opens_its_engine_from_the_registry(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The runner has no per-engine code: the backend registered under the engine's name is
+    opened with the runner's resolved spec and computes every forward (here a stand-in for
+    onnxruntime), and torch's own backend is the registered TorchBackend."""
+    from geounet.engine.runner import ModelRunner
+
+    opened: list[engines.BackendSpec] = []
+
+    class Constant:
+        name, package, extra, exported = "onnxruntime", "onnxruntime", "onnx", False
+
+        @classmethod
+        def open(cls, spec: engines.BackendSpec) -> Constant:
+            opened.append(spec)
+            return cls()
+
+        def probabilities(self, batch: np.ndarray) -> np.ndarray:
+            return np.full((batch.shape[0], 3, 4, 4), 0.25, np.float32)
+
+    base = make_runner(depth=2, base=8)
+    assert isinstance(base.backend, engines.TorchBackend) and base.backend.module is base.model
+    monkeypatch.setitem(engines.BACKENDS, "onnxruntime", Constant)
+    monkeypatch.setattr(engines, "engine_installed", lambda name: True)
+    runner = ModelRunner(base.model, base.card, device="cpu", precision="fp32",
+                         engine="onnxruntime")
+    assert isinstance(runner.backend, Constant) and runner.engine == "onnxruntime"
+    (spec,) = opened
+    assert (spec.device.type, spec.precision, spec.channels) == ("cpu", "fp32", 3)
+    assert spec.model is base.model and spec.calibration is None
+    probs = runner.forward(np.zeros((2, 3, 92, 92), np.float32))
+    np.testing.assert_array_equal(probs, np.full((2, 3, 4, 4), 0.25, np.float32))

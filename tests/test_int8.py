@@ -291,8 +291,12 @@ def test_engine_auto_falls_back_to_torch_when_the_engine_fails(
     same numbers as torch); asked for by name, the failure is the error."""
     from geounet.engine import runner as runner_module
 
-    def broken(*args: object, **kwargs: object) -> None:
-        raise RuntimeError("simulated export failure")
+    real = engines.make_backend
+
+    def broken(engine: str, spec: engines.BackendSpec) -> engines.Backend:
+        if engine != "torch":
+            raise RuntimeError("simulated export failure")
+        return real(engine, spec)
 
     monkeypatch.setattr(environment, "cpu_flags", lambda: frozenset({"avx2"}))
     monkeypatch.setattr(engines, "engine_installed", lambda name: True)
@@ -301,7 +305,7 @@ def test_engine_auto_falls_back_to_torch_when_the_engine_fails(
     with caplog.at_level(logging.WARNING, logger=runner_module.__name__):
         runner = ModelRunner(base.model, base.card, device="cpu", precision="fp32",
                              engine="auto")
-    assert runner.engine == "torch" and runner.backend is None
+    assert runner.engine == "torch" and isinstance(runner.backend, engines.TorchBackend)
     assert "simulated export failure" in caplog.text and "running torch" in caplog.text
     assert "failed to open" in runner.describe()
     x = np.random.default_rng(0).normal(size=(1, 3, 92, 92)).astype(np.float32)
@@ -320,7 +324,7 @@ def test_openvino_is_imported_without_its_telemetry(tmp_path: Path) -> None:
 
     code = (
         "import os, sys; forks = []; os.register_at_fork(before=lambda: forks.append(1)); "
-        "from geounet.engine.backends import import_openvino; ov = import_openvino(); "
+        "from geounet.engine.export import import_openvino; ov = import_openvino(); "
         "ov.Core().available_devices; "
         "print(len(forks), any('telemetry' in m for m in sys.modules), "
         "'openvino.tools.ovc' in sys.modules)"

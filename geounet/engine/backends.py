@@ -1,17 +1,14 @@
-"""Inference engines behind :class:`geounet.engine.runner.ModelRunner`: PyTorch, ONNX Runtime, OpenVINO.
+"""Inference engines behind :class:`geounet.engine.runner.ModelRunner`: PyTorch, ONNX Runtime,
+OpenVINO, each a :class:`Backend` registered in :data:`BACKENDS` and opened by
+:func:`make_backend` from one :class:`BackendSpec`; and the rules of which engine runs.
 
-The runner normalizes, batches, crops and blends; an engine only turns a normalized float32
-batch ``(N, C, H, W)`` into logits ``(N, K, h, w)``. PyTorch is the runner's own path; the two
+The runner normalizes, batches, crops and blends; a backend only turns a normalized float32
+batch ``(N, C, H, W)`` into softmax probabilities ``(N, K, h, w)`` of the model's outputs.
+:class:`TorchBackend` runs the module itself (device, autocast, channels_last); the two
 optional engines (``pip install geounet[onnx]`` / ``geounet[openvino]``) run the same network
-exported from the checkpoint to ONNX on the worker that loads it. The export is cached next to
-the checkpoint (``.geounet-cache/`` in its folder) or, when that folder is not writable, under
-the user cache directory (``$XDG_CACHE_HOME/geounet``, default ``~/.cache/geounet``), keyed by
-the checkpoint's SHA-256, the engine and its version; a second load reuses it
-(:func:`export_count` counts the exports of this process).
-
-The export has dynamic batch, height and width axes, so one cached file serves every tile size
-(and the whole-scene reference used by the exactness tests); OpenVINO compiles one static
-shape per input shape it sees and keeps it in memory.
+exported from the checkpoint to ONNX on the worker that loads it (the export cache:
+:mod:`geounet.engine.export`; int8 models: :mod:`geounet.engine.quantize`). OpenVINO compiles
+one static shape per input shape it sees and keeps the :data:`COMPILED_SHAPES` last used.
 
 ``auto`` (:func:`resolve_engine`) picks by a rule on the CPU's instruction sets, read at run
 time from ``/proc/cpuinfo`` (never assumed), and on the installed packages: see docs/engine.md.
@@ -20,43 +17,40 @@ Examples
 --------
 >>> resolve_engine("torch", "cpu")
 'torch'
+>>> list(BACKENDS)
+['torch', 'onnxruntime', 'openvino']
 """
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
-import os
-import shutil
-import tempfile
 import threading
-import warnings
 import weakref
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol
 
 import numpy as np
 
 from geounet import environment
 from geounet.config import Engine, choices
 from geounet.engine.cache import LeastRecentlyUsed
+from geounet.engine.export import (
+    exported_model,
+    import_openvino,
+    package_version,
+    remove_folder,
+    temporary_checkpoint,
+)
+from geounet.engine.quantize import int8_model
 from geounet.errors import EngineError, InputError
 
 if TYPE_CHECKING:  # pragma: no cover
-    from geounet.model import UNet
+    import torch
+    from torch import nn
 
 log = logging.getLogger(__name__)
-
-OPSET = 17
-"""ONNX opset of the export."""
-
-CACHE_DIR_NAME = ".geounet-cache"
-"""Folder next to a checkpoint that holds its exports."""
-
-_PACKAGES = {"onnxruntime": "onnxruntime", "openvino": "openvino"}
-_EXTRAS = {"onnxruntime": "onnx", "openvino": "openvino"}
-_EXPORTS = {"count": 0}
-_EXPORT_LOCK = threading.Lock()
 
 
 # ---- what the machine has ---------------------------------------------------------------
@@ -73,16 +67,17 @@ INT8_ENGINES = ("openvino", "onnxruntime")
 
 
 def engine_installed(engine: str) -> bool:
-    """Whether the package of ``engine`` can be imported (``torch`` always can)."""
-    if engine == "torch":
-        return True
-    package = _PACKAGES.get(engine)
-    return package is not None and importlib.util.find_spec(package) is not None
+    """Whether the package of ``engine`` (its backend's ``package``) can be imported; a
+    backend without an ``extra`` (``torch``, a dependency of geounet) always can."""
+    backend = BACKENDS.get(engine)
+    if backend is None:
+        return False
+    return backend.extra is None or importlib.util.find_spec(backend.package) is not None
 
 
 def available_engines() -> tuple[str, ...]:
     """The engines this installation can run, ``torch`` first."""
-    return tuple(e for e in ("torch", *BACKENDS) if engine_installed(e))
+    return tuple(e for e in BACKENDS if engine_installed(e))
 
 
 def resolve_engine(
@@ -142,8 +137,8 @@ def resolve_engine(
             )
         if not engine_installed(engine):
             raise EngineError(
-                f"engine {engine!r} is not installed (no {_PACKAGES[engine]!r} package); "
-                f"install it with `pip install geounet[{_EXTRAS[engine]}]`, or use "
+                f"engine {engine!r} is not installed (no {BACKENDS[engine].package!r} package); "
+                f"install it with `pip install geounet[{BACKENDS[engine].extra}]`, or use "
                 f"--engine torch or auto."
             )
         if engine == "onnxruntime" and precision in ("bf16", "fp16"):
@@ -176,165 +171,133 @@ def _check_int8(engine: str, device_type: str) -> None:
 
 def engine_version(engine: str) -> str:
     """Version string of an engine's package (``torch`` included)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return version(_PACKAGES.get(engine, engine))
-    except PackageNotFoundError:  # pragma: no cover - checked by resolve_engine before
-        return "unknown"
-
-
-# ---- export cache -----------------------------------------------------------------------
-def export_count() -> int:
-    """How many ONNX / OpenVINO exports this process has written (cache misses)."""
-    return _EXPORTS["count"]
-
-
-def user_cache_dir() -> Path:
-    """``$XDG_CACHE_HOME/geounet`` (default ``~/.cache/geounet``): exports of checkpoints
-    whose folder is not writable."""
-    base = os.environ.get("XDG_CACHE_HOME") or os.path.join(os.path.expanduser("~"), ".cache")
-    return Path(base) / "geounet"
-
-
-def checkpoint_digest(path: str | os.PathLike[str]) -> str:
-    """SHA-256 of a checkpoint file (hex): :func:`geounet.model.checkpoint.file_sha256`."""
-    from geounet.model.checkpoint import file_sha256
-
-    return file_sha256(path)
-
-
-def _writable_dir(folder: Path) -> bool:
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError:
-        return False
-    return os.access(folder, os.W_OK | os.X_OK)
-
-
-def cache_path(checkpoint: str | os.PathLike[str], kind: str, digest: str | None = None) -> Path:
-    """Where an export of ``checkpoint`` lives (the file may not exist yet).
-
-    ``kind`` ``onnx``: ``<stem>-<sha256[:16]>-torch<version>-opset17.onnx`` (what wrote it: the
-    file does not depend on ONNX Runtime's version); ``openvino``:
-    ``<stem>-<sha256[:16]>-openvino<version>-torch<version>.xml`` (+ ``.bin``). The folder is
-    ``.geounet-cache/`` next to the checkpoint, or :func:`user_cache_dir` when the checkpoint's
-    folder is not writable.
-    """
-    checkpoint = Path(checkpoint)
-    digest = digest or checkpoint_digest(checkpoint)
-    torch_version = engine_version("torch").split("+")[0]
-    if kind == "onnx":
-        name = f"{checkpoint.stem}-{digest[:16]}-torch{torch_version}-opset{OPSET}.onnx"
-    else:
-        name = (f"{checkpoint.stem}-{digest[:16]}-openvino{engine_version('openvino')}"
-                f"-torch{torch_version}.xml")
-    folder = checkpoint.resolve().parent / CACHE_DIR_NAME
-    if not _writable_dir(folder):
-        folder = user_cache_dir()
-        folder.mkdir(parents=True, exist_ok=True)
-    return folder / name.replace("/", "_")
-
-
-def export_onnx(model: UNet, path: Path, channels: int) -> None:
-    """Write ``model`` as ONNX with dynamic batch, height and width to ``path`` (atomically)."""
-    import torch
-
-    cfg = model.config
-    size = 8 * cfg.alignment
-    if cfg.padding == "valid":
-        size = cfg.valid_input_sizes(max(size, cfg.min_input_size), max(size, cfg.min_input_size)
-                                     + 4 * cfg.alignment)[0]
-    example = torch.zeros(1, channels, size, size)
-    fd, tmp = tempfile.mkstemp(suffix=".onnx", dir=path.parent, prefix=".part-")
-    os.close(fd)
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tracer and deprecation chatter of torch.onnx
-            torch.onnx.export(
-                model.float().eval(), (example,), tmp, input_names=["x"], output_names=["logits"],
-                dynamic_axes={"x": {0: "n", 2: "h", 3: "w"}, "logits": {0: "n", 2: "oh", 3: "ow"}},
-                opset_version=OPSET, dynamo=False,
-            )
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def exported_model(
-    checkpoint: str | os.PathLike[str], model: UNet, channels: int, engine: str
-) -> Path:
-    """The cached export of ``checkpoint`` for ``engine``, written once (first load) and reused.
-
-    ``onnxruntime`` opens the ONNX file; ``openvino`` its IR (``.xml``/``.bin``) converted from
-    that ONNX file. Each is written under a temporary name and renamed when complete.
-    """
-    digest = checkpoint_digest(checkpoint)
-    with _EXPORT_LOCK:
-        onnx_path = cache_path(checkpoint, "onnx", digest)
-        if engine == "openvino":
-            xml = cache_path(checkpoint, "openvino", digest)
-            if xml.is_file() and xml.with_suffix(".bin").is_file():
-                return xml
-        if not onnx_path.is_file():
-            log.info("exporting %s to ONNX: %s", checkpoint, onnx_path)
-            export_onnx(model, onnx_path, channels)
-            _EXPORTS["count"] += 1
-        if engine != "openvino":
-            return onnx_path
-        ov = import_openvino()
-        log.info("converting %s to OpenVINO IR: %s", onnx_path, xml)
-        tmp = xml.with_name(f".part-{os.getpid()}-{xml.name}")
-        ov.save_model(read_onnx(onnx_path), str(tmp), compress_to_fp16=False)
-        os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-        os.replace(tmp, xml)
-        _EXPORTS["count"] += 1
-        return xml
-
-
-def import_openvino() -> Any:
-    """``import openvino`` without its model conversion tool.
-
-    ``openvino/__init__.py`` imports ``openvino.tools.ovc`` for ``openvino.convert_model``, and
-    that import sends a usage-telemetry event (``openvino_telemetry``: a forked copy of this
-    process posting to Google Analytics) unless the user opted out with ``opt_in_out
-    --opt_out``. geounet sends nothing anywhere and does not need the tool (it reads ONNX
-    with the runtime's frontend, :func:`read_onnx`), so the first import here skips it: in
-    this process ``openvino.convert_model`` is then missing; ``from openvino.tools.ovc import
-    convert_model`` still works (and sends its event). An ``openvino`` already imported is
-    returned as it is."""
-    import sys
-
-    if "openvino" in sys.modules:
-        return sys.modules["openvino"]
-    blocked = "openvino.tools.ovc" not in sys.modules
-    if blocked:
-        sys.modules["openvino.tools.ovc"] = None  # type: ignore[assignment]  # ImportError
-    try:
-        import openvino
-    finally:
-        if blocked and sys.modules.get("openvino.tools.ovc", False) is None:
-            del sys.modules["openvino.tools.ovc"]
-    return openvino
-
-
-def read_onnx(path: Path) -> Any:
-    """An ONNX file as an OpenVINO model, by OpenVINO's ONNX frontend (``Core.read_model``;
-    the same model as ``openvino.convert_model`` of the file without options, without the
-    conversion tool: :func:`import_openvino`)."""
-    return import_openvino().Core().read_model(str(path))
+    backend = BACKENDS.get(engine)
+    return package_version(backend.package if backend is not None else engine)
 
 
 # ---- backends ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class BackendSpec:
+    """What every backend is opened from (:meth:`Backend.open`), resolved by the runner.
+
+    Attributes
+    ----------
+    model : the network (a :class:`~geounet.model.UNet` or another registered architecture).
+    channels : input bands C.
+    device : the resolved :class:`torch.device` (the exported engines run on the CPU).
+    precision : the resolved precision: ``fp32``, ``bf16``, ``fp16`` or ``int8``.
+    threads : intra-op threads of an exported engine.
+    checkpoint : the file the model came from (keys the export cache); None for a model built
+        in memory (:func:`make_backend` saves it to a temporary folder for the exports).
+    calibration : the normalized calibration batch (N, C, S, S) of an int8 model
+        (:func:`geounet.engine.quantize.read_calibration`); None otherwise.
+    """
+
+    model: nn.Module
+    channels: int
+    device: torch.device
+    precision: str
+    threads: int = 1
+    checkpoint: Path | None = None
+    calibration: np.ndarray | None = None
+
+
 class Backend(Protocol):
     """An engine's forward pass, what :class:`geounet.engine.runner.ModelRunner` calls: a
-    normalized float32 batch ``(N, C, H, W)`` to logits ``(N, K, h, w)`` float32, safe to
-    call from several threads at once. ``name`` is its :data:`geounet.config.Engine` name."""
+    normalized float32 batch ``(N, C, H, W)`` to softmax probabilities ``(N, K, h, w)`` float32
+    of the model's outputs, safe to call from several threads at once.
 
-    name: str
+    ``name`` is its :data:`geounet.config.Engine` name, ``package`` the package it imports,
+    ``extra`` the ``pip install geounet[EXTRA]`` that installs it (None: always installed),
+    ``exported`` whether it runs an export of the checkpoint file (a model built in memory is
+    then saved to a temporary file first)."""
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray: ...
+    name: ClassVar[str]
+    package: ClassVar[str]
+    extra: ClassVar[str | None]
+    exported: ClassVar[bool]
+
+    @classmethod
+    def open(cls, spec: BackendSpec) -> Backend: ...
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray: ...
+
+
+class TorchBackend:
+    """The PyTorch module on its device: channels_last on the CPU, autocast for ``bf16`` (CPU
+    and CUDA) and ``fp16`` (CUDA); the softmax is taken in float32 on the device."""
+
+    name: ClassVar[str] = "torch"
+    package: ClassVar[str] = "torch"
+    extra: ClassVar[str | None] = None
+    exported: ClassVar[bool] = False
+
+    def __init__(self, module: nn.Module, device: torch.device, precision: str) -> None:
+        import torch
+
+        self.device, self.precision = device, precision
+        self.module = module.to(device).eval()
+        if device.type == "cpu":
+            self.module = self.module.to(memory_format=torch.channels_last)
+
+    @classmethod
+    def open(cls, spec: BackendSpec) -> TorchBackend:
+        return cls(spec.model, spec.device, spec.precision)
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (N, K, h, w) float32 of a normalized batch (N, C, H, W)."""
+        import torch
+
+        with torch.inference_mode():
+            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
+            if self.device.type == "cuda":
+                x = x.pin_memory().to(self.device, non_blocking=True)
+                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
+                with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
+                    logits = self.module(x)
+                return torch.softmax(logits.float(), dim=1).cpu().numpy()
+            x = x.contiguous(memory_format=torch.channels_last)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
+                logits = self.module(x)
+            probs = torch.softmax(logits.float(), dim=1)
+            return probs.contiguous().numpy()
+
+
+def model_file(spec: BackendSpec, engine: str) -> Path:
+    """The cached model file ``engine`` opens for ``spec``: the fp32 export of its checkpoint
+    (:func:`geounet.engine.export.exported_model`) or, at int8, the quantized model calibrated
+    on ``spec.calibration`` (:func:`geounet.engine.quantize.int8_model`)."""
+    if spec.checkpoint is None:
+        raise InputError(f"engine {engine!r} runs an export of a checkpoint file; give one.")
+    if spec.precision != "int8":
+        return exported_model(spec.checkpoint, spec.model, spec.channels, engine)
+    if spec.calibration is None:
+        raise InputError(
+            "precision 'int8' needs pixels to calibrate on: give calibration= a scene "
+            "(geounet.raster.open_scene) or an array (C, H, W)."
+        )
+    return int8_model(spec.checkpoint, spec.model, spec.channels, engine, spec.calibration)
+
+
+class ExportedBackend:
+    """An engine that runs the exported model: ``__call__`` gives its logits (N, K, h, w)
+    float32; :meth:`probabilities` their softmax, taken by torch on the CPU exactly as for
+    :class:`TorchBackend`'s CPU path (the same numbers for the same logits)."""
+
+    path: Path
+    exported: ClassVar[bool] = True
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:  # pragma: no cover - per engine
+        raise NotImplementedError
+
+    def probabilities(self, batch: np.ndarray) -> np.ndarray:
+        """Softmax probabilities (N, K, h, w) float32 of a normalized batch (N, C, H, W)."""
+        import torch
+
+        logits = self(np.ascontiguousarray(batch, dtype=np.float32))
+        with torch.inference_mode():
+            probs = torch.softmax(torch.from_numpy(logits), dim=1)
+            return probs.contiguous().numpy()
 
 
 COMPILED_SHAPES = 8
@@ -343,10 +306,12 @@ requests for); beyond it the least recently used is dropped and compiled again i
 back. A run sees a few (full batches, the last batch of a chunk)."""
 
 
-class OnnxRuntimeBackend:
+class OnnxRuntimeBackend(ExportedBackend):
     """ONNX Runtime CPU session of an exported model; ``threads`` intra-op threads."""
 
-    name = "onnxruntime"
+    name: ClassVar[str] = "onnxruntime"
+    package: ClassVar[str] = "onnxruntime"
+    extra: ClassVar[str | None] = "onnx"
 
     def __init__(self, path: Path, threads: int) -> None:
         import onnxruntime as ort
@@ -360,15 +325,22 @@ class OnnxRuntimeBackend:
             str(path), sess_options=options, providers=["CPUExecutionProvider"]
         )
 
+    @classmethod
+    def open(cls, spec: BackendSpec) -> OnnxRuntimeBackend:
+        return cls(model_file(spec, cls.name), spec.threads)
+
     def __call__(self, batch: np.ndarray) -> np.ndarray:
         """Logits (N, K, h, w) float32 of a normalized float32 batch (N, C, H, W)."""
         return np.asarray(self.session.run(None, {"x": batch})[0], dtype=np.float32)
 
 
-class OpenVinoBackend:
-    """OpenVINO CPU model; one compiled model per input shape, ``f32`` or ``bf16`` precision."""
+class OpenVinoBackend(ExportedBackend):
+    """OpenVINO CPU model; one compiled model per input shape, ``f32`` or ``bf16`` precision
+    (an int8 model runs its integer kernels under ``f32``)."""
 
-    name = "openvino"
+    name: ClassVar[str] = "openvino"
+    package: ClassVar[str] = "openvino"
+    extra: ClassVar[str | None] = "openvino"
 
     def __init__(self, path: Path, threads: int, precision: str) -> None:
         ov = import_openvino()
@@ -385,6 +357,10 @@ class OpenVinoBackend:
             COMPILED_SHAPES)
         self._lock = threading.Lock()
         self._local = threading.local()  # one infer request per thread and shape
+
+    @classmethod
+    def open(cls, spec: BackendSpec) -> OpenVinoBackend:
+        return cls(model_file(spec, cls.name), spec.threads, spec.precision)
 
     def _compiled_for(self, shape: tuple[int, ...]) -> Any:
         with self._lock:
@@ -412,63 +388,41 @@ class OpenVinoBackend:
         return np.array(request.get_output_tensor(0).data, dtype=np.float32, copy=True)
 
 
-BACKENDS: dict[str, type[Backend]] = {"onnxruntime": OnnxRuntimeBackend,
-                                       "openvino": OpenVinoBackend}
-"""The engines besides torch (the runner's own path), by :data:`geounet.config.Engine` name."""
+BACKENDS: dict[str, type[Backend]] = {
+    backend.name: backend for backend in (TorchBackend, OnnxRuntimeBackend, OpenVinoBackend)
+}
+"""Every engine's backend, by :data:`geounet.config.Engine` name (``auto`` is a rule,
+:func:`resolve_engine`, not a backend), ``torch`` first."""
 
 
-def save_in_memory_model(model: UNet) -> Path:
-    """Save the weights of a model built in memory (no checkpoint) to a fresh temporary folder,
-    removed when the process exits, so its exports have a file to be keyed by."""
-    import atexit
-    import shutil
+def make_backend(engine: str, spec: BackendSpec) -> Backend:
+    """Open ``engine``'s backend (:data:`BACKENDS`) for ``spec``.
 
-    import torch
-
-    folder = Path(tempfile.mkdtemp(prefix="geounet-export-"))
-    atexit.register(shutil.rmtree, folder, ignore_errors=True)
-    checkpoint = folder / "model.pt"
-    torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoint)
-    return checkpoint
-
-
-def make_backend(
-    engine: str,
-    model: UNet,
-    checkpoint: str | os.PathLike[str] | None,
-    channels: int,
-    precision: str,
-    threads: int,
-) -> Backend:
-    """Export (or reuse the cached export of) ``checkpoint`` and open it with ``engine``.
-
+    An exported engine exports (or reuses the cached export of) ``spec.checkpoint``;
     ``checkpoint=None`` (a model built in memory) exports into a fresh temporary folder,
     removed once the backend is garbage-collected (or at exit).
 
     Raises
     ------
+    InputError
+        ``engine`` has no backend (``auto`` is resolved first: :func:`resolve_engine`).
     EngineError
-        ``onnxruntime`` with a precision other than fp32.
+        ``engine`` cannot run ``spec``'s device or precision (e.g. onnxruntime with bf16).
     """
-    resolve_engine(engine, "cpu", precision=precision)  # onnxruntime: fp32 only
+    backend_type = BACKENDS.get(engine)
+    if backend_type is None:
+        raise InputError(f"engine {engine!r} has no backend; one of {', '.join(BACKENDS)}.")
+    resolve_engine(engine, spec.device.type, precision=spec.precision)  # type: ignore[arg-type]
     folder = None
-    if checkpoint is None:
-        import torch
-
-        folder = Path(tempfile.mkdtemp(prefix="geounet-export-"))
-        checkpoint = folder / "model.pt"
-        torch.save({k: v.cpu() for k, v in model.state_dict().items()}, checkpoint)
+    if backend_type.exported and spec.checkpoint is None:
+        checkpoint, folder = temporary_checkpoint(spec.model)
+        spec = dataclasses.replace(spec, checkpoint=checkpoint)
     try:
-        path = exported_model(checkpoint, model, channels, engine)
-        backend: Backend
-        if engine == "onnxruntime":
-            backend = OnnxRuntimeBackend(path, threads)
-        else:
-            backend = OpenVinoBackend(path, threads, precision)
+        backend = backend_type.open(spec)
     except BaseException:
         if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
+            remove_folder(folder)
         raise
     if folder is not None:
-        weakref.finalize(backend, shutil.rmtree, folder, ignore_errors=True)
+        weakref.finalize(backend, remove_folder, folder)
     return backend

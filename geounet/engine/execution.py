@@ -92,8 +92,6 @@ def resolve_precision(
     scene); else bf16 when the CPU has AVX512_BF16/AMX (about 2.2x faster than fp32) and the
     engine runs bf16 (not ONNX Runtime); else fp32.
     """
-    import torch
-
     from geounet.environment import cpu_flags, int8_is_faster, native_bf16
 
     if precision not in choices(InferencePrecision):
@@ -107,6 +105,8 @@ def resolve_precision(
         return "int8"
     if device.type == "cuda":
         if precision == "auto":
+            import torch  # only here: a CPU device's rules read the CPU's flags alone
+
             return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
         return str(precision)
     flags = cpu_flags() if flags is None else flags

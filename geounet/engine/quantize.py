@@ -12,7 +12,7 @@ The recipe (docs/engine.md, "int8"):
   int8 per-channel weights, min/max ranges; weights reduced to 7 bits on CPUs without VNNI/AMX
   (ONNX Runtime's advice against 16-bit saturation in AVX2's ``vpmaddubsw``).
 - **Cache**: ``<stem>-<sha256[:16]>-int8-<calibration digest[:16]>-onnxruntime<version>.onnx``
-  (and its OpenVINO IR) next to the fp32 export (:func:`~geounet.engine.backends.cache_path`),
+  (and its OpenVINO IR) next to the fp32 export (:func:`~geounet.engine.export.cache_path`),
   written under a temporary name and renamed, by one process at a time (a file lock), the
   :data:`MAX_CACHED` most recently used calibrations of a checkpoint kept.
 
@@ -36,20 +36,18 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from geounet.engine.backends import (
-    OnnxRuntimeBackend,
-    OpenVinoBackend,
+from geounet.engine.export import (
     checkpoint_digest,
-    engine_version,
     exported_model,
-    import_openvino,
-    read_onnx,
-    resolve_engine,
+    package_version,
+    save_openvino_ir,
 )
 from geounet.environment import cpu_flags, int8_is_faster
 
 if TYPE_CHECKING:  # pragma: no cover
-    from geounet.model import UNet, UNetConfig
+    from torch import nn
+
+    from geounet.model import UNetConfig
 
 log = logging.getLogger(__name__)
 
@@ -208,7 +206,7 @@ def _prune(folder: Path, prefix: str, keep: Path) -> None:
                 path.unlink()
 
 
-def int8_model(checkpoint: str | os.PathLike[str], model: UNet, channels: int, engine: str,
+def int8_model(checkpoint: str | os.PathLike[str], model: nn.Module, channels: int, engine: str,
                batch: np.ndarray, reduce_range: bool | None = None) -> Path:
     """The cached int8 model of ``checkpoint`` calibrated on ``batch``: the QDQ ONNX file for
     ``onnxruntime``, its OpenVINO IR (``.xml``) for ``openvino``; quantized on first use."""
@@ -218,8 +216,8 @@ def int8_model(checkpoint: str | os.PathLike[str], model: UNet, channels: int, e
     folder = fp32.parent
     prefix = f"{Path(checkpoint).stem}-{digest[:16]}-int8-"
     tag = calibration_digest(batch, reduce_range)[:16]
-    onnx_path = folder / f"{prefix}{tag}-onnxruntime{engine_version('onnxruntime')}.onnx"
-    xml = onnx_path.with_name(f"{onnx_path.stem}-openvino{engine_version('openvino')}.xml")
+    onnx_path = folder / f"{prefix}{tag}-onnxruntime{package_version('onnxruntime')}.onnx"
+    xml = onnx_path.with_name(f"{onnx_path.stem}-openvino{package_version('openvino')}.xml")
     with _file_lock(folder / ".int8.lock"):
         if not onnx_path.is_file():
             log.info("quantizing %s to int8 on %d calibration crops: %s", checkpoint,
@@ -231,29 +229,8 @@ def int8_model(checkpoint: str | os.PathLike[str], model: UNet, channels: int, e
         if engine != "openvino":
             return onnx_path
         if not (xml.is_file() and xml.with_suffix(".bin").is_file()):
-            ov = import_openvino()
-            tmp = xml.with_name(f".part-{os.getpid()}-{xml.name}")
-            ov.save_model(read_onnx(onnx_path), str(tmp), compress_to_fp16=False)
-            os.replace(tmp.with_suffix(".bin"), xml.with_suffix(".bin"))
-            os.replace(tmp, xml)
+            save_openvino_ir(onnx_path, xml)
         return xml
-
-
-def make_int8_backend(engine: str, model: UNet, checkpoint: str | os.PathLike[str],
-                      channels: int, threads: int,
-                      batch: np.ndarray) -> OnnxRuntimeBackend | OpenVinoBackend:
-    """Open the int8 model of ``checkpoint`` calibrated on ``batch`` with ``engine``.
-
-    Raises
-    ------
-    EngineError
-        ``engine`` runs no int8 (torch), or ONNX Runtime (the quantizer) is not installed.
-    """
-    resolve_engine(engine, "cpu", precision="int8")
-    path = int8_model(checkpoint, model, channels, engine, batch)
-    if engine == "onnxruntime":
-        return OnnxRuntimeBackend(path, threads)
-    return OpenVinoBackend(path, threads, "f32")
 
 
 def source_pixels(source: Any) -> int | None:

@@ -37,6 +37,7 @@ __all__ = [  # the execution rules (geounet.engine.execution) are re-exported he
 ]
 
 if TYPE_CHECKING:  # pragma: no cover
+    from geounet.engine.backends import Backend, BackendSpec
     from geounet.model import ModelCard, UNet, UNetConfig
 
 log = logging.getLogger(__name__)
@@ -96,12 +97,14 @@ class ModelRunner:
     device : ``auto``, ``cpu``, ``cuda`` or ``cuda:N``.
     precision : ``auto``, ``fp32``, ``bf16``, ``fp16`` or ``int8`` (:func:`resolve_execution`).
     engine : ``torch`` (default), ``onnxruntime``, ``openvino`` or ``auto``
-        (:func:`geounet.engine.backends.resolve_engine`); the other engines run the model exported
-        from ``checkpoint`` (cached next to it, :func:`geounet.engine.backends.make_backend`).
-        ``auto``: if the chosen engine fails to open, the runner logs why and runs torch.
+        (:func:`geounet.engine.backends.resolve_engine`); each is a
+        :class:`~geounet.engine.backends.Backend` opened by
+        :func:`~geounet.engine.backends.make_backend` (the exported engines run the model
+        exported from ``checkpoint``, cached next to it). ``auto``: if the chosen engine fails
+        to open, the runner logs why and runs torch.
     checkpoint : the checkpoint file the model came from (keys the export cache); None for a
         model built in memory (exported to a temporary folder).
-    backend : an already opened engine backend to share (runners of other bands).
+    backend : an already opened backend to share (runners of other bands), of ``engine``.
     calibration : what an int8 model is calibrated on: a scene
         (:class:`~geounet.raster.SceneInfo`) or raw pixels (C, H, W)
         (:func:`geounet.engine.quantize.read_calibration`); needed for int8, and ``auto`` picks
@@ -123,11 +126,9 @@ class ModelRunner:
         precision: InferencePrecision = "auto",
         engine: Engine = "torch",
         checkpoint: str | os.PathLike[str] | None = None,
-        backend: Any = None,
+        backend: Backend | None = None,
         calibration: Any = None,
     ) -> None:
-        import torch
-
         self.card = card
         self._mean = np.asarray(card.mean, dtype=np.float32).reshape(-1, 1, 1)
         self._inv_std = (1.0 / np.asarray(card.std, dtype=np.float32)).reshape(-1, 1, 1)
@@ -142,42 +143,46 @@ class ModelRunner:
                 "(geounet.raster.open_scene) or an array (C, H, W); predict and segment use "
                 "the scene being predicted."
             )
-        if self.engine != "torch" and backend is None:
-            try:
-                backend = self._open_backend(model, checkpoint, calibration)
-            except Exception as exc:  # noqa: BLE001 - an optional engine failing falls back
-                if engine != "auto":
-                    raise
-                self._fall_back(precision, f"{type(exc).__name__}: {exc}")
-        self.backend = backend if self.engine != "torch" else None
-        self.model = model.to(self.device).eval()
-        if self.device.type == "cpu":
-            self.model = self.model.to(memory_format=torch.channels_last)
+        if backend is None:
+            backend = self._open_backend(model, checkpoint, calibration, engine, precision)
+        self.backend: Backend = backend
+        self.model = model.eval()
         self.calls = 0
         self.tiles = 0
         self._lock = threading.Lock()
 
     def _open_backend(self, model: UNet, checkpoint: str | os.PathLike[str] | None,
-                      calibration: Any) -> Any:
-        """The ONNX Runtime / OpenVINO backend of ``model`` at this runner's precision."""
+                      calibration: Any, asked: Engine, precision: InferencePrecision) -> Backend:
+        """This runner's engine backend (:func:`geounet.engine.backends.make_backend`);
+        ``engine auto`` (``asked``): if it fails to open, the torch backend instead."""
+        from geounet.engine import backends
+
+        try:
+            return backends.make_backend(self.engine, self._spec(model, checkpoint, calibration))
+        except Exception as exc:  # noqa: BLE001 - an optional engine failing falls back
+            if asked != "auto" or self.engine == "torch":
+                raise
+            self._fall_back(precision, f"{type(exc).__name__}: {exc}")
+        return backends.make_backend(self.engine, self._spec(model, checkpoint, None))
+
+    def _spec(self, model: UNet, checkpoint: str | os.PathLike[str] | None,
+              calibration: Any) -> BackendSpec:
+        """What this runner's backend is opened from; at int8 the calibration crops of
+        ``calibration``, normalized as tiles are."""
         import torch
 
-        from geounet.engine.backends import make_backend
+        from geounet.engine.backends import BackendSpec
 
-        threads = torch.get_num_threads()
-        if self.precision != "int8":
-            return make_backend(self.engine, model, checkpoint, len(self.card.bands),
-                                self.precision, threads)
-        from geounet.engine.quantize import make_int8_backend, read_calibration
+        batch = None
+        if self.precision == "int8":
+            from geounet.engine.quantize import read_calibration
 
-        pixels, valid = read_calibration(calibration, self.card.bands, self.config)
-        batch = np.stack([self.normalize(p, v) for p, v in zip(pixels, valid)])
-        if checkpoint is None:
-            from geounet.engine.backends import save_in_memory_model
-
-            checkpoint = save_in_memory_model(model)
-        return make_int8_backend(self.engine, model, checkpoint, len(self.card.bands),
-                                 threads, batch)
+            pixels, valid = read_calibration(calibration, self.card.bands, self.config)
+            batch = np.stack([self.normalize(p, v) for p, v in zip(pixels, valid)])
+        return BackendSpec(model=model, channels=len(self.card.bands), device=self.device,
+                           precision=self.precision, threads=torch.get_num_threads(),
+                           checkpoint=None if checkpoint is None else Path(checkpoint),
+                           calibration=batch)
 
     def _fall_back(self, precision: InferencePrecision, why: str) -> None:
         """``engine auto``: the chosen optional engine failed to open; run torch instead."""
@@ -251,32 +256,13 @@ class ModelRunner:
 
     def _softmax(self, batch: np.ndarray) -> np.ndarray:
         """Softmax probabilities of the model's outputs on a normalized batch."""
-        import torch
-
         with self._lock:
             self.calls += 1
             self.tiles += int(batch.shape[0])
         # Threads of one process may run forwards at once (the in-process threaded scheduler:
         # each thread's torch ops use cores // threads torch threads); the model is read-only
         # in inference mode and the engine backends keep one request per thread.
-        if self.backend is not None:  # ONNX Runtime / OpenVINO: logits from the engine
-            logits_np = self.backend(np.ascontiguousarray(batch, dtype=np.float32))
-            with torch.inference_mode():
-                probs = torch.softmax(torch.from_numpy(logits_np), dim=1)
-                return probs.contiguous().numpy()
-        with torch.inference_mode():
-            x = torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32))
-            if self.device.type == "cuda":
-                x = x.pin_memory().to(self.device, non_blocking=True)
-                dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.precision)
-                with torch.autocast("cuda", dtype=dtype, enabled=dtype is not None):
-                    logits = self.model(x)
-                return torch.softmax(logits.float(), dim=1).cpu().numpy()
-            x = x.contiguous(memory_format=torch.channels_last)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.precision == "bf16"):
-                logits = self.model(x)
-            probs = torch.softmax(logits.float(), dim=1)
-            return probs.contiguous().numpy()
+        return self.backend.probabilities(np.ascontiguousarray(batch, dtype=np.float32))
 
 
 RUNNER_CACHE_SIZE = 8
