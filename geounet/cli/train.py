@@ -146,8 +146,8 @@ def train(ctx: click.Context, chips_dir: str, out: str, resume: str | None, init
     """Train a U-Net (or with --init fine-tune a checkpoint) on CHIPS_DIR: images with masks or vector labels in any common layout
     (images/ + masks/ as geounet chips writes, NAME.tif + NAME.mask.tif, img/ + gt/, per-chip
     GeoJSON, ...); the detected pairing rule, mask values and classes are logged."""
+    from geounet.training import TrainConfig
     from geounet.training.layout import DatasetConfig
-    from geounet.training.loop import TrainConfig
     from geounet.training.loop import train as run_train
 
     if kwargs.pop("no_time_limit"):

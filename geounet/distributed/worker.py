@@ -14,8 +14,6 @@ from __future__ import annotations
 import os
 import threading
 
-from geounet.model.checkpoint import file_sha256  # noqa: F401  (re-exported)
-
 _SHIPPED: dict[str, str] = {}
 """SHA-256 of a shipped checkpoint -> its path on this worker."""
 _LOCK = threading.Lock()

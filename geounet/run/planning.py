@@ -134,7 +134,7 @@ def _model_fingerprint(path: Path) -> dict[str, Any]:
 
 @functools.lru_cache(maxsize=16)
 def _file_sha256(path: str, size: int, mtime_ns: int) -> str:
-    from geounet.distributed.worker import file_sha256
+    from geounet.model.checkpoint import file_sha256
 
     return file_sha256(path)
 
