@@ -225,15 +225,16 @@ def _drop_bubbles(graph: Any, limit: float) -> None:
     graph.remove_nodes_from([n for n in list(graph) if graph.degree(n) == 0])
 
 
-def _gap_target(graph: Any, end: Key, own: int, lines: list[Any], tree: Any, gap: float,
+def _gap_target(graph: Any, end: Key, own: int, lines: _Lines, tree: Any, gap: float,
                 snap: float) -> tuple[float, int, float, Key] | None:
     """Rule 4 for one free end: ``(distance, edge, offset along it, target point)`` or None."""
     import networkx as nx
     import shapely
 
     point = shapely.Point(end)
-    near = sorted(int(i) for i in tree.query(point, predicate="dwithin", distance=gap))
-    near = [i for i in near if i != own]
+    boxed = tree.query(shapely.box(end[0] - gap, end[1] - gap, end[0] + gap, end[1] + gap))
+    near = [i for i in sorted(int(i) for i in boxed)
+            if i != own and shapely.dwithin(lines[i], point, gap)]
     if not near:
         return None
     reach = nx.single_source_dijkstra_path_length(graph, end, cutoff=3 * gap, weight="length")
@@ -264,8 +265,8 @@ def _bridge_gaps(graph: Any, gap: float, snap: float) -> Any:
     import shapely
 
     edges = [data["coords"] for _, _, data in graph.edges(data=True)]
-    lines = [shapely.LineString(c) for c in edges]
-    tree = shapely.STRtree(lines)
+    lines = _Lines(edges)
+    tree = shapely.STRtree(lines.envelopes())
     own: dict[Key, int] = {}
     for i, coords in enumerate(edges):
         own[_key(coords[0])] = own[_key(coords[-1])] = i
@@ -285,11 +286,36 @@ def _bridge_gaps(graph: Any, gap: float, snap: float) -> Any:
         bridges.append(np.array([end, xy], dtype=np.float64))
     out = nx.MultiGraph()
     for i, coords in enumerate(edges):
-        for piece in _split(lines[i], coords, sorted(splits.get(i, ()))):
+        offsets = sorted(splits.get(i, ()))
+        for piece in (_split(lines[i], coords, offsets) if offsets else [coords]):
             _add(out, piece)
     for bridge in bridges:
         _add(out, bridge)
     return out
+
+
+class _Lines:
+    """The edges as shapely lines, made when first asked for: the gap search needs only the
+    few near a free end, and a whole scene's network as GEOS lines would be a second copy of
+    every vertex (the tree holds the edges' envelopes, four numbers each)."""
+
+    def __init__(self, edges: list[np.ndarray]) -> None:
+        self.edges = edges
+        self.made: dict[int, Any] = {}
+
+    def envelopes(self) -> Any:
+        import shapely
+
+        lo = np.array([c.min(axis=0) for c in self.edges]).reshape(-1, 2)
+        hi = np.array([c.max(axis=0) for c in self.edges]).reshape(-1, 2)
+        return shapely.box(lo[:, 0], lo[:, 1], hi[:, 0], hi[:, 1])
+
+    def __getitem__(self, i: int) -> Any:
+        import shapely
+
+        if i not in self.made:
+            self.made[i] = shapely.LineString(self.edges[i])
+        return self.made[i]
 
 
 def _split(line: Any, coords: np.ndarray, offsets: list[float]) -> list[np.ndarray]:
