@@ -15,6 +15,9 @@ from geounet import objectstore
 from geounet.config import BatchRaster, VectorFormat
 from geounet.errors import OutputExistsError
 
+RASTER_SUFFIXES = {"zarr": ".zarr", "cog": ".tif"}
+"""A batch scene's raster name: ``NAME.zarr`` or ``NAME.tif``."""
+
 if TYPE_CHECKING:
     from geounet.run.planning import Plan
     from geounet.run.store import SceneGrid
@@ -38,18 +41,18 @@ class FinishTask:
 
 
 def finish_scene(task: FinishTask) -> dict[str, Any]:
-    """Finalize the store, vectorize it, publish the raster (local or ``s3://``); return
+    """Vectorize the store, publish the raster (local or ``s3://``) with the one publisher
+    of every run (:func:`geounet.run.store.publish_raster`); return
     ``{"objects": {layer: count}, "outputs": [...]}``. The store is removed at the end."""
     from geounet import output
+    from geounet.run.store import publish_raster
     from geounet.vectorization import vectorize
 
     store = Path(task.store)
     remote = objectstore.is_s3(task.out_dir)
     local_dir = Path(task.work_dir if remote else task.out_dir)
     outputs: list[str] = []
-    regridded: list[Path] = []
     try:
-        output.finalize_store(store)
         vec = local_dir / f"{task.name}.{task.vector_format}"
         result = vectorize(store, vec, task.vectorize, overwrite=task.overwrite or remote)
         for path in dict.fromkeys(result.paths.values()):
@@ -62,37 +65,13 @@ def finish_scene(task: FinishTask) -> dict[str, Any]:
                 outputs.append(target)
             else:
                 outputs.append(str(path))
-        if task.raster != "none" and task.grid is not None:
-            from geounet.run.store import regridded_store
-
-            store = regridded_store(store, task.grid, local_dir / task.name)
-            regridded.append(store)
-            output.finalize_store(store)
         if task.raster != "none":
-            suffix = ".zarr" if task.raster == "zarr" else ".tif"
-            target = objectstore.join(task.out_dir, task.name + suffix)
-            if task.raster == "zarr" and remote:
-                objectstore.upload(store, target)
-            elif task.raster == "zarr":
-                output.replace_path(store, target)
-            elif remote:
-                cog = local_dir / f".{task.name}.geounet-upload.tif"
-                sidecar = Path(f"{cog}.aux.xml")  # the class band's categories (GDAL PAM)
-                try:
-                    output.write_cog(store, cog, overwrite=True)
-                    if sidecar.is_file():
-                        objectstore.upload(sidecar, f"{target}.aux.xml")
-                    objectstore.upload(cog, target)
-                finally:
-                    output.remove_path(cog)
-                    output.remove_path(sidecar)
-            else:
-                output.write_cog(store, target, overwrite=task.overwrite)
+            target = objectstore.join(task.out_dir, task.name + RASTER_SUFFIXES[task.raster])
+            publish_raster(store, target, task.raster, overwrite=task.overwrite,
+                           grid=task.grid, staging=local_dir)
             outputs.append(target)
     finally:
-        output.remove_path(Path(task.store))
-        for path in regridded:
-            output.remove_path(path)
+        output.remove_path(store)
     return {"objects": dict(result.counts), "outputs": outputs}
 
 
@@ -111,7 +90,7 @@ def check_outputs_free(out_dir: str, name: str, fmt: VectorFormat, raster: Batch
                              [*layers, CENTERLINE_LAYER, EDGES_LAYER, NODES_LAYER])
     targets = list(dict.fromkeys(files.values()))  # vectorize's own naming rule, in order
     if raster != "none":
-        targets.append(name + (".zarr" if raster == "zarr" else ".tif"))
+        targets.append(name + RASTER_SUFFIXES[raster])
     for target in targets:
         url = objectstore.join(out_dir, target)
         if objectstore.exists(url):

@@ -30,8 +30,10 @@ from geounet.run.options import PredictOptions
 from geounet.run.planning import describe_plan, require_crs
 
 if TYPE_CHECKING:
+    from geounet.engine.tiling import ChunkWindow
     from geounet.output import StoreSpec
     from geounet.run.planning import Plan
+    from geounet.run.store import ResumePoint
 
 log = logging.getLogger(__name__)
 
@@ -49,8 +51,8 @@ class _Scene:
     started: float
     chunks: int
     resumed: int
-    todo: int
-    done_ids: set[str] = field(default_factory=set)
+    todo_chunks: tuple[ChunkWindow, ...]
+    """The chunks whose tiles still run (:class:`geounet.run.store.ResumePoint`), until submitted."""
     finished: int = 0
     seams: int = 0
     failed: bool = False
@@ -191,7 +193,6 @@ class BatchJob:
 
     def _tasks(self) -> Iterator[tuple[_Scene, Any]]:
         """(scene, chunk task or None for 'finish now'), planning each scene lazily."""
-        from geounet import output
         from geounet.distributed.cluster import ship_model
         from geounet.run.tasks import ChunkTask
 
@@ -202,9 +203,8 @@ class BatchJob:
                 continue
             if job.plan.runner.model is not None:  # to every worker, once per model per job
                 ship_model(self.on, job.plan.runner.model, job.plan.runner.model_sha256)
-            todo = [c for c in warmup_order(job.plan.grid, job.plan.grid.chunks())
-                    if output.chunk_id(c.y0, c.x0) not in job.done_ids]
-            job.done_ids = set()
+            todo = warmup_order(job.plan.grid, job.todo_chunks)
+            job.todo_chunks = ()
             if not todo:
                 yield job, None
             for chunk in todo:
@@ -235,24 +235,19 @@ class BatchJob:
             return None
         if opened is None:
             return None
-        store_path, spec, done = opened
-        from geounet import output
-        # chunks that ran their tiles before an interruption; only their seams remain
-        ran = set(done) | output.seam_data_chunks(store_path)
-        chunks = len(plan.grid.chunks())
-        tiles = sum(chunk_tiles(plan.grid, c) for c in plan.grid.chunks()
-                    if output.chunk_id(c.y0, c.x0) not in ran)
+        store_path, spec, point = opened
+        tiles = sum(chunk_tiles(plan.grid, c) for c in point.todo)
         # resumed chunks are done, not computed pixels
-        self.status.scene_planned(chunks, len(ran), tiles)
-        self.status.log_plan(lambda eta: describe_plan(plan, eta), tiles, chunks - len(ran))
-        return _Scene(index, scene, name, plan, spec, store_path, started, chunks, len(ran),
-                      chunks - len(ran), ran)
+        self.status.scene_planned(point.chunks, point.resumed, tiles)
+        self.status.log_plan(lambda eta: describe_plan(plan, eta), tiles, len(point.todo))
+        return _Scene(index, scene, name, plan, spec, store_path, started, point.chunks,
+                      point.resumed, point.todo)
 
     def _open_store(self, index: int, scene: str, name: str, plan: Plan
-                    ) -> tuple[Path, StoreSpec, dict[str, Any]] | None:
+                    ) -> tuple[Path, StoreSpec, ResumePoint] | None:
         """The scene's store and its completed chunks; None if an earlier run finished it."""
         from geounet import output
-        from geounet.run.store import check_partial_store, prepare_store
+        from geounet.run.store import check_partial_store, prepare_store, resume_point
 
         require_crs(plan.info, scene, "batch")
         record_url = done_record_url(self.out_dir, name)
@@ -267,16 +262,16 @@ class BatchJob:
         store_path = output.temporary_path(Path(self.work) / f"{name}.zarr")
         # an interrupted run's chunks are never discarded silently (name --resume)
         check_partial_store(store_path, resume=self.resume, overwrite=self.overwrite)
-        spec, done = prepare_store(plan, store_path,
-                                   probability_dtype=self.options.probability_dtype,
-                                   resume=self.resume)
-        return store_path, spec, done
+        point = resume_point(plan, store_path, resume=self.resume)
+        spec = prepare_store(plan, store_path, point,
+                             probability_dtype=self.options.probability_dtype)
+        return store_path, spec, point
 
     def _chunk_done(self, job: _Scene, record: dict[str, Any]) -> None:
         """Count a written chunk; submit the scene's finish after its last one."""
         job.finished += 1
         self.status.chunk_done(record)
-        if job.finished == job.todo:
+        if job.finished == job.chunks - job.resumed:
             self._after_chunks(job)
 
     def _scene_done(self, job: _Scene, value: dict[str, Any]) -> None:

@@ -29,7 +29,7 @@ from geounet.run.eta import (
 )
 from geounet.run.options import PredictOptions
 from geounet.run.planning import Plan, describe_plan
-from geounet.run.store import client_path, keep_for_resume, prepare_store
+from geounet.run.store import client_path, keep_for_resume, prepare_store, resume_point
 from geounet.run.tasks import ChunkTask
 
 log = logging.getLogger(__name__)
@@ -57,35 +57,29 @@ def compute_store(
     client = cluster.resolve(client, workers)
     store_path = Path(client_path(store_path))
     info = dataclasses.replace(plan.info, path=client_path(plan.info.path))
-    resuming = resume and output.check_resumable(store_path, plan.run)
-    chunks = plan.grid.chunks()
-    done = output.done_chunks(store_path) if resuming else {}
-    ran = output.seam_data_chunks(store_path) if resuming else set()
-    unfinished = [c for c in chunks if output.chunk_id(c.y0, c.x0) not in done]
-    todo = [c for c in unfinished if output.chunk_id(c.y0, c.x0) not in ran]
-    resumed = len(chunks) - len(todo)
-    log.info("%d chunk(s): %d to compute, %d already done", len(chunks), len(todo), resumed)
+    point = resume_point(plan, store_path, resume=resume)
+    todo, resumed = list(point.todo), point.resumed
+    log.info("%d chunk(s): %d to compute, %d already done", point.chunks, len(todo), resumed)
     with contextlib.ExitStack() as stack:
         # reach the scheduler (or start the local cluster) before anything is written
         on = stack.enter_context(
             cluster.scheduler(client, workers=workers, device=plan.runner.device,
                               tasks=len(todo))
-        ) if unfinished else None
+        ) if not point.finished else None
         runner = plan.runner
         if on is not None and runner.model is not None and todo:
             runner = dataclasses.replace(runner, model_sha256=cluster.ship_model(
                 on, runner.model, runner.model_sha256))
-        if resuming:
+        if point.resuming:
             log.info("resuming the interrupted run in %s", store_path)
-        spec, _ = prepare_store(plan, store_path, probability_dtype=options.probability_dtype,
-                                resume=resuming)
-        tracker = RunProgress(progress, len(chunks), resumed,
+        spec = prepare_store(plan, store_path, point, probability_dtype=options.probability_dtype)
+        tracker = RunProgress(progress, point.chunks, resumed,
                               sum(chunk_tiles(plan.grid, c) for c in todo),
                               task_slots(on, workers))
         tracker.report()
         if on is None:
             log.info("%s", describe_plan(plan, tracker.plan_eta()))
-            return len(chunks), _skipped(store_path), resumed
+            return point.chunks, _skipped(store_path), resumed
         policy = cluster.DEFAULT_RETRY
         tasks = [ChunkTask(info, chunk, plan.grid, runner, spec, options.batch_size,
                            options.threshold, policy)
@@ -97,7 +91,7 @@ def compute_store(
             if annotated is exc:
                 raise
             raise annotated from exc
-    return len(chunks), _skipped(store_path), resumed
+    return point.chunks, _skipped(store_path), resumed
 
 
 def _skipped(store_path: Path) -> int:

@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.config import OutputGrid, ProbabilityDtype
+from geounet.config import OutputGrid, ProbabilityDtype, RasterFormat
 from geounet.errors import (
     GeounetError,
     OutputExistsError,
@@ -33,6 +33,7 @@ from geounet.run.options import check_output_grid
 from geounet.run.planning import to_plain
 
 if TYPE_CHECKING:
+    from geounet.engine.tiling import ChunkWindow
     from geounet.run.planning import Plan
 
 log = logging.getLogger(__name__)
@@ -128,39 +129,95 @@ def regridded_store(store: Path, grid: SceneGrid, anchor: Path) -> Path:
         width=grid.width, classify=lambda probs, valid: classify(probs, grid.threshold, valid))
 
 
-def publish_raster(store: Path, out: Path, fmt: Any, *, overwrite: bool,
-                   grid: SceneGrid | None = None) -> None:
-    """Move a finished store into place as ``out`` (.zarr, finalized first), or stream it
-    into a COG (.tif); the store is left in place, still resumable, for a COG. With ``grid``
-    the raster is first written onto that grid (:func:`regridded_store`) and the store is
-    left in place, still resumable, either way."""
-    from geounet import output
+def publish_raster(store: Path, out: str | os.PathLike[str], fmt: RasterFormat, *,
+                   overwrite: bool, grid: SceneGrid | None = None,
+                   staging: Path | None = None) -> None:
+    """Publish a finished store as the raster ``out``: the one rule of every run (``predict``,
+    ``segment``, a batch scene's finish task). ARCHITECTURE invariant 7.
+
+    ``fmt="zarr"``: the store is finalized and moved into place (a local ``out``) or uploaded
+    (an ``s3://`` URL; its metadata last, so it appears only complete). ``fmt="cog"``: the store
+    is streamed into a COG at ``out`` (for a URL: built beside ``staging`` under a hidden name,
+    then uploaded with its ``.aux.xml`` sidecar, the class band's categories) and left in
+    place, still resumable. With ``grid`` the raster is first written onto that grid
+    (:func:`regridded_store`, beside ``out`` or ``staging``) and the store is left in place,
+    still resumable, either way. ``staging`` is the local folder a URL's raster is built in.
+    """
+    from geounet import objectstore, output
+
+    remote = objectstore.is_s3(out)
+    if remote and staging is None:
+        raise ValueError(f"publishing {os.fspath(out)!r} needs a local staging folder")
+    local = Path(staging) / _basename(out) if remote and staging else Path(out)
     if grid is not None:
-        regridded = regridded_store(store, grid, out)
+        regridded = regridded_store(store, grid, local)
         try:
-            publish_raster(regridded, out, fmt, overwrite=overwrite)
+            publish_raster(regridded, out, fmt, overwrite=overwrite, staging=staging)
         finally:
             output.remove_path(regridded)
         return
     if fmt == "zarr":
         output.finalize_store(store)
-        output.replace_path(store, out)
+        if remote:
+            objectstore.upload(store, os.fspath(out))
+        else:
+            output.replace_path(store, out)
+    elif remote:
+        cog = local.with_name(f".{local.stem}.geounet-upload.tif")
+        sidecar = Path(f"{cog}.aux.xml")  # the class band's categories (GDAL PAM)
+        try:
+            output.write_cog(store, cog, overwrite=True)
+            if sidecar.is_file():
+                objectstore.upload(sidecar, f"{os.fspath(out)}.aux.xml")
+            objectstore.upload(cog, os.fspath(out))
+        finally:
+            output.remove_path(cog)
+            output.remove_path(sidecar)
     else:
         output.write_cog(store, out, overwrite=overwrite)
 
 
-def prepare_store(
-    plan: Plan,
-    store_path: Path,
-    *,
-    probability_dtype: ProbabilityDtype,
-    resume: bool,
-) -> tuple[StoreSpec, dict[str, dict[str, Any]]]:
-    """Open an interrupted run's store (``resume`` and same settings) or create a new one.
+def _basename(path: str | os.PathLike[str]) -> str:
+    """The last name of a local path or an ``s3://`` URL."""
+    return os.fspath(path).rstrip("/").rsplit("/", 1)[-1]
 
-    Returns the store and the completion records of its finished chunks (empty for a new
-    store). A partial store of an earlier run is discarded unless resumed. Used by
-    :mod:`geounet.batch.job`, which submits the remaining chunks itself.
+
+@dataclass(frozen=True)
+class ResumePoint:
+    """Where a run of a plan into its store starts: the one resume rule of every run
+    (``predict`` / ``segment`` and each batch scene). ARCHITECTURE invariants 3 and 15.
+
+    Attributes
+    ----------
+    resuming : the store is an interrupted run's with the same settings (and resume was asked);
+        False for a new store.
+    done : chunk ids marked done (tiles and seams).
+    ran : chunk ids whose tiles ran: done, or with only their seams left (same padding).
+    todo : the chunks whose tiles must still run, in grid order.
+    chunks : chunks in the scene.
+    """
+
+    resuming: bool
+    done: frozenset[str]
+    ran: frozenset[str]
+    todo: tuple[ChunkWindow, ...]
+    chunks: int
+
+    @property
+    def resumed(self) -> int:
+        """Chunks that run no tile again (done, or only their seams left)."""
+        return self.chunks - len(self.todo)
+
+    @property
+    def finished(self) -> bool:
+        """Every chunk is marked done: nothing runs (neither tiles nor seams)."""
+        return len(self.done) == self.chunks
+
+
+def resume_point(plan: Plan, store_path: Path, *, resume: bool) -> ResumePoint:
+    """What the store at ``store_path`` already holds for ``plan``: nothing unless ``resume``
+    and an interrupted run with the same settings left it. Reads only; :func:`prepare_store`
+    then opens or creates the store.
 
     Raises
     ------
@@ -168,13 +225,35 @@ def prepare_store(
         ``resume`` with a store started by other settings (scene, model, sizes, dtype).
     """
     from geounet import output
-    if resume and output.check_resumable(store_path, plan.run):
-        return StoreSpec(str(store_path), probability_dtype), output.done_chunks(store_path)
+
+    resuming = bool(resume and output.check_resumable(store_path, plan.run))
+    chunks = plan.grid.chunks()
+    done = frozenset(output.done_chunks(store_path)) if resuming else frozenset()
+    ran = done | output.seam_data_chunks(store_path) if resuming else frozenset()
+    todo = tuple(c for c in chunks if output.chunk_id(c.y0, c.x0) not in ran)
+    return ResumePoint(resuming, done, frozenset(ran), todo, len(chunks))
+
+
+def prepare_store(
+    plan: Plan,
+    store_path: Path,
+    point: ResumePoint,
+    *,
+    probability_dtype: ProbabilityDtype,
+) -> StoreSpec:
+    """Open an interrupted run's store (``point.resuming``) or create a new one; a partial
+    store of an earlier run is discarded unless resumed (:func:`check_partial_store` refused
+    that before, without ``overwrite``). Used by :mod:`geounet.run.compute` and
+    :mod:`geounet.batch.running` after :func:`resume_point`.
+    """
+    from geounet import output
+    if point.resuming:
+        return StoreSpec(str(store_path), probability_dtype)
     if store_path.exists():
         log.info("discarding the partial store of an earlier run: %s", store_path)
         output.remove_path(store_path)
     info = plan.info
-    spec = output.create_store(
+    return output.create_store(
         store_path,
         height=info.height,
         width=info.width,
@@ -186,7 +265,6 @@ def prepare_store(
         attrs=_store_attrs(plan),
         run=plan.run,
     )
-    return spec, {}
 
 
 def check_partial_store(store_path: Path, *, resume: bool, overwrite: bool) -> None:
