@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import argparse
 
-from geounet.model import UNetConfig
 from geounet.engine.tiling import TileGrid, model_pixels_per_output_pixel, plan_tiles
+from geounet.model import UNetConfig
 
 
 def before_grid(grid: TileGrid, chunk_size: int) -> TileGrid:

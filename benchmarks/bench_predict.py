@@ -23,8 +23,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -245,8 +246,8 @@ def cmd_memory(args: argparse.Namespace, work: Path) -> None:
 
 def cmd_overlap(args: argparse.Namespace, work: Path) -> None:
     """Model input pixels per output pixel at the default tile sizes (pure geometry)."""
-    from geounet.model import UNetConfig
     from geounet.engine.tiling import plan_tiles
+    from geounet.model import UNetConfig
 
     rows = []
     for padding in ("valid", "same"):
@@ -263,8 +264,8 @@ def cmd_overlap(args: argparse.Namespace, work: Path) -> None:
 def cmd_seam(args: argparse.Namespace, work: Path) -> None:
     """Seam error of blended same-padding tiles vs whole-scene inference, at default overlap."""
     from geounet.engine.inference import get_runner, measure_seam_error
-    from geounet.raster import open_scene
     from geounet.engine.tiling import plan_tiles
+    from geounet.raster import open_scene
 
     scene = write_big_scene(work / "scene.tif", args.size)
     rows = []

@@ -121,8 +121,8 @@ def score(model_path: Path, chips: Path, scratch: Path) -> dict[str, float]:
     """Building pixel IoU (summed counts) and object F1 of ``model_path`` on the val chips."""
     import rasterio
 
-    from geounet.evaluation import evaluate
     from geounet.engine.inference import ModelRunner, predict_array
+    from geounet.evaluation import evaluate
     from geounet.model import load_checkpoint
 
     model, card = load_checkpoint(model_path)
