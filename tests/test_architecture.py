@@ -237,3 +237,71 @@ def test_no_function_body_over_60_lines() -> None:
     assert LONG_FUNCTIONS <= long, (
         f"{sorted(LONG_FUNCTIONS - long)} are no longer over {MAX_FUNCTION_BODY} lines: "
         "remove them from LONG_FUNCTIONS")
+
+
+# The rules that exist once (issue 18, "one home per rule"): the functions of geounet.output
+# that publish a finished store or read its resume state are called from one module only.
+ONE_HOME: dict[str, str] = {
+    # publishing a raster: finalize + move into place, COG, upload, onto the scene's grid
+    "finalize_store": "geounet/run/store.py",
+    "replace_path": "geounet/run/store.py",
+    "write_cog": "geounet/run/store.py",
+    "regrid_store": "geounet/run/store.py",
+    # resume bookkeeping: is the store resumable, which chunks ran their tiles
+    "check_resumable": "geounet/run/store.py",
+    "seam_data_chunks": "geounet/run/store.py",
+    # the scheduler: what users pass -> one variant (the orchestration matches on its type)
+    "configured_address": "geounet/distributed/schedulers.py",
+}
+
+
+def _callers() -> dict[str, set[str]]:
+    """Function name -> modules under geounet/ (outside geounet/output/, which defines them)
+    that call it, by name or as an attribute."""
+    import ast
+
+    found: dict[str, set[str]] = {name: set() for name in ONE_HOME}
+    for path in sorted((ROOT / "geounet").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel.startswith("geounet/output/"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), rel)):
+            if isinstance(node, ast.Call):
+                func = node.func
+                name = func.attr if isinstance(func, ast.Attribute) else getattr(func, "id", "")
+                if name in found:
+                    found[name].add(rel)
+    return found
+
+
+def test_publishing_resume_and_scheduler_rules_have_one_home() -> None:
+    """A second publisher (batch writing its own COG or moving its own store), a second
+    resume rule or a second reading of the scheduler address fails here."""
+    callers = _callers()
+    strays = {name: sorted(mods - {ONE_HOME[name]}) for name, mods in callers.items()
+              if mods - {ONE_HOME[name]}}
+    assert not strays, f"called outside their one home: {strays}"
+    assert callers["write_cog"] == callers["check_resumable"] == {"geounet/run/store.py"}
+
+
+def test_no_scheduler_is_chosen_by_comparing_strings() -> None:
+    """The scheduler names ("threads", "synchronous") are turned into variants in one place
+    (distributed/schedulers.py; the CLI's deprecated --scheduler-address alias aside): no
+    module compares a value with them."""
+    import ast
+
+    names = {"threads", "synchronous"}
+    found = []
+    for path in sorted((ROOT / "geounet").rglob("*.py")):
+        rel = path.relative_to(ROOT).as_posix()
+        if rel in ("geounet/distributed/schedulers.py", "geounet/cli/options.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), rel)):
+            if isinstance(node, ast.Compare):
+                values = [node.left, *node.comparators]
+                consts = {v.value for v in values if isinstance(v, ast.Constant)}
+                consts |= {e.value for v in values if isinstance(v, (ast.Tuple, ast.Set))
+                           for e in v.elts if isinstance(e, ast.Constant)}
+                if consts & names:
+                    found.append(f"{rel}:{node.lineno}")
+    assert not found, f"scheduler chosen by string comparison at {found}"

@@ -434,3 +434,39 @@ def test_existing_layer_file_of_a_scene_is_refused_before_work(
     assert not result.ok
     assert "already exists" in result.scenes[0].error and stale.name in result.scenes[0].error
     assert stale.read_bytes() == b"earlier run"
+
+
+# --------------------------------------------------------------------------------------
+# one publisher for every run
+# --------------------------------------------------------------------------------------
+
+
+def _tree_bytes(path: Path) -> dict[str, bytes]:
+    """Every file under ``path`` (or the file itself, with its ``.aux.xml`` sidecar) by
+    relative name."""
+    if path.is_file():
+        sidecar = Path(f"{path}.aux.xml")
+        return {"": path.read_bytes(),
+                **({".aux.xml": sidecar.read_bytes()} if sidecar.is_file() else {})}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*"))
+            if p.is_file()}
+
+
+@pytest.mark.parametrize("raster", ["zarr", "cog"])
+def test_batch_and_segment_publish_the_same_raster_bytes(
+        make_scene: Callable[..., Path], tmp_path: Path, model: Path, raster: str) -> None:
+    """A scene's raster from ``run_batch`` is byte for byte the one ``segment`` writes (store
+    files and consolidated metadata, or the COG and its categories sidecar): both go through
+    ``geounet.run.store.publish_raster`` and ``resume_point`` (ARCHITECTURE invariant 7)."""
+    from geounet.run.pipeline import segment
+
+    scene = make_scene(150, 173, seed=5, name="one.tif")
+    suffix = ".zarr" if raster == "zarr" else ".tif"
+    single = tmp_path / "single" / f"one{suffix}"
+    single.parent.mkdir()
+    segment(scene, tmp_path / "single" / "one.gpkg", model=model, raster_out=single, **FAST)
+    result = batch.run_batch([scene], tmp_path / "batch", model=model, raster=raster, **FAST)
+    assert result.ok, result.format_table()
+    published = _tree_bytes(tmp_path / "batch" / f"one{suffix}")
+    assert published and published == _tree_bytes(single)
+    assert not any("partial" in name for name in _listing(tmp_path / "batch"))

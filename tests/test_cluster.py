@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 
 from geounet.distributed import cluster, threads
+from geounet.distributed.local import InProcess
 
 
 def test_default_workers_one_per_core_capped(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -70,7 +71,7 @@ def test_default_local_run_uses_threads_in_this_process() -> None:
 
     try:
         with cluster.scheduler(None, tasks=5) as on:
-            assert on == ("threads" if expected > 1 else "synchronous")
+            assert on == (InProcess(expected) if expected > 1 else InProcess(synchronous=True))
             assert torch.get_num_threads() == max(1, threads.available_cores() // expected)
             assert cluster.run_tasks(task, list(range(5)), on) == [1] * 5
         assert len(seen) == expected
@@ -86,7 +87,7 @@ def test_one_worker_job_runs_in_process_without_a_cluster() -> None:
     old = torch.get_num_threads()
     try:
         with cluster.scheduler(None, tasks=1) as on:
-            assert on == "synchronous"
+            assert on == InProcess(synchronous=True)
             assert torch.get_num_threads() == threads.available_cores()
             records = cluster.run_tasks(sum, [[1, 2]], on)
         assert records == [3]

@@ -22,9 +22,9 @@ import pytest
 from click.testing import CliRunner
 
 from geounet.cli.main import cli
-from geounet.distributed import cluster, threads, versions
+from geounet.distributed import cluster, schedulers, threads, versions
 from geounet.errors import ClusterError, InputError, TransientError
-from geounet.run import pipeline, planning
+from geounet.run import pipeline
 from geounet.testing import write_scene
 
 pytestmark = pytest.mark.cluster
@@ -139,9 +139,11 @@ def test_env_address_is_used_and_workers_with_an_address_is_refused(
     dask_processes: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, tiny_model: Path
 ) -> None:
     scene = write_scene(tmp_path / "env.tif", 64, 64)
-    monkeypatch.setenv(cluster.SCHEDULER_ENV, dask_processes.address)
-    assert not planning.runs_here(None)
-    with pytest.raises(InputError, match=cluster.SCHEDULER_ENV):
+    monkeypatch.setenv(schedulers.SCHEDULER_ENV, dask_processes.address)
+    assert schedulers.choose_scheduler(None) == schedulers.Remote(
+        dask_processes.address, schedulers.SCHEDULER_ENV)
+    assert not schedulers.choose_scheduler(None).runs_here
+    with pytest.raises(InputError, match=schedulers.SCHEDULER_ENV):
         pipeline.predict(scene, tmp_path / "p.zarr", model=tiny_model, workers=2)
     with pytest.raises(InputError, match="workers=2 cannot be combined"):
         pipeline.predict(scene, tmp_path / "p.zarr", model=tiny_model,

@@ -24,14 +24,13 @@ too). What to compute is a :class:`geounet.PredictOptions`, what to write a
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
 import logging
 import os
 import tempfile
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +56,8 @@ from geounet.batch.table import (  # noqa: F401 - re-exported
     write_result_tables,
 )
 from geounet.config import VectorFormat
-from geounet.distributed.cluster import SchedulerLike
+from geounet.distributed.cluster import job_client
+from geounet.distributed.schedulers import SchedulerLike, choose_scheduler
 from geounet.errors import (
     OutputExistsError,
     UnknownOptionError,
@@ -68,7 +68,6 @@ from geounet.errors import (
 from geounet.raster import is_url
 from geounet.run.eta import ProgressCallback
 from geounet.run.options import PredictOptions
-from geounet.run.planning import runs_here
 
 log = logging.getLogger(__name__)
 
@@ -76,23 +75,6 @@ log = logging.getLogger(__name__)
 def _default_work_dir(out_dir: str) -> str:
     digest = hashlib.sha1(out_dir.encode()).hexdigest()[:12]
     return os.path.join(tempfile.gettempdir(), f"geounet-batch-{digest}")
-
-
-@contextlib.contextmanager
-def _cluster(client: SchedulerLike, workers: int | None, device: str) -> Iterator[Any]:
-    """A ``distributed.Client`` for the whole job; ``threads``/``synchronous`` run in-process."""
-    from geounet.distributed.cluster import in_process_client, scheduler
-
-    if isinstance(client, str) and client in ("threads", "synchronous"):
-        with in_process_client((workers or 1) if client == "threads" else 1) as made:
-            yield made
-        return
-    with scheduler(client, workers=workers, device=device) as made:
-        if isinstance(made, str):  # one local worker runs in this process: futures need a client
-            with in_process_client(1) as local:
-                yield local
-            return
-        yield made
 
 
 def run_batch(
@@ -105,7 +87,6 @@ def run_batch(
     resume: bool = False,
     overwrite: bool = False,
     client: SchedulerLike = None,
-    workers: int | None = None,
     progress: ProgressCallback | None = None,
     **settings: Any,
 ) -> BatchResult:
@@ -127,15 +108,17 @@ def run_batch(
         interrupted scenes from their completed chunks.
     overwrite : recompute scenes finished by an earlier run and replace their outputs.
     client : a ``distributed.Client``, a scheduler address, ``"threads"``/``"synchronous"``
-        (in-process), or None for one local cluster for the whole job.
-    workers : worker processes of the local cluster (threads for ``"threads"``).
+        (in-process), a variant of :data:`geounet.distributed.schedulers.Scheduler`, or None
+        for one local cluster for the whole job (or ``DASK_SCHEDULER_ADDRESS``).
     progress : ``callback(chunks_done, chunks_total, pixels_computed, eta_seconds)`` over all
         scenes' chunks (:data:`geounet.run.eta.ProgressCallback`); the total and the ETA count
         planned scenes' chunks plus an estimate for scenes not planned yet. The job's first
         chunk runs alone as the warm-up that measures the ETA (:class:`geounet.run.eta.JobProgress`).
     **settings : fields of :class:`geounet.PredictOptions` or of :class:`geounet.BatchOptions`
         as keywords, a shorthand (``run_batch(scenes, out, raster="cog", tta="flips")``); with
-        ``options`` / ``batch`` they replace their fields.
+        ``options`` / ``batch`` they replace their fields. ``workers=N`` sizes ``client``:
+        worker processes of the local cluster, threads for ``"threads"``
+        (:func:`geounet.distributed.schedulers.choose_scheduler`).
 
     Returns
     -------
@@ -154,6 +137,7 @@ def run_batch(
     >>> print(result.format_table())  # doctest: +SKIP
     """
     start = time.perf_counter()
+    where = choose_scheduler(client, settings.pop("workers", None))
     opts, batch = _options(options, batch, settings)
     out_dir = os.fspath(out_dir)
     remote = objectstore.is_s3(out_dir)
@@ -170,9 +154,9 @@ def run_batch(
     if any(objectstore.is_s3(s) for s in scene_list):
         objectstore.configure_environment()  # GDAL reads s3:// scenes with the same endpoint
     job = BatchJob(list(zip(scene_list, names)), out_dir, work, fmt, opts, batch,
-                    check_device=runs_here(client), resume=resume, overwrite=overwrite,
+                    check_device=where.runs_here, resume=resume, overwrite=overwrite,
                     finished_before=finished_before, progress=progress)
-    with _cluster(client, workers, opts.device) as on:
+    with job_client(where, device=opts.device) as on:
         job.run(on, batch.window)
 
     rows = job.rows

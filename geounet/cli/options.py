@@ -201,9 +201,19 @@ in_process = click.option(
 
 
 def pop_client(kwargs: dict[str, Any]) -> Any:
-    """Take the scheduler options out of a command's keyword arguments: the library's
-    ``client`` (an address, ``"threads"``, or None for $DASK_SCHEDULER_ADDRESS / a local
-    cluster). ``--workers`` stays in ``kwargs``; the library refuses it with an address."""
+    """Take the scheduler options (``--scheduler``, ``--in-process``, ``--workers``) out of a
+    command's keyword arguments: the library's ``client``, a
+    :data:`geounet.distributed.schedulers.Scheduler` chosen by the library's one rule
+    (:func:`~geounet.distributed.schedulers.choose_scheduler`, which refuses ``--workers``
+    with an address)."""
+    from geounet.distributed.schedulers import choose_scheduler
+
+    return choose_scheduler(_pop_address(kwargs), kwargs.pop("workers", None))
+
+
+def _pop_address(kwargs: dict[str, Any]) -> Any:
+    """``--scheduler``, ``--in-process`` and the deprecated ``--scheduler-address`` as the
+    library's ``client``: an address, ``"threads"``, or None."""
     address = kwargs.pop("scheduler", None)
     legacy = kwargs.pop("scheduler_address", None)
     in_process = kwargs.pop("in_process", False)

@@ -5,10 +5,11 @@ the cores for torch. A remote run connects to a ``dask.distributed`` scheduler b
 runs the very same tasks. For tests and debugging, Dask's threaded or synchronous scheduler
 runs them in this process.
 
-Which one a run uses (:func:`resolve`): an explicit scheduler address, else the standard
-``DASK_SCHEDULER_ADDRESS`` environment variable (or Dask's ``scheduler-address`` config), else
-a local cluster of ``workers`` processes. An address and a worker count together are refused:
-a remote cluster's size is set where its workers start. At connect the client, scheduler and
+Which one a run uses is a :data:`~geounet.distributed.schedulers.Scheduler`, chosen once from
+what the caller passed (:func:`~geounet.distributed.schedulers.choose_scheduler`: an explicit
+scheduler address, else the standard ``DASK_SCHEDULER_ADDRESS`` environment variable (or Dask's
+``scheduler-address`` config), else this machine); :func:`scheduler` and :func:`job_client`
+switch on its type. At connect the client, scheduler and
 worker versions are compared (:func:`check_versions`), and the model reaches every worker as
 bytes (:func:`ship_model`: a worker plugin, :class:`GeounetPlugin`), never as a client path.
 
@@ -32,9 +33,19 @@ import logging
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Union, get_args
+from typing import TYPE_CHECKING, Any
 
-from geounet.distributed.local import LocalScheduler, in_this_process, run_in_process
+from geounet.distributed.local import InProcess, in_this_process, run_in_process
+from geounet.distributed.schedulers import (
+    Default,
+    GivenClient,
+    LocalProcesses,
+    Remote,
+    SchedulerLike,
+    Synchronous,
+    Threads,
+    choose_scheduler,
+)
 from geounet.distributed.threads import (
     configure_threads,
     default_workers,
@@ -49,15 +60,6 @@ if TYPE_CHECKING:
     from distributed import Client
 
 log = logging.getLogger(__name__)
-
-SchedulerLike = Union["Client", str, None]
-"""What ``client=`` accepts: a ``distributed.Client``, a scheduler address
-(``tcp://host:8786``), ``"threads"`` / ``"synchronous"``, or None for a local cluster."""
-
-
-SCHEDULER_ENV = "DASK_SCHEDULER_ADDRESS"
-"""The standard environment variable naming a running scheduler (Dask config ``scheduler-address``)."""
-
 
 @dataclass(frozen=True)
 class RetryPolicy:
@@ -81,56 +83,6 @@ class RetryPolicy:
 
 DEFAULT_RETRY = RetryPolicy()
 """The retry policy of every run (read at run time)."""
-
-
-def configured_address() -> str | None:
-    """The scheduler address set in the environment (``DASK_SCHEDULER_ADDRESS``) or in Dask's
-    config (``scheduler-address``), or None."""
-    value = os.environ.get(SCHEDULER_ENV, "").strip()
-    if value:
-        return value
-    import dask
-
-    configured = dask.config.get("scheduler-address", None)
-    return str(configured).strip() or None if configured else None
-
-
-def is_in_process(client: SchedulerLike) -> bool:
-    """Whether ``client`` names an in-process scheduler (``"threads"`` / ``"synchronous"``)."""
-    return isinstance(client, str) and client in get_args(LocalScheduler)
-
-
-def resolve(client: SchedulerLike = None, workers: int | None = None) -> SchedulerLike:
-    """What a run will use: ``client`` as given, else the configured address, else None (a
-    local cluster).
-
-    Raises
-    ------
-    InputError
-        A scheduler address and a worker count together (the remote cluster's size is set
-        where its workers are started), or a worker count below 1.
-    """
-    if workers is not None and (isinstance(workers, bool) or workers < 1):
-        raise InputError(f"workers={workers} is not positive; use 1 or more worker processes.")
-    if client is not None and not isinstance(client, str):
-        source = "a distributed.Client"
-    elif client is not None and not is_in_process(client):
-        source = f"the scheduler address {client!r}"
-    elif client is None and configured_address() is not None:
-        client = configured_address()
-        source = (f"the scheduler address {client!r} from {SCHEDULER_ENV}"
-                  if os.environ.get(SCHEDULER_ENV, "").strip()
-                  else f"the scheduler address {client!r} from Dask's scheduler-address config")
-    else:
-        return client
-    if workers is not None:
-        raise InputError(
-            f"workers={workers} cannot be combined with {source}: the worker count sets the "
-            "size of a local cluster, and a running scheduler's workers are started where it "
-            f"runs; drop --workers (workers=), or drop the address (unset {SCHEDULER_ENV}) to "
-            "run a local cluster."
-        )
-    return client
 
 
 def connect(address: str, *, timeout: str = "30s") -> Client:
@@ -203,10 +155,10 @@ def get_client(
     from distributed import Client, LocalCluster
 
     if address is not None:
-        resolve(address, workers)
+        choose_scheduler(address, workers)  # the mistake of a worker count with an address
         return connect(address)
-    if workers is not None and workers < 1:
-        raise InputError(f"workers={workers} is not positive; use 1 or more worker processes.")
+    if workers is not None:
+        LocalProcesses(workers)  # InputError unless a positive whole number
     if threads_per_worker < 1:
         raise InputError(
             f"threads_per_worker={threads_per_worker} is not positive; use 1 or more."
@@ -238,47 +190,89 @@ def scheduler(
     workers: int | None = None,
     device: str = "auto",
     tasks: int | None = None,
-) -> Iterator[Client | LocalScheduler]:
+) -> Iterator[Client | InProcess]:
     """Yield what :func:`run_tasks` runs on; a cluster or client made here is closed on exit.
 
-    ``client`` may be a ``distributed.Client`` (used as is, left open), a scheduler address,
-    ``"threads"`` / ``"synchronous"`` (in-process), or None: the address in
-    ``DASK_SCHEDULER_ADDRESS`` if set, else this machine. On this machine, ``workers`` given
-    makes a local cluster of that many worker processes. Without ``workers`` and
-    with ``tasks`` given (a ``predict`` / ``segment`` run), the same chunk tasks run in this
-    process on Dask's threaded scheduler: :func:`default_workers` threads, at most ``tasks``,
-    with ``cores // threads`` torch threads each (``"synchronous"`` when that is one thread:
-    a scene of one chunk, or a CUDA run). No worker process to start, no torch import and
-    model load per worker, and the loaded model is reused by the next run in this process
-    (issue 11: fixed cost per run; ``benchmarks/bench_fixed.py``). torch, GDAL and the Zarr
-    codecs release the GIL, so threads overlap like processes. Without ``tasks`` (a batch of
-    scenes) a local cluster of :func:`default_workers` processes is made.
+    ``client`` and ``workers`` are what the caller passed, or a
+    :data:`~geounet.distributed.schedulers.Scheduler` already chosen from them
+    (:func:`~geounet.distributed.schedulers.choose_scheduler`). By its type:
+
+    - :class:`~geounet.distributed.schedulers.Default` with ``tasks`` given (a ``predict`` /
+      ``segment`` run): the chunk tasks run in this process on Dask's threaded scheduler,
+      :func:`default_workers` threads, at most ``tasks``, with ``cores // threads`` torch
+      threads each (synchronous when that is one thread: a scene of one chunk, or a CUDA run).
+      No worker process to start, no torch import and model load per worker, and the loaded
+      model is reused by the next run in this process (issue 11: fixed cost per run;
+      ``benchmarks/bench_fixed.py``). torch, GDAL and the Zarr codecs release the GIL, so
+      threads overlap like processes. Without ``tasks`` (a batch of scenes): a local cluster
+      of :func:`default_workers` processes.
+    - :class:`~geounet.distributed.schedulers.LocalProcesses`: a local cluster of that many
+      worker processes.
+    - :class:`~geounet.distributed.schedulers.Threads` /
+      :class:`~geounet.distributed.schedulers.Synchronous`: in this process, as they are.
+    - :class:`~geounet.distributed.schedulers.Remote`: a client connected to the address.
+    - :class:`~geounet.distributed.schedulers.GivenClient`: the caller's client, left open.
 
     Examples
     --------
     >>> with scheduler(workers=2) as client:  # doctest: +SKIP
     ...     run_tasks(run_chunk_task, chunk_tasks, client)
     """
-    client = resolve(client, workers)
-    if client is None and workers is None and tasks is not None:
-        with in_this_process(max(1, min(default_workers(device), tasks))) as on:
-            yield on
-        return
-    if client is None or (isinstance(client, str) and not is_in_process(client)):
-        with environment_kept():  # a local cluster's nanny sets OMP_NUM_THREADS=1 here
-            made = get_client(workers=workers, address=client, device=device)
-            try:
+    match choose_scheduler(client, workers):
+        case Default() if tasks is not None:
+            with in_this_process(max(1, min(default_workers(device), tasks))) as on:
+                yield on
+        case Default():
+            with _made_client(None, None, device) as made:
                 yield made
-            finally:
-                cluster = made.cluster
-                made.close()
-                if cluster is not None:
-                    cluster.close()
-        return
-    yield client
+        case LocalProcesses(workers=count):
+            with _made_client(count, None, device) as made:
+                yield made
+        case Remote(address=address):
+            with _made_client(None, address, device) as made:
+                yield made
+        case Threads(threads=threads):
+            yield InProcess(threads)
+        case Synchronous():
+            yield InProcess(synchronous=True)
+        case GivenClient(client=given):
+            yield given
 
 
-def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
+@contextlib.contextmanager
+def _made_client(workers: int | None, address: str | None, device: str) -> Iterator[Client]:
+    """A client made here (:func:`get_client`), closed with its cluster on exit."""
+    with environment_kept():  # a local cluster's nanny sets OMP_NUM_THREADS=1 here
+        made = get_client(workers=workers, address=address, device=device)
+        try:
+            yield made
+        finally:
+            cluster = made.cluster
+            made.close()
+            if cluster is not None:
+                cluster.close()
+
+
+@contextlib.contextmanager
+def job_client(client: SchedulerLike = None, *, workers: int | None = None,
+               device: str = "auto") -> Iterator[Client]:
+    """A ``distributed.Client`` for a whole batch (its futures need one): in-process
+    schedulers run on a one-worker cluster inside this process
+    (:func:`in_process_client`: ``Threads(n)`` with ``n`` threads, ``Synchronous`` with one),
+    every other variant as :func:`scheduler` gives it without ``tasks``."""
+    match choose_scheduler(client, workers):
+        case Threads(threads=threads):
+            with in_process_client(threads or 1) as made:
+                yield made
+        case Synchronous():
+            with in_process_client(1) as made:
+                yield made
+        case chosen:
+            with scheduler(chosen, device=device) as made:
+                yield made
+
+
+def ship_model(on: Client | InProcess, path: str | os.PathLike[str],
                sha256: str | None = None) -> str:
     """Make the checkpoint at ``path`` (a file on this machine) available on every worker.
 
@@ -295,7 +289,7 @@ def ship_model(on: Client | LocalScheduler, path: str | os.PathLike[str],
     from geounet.model.checkpoint import file_sha256
 
     sha256 = sha256 or file_sha256(path)
-    if isinstance(on, str):
+    if isinstance(on, InProcess):  # tasks read ``path`` itself
         return sha256
     name = f"geounet-model-{sha256[:16]}"
     known: set[str] = getattr(on, "_geounet_models", set())
@@ -390,10 +384,9 @@ def __getattr__(name: str) -> Any:
 def run_tasks(
     fn: Callable[[Any], Any],
     args: Sequence[Any],
-    on: Client | LocalScheduler,
+    on: Client | InProcess,
     *,
     keys: Sequence[str] | None = None,
-    workers: int | None = None,
     on_result: Callable[[Any], None] | None = None,
     retries: int | None = None,
 ) -> list[Any]:
@@ -437,10 +430,11 @@ def run_tasks(
         if on_result is not None:
             on_result(value)
 
-    if isinstance(on, str):
-        run_in_process(fn, args, keys, on, workers, record)
-    else:
-        _run_on_client(fn, args, keys, on, retries, record)
+    match on:
+        case InProcess():
+            run_in_process(fn, args, keys, on, record)
+        case _:
+            _run_on_client(fn, args, keys, on, retries, record)
     return results
 
 

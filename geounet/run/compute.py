@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from geounet.distributed.cluster import RetryPolicy, SchedulerLike
+from geounet.distributed.cluster import RetryPolicy
+from geounet.distributed.schedulers import Scheduler
 from geounet.output import StoreSpec
 from geounet.run import tasks as run_tasks
 from geounet.run.eta import (
@@ -41,8 +42,7 @@ def compute_store(
     options: PredictOptions,
     *,
     resume: bool,
-    client: SchedulerLike,
-    workers: int | None,
+    where: Scheduler,
     progress: ProgressCallback | None,
 ) -> tuple[int, int, int]:
     """Fill (or finish) the store at ``store_path``; return (chunks, skipped, resumed).
@@ -52,9 +52,7 @@ def compute_store(
     warm-up chunk has measured the ETA (:mod:`geounet.run.eta`). A failure keeps the store
     and its completed chunks for ``resume``.
     """
-    from geounet import output
     from geounet.distributed import cluster
-    client = cluster.resolve(client, workers)
     store_path = Path(client_path(store_path))
     info = dataclasses.replace(plan.info, path=client_path(plan.info.path))
     point = resume_point(plan, store_path, resume=resume)
@@ -63,8 +61,7 @@ def compute_store(
     with contextlib.ExitStack() as stack:
         # reach the scheduler (or start the local cluster) before anything is written
         on = stack.enter_context(
-            cluster.scheduler(client, workers=workers, device=plan.runner.device,
-                              tasks=len(todo))
+            cluster.scheduler(where, device=plan.runner.device, tasks=len(todo))
         ) if not point.finished else None
         runner = plan.runner
         if on is not None and runner.model is not None and todo:
@@ -75,7 +72,7 @@ def compute_store(
         spec = prepare_store(plan, store_path, point, probability_dtype=options.probability_dtype)
         tracker = RunProgress(progress, point.chunks, resumed,
                               sum(chunk_tiles(plan.grid, c) for c in todo),
-                              task_slots(on, workers))
+                              task_slots(on))
         tracker.report()
         if on is None:
             log.info("%s", describe_plan(plan, tracker.plan_eta()))
@@ -85,7 +82,7 @@ def compute_store(
                            options.threshold, policy)
                  for chunk in warmup_order(plan.grid, todo)]
         try:
-            _run_rounds(plan, tasks, on, workers, tracker, spec, options.threshold, policy)
+            _run_rounds(plan, tasks, on, tracker, spec, options.threshold, policy)
         except Exception as exc:  # noqa: BLE001 - an interruption (Ctrl-C) keeps it too
             annotated = keep_for_resume(exc, store_path)
             if annotated is exc:
@@ -100,9 +97,8 @@ def _skipped(store_path: Path) -> int:
     return sum(1 for record in output.done_chunks(store_path).values() if record.get("skipped"))
 
 
-def _run_rounds(plan: Plan, tasks: list[ChunkTask], on: Any, workers: int | None,
-                tracker: RunProgress, spec: StoreSpec, threshold: float | None,
-                policy: RetryPolicy) -> None:
+def _run_rounds(plan: Plan, tasks: list[ChunkTask], on: Any, tracker: RunProgress,
+                spec: StoreSpec, threshold: float | None, policy: RetryPolicy) -> None:
     """Round 1: the warm-up chunk(s) alone (:data:`geounet.run.eta.WARMUP_TRIES` at most,
     until one runs the model), the plan line with the ETA, then every other chunk runs its own
     tiles; round 2 (same padding): the chunks with seams blend them from their neighbours'
@@ -111,7 +107,7 @@ def _run_rounds(plan: Plan, tasks: list[ChunkTask], on: Any, workers: int | None
     token = uuid.uuid4().hex[:12]
 
     def run(batch: list[ChunkTask], on_result: Callable[[dict[str, Any]], None]) -> None:
-        cluster.run_tasks(run_tasks.run_chunk_task, batch, on, workers=workers,
+        cluster.run_tasks(run_tasks.run_chunk_task, batch, on,
                           keys=[f"geounet-chunk-{t.chunk.y0}-{t.chunk.x0}-{token}"
                                 for t in batch],
                           on_result=on_result, retries=policy.task_retries)
@@ -126,7 +122,6 @@ def _run_rounds(plan: Plan, tasks: list[ChunkTask], on: Any, workers: int | None
     run(tasks, tracker.chunk_done)
     seams = run_tasks.seam_tasks(plan.grid, spec, threshold, policy)
     if seams:
-        cluster.run_tasks(run_tasks.run_seams_task, seams, on, workers=workers,
-                          retries=policy.task_retries,
+        cluster.run_tasks(run_tasks.run_seams_task, seams, on, retries=policy.task_retries,
                           keys=[f"geounet-seams-{t.chunk.y0}-{t.chunk.x0}-{token}"
                                 for t in seams])

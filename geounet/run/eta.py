@@ -84,14 +84,16 @@ def warmup_order(grid: TileGrid, chunks: Sequence[ChunkWindow]) -> list[ChunkWin
     return first + [c for c in chunks if c not in first]
 
 
-def task_slots(on: Any, workers: int | None = None) -> int:
-    """How many chunk tasks run at once on ``on`` (what ``cluster.scheduler`` yielded)."""
-    if on == "synchronous" or on is None:
-        return 1
-    if on == "threads":
-        import dask
+def task_slots(on: Any) -> int:
+    """How many chunk tasks run at once on ``on`` (what ``cluster.scheduler`` yielded: in this
+    process, or a ``distributed.Client``; None before any)."""
+    from geounet.distributed.local import InProcess
 
-        return max(1, int(workers or dask.config.get("num_workers", None) or 1))
+    match on:
+        case None:
+            return 1
+        case InProcess():
+            return on.slots
     nthreads = getattr(on, "nthreads", None)
     if callable(nthreads):
         return max(1, sum(int(n) for n in nthreads().values()))

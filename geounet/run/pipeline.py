@@ -16,13 +16,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from geounet.distributed.cluster import SchedulerLike
+from geounet.distributed.schedulers import SchedulerLike, choose_scheduler
 from geounet.environment import release_freed_memory
 from geounet.errors import InputError, with_settings
 from geounet.run.compute import compute_store
 from geounet.run.eta import ProgressCallback
 from geounet.run.options import PredictOptions
-from geounet.run.planning import Plan, plan_prediction, require_crs, runs_here
+from geounet.run.planning import Plan, plan_prediction, require_crs
 from geounet.run.store import check_partial_store, prediction_kept, publish_raster, scene_grid
 
 if TYPE_CHECKING:
@@ -82,7 +82,6 @@ def predict(
     overwrite: bool = False,
     resume: bool = False,
     client: SchedulerLike = None,
-    workers: int | None = None,
     progress: ProgressCallback | None = None,
     **settings: Any,
 ) -> PredictResult:
@@ -96,14 +95,17 @@ def predict(
         size, device, precision, engine, tta, resampling, ...); default ``PredictOptions()``.
     overwrite : replace an existing output.
     resume : finish an interrupted run with the same settings from its completed chunks.
-    client : a ``distributed.Client``, a scheduler address, ``"threads"`` or ``"synchronous"``;
+    client : where the chunk tasks run: a ``distributed.Client``, a scheduler address,
+        ``"threads"`` or ``"synchronous"`` (in this process), or a variant of
+        :data:`geounet.distributed.schedulers.Scheduler` (e.g. ``LocalProcesses(workers=4)``);
         default: in this process on Dask's threaded scheduler (or ``DASK_SCHEDULER_ADDRESS``).
-    workers : worker processes of a local cluster (threads for ``"threads"``).
     progress : ``callback(chunks_done, chunks_total, pixels_computed, eta_seconds)``
         (:data:`geounet.run.eta.ProgressCallback`; a callback of the first three is accepted).
     **settings : fields of :class:`geounet.PredictOptions` as keywords, a shorthand
         (``predict(scene, out, tta="d4")``); with ``options`` they replace its fields. An
-        unknown name raises :class:`geounet.errors.UnknownOptionError`.
+        unknown name raises :class:`geounet.errors.UnknownOptionError`. ``workers=N`` sizes
+        ``client``: worker processes of a local cluster (``LocalProcesses(N)``), threads
+        for ``"threads"`` (:func:`geounet.distributed.schedulers.choose_scheduler`).
 
     Returns
     -------
@@ -119,15 +121,15 @@ def predict(
     """
     from geounet import output
     start = time.perf_counter()
+    where = choose_scheduler(client, settings.pop("workers", None))
     o = with_settings(PredictOptions, options, settings, "predict")
     fmt = output.check_output(out, overwrite=overwrite)
     store_path = output.temporary_path(out, "" if fmt == "zarr" else ".zarr")
     check_partial_store(store_path, resume=resume, overwrite=overwrite)
-    plan = plan_prediction(scene, o, check_device=runs_here(client))
+    plan = plan_prediction(scene, o, check_device=where.runs_here)
     grid = scene_grid(plan, o.output_grid)
     out = Path(out)
-    counts = compute_store(plan, store_path, o, resume=resume, client=client, workers=workers,
-                            progress=progress)
+    counts = compute_store(plan, store_path, o, resume=resume, where=where, progress=progress)
     with prediction_kept(store_path, "writing " + str(out)):
         publish_raster(store_path, out, fmt, overwrite=overwrite, grid=grid)
     output.remove_path(store_path)
@@ -146,7 +148,6 @@ def segment(
     overwrite: bool = False,
     resume: bool = False,
     client: SchedulerLike = None,
-    workers: int | None = None,
     progress: ProgressCallback | None = None,
     **settings: Any,
 ) -> PredictResult:
@@ -156,7 +157,8 @@ def segment(
     ----------
     scene : the scene.
     out_gpkg : GeoPackage to write (one layer per class).
-    options, overwrite, resume, client, workers, progress, **settings : as for :func:`predict`.
+    options, overwrite, resume, client, progress, **settings : as for :func:`predict`
+        (``workers=N`` too).
     raster_out : also keep the prediction raster here (``.zarr`` or ``.tif``); default: the
         prediction goes to a temporary store that is deleted at the end.
     vectorize : how the polygons are made (:class:`geounet.VectorizeOptions`); default
@@ -173,6 +175,7 @@ def segment(
     from geounet.vectorization import vectorize as run_vectorize
 
     start = time.perf_counter()
+    where = choose_scheduler(client, settings.pop("workers", None))
     o = with_settings(PredictOptions, options, settings, "segment")
     vector = with_settings(VectorizeOptions, vectorize, {}, "segment")
     out_gpkg = Path(out_gpkg)
@@ -190,11 +193,10 @@ def segment(
     if raster_out is not None:
         output.check_output(raster_out, overwrite=overwrite)
     check_partial_store(store_path, resume=resume, overwrite=overwrite)
-    plan = plan_prediction(scene, o, check_device=runs_here(client))
+    plan = plan_prediction(scene, o, check_device=where.runs_here)
     grid = scene_grid(plan, o.output_grid)
     require_crs(plan.info, scene, "segment")  # allow_no_crs let predict through
-    counts = compute_store(plan, store_path, o, resume=resume, client=client, workers=workers,
-                            progress=progress)
+    counts = compute_store(plan, store_path, o, resume=resume, where=where, progress=progress)
     release_freed_memory()  # the chunk threads' arenas: not carried into vectorizing
     # The store stays resumable (completion markers kept) until every output is written: a
     # failure or Ctrl-C while vectorizing or writing the COG keeps it for --resume.

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from geounet.config import TTA, Engine, InferencePrecision, ResampleMode, Resampling
-from geounet.distributed.cluster import SchedulerLike
 from geounet.errors import GeoreferenceError, InputError, RunTooLargeError, option, with_settings
 from geounet.raster import is_url
 from geounet.run.options import PredictOptions
@@ -61,16 +60,6 @@ class Plan:
     run: dict[str, Any]
     source: SceneInfo | None = None
     """The scene as opened, before any warp (``info`` is the grid the model reads)."""
-
-
-def runs_here(client: SchedulerLike) -> bool:
-    """Whether tasks run on this machine (local cluster or in-process), not a remote scheduler
-    (given, or set in ``DASK_SCHEDULER_ADDRESS``)."""
-    from geounet.distributed.cluster import configured_address, is_in_process
-
-    if client is None:
-        return configured_address() is None
-    return is_in_process(client)
 
 
 def _check_execution(engine: Engine, device: str, precision: InferencePrecision,
