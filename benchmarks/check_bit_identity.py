@@ -10,10 +10,12 @@
 `run` writes a synthetic scene (seed 7, unseen by the built-in model, as in examples/demo.py)
 and segments it with the demo's settings (built-in model, auto engine, COG raster) three ways:
 in-process (Dask threads), on a local cluster of 2 real worker processes (`--workers 2`), and
-`geounet batch` over the scene and a second seed with `--raster cog --workers 2`. `compare`
-checks every band of every prediction raster for array equality (and dtype, transform, CRS),
-and every layer of every vector file for equal geometries (WKB) and equal attributes. Exit code
-1 on any difference.
+`geounet batch` over the scene and a second seed with `--raster cog --workers 2`; and the Zarr
+publishing path twice: an in-process `segment --raster-out inproc.zarr` and a
+`batch --raster zarr --in-process`. `compare` checks every band of every prediction raster
+for array equality (and dtype, transform, CRS), every file of every Zarr store byte for byte,
+and every layer of every vector file for equal geometries (WKB) and equal attributes. Exit
+code 1 on any difference.
 """
 
 from __future__ import annotations
@@ -51,6 +53,10 @@ def run(out: Path) -> None:
             link.symlink_to(out / f"scene{seed}" / "scene.tif")
     _geounet("batch", str(batch_in / "s7.tif"), str(batch_in / "s8.tif"),
              "--out-dir", str(out / "batch"), "--raster", "cog", "--workers", "2", *common)
+    _geounet("segment", scene, "--out", str(out / "inproc_zarr.gpkg"),
+             "--raster-out", str(out / "inproc.zarr"), *common)
+    _geounet("batch", str(batch_in / "s7.tif"), "--out-dir", str(out / "batch_zarr"),
+             "--raster", "zarr", "--in-process", *common)
 
 
 def _compare_raster(a: Path, b: Path) -> list[str]:
@@ -88,6 +94,17 @@ def _compare_vectors(a: Path, b: Path) -> list[str]:
     return bad
 
 
+def _compare_store(a: Path, b: Path) -> list[str]:
+    def files(root: Path) -> dict[str, bytes]:
+        return {str(p.relative_to(root)): p.read_bytes() for p in sorted(root.rglob("*"))
+                if p.is_file()}
+
+    fa, fb = files(a), files(b)
+    if sorted(fa) != sorted(fb):
+        return [f"{a.name}: files differ ({sorted(set(fa) ^ set(fb))[:5]})"]
+    return [f"{a.name}/{name}: bytes differ" for name in fa if fa[name] != fb[name]]
+
+
 def compare(before: Path, after: Path) -> int:
     rasters = sorted(p.relative_to(before) for p in before.rglob("*.tif")
                      if "scene" not in p.parts[len(before.parts)] and "batch_in" not in str(p))
@@ -98,7 +115,11 @@ def compare(before: Path, after: Path) -> int:
         problems += _compare_raster(before / rel, after / rel)
     for rel in vectors:
         problems += _compare_vectors(before / rel, after / rel)
-    print(f"compared {len(rasters)} rasters ({', '.join(map(str, rasters))}) and "
+    stores = sorted(p.relative_to(before) for p in before.rglob("*.zarr") if p.is_dir())
+    for rel in stores:
+        problems += _compare_store(before / rel, after / rel)
+    print(f"compared {len(rasters)} rasters ({', '.join(map(str, rasters))}), "
+          f"{len(stores)} Zarr stores ({', '.join(map(str, stores))}) and "
           f"{len(vectors)} vector files ({', '.join(map(str, vectors))})")
     for problem in problems:
         print("DIFF", problem)

@@ -48,6 +48,7 @@ def _no_configured_address(monkeypatch: pytest.MonkeyPatch) -> None:
     ("threads", 2, Threads(2), True),
     ("synchronous", None, Synchronous(), True),
     ("synchronous", 1, Synchronous(), True),
+    ("synchronous", 2, Synchronous(), True),  # one task at a time whatever the count
     ("tcp://10.0.0.5:8786", None, Remote("tcp://10.0.0.5:8786"), False),
     ("127.0.0.1:8786", None, Remote("127.0.0.1:8786"), False),
     (FAKE, None, GivenClient(FAKE), False),
@@ -83,8 +84,6 @@ def test_a_configured_address_is_the_default(monkeypatch: pytest.MonkeyPatch) ->
     (None, "2", r"workers='2' .*is not positive"),
     ("threads", 0, r"workers=0 .*is not positive"),
     (4, None, r"client=4 is not a scheduler; pass a distributed.Client, a scheduler address"),
-    ("synchronous", 2, r"workers=2 cannot be combined with client='synchronous'.*"
-                       r"client='threads'"),
     ("tcp://h:8786", 2, r"workers=2 cannot be combined with the scheduler address "
                         r"'tcp://h:8786'.*drop --workers"),
     (FAKE, 2, r"workers=2 cannot be combined with a distributed.Client"),

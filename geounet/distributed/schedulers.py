@@ -141,8 +141,9 @@ def choose_scheduler(client: SchedulerLike = None, workers: int | None = None) -
     ------
     InputError
         ``workers`` not a positive whole number; ``workers`` with an address or a client (a
-        running scheduler's workers are started where it runs), with ``"synchronous"`` (one
-        thread) or with a variant (which carries its own count); a string that is neither
+        running scheduler's workers are started where it runs) or with a variant (which
+        carries its own count; ``"synchronous"`` runs one task at a time whatever the count);
+        a string that is neither
         ``"threads"``, ``"synchronous"`` nor an address; any other object.
     """
     if workers is not None:
@@ -195,14 +196,8 @@ def _with_workers(chosen: Scheduler, workers: int | None) -> Scheduler:
             return LocalProcesses(workers)
         case Threads():
             return Threads(workers)
-        case Synchronous() if workers == 1:
+        case Synchronous():  # one task at a time whatever the count (as it always was)
             return chosen
-        case Synchronous():
-            raise InputError(
-                f"workers={workers} cannot be combined with client='synchronous', which runs "
-                "one task at a time in this thread; use client='threads' for several threads "
-                "in this process, or drop client= for a local cluster of worker processes."
-            )
         case Remote():
             source = chosen.describe()
         case _:

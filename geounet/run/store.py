@@ -4,9 +4,10 @@ The store is built under a hidden temporary name (:func:`prepare_store` creates 
 an interrupted run's store with the same settings); it is never discarded silently
 (:func:`check_partial_store`); a failure while computing or after prediction keeps it and
 names the ``--resume`` command (:func:`keep_for_resume`, :func:`prediction_kept`); a finished
-store is moved into place or streamed into a COG (:func:`publish_raster`). ARCHITECTURE
-invariant 7. Used by :mod:`geounet.run.pipeline` and :mod:`geounet.batch.job`, re-exported by
-:mod:`geounet.run.pipeline`.
+store is moved into place, uploaded or streamed into a COG (:func:`publish_raster`).
+ARCHITECTURE invariant 7. The one home of the resume rule (:func:`resume_point`) and of
+publishing: used by :mod:`geounet.run` (``predict``, ``segment``) and by every batch scene
+(:mod:`geounet.batch.running`, :mod:`geounet.batch.finish`).
 """
 
 from __future__ import annotations
