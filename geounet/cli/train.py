@@ -71,7 +71,7 @@ def _widths(ctx: click.Context, param: click.Parameter, value: str | None) -> An
 @click.option("--padding", type=click.Choice(choices(Padding)), default="valid",
               show_default=True)
 @click.option("--batch-norm/--no-batch-norm", default=True, show_default=True)
-@click.option("--epochs", type=int, default=30, show_default=True, callback=options._positive)
+@click.option("--epochs", type=int, default=90, show_default=True, callback=options._positive)
 @click.option("--batch-size", type=int, default=8, show_default=True,
               callback=options._positive, help="Chips per training step.")
 @click.option("--lr", type=click.FloatRange(0.0, min_open=True), default=2e-3,

@@ -110,7 +110,7 @@ class TrainConfig:
     base_channels: int = 16
     padding: Padding = "valid"
     batch_norm: bool = True
-    epochs: int = 30
+    epochs: int = 90
     batch_size: int = 8
     lr: float = 2e-3
     chip_size: int | None = None
