@@ -193,14 +193,13 @@ class ResumePoint:
     resuming : the store is an interrupted run's with the same settings (and resume was asked);
         False for a new store.
     done : chunk ids marked done (tiles and seams).
-    ran : chunk ids whose tiles ran: done, or with only their seams left (same padding).
-    todo : the chunks whose tiles must still run, in grid order.
+    todo : the chunks whose tiles must still run (not done, nor with only their seams left
+        under same padding), in grid order.
     chunks : chunks in the scene.
     """
 
     resuming: bool
     done: frozenset[str]
-    ran: frozenset[str]
     todo: tuple[ChunkWindow, ...]
     chunks: int
 
@@ -230,9 +229,9 @@ def resume_point(plan: Plan, store_path: Path, *, resume: bool) -> ResumePoint:
     resuming = bool(resume and output.check_resumable(store_path, plan.run))
     chunks = plan.grid.chunks()
     done = frozenset(output.done_chunks(store_path)) if resuming else frozenset()
-    ran = done | output.seam_data_chunks(store_path) if resuming else frozenset()
+    ran = done | output.seam_data_chunks(store_path) if resuming else done  # tiles ran
     todo = tuple(c for c in chunks if output.chunk_id(c.y0, c.x0) not in ran)
-    return ResumePoint(resuming, done, frozenset(ran), todo, len(chunks))
+    return ResumePoint(resuming, done, todo, len(chunks))
 
 
 def prepare_store(
