@@ -5,9 +5,10 @@ Usage::
 
     PYTHONPATH=. python benchmarks/proxy_data.py OUT --seed 0 [--train 120 --eval 30]
 
-writes ``OUT/train/NAME.tif`` + ``OUT/train/NAME.mask.tif`` (0/1 building masks, the layout of
-the published dataset of issue 21 that ``geounet train OUT/train`` reads) and ``OUT/eval/`` in
-the same layout, plus ``OUT/eval/objects.json`` (the true building outlines of every eval chip,
+writes ``OUT/train/NAME.tif`` + ``OUT/train/NAME.mask.tif`` (0/1 building masks) +
+``OUT/train/labels/NAME.geojson`` (the same noisy footprints as polygons, EPSG:4326), the
+layout of the published dataset of issue 21 (images, masks and per-chip OSM labels) that
+``geounet train OUT/train`` reads, and ``OUT/eval/`` (images and exact masks), plus ``OUT/eval/objects.json`` (the true building outlines of every eval chip,
 in the chip's CRS, as WKT) and ``OUT/proxy.json`` (what was made).
 
 What makes it hard (each scene draws its own values from the seed):
@@ -264,8 +265,10 @@ def _render(rng: np.random.Generator, plan: dict, scene: Scene) -> tuple[np.ndar
     return np.clip(img, 0, 255), ids
 
 
-def _noisy_labels(rng: np.random.Generator, plan: dict, scene: Scene) -> np.ndarray:
-    """OSM-like labels: offset, missing, simplified outlines, rasterized."""
+def _noisy_labels(rng: np.random.Generator, plan: dict, scene: Scene
+                  ) -> tuple[np.ndarray, list[np.ndarray]]:
+    """OSM-like labels: offset, missing, simplified outlines; rasterized, and the outlines
+    (metres from the scene's top-left corner, y down)."""
     from skimage.draw import polygon
 
     p = scene.pixel
@@ -273,6 +276,7 @@ def _noisy_labels(rng: np.random.Generator, plan: dict, scene: Scene) -> np.ndar
     mag, ang = rng.uniform(0.5, 2.0), rng.uniform(0, 2 * np.pi)
     off = np.array([mag * np.cos(ang), mag * np.sin(ang)])
     mask = np.zeros((h, w), np.uint8)
+    outlines = []
     for poly, kind, (x, y, a) in zip(plan["buildings"], plan["kinds"], plan["axes"]):
         if rng.random() < 0.10:
             continue
@@ -289,7 +293,27 @@ def _noisy_labels(rng: np.random.Generator, plan: dict, scene: Scene) -> np.ndar
         q = q + [x, y] + off + rng.normal(0, 0.3, 2)
         rr, cc = polygon(q[:, 1] / p - 0.5, q[:, 0] / p - 0.5, shape=(h, w))
         mask[rr, cc] = 1
-    return mask
+        outlines.append(q)
+    return mask, outlines
+
+
+def _write_labels(path: Path, outlines: list[np.ndarray], scene: Scene, bounds) -> None:
+    """The noisy outlines that meet the chip ``bounds`` as a per-chip GeoJSON in EPSG:4326
+    (what OSM exports and the published dataset's ``labels/`` hold), clipped to the chip."""
+    import geopandas as gpd
+    from shapely.geometry import Polygon
+
+    ox, oy = scene.origin
+    geoms = []
+    for q in outlines:
+        poly = Polygon([(ox + x, oy - y) for x, y in q])
+        if poly.is_valid and poly.intersects(bounds):
+            piece = poly.intersection(bounds)
+            if piece.area > 0:
+                geoms.append(piece)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame = gpd.GeoDataFrame({"building": ["yes"] * len(geoms)}, geometry=geoms, crs=CRS)
+    frame.to_crs("EPSG:4326").to_file(path, driver="GeoJSON")
 
 
 def _jpeg(rng: np.random.Generator, chip: np.ndarray) -> np.ndarray:
@@ -351,7 +375,8 @@ def make_proxy(out: str | Path, seed: int = 0, n_train: int = 120, n_eval: int =
             plan = _plan(rng, scene.cols * CHIP * p, scene.rows * CHIP * p)
             img, ids = _render(rng, plan, scene)
             img8 = img.astype(np.uint8)
-            labels = _noisy_labels(rng, plan, scene) if noisy else (ids > 0).astype(np.uint8)
+            labels, outlines = (_noisy_labels(rng, plan, scene) if noisy
+                                else ((ids > 0).astype(np.uint8), []))
             written = 0
             for r in range(scene.rows):
                 for c in range(scene.cols):
@@ -365,10 +390,13 @@ def make_proxy(out: str | Path, seed: int = 0, n_train: int = 120, n_eval: int =
                     name = f"{scene.name}_r{r:02d}_c{c:02d}"
                     _write(folder / f"{name}.tif", chip.transpose(2, 0, 1), transform, 3)
                     _write(folder / f"{name}.mask.tif", labels[sl], transform, 1)
-                    if not noisy:
-                        from shapely.geometry import box
+                    from shapely.geometry import box
 
-                        bounds = box(x0, y0 - CHIP * p, x0 + CHIP * p, y0)
+                    bounds = box(x0, y0 - CHIP * p, x0 + CHIP * p, y0)
+                    if noisy:
+                        _write_labels(folder / "labels" / f"{name}.geojson", outlines, scene,
+                                      bounds)
+                    else:
                         polys = []
                         for i in np.unique(ids[sl]):
                             if i == 0:

@@ -9,9 +9,11 @@ prediction folds back (boundary into buildings, contact into background,
 :meth:`geounet.model.ModelCard.fold`), so touching roofs come out as separate objects.
 
 Which pixels belong to which building (the instances): vector labels give one instance per
-polygon (touching polygons stay apart); raster masks give the 4-connected components of the
-building class (buildings that touch in a mask are one building to geounet: only their gaps
-are contact). Instances ride through the augmentations packed with the class mask
+polygon (touching polygons stay apart), also when they sit beside a raster mask that gives
+the classes (:func:`geounet.training.pairing.vector_partners`); raster masks alone give the
+4-connected components of the building class (buildings that touch in a mask are one building
+to geounet: only their gaps are contact). The border weights
+(:func:`geounet.training.losses.border_weights`) use the same instances. Instances ride through the augmentations packed with the class mask
 (:func:`pack`: ``class + 256 * instance``, moved by nearest neighbour like the mask).
 """
 
@@ -49,14 +51,31 @@ def unpack(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def instances_of(mask: np.ndarray, building: int, instances: np.ndarray | None) -> np.ndarray:
-    """Instance ids on the building pixels of ``mask`` (0 elsewhere): the given ids where
-    they are set, else the 4-connected components of the building class."""
-    from scipy.ndimage import label
+    """Instance ids on the building pixels of ``mask`` (0 elsewhere): the given ids, else the
+    4-connected components of the building class.
+
+    Given ids need not cover the mask exactly (polygons beside a raster mask, rasterized by
+    another rule or a little offset): a building pixel without an id takes the nearest id of
+    its own 4-connected component, and a component that no id touches is one building of its
+    own. Ids on pixels that are not building are dropped.
+    """
+    from scipy.ndimage import distance_transform_edt, label
 
     inside = mask == building
-    if instances is not None and np.any(instances[inside]):
-        return np.where(inside, instances, 0).astype(np.int32)
-    return label(inside)[0].astype(np.int32)
+    components, count = label(inside)
+    if instances is None or not np.any(instances[inside]):
+        return components.astype(np.int32)
+    ids = np.where(inside, instances, 0).astype(np.int32)
+    missing = inside & (ids == 0)
+    if missing.any():
+        _, (rows, cols) = distance_transform_edt(ids == 0, return_indices=True)
+        nearest = ids[rows, cols]
+        same = components[rows, cols] == components
+        fill = np.where(same, nearest, 0)
+        ids[missing] = fill[missing]
+        orphan = inside & (ids == 0)  # components no polygon touches: one building each
+        ids[orphan] = int(ids.max()) + components[orphan]
+    return ids
 
 
 def instance_distances(instances: np.ndarray, radius: float):

@@ -348,8 +348,12 @@ class ChipDataset:
             from geounet.training.resolution import choose_resolution
 
             factors = list(choose_resolution([s[2] for s in shapes], pixel_size).factors)
+        # building instances (packed with the mask) for the contact targets and border weights
+        self.instances = border_class is not None and (self.contact or border_weight > 0)
+        building = self.records[0].classes[border_class] if (
+            self.instances and self.records and self.records[0].classes) else "buildings"
         self.reader = ChipReader(self.records, factors, shapes, size=spec.output_size,
-                                 cache=cache, building="buildings" if self.contact else None)
+                                 cache=cache, building=building if self.instances else None)
         if train:
             self.items = [(i, -1, -1) for i in range(len(self.records))]
         else:
@@ -407,7 +411,7 @@ class ChipDataset:
     def _targets(self, chip: int, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         """The class mask of the sample (checked against the classes) and the training target
         (the mask, or with ``contact`` its boundary/contact multimask)."""
-        mask = labels if not self.contact else (labels & 255).astype(np.uint8)
+        mask = labels if not self.instances else (labels & 255).astype(np.uint8)
         if mask.size and (mask[mask != NODATA].max(initial=0) >= self.num_classes):
             raise LabelError(
                 f"mask of chip {self.records[chip].name!r} holds a class >= {self.num_classes}; "
@@ -421,8 +425,9 @@ class ChipDataset:
                                self.num_classes + 1, self._instances(labels))
 
     def _instances(self, labels: np.ndarray) -> np.ndarray | None:
-        """The instance ids packed in ``labels`` (contact models), None when none are."""
-        if not self.contact:
+        """The instance ids packed in ``labels`` (contact targets or border weights), None
+        when none are."""
+        if not self.instances:
             return None
         ids = labels >> 8
         return ids if ids.any() else None

@@ -25,7 +25,13 @@ from geounet.errors import InputError, LabelError
 from geounet.raster.labels import VECTOR_SUFFIXES
 from geounet.training.chips import NODATA, SPLIT_FILE
 from geounet.training.coding import label_coding, read_meta_classes, tag_classes, vector_classes
-from geounet.training.pairing import TRAIN_DIRS, VAL_DIRS, Found, discover
+from geounet.training.pairing import (
+    TRAIN_DIRS,
+    VAL_DIRS,
+    Found,
+    discover,
+    vector_partners,
+)
 from geounet.training.record import ChipRecord, read_target
 
 log = logging.getLogger(__name__)
@@ -123,14 +129,17 @@ class Dataset:
     unpaired: tuple[Path, ...] = field(default=())
     n_buffer: int = 0
     buffer: tuple[ChipRecord, ...] = field(default=())
+    instance_rule: str = ""
 
     def describe(self) -> str:
-        """A few lines for the log: pairs, rule, classes, split."""
+        """A few lines for the log: pairs, rule, classes, split (and the building instances
+        when vector labels beside raster masks give them)."""
         n_val = sum(r.split == "val" for r in self.records)
+        instances = f"; building instances: {self.instance_rule}" if self.instance_rule else ""
         return (f"dataset {str(self.root)!r}: {len(self.records) + self.n_buffer} pairs "
                 f"({self.pairing}); labels: {self.mask_rule}; classes "
-                f"{','.join(self.classes)}; split: {len(self.records) - n_val} train, {n_val} "
-                f"val, {self.n_buffer} buffer ({self.split_rule})")
+                f"{','.join(self.classes)}{instances}; split: {len(self.records) - n_val} "
+                f"train, {n_val} val, {self.n_buffer} buffer ({self.split_rule})")
 
 
 def open_dataset(
@@ -185,6 +194,7 @@ def open_dataset(
     found, from_subdirs = _find_pairs(root, config)
     shared = Path(config.labels) if config.labels is not None else None
     records, unpaired = _pair_records(found, config, shared)
+    records, unpaired, instance_rule = _instance_labels(root, records, unpaired)
     pairing = "; ".join(sorted({f"{s + '/: ' if s else ''}{f.rule}" for f, s in found
                                 if f.pairs}))
     _check_pairs(root, records, unpaired, pairing)
@@ -195,7 +205,7 @@ def open_dataset(
     records, split_rule, buffer = _split(root, records, found[0][1] is not None or (
         len(found) > 1), config, val_fraction, seed)
     dataset = Dataset(root, tuple(records), tuple(classes), pairing, mask_rule, split_rule,
-                      tuple(unpaired), len(buffer), tuple(buffer))
+                      tuple(unpaired), len(buffer), tuple(buffer), instance_rule)
     log.info("%s", dataset.describe())
     if not any(r.split == "train" for r in records):
         raise LabelError(
@@ -242,6 +252,27 @@ def _pair_records(found: list[tuple[Found, str | None]], config: DatasetConfig,
             records.append(ChipRecord(name, image, mask, split or "train",
                                       labels=shared, line_width=config.line_width))
     return records, unpaired
+
+
+def _instance_labels(root: Path, records: list[ChipRecord], unpaired: list[Path]
+                     ) -> tuple[list[ChipRecord], list[Path], str]:
+    """Records whose raster masks have per-chip vector labels beside them get those as
+    ``instances`` (:func:`~geounet.training.pairing.vector_partners`); the vector files are
+    then no longer unpaired. Also the rule in words (empty when no chip has them)."""
+    rasters = [r.image for r in records
+               if r.mask is not None and r.mask.suffix.lower() not in VECTOR_SUFFIXES]
+    partners = vector_partners(rasters, root)
+    if not partners:
+        return records, unpaired, ""
+    used = {p.resolve() for p in partners.values()}
+    records = [replace(r, instances=partners.get(r.image)) for r in records]
+    unpaired = [p for p in unpaired if p.resolve() not in used]
+    first = next(iter(partners.values()))
+    where = first.parent.relative_to(root.resolve()) if first.parent != root.resolve() else None
+    example = f"{where}/{first.name}" if where else first.name
+    return records, unpaired, (
+        f"polygons of the per-chip vector labels beside the masks for {len(partners)} of "
+        f"{len(rasters)} chips (e.g. {example}); the masks give the classes")
 
 
 def _check_pairs(root: Path, records: list[ChipRecord], unpaired: list[Path],

@@ -59,8 +59,11 @@ def _strip(stem: str, suffix: str) -> str | None:
 
 def _match(images: list[Path], labels: list[Path], same_dir: bool
            ) -> tuple[int, str, str, dict[str, tuple[Path, Path]]]:
-    """Best (image suffix, label suffix) rule: the most pairs, earlier suffixes on ties."""
+    """Best (image suffix, label suffix) rule: the most pairs; on ties raster masks before
+    vector labels (the vectors then give the building instances, :func:`vector_partners`),
+    then earlier suffixes."""
     best: tuple[int, str, str, dict[str, tuple[Path, Path]]] = (0, "", "", {})
+    best_rank = (0, False)
     for lsuf in ("", *MASK_SUFFIXES):
         by_key: dict[str, Path] = {}
         for p in labels:
@@ -80,8 +83,10 @@ def _match(images: list[Path], labels: list[Path], same_dir: bool
                 key = _strip(p.stem, isuf)
                 if key is not None and key in by_key:
                     pairs[p.stem] = (p, by_key[key])
-            if len(pairs) > best[0]:
-                best = (len(pairs), isuf, lsuf, pairs)
+            rank = (len(pairs), bool(pairs) and all(
+                m.suffix.lower() in RASTER_SUFFIXES for _, m in pairs.values()))
+            if rank > best_rank:
+                best, best_rank = (len(pairs), isuf, lsuf, pairs), rank
     return best
 
 
@@ -145,3 +150,42 @@ def discover(folder: Path, config: Any) -> Found:
         best_found = Found(pairs, rule, tuple(sorted((set(images) | set(labels)) - used)))
         best_key = (n, -rank)
     return best_found
+
+
+def vector_partners(images: Iterable[Path], root: Path) -> dict[Path, Path]:
+    """Per-chip vector labels of images whose labels are raster masks: ``image -> file``.
+
+    Published building datasets often hold both (``images/`` + ``masks/`` + ``labels/``, or
+    ``NAME.tif`` + ``NAME.mask.tif`` + ``NAME.geojson``): the mask is the training target and
+    the polygons tell touching buildings apart, which a mask cannot (docs/training.md, "Building
+    instances"). Looked for, in this order: next to the image, in a label folder
+    (:data:`MASK_DIRS`) inside the image's folder, in one beside it (never outside ``root``);
+    named like the image, or its stem without an image suffix, plus an optional mask suffix.
+    """
+    root = root.resolve()
+    by_dir: dict[Path, dict[str, Path]] = {}
+
+    def keyed(folder: Path) -> dict[str, Path]:
+        if folder not in by_dir:
+            found: dict[str, Path] = {}
+            for lsuf in ("", *MASK_SUFFIXES):
+                for p in _files(folder, VECTOR_SUFFIXES):
+                    key = _strip(p.stem, lsuf)
+                    if key is not None:
+                        found.setdefault(key, p)
+            by_dir[folder] = found
+        return by_dir[folder]
+
+    out: dict[Path, Path] = {}
+    for image in images:
+        here = image.resolve().parent
+        folders = [here] + [here / d for d in MASK_DIRS]
+        if here != root and root in here.parents:
+            folders += [here.parent / d for d in MASK_DIRS]
+        keys = [k for k in (_strip(image.stem, s) for s in IMAGE_SUFFIXES) if k is not None]
+        for folder in folders:
+            hit = next((keyed(folder)[k] for k in keys if k in keyed(folder)), None)
+            if hit is not None:
+                out[image] = hit
+                break
+    return out

@@ -30,6 +30,8 @@ class ChipRecord:
     classes : class names (needed to burn vector labels).
     labels : one vector labels file for all chips.
     line_width : metres; width of line labels without a ``width`` attribute.
+    instances : per-chip vector labels of the same chip when ``mask`` is a raster mask: its
+        polygons give the building instances (:func:`read_instances`), the mask the classes.
     """
 
     name: str
@@ -40,6 +42,7 @@ class ChipRecord:
     classes: tuple[str, ...] = ()
     labels: Path | None = None
     line_width: float | None = None
+    instances: Path | None = None
 
 
 def decode_mask(raw: np.ndarray, mask_values: Sequence[int] | None,
@@ -102,7 +105,8 @@ def read_target(rec: ChipRecord, img: Any, window: Any = None) -> np.ndarray:
 def read_instances(rec: ChipRecord, img: Any, window: Any, class_name: str) -> np.ndarray | None:
     """Instance ids (int32, 0 = none) of the ``class_name`` polygons of vector labels over
     ``window`` of the open image ``img``: one id per polygon, burnt like the class mask (later
-    on top), so touching polygons stay apart. None for raster masks (their instances are the
+    on top), so touching polygons stay apart. A raster mask takes them from its chip's vector
+    labels (``rec.instances``); None for a raster mask without (its instances are the
     connected components, :func:`geounet.training.contact.instances_of`)."""
     from rasterio.features import rasterize
     from rasterio.transform import array_bounds
@@ -112,8 +116,9 @@ def read_instances(rec: ChipRecord, img: Any, window: Any, class_name: str) -> n
     from geounet.raster.labels import VECTOR_SUFFIXES, load_class_shapes
 
     if rec.mask is not None and rec.mask.suffix.lower() not in VECTOR_SUFFIXES:
-        return None
-    source = rec.mask if rec.mask is not None else rec.labels
+        source = rec.instances
+    else:
+        source = rec.mask if rec.mask is not None else rec.labels
     if source is None:
         return None
     if window is None:
