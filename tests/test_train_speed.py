@@ -189,5 +189,8 @@ def test_cached_samples_equal_read_samples(chips):
             for x, y in zip(read[key], kept[key]):
                 assert torch.equal(x, y)
         assert len(kept.reader.chips) == 2 and not read.reader.chips
-        assert kept.reader.decoded_bytes() == len(records) * 64 * 64 * (3 + 1)
+        # border weights need the building instances: the label plane is the packed
+        # class + instance id (int32), not the uint8 mask
+        assert kept.instances
+        assert kept.reader.decoded_bytes() == len(records) * 64 * 64 * (3 + 4)
     assert np.isfinite(kept[(1, 0)][0].numpy()).all()
